@@ -1,0 +1,82 @@
+//! IVR flows (R5.1, R5.2): a small declarative graph of nodes. The interpreter that walks it
+//! is in `actors::ivr`; this is only the schema and its validation.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::ids::*;
+use crate::ModelError;
+
+/// A flow: named nodes and the node it starts at.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Flow {
+    pub tenant: TenantId,
+    pub id: FlowId,
+    pub start: String,
+    pub nodes: BTreeMap<String, FlowNode>,
+}
+
+/// One step of a flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum FlowNode {
+    /// Play a prompt, then go on.
+    Play { prompt: PromptId, next: String },
+    /// Play a prompt and collect one key; `options` maps keys to nodes. Without a valid key
+    /// within `timeout_ms` after the prompt, `default` is taken.
+    Menu {
+        prompt: PromptId,
+        options: BTreeMap<String, String>,
+        timeout_ms: u64,
+        default: String,
+    },
+    /// Hand the call to a skill queue.
+    Queue { queue: QueueId },
+    /// Play an optional prompt and hang up.
+    Hangup { prompt: Option<PromptId> },
+}
+
+impl Flow {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.nodes.is_empty() || self.nodes.len() > 512 {
+            return Err(ModelError::Invalid { field: "nodes", why: "1 to 512 nodes" });
+        }
+        let known = |name: &String| self.nodes.contains_key(name);
+        if !known(&self.start) {
+            return Err(ModelError::Invalid { field: "start", why: "names no node" });
+        }
+        for node in self.nodes.values() {
+            let targets: Vec<&String> = match node {
+                FlowNode::Play { next, .. } => vec![next],
+                FlowNode::Menu { options, default, timeout_ms, .. } => {
+                    if !(500..=60_000).contains(timeout_ms) {
+                        return Err(ModelError::Invalid { field: "timeout_ms", why: "0.5 to 60 s" });
+                    }
+                    if options.keys().any(|k| !(k.len() == 1 && "0123456789*#".contains(k.as_str()))) {
+                        return Err(ModelError::Invalid { field: "options", why: "keys are 0-9 * #" });
+                    }
+                    options.values().chain(std::iter::once(default)).collect()
+                }
+                FlowNode::Queue { .. } | FlowNode::Hangup { .. } => vec![],
+            };
+            if targets.into_iter().any(|t| !known(t)) {
+                return Err(ModelError::Invalid { field: "next", why: "names no node" });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues and prompts the flow refers to, for reference checks.
+    pub fn references(&self) -> (Vec<&QueueId>, Vec<&PromptId>) {
+        let mut queues = Vec::new();
+        let mut prompts = Vec::new();
+        for node in self.nodes.values() {
+            match node {
+                FlowNode::Play { prompt, .. } | FlowNode::Menu { prompt, .. } => prompts.push(prompt),
+                FlowNode::Queue { queue } => queues.push(queue),
+                FlowNode::Hangup { prompt } => prompts.extend(prompt.iter()),
+            }
+        }
+        (queues, prompts)
+    }
+}

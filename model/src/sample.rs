@@ -1,0 +1,155 @@
+//! The sample configuration (`cluster up --sample`, the demo): five province centers with
+//! queues, agents, extensions, prompts and an IVR flow. Passwords come from the caller's RNG,
+//! so every cluster gets its own (never fixed in the code).
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::config::*;
+use crate::flow::{Flow, FlowNode};
+use crate::ids::*;
+use crate::state::Command;
+
+/// Provinces, their landing codes.
+pub const PROVINCES: [(&str, &str, &[&str]); 5] = [
+    ("gd", "Guangdong", &["020", "0755"]),
+    ("gx", "Guangxi", &["0771"]),
+    ("yn", "Yunnan", &["0871"]),
+    ("gz", "Guizhou", &["0851"]),
+    ("hi", "Hainan", &["0898"]),
+];
+pub const ACCESS_CODE: &str = "95598";
+pub const QUEUES: [&str; 4] = ["general", "billing", "outage", "complaint"];
+pub const AGENTS_PER_TENANT: u32 = 10;
+/// Bundled prompts every node carries (see `media::builtin`).
+pub const PROMPTS: [&str; 4] = ["welcome", "menu", "music", "timeout"];
+
+/// What `cluster.json` publishes about the sample (agents and their phone passwords).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SampleInfo {
+    pub tenants: Vec<SampleTenant>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SampleTenant {
+    pub id: String,
+    pub domain: String,
+    pub landing_codes: Vec<String>,
+    pub access_code: String,
+    pub agents: Vec<SampleAgent>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SampleAgent {
+    pub agent: String,
+    pub extension: String,
+    pub password: String,
+}
+
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().expect("sample ids are valid by construction")
+}
+
+/// A random password meeting R10.1 (letters, digits and a symbol).
+pub fn generate_password(rng: &mut impl Rng) -> String {
+    const LETTERS: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
+    let mut s: String = (0..10).map(|_| LETTERS[rng.gen_range(0..LETTERS.len())] as char).collect();
+    s.push_str(&format!("{}!", rng.gen_range(10..100)));
+    s
+}
+
+/// The commands that create the sample, in dependency order, and the published info.
+pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
+    let mut commands = vec![Command::Create {
+        item: ConfigItem::Trunk(Trunk {
+            id: id("carrier"),
+            name: "Carrier trunk (loopback)".into(),
+            sources: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        }),
+    }];
+    let mut info = SampleInfo { tenants: Vec::new() };
+    for (tenant_id, name, landing) in PROVINCES {
+        let tenant: TenantId = id(tenant_id);
+        let domain = format!("{tenant_id}.callgrid.local");
+        let mut create = |item| commands.push(Command::Create { item });
+        // The tenant first without access codes (their flow does not exist yet).
+        create(ConfigItem::Tenant(Tenant {
+            id: tenant.clone(),
+            name: format!("{name} 95598"),
+            domain: domain.clone(),
+            landing_codes: landing.iter().map(|s| s.to_string()).collect(),
+            access_codes: vec![],
+        }));
+        for prompt in PROMPTS {
+            create(ConfigItem::Prompt(Prompt { tenant: tenant.clone(), id: id(prompt), file: format!("builtin:{prompt}") }));
+        }
+        for queue in QUEUES {
+            create(ConfigItem::Queue(Queue {
+                tenant: tenant.clone(),
+                id: id(queue),
+                name: format!("{name} {queue}"),
+                max_wait_ms: 120_000,
+                music_prompt: Some(id("music")),
+                timeout_prompt: Some(id("timeout")),
+                ring_timeout_ms: 15_000,
+                acw_ms: 2_000,
+            }));
+        }
+        create(ConfigItem::Flow(sample_flow(&tenant)));
+        let mut agents = Vec::new();
+        for n in 0..AGENTS_PER_TENANT {
+            let number = format!("{}", 1001 + n);
+            let password = generate_password(rng);
+            create(ConfigItem::Agent(Agent {
+                tenant: tenant.clone(),
+                id: id(&number),
+                name: format!("Agent {number}"),
+                skills: QUEUES.iter().map(|q| id(q)).collect(),
+            }));
+            let extension = Extension::with_password(tenant.clone(), id(&number), &password, &domain)
+                .expect("generated passwords meet the policy");
+            create(ConfigItem::Extension(extension));
+            agents.push(SampleAgent { agent: number.clone(), extension: number, password });
+        }
+        commands.push(Command::Update {
+            item: ConfigItem::Tenant(Tenant {
+                id: tenant.clone(),
+                name: format!("{name} 95598"),
+                domain: domain.clone(),
+                landing_codes: landing.iter().map(|s| s.to_string()).collect(),
+                access_codes: vec![AccessCode { code: ACCESS_CODE.into(), entry: Entry::Flow(id("main")) }],
+            }),
+        });
+        info.tenants.push(SampleTenant {
+            id: tenant_id.into(),
+            domain,
+            landing_codes: landing.iter().map(|s| s.to_string()).collect(),
+            access_code: ACCESS_CODE.into(),
+            agents,
+        });
+    }
+    (commands, info)
+}
+
+/// Welcome, then a menu: 1 outage, 2 billing, 9 complaint, 0 or timeout general.
+pub fn sample_flow(tenant: &TenantId) -> Flow {
+    let mut nodes = BTreeMap::new();
+    nodes.insert("welcome".to_string(), FlowNode::Play { prompt: id("welcome"), next: "menu".into() });
+    let options = [("1", "to_outage"), ("2", "to_billing"), ("9", "to_complaint"), ("0", "to_general")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    nodes.insert(
+        "menu".to_string(),
+        FlowNode::Menu { prompt: id("menu"), options, timeout_ms: 5_000, default: "to_general".into() },
+    );
+    for queue in QUEUES {
+        nodes.insert(format!("to_{queue}"), FlowNode::Queue { queue: id(queue) });
+    }
+    Flow { tenant: tenant.clone(), id: id("main"), start: "welcome".into(), nodes }
+}

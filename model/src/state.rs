@@ -1,0 +1,397 @@
+//! The replicated state machine: every node holds one `ReplicatedState` and applies the same
+//! `Command`s in the same order (openraft delivers them). `apply` is pure and deterministic:
+//! it reads no clock (times are stamped into commands by the proposer) and never panics on a
+//! command it rejects — a rejected command is an `Outcome` with an error, and the state is
+//! unchanged, so a bad admin request can never wedge the log.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::config::*;
+use crate::flow::Flow;
+use crate::ids::*;
+use crate::runtime::*;
+
+/// One replicated command. One Raft entry carries one command; `Batch` carries many
+/// (checkpoint batching, DESIGN.md "Replicated state").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Command {
+    Create { item: ConfigItem },
+    Update { item: ConfigItem },
+    Delete { key: ConfigKey },
+    /// Add or refresh a binding; bindings of the same AOR that expired by `now_ms` go.
+    Register { binding: Binding, now_ms: u64 },
+    /// Remove one contact (`contact: Some`) or every binding the node holds for the AOR.
+    Unregister { tenant: TenantId, extension: ExtensionId, node: NodeId, contact: Option<String> },
+    PutAgentSession { session: AgentSession },
+    RecordCdr { cdr: Cdr },
+    Batch { commands: Vec<Command> },
+}
+
+/// Why a command was not applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "code", content = "detail")]
+pub enum ApplyError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("still in use: {0}")]
+    InUse(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+/// The result of applying one command (a `Batch` reports its first failure; the commands
+/// of a batch are independent checkpoints, so the others still apply).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub error: Option<ApplyError>,
+}
+
+/// Everything Raft replicates. Maps are keyed by `tenant/id` strings so the state
+/// serialises as plain JSON for snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicatedState {
+    pub tenants: BTreeMap<String, Tenant>,
+    pub queues: BTreeMap<String, Queue>,
+    pub agents: BTreeMap<String, Agent>,
+    pub extensions: BTreeMap<String, Extension>,
+    pub trunks: BTreeMap<String, Trunk>,
+    pub flows: BTreeMap<String, Flow>,
+    pub prompts: BTreeMap<String, Prompt>,
+    pub bindings: BTreeMap<String, Vec<Binding>>,
+    pub agent_sessions: BTreeMap<String, AgentSession>,
+    pub cdrs: BTreeMap<String, Cdr>,
+    /// Bumped on every configuration change; actors compare it to notice new config.
+    pub config_version: u64,
+}
+
+/// `tenant/id`, the key of every per-tenant map.
+pub fn key(tenant: &TenantId, id: &str) -> String {
+    format!("{tenant}/{id}")
+}
+
+impl ReplicatedState {
+    /// Applies one command. Pure: the same state and command give the same result anywhere.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        let result = match command {
+            Command::Create { item } => self.create(item),
+            Command::Update { item } => self.update(item),
+            Command::Delete { key } => self.delete(key),
+            Command::Register { binding, now_ms } => self.register(binding, *now_ms),
+            Command::Unregister { tenant, extension, node, contact } => {
+                self.unregister(tenant, extension, *node, contact.as_deref());
+                Ok(())
+            }
+            Command::PutAgentSession { session } => {
+                let k = key(&session.tenant, session.agent.as_str());
+                let newer = self.agent_sessions.get(&k).is_none_or(|old| old.version < session.version);
+                if newer {
+                    self.agent_sessions.insert(k, session.clone());
+                }
+                Ok(())
+            }
+            Command::RecordCdr { cdr } => {
+                // Idempotent by call id (I2: exactly one CDR per call, even if the proposer
+                // retries after a timeout).
+                self.cdrs.entry(cdr.call_id.0.clone()).or_insert_with(|| cdr.clone());
+                Ok(())
+            }
+            Command::Batch { commands } => {
+                let mut first_error = None;
+                for c in commands {
+                    let outcome = self.apply(c);
+                    if first_error.is_none() {
+                        first_error = outcome.error;
+                    }
+                }
+                return Outcome { error: first_error };
+            }
+        };
+        Outcome { error: result.err() }
+    }
+
+    fn create(&mut self, item: &ConfigItem) -> Result<(), ApplyError> {
+        item.validate().map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        if self.exists(&item.key()) {
+            return Err(ApplyError::AlreadyExists(describe(&item.key())));
+        }
+        self.check_references(item)?;
+        self.put(item.clone());
+        Ok(())
+    }
+
+    fn update(&mut self, item: &ConfigItem) -> Result<(), ApplyError> {
+        item.validate().map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        if !self.exists(&item.key()) {
+            return Err(ApplyError::NotFound(describe(&item.key())));
+        }
+        self.check_references(item)?;
+        self.put(item.clone());
+        Ok(())
+    }
+
+    fn put(&mut self, item: ConfigItem) {
+        self.config_version += 1;
+        match item {
+            ConfigItem::Tenant(t) => {
+                self.tenants.insert(t.id.to_string(), t);
+            }
+            ConfigItem::Queue(q) => {
+                self.queues.insert(key(&q.tenant, q.id.as_str()), q);
+            }
+            ConfigItem::Agent(a) => {
+                self.agents.insert(key(&a.tenant, a.id.as_str()), a);
+            }
+            ConfigItem::Extension(e) => {
+                self.extensions.insert(key(&e.tenant, e.id.as_str()), e);
+            }
+            ConfigItem::Trunk(t) => {
+                self.trunks.insert(t.id.to_string(), t);
+            }
+            ConfigItem::Flow(f) => {
+                self.flows.insert(key(&f.tenant, f.id.as_str()), f);
+            }
+            ConfigItem::Prompt(p) => {
+                self.prompts.insert(key(&p.tenant, p.id.as_str()), p);
+            }
+        }
+    }
+
+    fn exists(&self, k: &ConfigKey) -> bool {
+        match k {
+            ConfigKey::Tenant { id } => self.tenants.contains_key(id.as_str()),
+            ConfigKey::Queue { tenant, id } => self.queues.contains_key(&key(tenant, id.as_str())),
+            ConfigKey::Agent { tenant, id } => self.agents.contains_key(&key(tenant, id.as_str())),
+            ConfigKey::Extension { tenant, id } => {
+                self.extensions.contains_key(&key(tenant, id.as_str()))
+            }
+            ConfigKey::Trunk { id } => self.trunks.contains_key(id.as_str()),
+            ConfigKey::Flow { tenant, id } => self.flows.contains_key(&key(tenant, id.as_str())),
+            ConfigKey::Prompt { tenant, id } => self.prompts.contains_key(&key(tenant, id.as_str())),
+        }
+    }
+
+    /// Items may only point at items of their own tenant that exist (I5, R7.1).
+    fn check_references(&self, item: &ConfigItem) -> Result<(), ApplyError> {
+        let need = |k: ConfigKey| {
+            if self.exists(&k) {
+                Ok(())
+            } else {
+                Err(ApplyError::NotFound(describe(&k)))
+            }
+        };
+        let tenant_of = |t: &TenantId| need(ConfigKey::Tenant { id: t.clone() });
+        match item {
+            ConfigItem::Tenant(t) => {
+                for access in &t.access_codes {
+                    match &access.entry {
+                        Entry::Flow(id) => need(ConfigKey::Flow { tenant: t.id.clone(), id: id.clone() }),
+                        Entry::Queue(id) => need(ConfigKey::Queue { tenant: t.id.clone(), id: id.clone() }),
+                    }?;
+                }
+                // A landing code selects exactly one tenant (R2.2).
+                for code in &t.landing_codes {
+                    if let Some(other) =
+                        self.tenants.values().find(|o| o.id != t.id && o.landing_codes.contains(code))
+                    {
+                        return Err(ApplyError::InUse(format!("landing code {code} belongs to tenant {}", other.id)));
+                    }
+                }
+                Ok(())
+            }
+            ConfigItem::Queue(q) => {
+                tenant_of(&q.tenant)?;
+                for p in q.music_prompt.iter().chain(q.timeout_prompt.iter()) {
+                    need(ConfigKey::Prompt { tenant: q.tenant.clone(), id: p.clone() })?;
+                }
+                Ok(())
+            }
+            ConfigItem::Agent(a) => {
+                tenant_of(&a.tenant)?;
+                for s in &a.skills {
+                    need(ConfigKey::Queue { tenant: a.tenant.clone(), id: s.clone() })?;
+                }
+                Ok(())
+            }
+            ConfigItem::Extension(e) => tenant_of(&e.tenant),
+            ConfigItem::Trunk(_) => Ok(()),
+            ConfigItem::Flow(f) => {
+                tenant_of(&f.tenant)?;
+                let (queues, prompts) = f.references();
+                for q in queues {
+                    need(ConfigKey::Queue { tenant: f.tenant.clone(), id: q.clone() })?;
+                }
+                for p in prompts {
+                    need(ConfigKey::Prompt { tenant: f.tenant.clone(), id: p.clone() })?;
+                }
+                Ok(())
+            }
+            ConfigItem::Prompt(p) => tenant_of(&p.tenant),
+        }
+    }
+
+    fn delete(&mut self, k: &ConfigKey) -> Result<(), ApplyError> {
+        if !self.exists(k) {
+            return Err(ApplyError::NotFound(describe(k)));
+        }
+        if let Some(user) = self.users_of(k) {
+            return Err(ApplyError::InUse(format!("{} is used by {user}", describe(k))));
+        }
+        self.config_version += 1;
+        match k {
+            ConfigKey::Tenant { id } => {
+                self.tenants.remove(id.as_str());
+            }
+            ConfigKey::Queue { tenant, id } => {
+                self.queues.remove(&key(tenant, id.as_str()));
+            }
+            ConfigKey::Agent { tenant, id } => {
+                self.agents.remove(&key(tenant, id.as_str()));
+                self.agent_sessions.remove(&key(tenant, id.as_str()));
+            }
+            ConfigKey::Extension { tenant, id } => {
+                self.extensions.remove(&key(tenant, id.as_str()));
+                self.bindings.remove(&key(tenant, id.as_str()));
+            }
+            ConfigKey::Trunk { id } => {
+                self.trunks.remove(id.as_str());
+            }
+            ConfigKey::Flow { tenant, id } => {
+                self.flows.remove(&key(tenant, id.as_str()));
+            }
+            ConfigKey::Prompt { tenant, id } => {
+                self.prompts.remove(&key(tenant, id.as_str()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Something that still refers to `k`, which blocks its deletion.
+    fn users_of(&self, k: &ConfigKey) -> Option<String> {
+        match k {
+            ConfigKey::Tenant { id } => {
+                let prefix = format!("{id}/");
+                let owned = [&self.queues.keys().collect::<Vec<_>>(), &self.agents.keys().collect(), &self.extensions.keys().collect(), &self.flows.keys().collect(), &self.prompts.keys().collect()]
+                    .into_iter()
+                    .flat_map(|keys| keys.iter())
+                    .find(|k| k.starts_with(&prefix))
+                    .map(|k| k.to_string());
+                owned
+            }
+            ConfigKey::Queue { tenant, id } => self
+                .agents
+                .values()
+                .find(|a| &a.tenant == tenant && a.skills.contains(id))
+                .map(|a| format!("agent {}", a.id))
+                .or_else(|| {
+                    self.flows
+                        .values()
+                        .find(|f| &f.tenant == tenant && f.references().0.contains(&id))
+                        .map(|f| format!("flow {}", f.id))
+                })
+                .or_else(|| self.tenant_entry_user(tenant, &Entry::Queue(id.clone()))),
+            ConfigKey::Flow { tenant, id } => self.tenant_entry_user(tenant, &Entry::Flow(id.clone())),
+            ConfigKey::Prompt { tenant, id } => self
+                .flows
+                .values()
+                .find(|f| &f.tenant == tenant && f.references().1.contains(&id))
+                .map(|f| format!("flow {}", f.id))
+                .or_else(|| {
+                    self.queues
+                        .values()
+                        .find(|q| {
+                            &q.tenant == tenant
+                                && (q.music_prompt.as_ref() == Some(id) || q.timeout_prompt.as_ref() == Some(id))
+                        })
+                        .map(|q| format!("queue {}", q.id))
+                }),
+            ConfigKey::Agent { tenant, id } => self
+                .agent_sessions
+                .get(&key(tenant, id.as_str()))
+                .filter(|s| s.status != AgentStatus::SignedOut)
+                .map(|_| "a signed-in session (sign the agent out first)".to_string()),
+            ConfigKey::Extension { .. } | ConfigKey::Trunk { .. } => None,
+        }
+    }
+
+    fn tenant_entry_user(&self, tenant: &TenantId, entry: &Entry) -> Option<String> {
+        self.tenants
+            .get(tenant.as_str())
+            .and_then(|t| t.access_codes.iter().find(|a| &a.entry == entry))
+            .map(|a| format!("access code {}", a.code))
+    }
+
+    fn register(&mut self, binding: &Binding, now_ms: u64) -> Result<(), ApplyError> {
+        let k = key(&binding.tenant, binding.extension.as_str());
+        if !self.extensions.contains_key(&k) {
+            return Err(ApplyError::NotFound(format!("extension {k}")));
+        }
+        let list = self.bindings.entry(k).or_default();
+        list.retain(|b| b.expires_at_ms > now_ms && !(b.node == binding.node && b.contact == binding.contact));
+        list.push(binding.clone());
+        Ok(())
+    }
+
+    fn unregister(&mut self, tenant: &TenantId, extension: &ExtensionId, node: NodeId, contact: Option<&str>) {
+        let k = key(tenant, extension.as_str());
+        if let Some(list) = self.bindings.get_mut(&k) {
+            list.retain(|b| b.node != node || contact.is_some_and(|c| c != b.contact));
+            if list.is_empty() {
+                self.bindings.remove(&k);
+            }
+        }
+    }
+
+    /// Live bindings of an extension at `now_ms`, newest first.
+    pub fn live_bindings(&self, tenant: &TenantId, extension: &ExtensionId, now_ms: u64) -> Vec<&Binding> {
+        let mut live: Vec<&Binding> = self
+            .bindings
+            .get(&key(tenant, extension.as_str()))
+            .map(|list| list.iter().filter(|b| b.expires_at_ms > now_ms).collect())
+            .unwrap_or_default();
+        live.sort_by(|a, b| b.expires_at_ms.cmp(&a.expires_at_ms));
+        live
+    }
+
+    pub fn queue(&self, tenant: &TenantId, id: &QueueId) -> Option<&Queue> {
+        self.queues.get(&key(tenant, id.as_str()))
+    }
+    pub fn agent(&self, tenant: &TenantId, id: &AgentId) -> Option<&Agent> {
+        self.agents.get(&key(tenant, id.as_str()))
+    }
+    pub fn extension(&self, tenant: &TenantId, id: &ExtensionId) -> Option<&Extension> {
+        self.extensions.get(&key(tenant, id.as_str()))
+    }
+    pub fn flow(&self, tenant: &TenantId, id: &FlowId) -> Option<&Flow> {
+        self.flows.get(&key(tenant, id.as_str()))
+    }
+    pub fn prompt(&self, tenant: &TenantId, id: &PromptId) -> Option<&Prompt> {
+        self.prompts.get(&key(tenant, id.as_str()))
+    }
+    pub fn agent_session(&self, tenant: &TenantId, id: &AgentId) -> Option<&AgentSession> {
+        self.agent_sessions.get(&key(tenant, id.as_str()))
+    }
+    /// The tenant whose SIP domain is `domain`.
+    pub fn tenant_by_domain(&self, domain: &str) -> Option<&Tenant> {
+        self.tenants.values().find(|t| t.domain.eq_ignore_ascii_case(domain))
+    }
+    /// The trunk a request from `ip` belongs to.
+    pub fn trunk_for(&self, ip: std::net::IpAddr) -> Option<&Trunk> {
+        self.trunks.values().find(|t| t.sources.contains(&ip))
+    }
+}
+
+fn describe(k: &ConfigKey) -> String {
+    match k {
+        ConfigKey::Tenant { id } => format!("tenant {id}"),
+        ConfigKey::Queue { tenant, id } => format!("queue {tenant}/{id}"),
+        ConfigKey::Agent { tenant, id } => format!("agent {tenant}/{id}"),
+        ConfigKey::Extension { tenant, id } => format!("extension {tenant}/{id}"),
+        ConfigKey::Trunk { id } => format!("trunk {id}"),
+        ConfigKey::Flow { tenant, id } => format!("flow {tenant}/{id}"),
+        ConfigKey::Prompt { tenant, id } => format!("prompt {tenant}/{id}"),
+    }
+}

@@ -1,0 +1,147 @@
+use super::*;
+use crate::routing::{resolve, RouteError};
+use crate::state::key;
+use rand::SeedableRng;
+
+fn sample_state() -> (ReplicatedState, sample::SampleInfo) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (commands, info) = sample::sample(&mut rng);
+    let mut state = ReplicatedState::default();
+    for c in &commands {
+        let outcome = state.apply(c);
+        assert_eq!(outcome.error, None, "sample command {c:?}");
+    }
+    (state, info)
+}
+
+#[test]
+fn sample_applies_cleanly_and_routes_by_landing_code() {
+    let (state, info) = sample_state();
+    assert_eq!(state.tenants.len(), 5);
+    assert_eq!(state.queues.len(), 20);
+    assert_eq!(state.agents.len(), 50);
+    assert_eq!(info.tenants[0].agents.len(), 10);
+    let gd = resolve(&state, "075595598").expect("routes");
+    assert_eq!(gd.tenant.as_str(), "gd");
+    assert_eq!(gd.landing_code.as_deref(), Some("0755"));
+    assert_eq!(resolve(&state, "02095598").expect("routes").tenant.as_str(), "gd");
+    assert_eq!(resolve(&state, "+8687195598").expect("routes").tenant.as_str(), "yn");
+    assert_eq!(resolve(&state, "089895598").expect("routes").tenant.as_str(), "hi");
+    assert_eq!(resolve(&state, "95598"), Err(RouteError::Ambiguous));
+    assert_eq!(resolve(&state, "0999995598"), Err(RouteError::NoRoute));
+}
+
+#[test]
+fn references_are_checked_and_deletes_blocked_while_in_use() {
+    let (mut state, _) = sample_state();
+    let gd: TenantId = "gd".parse().unwrap();
+    let orphan = Agent { tenant: gd.clone(), id: "2001".parse().unwrap(), name: "x".into(), skills: vec!["nope".parse().unwrap()] };
+    let out = state.apply(&Command::Create { item: ConfigItem::Agent(orphan) });
+    assert!(matches!(out.error, Some(ApplyError::NotFound(_))));
+    let out = state.apply(&Command::Delete { key: ConfigKey::Queue { tenant: gd.clone(), id: "billing".parse().unwrap() } });
+    assert!(matches!(out.error, Some(ApplyError::InUse(_))), "{out:?}");
+    let out = state.apply(&Command::Delete { key: ConfigKey::Tenant { id: gd.clone() } });
+    assert!(matches!(out.error, Some(ApplyError::InUse(_))));
+    // A landing code cannot be claimed by a second tenant.
+    let mut gx = state.tenants["gx"].clone();
+    gx.landing_codes.push("020".into());
+    let out = state.apply(&Command::Update { item: ConfigItem::Tenant(gx) });
+    assert!(matches!(out.error, Some(ApplyError::InUse(_))));
+    let before = state.clone();
+    let out = state.apply(&Command::Create { item: ConfigItem::Tenant(state.tenants["gd"].clone()) });
+    assert!(matches!(out.error, Some(ApplyError::AlreadyExists(_))));
+    assert_eq!(before, state, "a rejected command changes nothing");
+}
+
+#[test]
+fn bindings_expire_and_dual_registration_keeps_both_nodes() {
+    let (mut state, _) = sample_state();
+    let gd: TenantId = "gd".parse().unwrap();
+    let ext: ExtensionId = "1001".parse().unwrap();
+    let binding = |node, expires| Binding {
+        tenant: gd.clone(),
+        extension: ext.clone(),
+        contact: "sip:1001@127.0.0.1:6000".into(),
+        source: "127.0.0.1:6000".parse().unwrap(),
+        transport: "udp".into(),
+        node,
+        call_id: "c".into(),
+        cseq: 1,
+        expires_at_ms: expires,
+    };
+    state.apply(&Command::Register { binding: binding(1, 10_000), now_ms: 0 });
+    state.apply(&Command::Register { binding: binding(2, 20_000), now_ms: 0 });
+    assert_eq!(state.live_bindings(&gd, &ext, 5_000).len(), 2);
+    assert_eq!(state.live_bindings(&gd, &ext, 15_000).len(), 1);
+    state.apply(&Command::Unregister { tenant: gd.clone(), extension: ext.clone(), node: 2, contact: None });
+    assert_eq!(state.live_bindings(&gd, &ext, 5_000).len(), 1);
+    let out = state.apply(&Command::Register { binding: Binding { extension: "9999".parse().unwrap(), ..binding(1, 1) }, now_ms: 0 });
+    assert!(out.error.is_some(), "unknown extensions cannot register");
+}
+
+#[test]
+fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
+    let (mut state, _) = sample_state();
+    let gd: TenantId = "gd".parse().unwrap();
+    let session = |version, status| AgentSession {
+        tenant: gd.clone(),
+        agent: "1001".parse().unwrap(),
+        extension: "1001".parse().unwrap(),
+        status,
+        since_ms: 0,
+        idle_since_ms: 0,
+        calls_answered: 0,
+        owner: 1,
+        version,
+    };
+    state.apply(&Command::PutAgentSession { session: session(2, AgentStatus::Ready) });
+    state.apply(&Command::PutAgentSession { session: session(1, AgentStatus::SignedOut) });
+    assert_eq!(state.agent_sessions[&key(&gd, "1001")].status, AgentStatus::Ready);
+    let cdr = Cdr {
+        call_id: CallId("1-1-x".into()),
+        tenant: Some(gd.clone()),
+        entry_node: 1,
+        access_code: None,
+        landing_code: None,
+        caller: "1".into(),
+        dialled: "2".into(),
+        trunk: None,
+        started_at_ms: 0,
+        answered_at_ms: None,
+        ended_at_ms: 1,
+        ivr: vec![],
+        queue: None,
+        enqueued_at_ms: None,
+        wait_ms: 0,
+        agent: None,
+        extension: None,
+        agent_node: None,
+        ring_started_at_ms: None,
+        agent_answered_at_ms: None,
+        ring_ms: 0,
+        talk_ms: 0,
+        hangup_by: HangupBy::Caller,
+        disposition: Disposition::Abandoned,
+        reason: None,
+        recording_id: None,
+    };
+    state.apply(&Command::RecordCdr { cdr: cdr.clone() });
+    state.apply(&Command::RecordCdr { cdr: Cdr { ended_at_ms: 99, ..cdr } });
+    assert_eq!(state.cdrs.len(), 1);
+    assert_eq!(state.cdrs["1-1-x"].ended_at_ms, 1, "the first CDR of a call wins");
+}
+
+#[test]
+fn state_round_trips_through_json_for_snapshots() {
+    let (state, _) = sample_state();
+    let json = serde_json::to_vec(&state).unwrap();
+    let back: ReplicatedState = serde_json::from_slice(&json).unwrap();
+    assert_eq!(state, back);
+}
+
+#[test]
+fn passwords_follow_policy() {
+    assert!(validate_password("abc").is_err());
+    assert!(validate_password("abcdefgh1").is_err());
+    assert!(validate_password("abcdefg1!").is_ok());
+}
