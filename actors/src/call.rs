@@ -1,0 +1,425 @@
+//! The call-control state machine, pure: one per call, driven by the CallActor. It walks the
+//! IVR flow (R5.2), queues the call (R3.1), takes an offer from the queue, rings the agent,
+//! bridges, and writes the CDR with the multi-leg trail (R8.3). SIP and RTP are the driver's
+//! job: this machine says *what* to do (`DialAgent`, `Bridge`, `HangupCustomer`, ...), the
+//! driver knows *how* (dialogs, transactions, media sessions).
+//!
+//! Call order: `start`, then `handle(now_ms, input)` for each event and `handle_timeout(now_ms)`
+//! at `poll_timeout()`; drain `poll_output()` after each. After `CallOutput::Finished` the
+//! machine accepts nothing more.
+//!
+//! Invariants: the machine holds at most one agent at a time; it emits exactly one CDR (I2),
+//! whatever order hang-ups and offers arrive in; a late offer for a call that has left the
+//! queue is refused, so the agent goes back to ready.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use model::routing::Route;
+use model::{
+    AgentId, CallId, Cdr, Disposition, Entry, ExtensionId, Flow, FlowNode, HangupBy, IvrStep, NodeId, PromptId,
+    Queue, QueueId, TrunkId,
+};
+
+/// What the machine knows about a call when it starts.
+#[derive(Clone, Debug)]
+pub struct CallSetup {
+    pub call_id: CallId,
+    pub entry_node: NodeId,
+    pub route: Route,
+    pub caller: String,
+    pub dialled: String,
+    pub trunk: Option<TrunkId>,
+    pub started_at_ms: u64,
+    /// The flow of the access code's entry, if it is a flow.
+    pub flow: Option<Flow>,
+    /// The tenant's queues as configured when the call arrived.
+    pub queues: BTreeMap<QueueId, Queue>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallInput {
+    /// The customer leg is answered and its media flows: the IVR may start.
+    CustomerAnswered,
+    PlayDone,
+    Digit(char),
+    Offer { queue: QueueId, agent: AgentId, agent_node: NodeId, extension: ExtensionId },
+    AgentRinging,
+    AgentAnswered,
+    /// The agent leg failed: `no_answer` when it rang out or was declined.
+    AgentFailed { no_answer: bool, reason: String },
+    CustomerHangup,
+    AgentHangup,
+    /// The recording of the bridge, known when it started.
+    Recording { id: String },
+}
+
+/// What an agent's actor must be told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentNotice {
+    Ringing,
+    Answered,
+    Ended { acw_ms: u64 },
+    Failed { no_answer: bool },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallOutput {
+    Play { prompt: PromptId, repeat: bool },
+    StopPlay,
+    Enqueue { queue: QueueId, priority: u8, enqueued_at_ms: u64 },
+    Dequeue { queue: QueueId },
+    OfferDone { queue: QueueId, agent: AgentId, answered: bool },
+    Agent { agent: AgentId, agent_node: NodeId, notice: AgentNotice },
+    DialAgent { extension: ExtensionId, ring_timeout_ms: u64 },
+    CancelAgent,
+    Bridge,
+    HangupCustomer,
+    HangupAgent,
+    Cdr(Box<Cdr>),
+    Finished,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    Setup,
+    /// Playing a Play or Menu node's prompt; a menu then waits for a key until `deadline`.
+    Ivr { node: String, menu_deadline: Option<u64> },
+    Queued { queue: QueueId },
+    Offering { queue: QueueId, agent: AgentId, agent_node: NodeId, extension: ExtensionId, deadline: u64 },
+    Talking { queue: QueueId, agent: AgentId, agent_node: NodeId },
+    /// Playing a last prompt before the platform hangs up.
+    Releasing,
+    Ended,
+}
+
+pub struct CallMachine {
+    setup: CallSetup,
+    state: State,
+    cdr: Cdr,
+    max_wait_deadline: Option<u64>,
+    outputs: VecDeque<CallOutput>,
+}
+
+const PRIORITY_DEFAULT: u8 = 0;
+
+impl CallMachine {
+    pub fn new(setup: CallSetup) -> Self {
+        let cdr = Cdr {
+            call_id: setup.call_id.clone(),
+            tenant: Some(setup.route.tenant.clone()),
+            entry_node: setup.entry_node,
+            access_code: Some(setup.route.access_code.clone()),
+            landing_code: setup.route.landing_code.clone(),
+            caller: setup.caller.clone(),
+            dialled: setup.dialled.clone(),
+            trunk: setup.trunk.clone(),
+            started_at_ms: setup.started_at_ms,
+            answered_at_ms: None,
+            ended_at_ms: setup.started_at_ms,
+            ivr: Vec::new(),
+            queue: None,
+            enqueued_at_ms: None,
+            wait_ms: 0,
+            agent: None,
+            extension: None,
+            agent_node: None,
+            ring_started_at_ms: None,
+            agent_answered_at_ms: None,
+            ring_ms: 0,
+            talk_ms: 0,
+            hangup_by: HangupBy::System,
+            disposition: Disposition::Released,
+            reason: None,
+            recording_id: None,
+        };
+        Self { setup, state: State::Setup, cdr, max_wait_deadline: None, outputs: VecDeque::new() }
+    }
+
+    pub fn call_id(&self) -> &CallId {
+        &self.setup.call_id
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// A short name of the state, for the live-calls API.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Setup => "setup",
+            State::Ivr { .. } => "ivr",
+            State::Queued { .. } => "queued",
+            State::Offering { .. } => "ringing_agent",
+            State::Talking { .. } => "talking",
+            State::Releasing => "releasing",
+            State::Ended => "ended",
+        }
+    }
+
+    pub fn cdr_so_far(&self) -> &Cdr {
+        &self.cdr
+    }
+
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<CallOutput> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let state_deadline = match &self.state {
+            State::Ivr { menu_deadline, .. } => *menu_deadline,
+            State::Offering { deadline, .. } => Some(*deadline),
+            _ => None,
+        };
+        let wait = match self.state {
+            State::Queued { .. } => self.max_wait_deadline,
+            _ => None,
+        };
+        state_deadline.into_iter().chain(wait).min()
+    }
+
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        match self.state.clone() {
+            State::Ivr { node, menu_deadline: Some(deadline) } if now_ms >= deadline => {
+                if let Some(FlowNode::Menu { default, .. }) = self.flow_node(&node).cloned() {
+                    self.cdr.ivr.push(IvrStep { node: node.clone(), key: None, at_ms: now_ms });
+                    self.enter_node(now_ms, &default);
+                }
+            }
+            State::Offering { queue, agent, agent_node, deadline, .. } if now_ms >= deadline => {
+                self.outputs.push_back(CallOutput::CancelAgent);
+                self.offer_failed(now_ms, queue, agent, agent_node, true);
+            }
+            State::Queued { queue } if self.max_wait_deadline.is_some_and(|d| now_ms >= d) => {
+                // R3.4: waited too long; release with a prompt.
+                self.outputs.push_back(CallOutput::Dequeue { queue: queue.clone() });
+                self.cdr.reason = Some("max_wait".into());
+                let prompt = self.setup.queues.get(&queue).and_then(|q| q.timeout_prompt.clone());
+                self.release(now_ms, prompt, Disposition::Released);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn handle(&mut self, now_ms: u64, input: CallInput) {
+        if self.state == State::Ended {
+            // A late offer must still be answered so the agent is freed.
+            if let CallInput::Offer { queue, agent, agent_node, .. } = input {
+                self.refuse_offer(queue, agent, agent_node);
+            }
+            return;
+        }
+        match input {
+            CallInput::CustomerAnswered => {
+                if self.state == State::Setup {
+                    self.cdr.answered_at_ms = Some(now_ms);
+                    match self.setup.route.entry.clone() {
+                        Entry::Flow(_) => {
+                            let start = self.setup.flow.as_ref().map(|f| f.start.clone());
+                            match start {
+                                Some(start) => self.enter_node(now_ms, &start),
+                                None => self.fail(now_ms, "flow missing"),
+                            }
+                        }
+                        Entry::Queue(queue) => self.enqueue(now_ms, queue),
+                    }
+                }
+            }
+            CallInput::PlayDone => match self.state.clone() {
+                State::Ivr { node, menu_deadline: None } => match self.flow_node(&node).cloned() {
+                    Some(FlowNode::Play { next, .. }) => {
+                        self.cdr.ivr.push(IvrStep { node, key: None, at_ms: now_ms });
+                        self.enter_node(now_ms, &next);
+                    }
+                    Some(FlowNode::Menu { timeout_ms, .. }) => {
+                        self.state = State::Ivr { node, menu_deadline: Some(now_ms + timeout_ms) };
+                    }
+                    _ => {}
+                },
+                State::Releasing => self.finish(now_ms, HangupBy::System, self.cdr.disposition),
+                _ => {}
+            },
+            CallInput::Digit(digit) => {
+                if let State::Ivr { node, .. } = self.state.clone() {
+                    if let Some(FlowNode::Menu { options, .. }) = self.flow_node(&node).cloned() {
+                        // A key during the menu prompt interrupts it (barge-in).
+                        if let Some(next) = options.get(&digit.to_string()) {
+                            self.outputs.push_back(CallOutput::StopPlay);
+                            self.cdr.ivr.push(IvrStep { node, key: Some(digit.to_string()), at_ms: now_ms });
+                            let next = next.clone();
+                            self.enter_node(now_ms, &next);
+                        }
+                    }
+                }
+            }
+            CallInput::Offer { queue, agent, agent_node, extension } => match self.state.clone() {
+                State::Queued { queue: q } if q == queue => {
+                    let ring_timeout_ms = self.setup.queues.get(&queue).map_or(15_000, |q| q.ring_timeout_ms);
+                    self.state = State::Offering {
+                        queue,
+                        agent,
+                        agent_node,
+                        extension: extension.clone(),
+                        deadline: now_ms + ring_timeout_ms,
+                    };
+                    self.outputs.push_back(CallOutput::DialAgent { extension, ring_timeout_ms });
+                }
+                _ => self.refuse_offer(queue, agent, agent_node),
+            },
+            CallInput::AgentRinging => {
+                if let State::Offering { agent, agent_node, .. } = &self.state {
+                    if self.cdr.ring_started_at_ms.is_none() {
+                        self.cdr.ring_started_at_ms = Some(now_ms);
+                        self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node: *agent_node, notice: AgentNotice::Ringing });
+                    }
+                }
+            }
+            CallInput::AgentAnswered => {
+                if let State::Offering { queue, agent, agent_node, extension, .. } = self.state.clone() {
+                    let ring_start = *self.cdr.ring_started_at_ms.get_or_insert(now_ms);
+                    self.cdr.ring_ms = now_ms.saturating_sub(ring_start);
+                    self.cdr.agent_answered_at_ms = Some(now_ms);
+                    self.cdr.agent = Some(agent.clone());
+                    self.cdr.extension = Some(extension);
+                    self.cdr.agent_node = Some(agent_node);
+                    self.cdr.wait_ms = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
+                    self.outputs.push_back(CallOutput::StopPlay);
+                    self.outputs.push_back(CallOutput::OfferDone { queue: queue.clone(), agent: agent.clone(), answered: true });
+                    self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node, notice: AgentNotice::Answered });
+                    self.outputs.push_back(CallOutput::Bridge);
+                    self.state = State::Talking { queue, agent, agent_node };
+                }
+            }
+            CallInput::AgentFailed { no_answer, reason } => {
+                if let State::Offering { queue, agent, agent_node, .. } = self.state.clone() {
+                    self.cdr.reason = Some(reason);
+                    self.offer_failed(now_ms, queue, agent, agent_node, no_answer);
+                }
+            }
+            CallInput::CustomerHangup => self.hangup(now_ms, HangupBy::Caller),
+            CallInput::AgentHangup => {
+                if matches!(self.state, State::Talking { .. }) {
+                    self.hangup(now_ms, HangupBy::Agent);
+                }
+            }
+            CallInput::Recording { id } => self.cdr.recording_id = Some(id),
+        }
+    }
+
+    fn flow_node(&self, name: &str) -> Option<&FlowNode> {
+        self.setup.flow.as_ref().and_then(|f| f.nodes.get(name))
+    }
+
+    fn enter_node(&mut self, now_ms: u64, name: &str) {
+        let Some(node) = self.flow_node(name).cloned() else {
+            return self.fail(now_ms, "flow node missing");
+        };
+        match node {
+            FlowNode::Play { prompt, .. } | FlowNode::Menu { prompt, .. } => {
+                self.state = State::Ivr { node: name.to_string(), menu_deadline: None };
+                self.outputs.push_back(CallOutput::Play { prompt, repeat: false });
+            }
+            FlowNode::Queue { queue } => {
+                self.cdr.ivr.push(IvrStep { node: name.to_string(), key: None, at_ms: now_ms });
+                self.enqueue(now_ms, queue);
+            }
+            FlowNode::Hangup { prompt } => {
+                self.cdr.ivr.push(IvrStep { node: name.to_string(), key: None, at_ms: now_ms });
+                self.release(now_ms, prompt, Disposition::Released);
+            }
+        }
+    }
+
+    fn enqueue(&mut self, now_ms: u64, queue: QueueId) {
+        let Some(config) = self.setup.queues.get(&queue).cloned() else {
+            return self.fail(now_ms, "queue missing");
+        };
+        self.cdr.queue = Some(queue.clone());
+        self.cdr.enqueued_at_ms = Some(now_ms);
+        self.max_wait_deadline = Some(now_ms + config.max_wait_ms);
+        self.state = State::Queued { queue: queue.clone() };
+        if let Some(music) = config.music_prompt {
+            self.outputs.push_back(CallOutput::Play { prompt: music, repeat: true });
+        }
+        self.outputs.push_back(CallOutput::Enqueue { queue, priority: PRIORITY_DEFAULT, enqueued_at_ms: now_ms });
+    }
+
+    fn offer_failed(&mut self, now_ms: u64, queue: QueueId, agent: AgentId, agent_node: NodeId, no_answer: bool) {
+        self.cdr.ring_started_at_ms = None;
+        self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node, notice: AgentNotice::Failed { no_answer } });
+        self.outputs.push_back(CallOutput::OfferDone { queue: queue.clone(), agent, answered: false });
+        self.state = State::Queued { queue: queue.clone() };
+        if self.max_wait_deadline.is_some_and(|d| now_ms >= d) {
+            self.handle_timeout(now_ms);
+        }
+    }
+
+    fn refuse_offer(&mut self, queue: QueueId, agent: AgentId, agent_node: NodeId) {
+        self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node, notice: AgentNotice::Failed { no_answer: false } });
+        self.outputs.push_back(CallOutput::OfferDone { queue, agent, answered: false });
+    }
+
+    fn release(&mut self, now_ms: u64, prompt: Option<PromptId>, disposition: Disposition) {
+        self.cdr.disposition = disposition;
+        match prompt {
+            Some(prompt) => {
+                self.state = State::Releasing;
+                self.outputs.push_back(CallOutput::Play { prompt, repeat: false });
+            }
+            None => self.finish(now_ms, HangupBy::System, disposition),
+        }
+    }
+
+    fn fail(&mut self, now_ms: u64, reason: &str) {
+        self.cdr.reason = Some(reason.to_string());
+        self.finish(now_ms, HangupBy::System, Disposition::Failed);
+    }
+
+    /// One side hung up.
+    fn hangup(&mut self, now_ms: u64, by: HangupBy) {
+        match self.state.clone() {
+            State::Ended => {}
+            State::Talking { .. } => self.finish(now_ms, by, Disposition::Answered),
+            State::Queued { queue } => {
+                self.outputs.push_back(CallOutput::Dequeue { queue });
+                self.finish(now_ms, by, Disposition::Abandoned);
+            }
+            State::Offering { queue, agent, agent_node, .. } => {
+                self.outputs.push_back(CallOutput::CancelAgent);
+                self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node, notice: AgentNotice::Failed { no_answer: false } });
+                self.outputs.push_back(CallOutput::OfferDone { queue: queue.clone(), agent, answered: false });
+                self.outputs.push_back(CallOutput::Dequeue { queue });
+                self.finish(now_ms, by, Disposition::Abandoned);
+            }
+            State::Releasing => self.finish(now_ms, by, self.cdr.disposition),
+            State::Setup | State::Ivr { .. } => self.finish(now_ms, by, Disposition::Abandoned),
+        }
+    }
+
+    fn finish(&mut self, now_ms: u64, by: HangupBy, disposition: Disposition) {
+        let previous = std::mem::replace(&mut self.state, State::Ended);
+        self.outputs.push_back(CallOutput::StopPlay);
+        if let State::Talking { queue, agent, agent_node } = &previous {
+            let acw_ms = self.setup.queues.get(queue).map_or(0, |q| q.acw_ms);
+            self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node: *agent_node, notice: AgentNotice::Ended { acw_ms } });
+            self.cdr.talk_ms = now_ms.saturating_sub(self.cdr.agent_answered_at_ms.unwrap_or(now_ms));
+            if by != HangupBy::Agent {
+                self.outputs.push_back(CallOutput::HangupAgent);
+            }
+        }
+        if matches!(previous, State::Queued { .. } | State::Offering { .. }) || (disposition != Disposition::Answered && self.cdr.enqueued_at_ms.is_some()) {
+            self.cdr.wait_ms = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
+        }
+        if by != HangupBy::Caller {
+            self.outputs.push_back(CallOutput::HangupCustomer);
+        }
+        self.cdr.ended_at_ms = now_ms;
+        self.cdr.hangup_by = by;
+        self.cdr.disposition = disposition;
+        self.outputs.push_back(CallOutput::Cdr(Box::new(self.cdr.clone())));
+        self.outputs.push_back(CallOutput::Finished);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+//! The skill-queue state machine (R3.1, R3.2), pure. Waiting calls are ordered by priority,
+//! then arrival (I4); idle agents by how long they have been idle (longest first, R3.2).
+//!
+//! An offer is a two-step protocol so that no agent is double-booked across queues and nodes
+//! (I1): the queue first asks the AgentActor to `Reserve` the agent; only an accepted
+//! reservation becomes an `Offer` to the CallActor. A refused or unanswered reservation puts
+//! the call back at its place and the queue tries another agent. The call keeps its original
+//! enqueue time whatever happens, so its place in line never changes.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use model::{AgentId, CallId, ExtensionId, NodeId};
+
+/// How long the queue waits for an agent's answer to `Reserve` before giving up on it.
+pub const RESERVE_REPLY_TIMEOUT_MS: u64 = 3_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueueInput {
+    Enqueue { call: CallId, call_node: NodeId, priority: u8, enqueued_at_ms: u64 },
+    /// The call left the queue (caller hung up, max wait, answered elsewhere).
+    Remove { call: CallId },
+    AgentAvailable { agent: AgentId, agent_node: NodeId, idle_since_ms: u64 },
+    AgentUnavailable { agent: AgentId },
+    ReserveReply { agent: AgentId, call: CallId, accepted: bool, extension: Option<ExtensionId> },
+    /// The CallActor's verdict on an offer: answered, or not (the call stays queued).
+    OfferDone { call: CallId, agent: AgentId, answered: bool },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueueOutput {
+    Reserve { agent: AgentId, agent_node: NodeId, call: CallId },
+    CancelReservation { agent: AgentId, agent_node: NodeId, call: CallId },
+    Offer { call: CallId, call_node: NodeId, agent: AgentId, agent_node: NodeId, extension: ExtensionId },
+    /// The queue's figures changed (for the wallboard, metrics and events).
+    Stats(QueueStats),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueueStats {
+    pub waiting: usize,
+    pub oldest_enqueued_at_ms: Option<u64>,
+    pub agents_available: usize,
+    pub offering: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Waiting {
+    call: CallId,
+    call_node: NodeId,
+    enqueued_at_ms: u64,
+    /// Some while an agent is being reserved or rung for this call.
+    offered_to: Option<AgentId>,
+}
+
+#[derive(Clone, Debug)]
+enum Slot {
+    Idle,
+    Reserving { call: CallId, since_ms: u64 },
+}
+
+#[derive(Clone, Debug)]
+struct AgentEntry {
+    node: NodeId,
+    idle_since_ms: u64,
+    slot: Slot,
+}
+
+type Position = (Reverse<u8>, u64, u64);
+
+#[derive(Default)]
+pub struct QueueMachine {
+    waiting: BTreeMap<Position, Waiting>,
+    positions: HashMap<CallId, Position>,
+    agents: HashMap<AgentId, AgentEntry>,
+    seq: u64,
+    outputs: VecDeque<QueueOutput>,
+    last_stats: Option<QueueStats>,
+}
+
+impl QueueMachine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<QueueOutput> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.agents
+            .values()
+            .filter_map(|a| match a.slot {
+                Slot::Reserving { since_ms, .. } => Some(since_ms + RESERVE_REPLY_TIMEOUT_MS),
+                Slot::Idle => None,
+            })
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let expired: Vec<(AgentId, CallId)> = self
+            .agents
+            .iter()
+            .filter_map(|(id, a)| match &a.slot {
+                Slot::Reserving { call, since_ms } if now_ms >= since_ms + RESERVE_REPLY_TIMEOUT_MS => {
+                    Some((id.clone(), call.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (agent, call) in expired {
+            // No answer from the agent's actor (its node may be gone): forget the agent until
+            // it announces itself again, and put the call back at its place.
+            self.agents.remove(&agent);
+            self.release_call(&call);
+        }
+        self.dispatch(now_ms);
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            waiting: self.waiting.len(),
+            oldest_enqueued_at_ms: self.waiting.values().map(|w| w.enqueued_at_ms).min(),
+            agents_available: self.agents.values().filter(|a| matches!(a.slot, Slot::Idle)).count(),
+            offering: self.waiting.values().filter(|w| w.offered_to.is_some()).count(),
+        }
+    }
+
+    /// Calls in service order, for the API.
+    pub fn waiting_calls(&self) -> Vec<(CallId, u8, u64)> {
+        self.waiting.iter().map(|((Reverse(p), at, _), w)| (w.call.clone(), *p, *at)).collect()
+    }
+
+    pub fn handle(&mut self, now_ms: u64, input: QueueInput) {
+        match input {
+            QueueInput::Enqueue { call, call_node, priority, enqueued_at_ms } => {
+                if !self.positions.contains_key(&call) {
+                    self.seq += 1;
+                    let position = (Reverse(priority), enqueued_at_ms, self.seq);
+                    self.positions.insert(call.clone(), position);
+                    self.waiting.insert(position, Waiting { call, call_node, enqueued_at_ms, offered_to: None });
+                }
+            }
+            QueueInput::Remove { call } => {
+                if let Some(position) = self.positions.remove(&call) {
+                    if let Some(w) = self.waiting.remove(&position) {
+                        if let Some(agent) = w.offered_to {
+                            self.cancel_reservation(&agent, &call);
+                        }
+                    }
+                }
+            }
+            QueueInput::AgentAvailable { agent, agent_node, idle_since_ms } => {
+                let entry = self.agents.entry(agent).or_insert(AgentEntry { node: agent_node, idle_since_ms, slot: Slot::Idle });
+                entry.node = agent_node;
+                entry.idle_since_ms = idle_since_ms;
+                if let Slot::Reserving { .. } = entry.slot {
+                    // A fresh availability supersedes a reservation we were waiting on.
+                    let Slot::Reserving { call, .. } = std::mem::replace(&mut entry.slot, Slot::Idle) else { unreachable!() };
+                    self.release_call(&call);
+                }
+            }
+            QueueInput::AgentUnavailable { agent } => {
+                if let Some(AgentEntry { slot: Slot::Reserving { call, .. }, .. }) = self.agents.remove(&agent) {
+                    self.release_call(&call);
+                }
+            }
+            QueueInput::ReserveReply { agent, call, accepted, extension } => {
+                let reserving = matches!(self.agents.get(&agent), Some(AgentEntry { slot: Slot::Reserving { call: c, .. }, .. }) if *c == call);
+                if !reserving {
+                    if accepted {
+                        // A late yes for a reservation we gave up on: hand the agent back.
+                        if let Some(node) = self.agents.get(&agent).map(|a| a.node) {
+                            self.outputs.push_back(QueueOutput::CancelReservation { agent, agent_node: node, call });
+                        }
+                    }
+                } else {
+                    let entry = self.agents.remove(&agent).expect("checked above");
+                    let waiting = self.positions.get(&call).and_then(|p| self.waiting.get(p));
+                    match (accepted, extension, waiting) {
+                        (true, Some(extension), Some(w)) => {
+                            // The agent is held for this call: it leaves our idle pool until it
+                            // announces itself available again.
+                            self.outputs.push_back(QueueOutput::Offer {
+                                call: call.clone(),
+                                call_node: w.call_node,
+                                agent,
+                                agent_node: entry.node,
+                                extension,
+                            });
+                        }
+                        (true, _, _) => {
+                            self.outputs.push_back(QueueOutput::CancelReservation { agent, agent_node: entry.node, call: call.clone() });
+                            self.release_call(&call);
+                        }
+                        (false, _, _) => self.release_call(&call),
+                    }
+                }
+            }
+            QueueInput::OfferDone { call, agent: _, answered } => {
+                if answered {
+                    if let Some(position) = self.positions.remove(&call) {
+                        self.waiting.remove(&position);
+                    }
+                } else {
+                    self.release_call(&call);
+                }
+            }
+        }
+        self.dispatch(now_ms);
+    }
+
+    fn release_call(&mut self, call: &CallId) {
+        if let Some(w) = self.positions.get(call).and_then(|p| self.waiting.get_mut(p)) {
+            w.offered_to = None;
+        }
+    }
+
+    fn cancel_reservation(&mut self, agent: &AgentId, call: &CallId) {
+        if let Some(entry) = self.agents.get(agent) {
+            if matches!(&entry.slot, Slot::Reserving { call: c, .. } if c == call) {
+                let node = entry.node;
+                self.agents.remove(agent);
+                self.outputs.push_back(QueueOutput::CancelReservation { agent: agent.clone(), agent_node: node, call: call.clone() });
+            }
+        }
+    }
+
+    /// Pairs the best waiting call with the longest-idle agent while both exist.
+    fn dispatch(&mut self, now_ms: u64) {
+        loop {
+            let Some((position, call)) = self
+                .waiting
+                .iter()
+                .find(|(_, w)| w.offered_to.is_none())
+                .map(|(p, w)| (*p, w.call.clone()))
+            else {
+                break;
+            };
+            let Some(agent) = self
+                .agents
+                .iter()
+                .filter(|(_, a)| matches!(a.slot, Slot::Idle))
+                .min_by_key(|(id, a)| (a.idle_since_ms, (*id).clone()))
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            let entry = self.agents.get_mut(&agent).expect("just found");
+            entry.slot = Slot::Reserving { call: call.clone(), since_ms: now_ms };
+            let agent_node = entry.node;
+            if let Some(w) = self.waiting.get_mut(&position) {
+                w.offered_to = Some(agent.clone());
+            }
+            self.outputs.push_back(QueueOutput::Reserve { agent, agent_node, call });
+        }
+        let stats = self.stats();
+        if self.last_stats.as_ref() != Some(&stats) {
+            self.last_stats = Some(stats.clone());
+            self.outputs.push_back(QueueOutput::Stats(stats));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserves(q: &mut QueueMachine) -> Vec<(String, String)> {
+        std::iter::from_fn(|| q.poll_output())
+            .filter_map(|o| match o {
+                QueueOutput::Reserve { agent, call, .. } => Some((agent.to_string(), call.0)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn enqueue(q: &mut QueueMachine, call: &str, priority: u8, at: u64) {
+        q.handle(at, QueueInput::Enqueue { call: CallId(call.into()), call_node: 1, priority, enqueued_at_ms: at });
+    }
+    fn available(q: &mut QueueMachine, agent: &str, idle: u64, now: u64) {
+        q.handle(now, QueueInput::AgentAvailable { agent: agent.parse().unwrap(), agent_node: 2, idle_since_ms: idle });
+    }
+
+    #[test]
+    fn longest_idle_agent_gets_the_call() {
+        let mut q = QueueMachine::new();
+        available(&mut q, "1001", 500, 1000);
+        available(&mut q, "1002", 100, 1000);
+        assert!(reserves(&mut q).is_empty());
+        enqueue(&mut q, "c1", 0, 2000);
+        assert_eq!(reserves(&mut q), vec![("1002".into(), "c1".into())]);
+    }
+
+    #[test]
+    fn calls_served_by_priority_then_arrival() {
+        let mut q = QueueMachine::new();
+        enqueue(&mut q, "old", 0, 10);
+        enqueue(&mut q, "vip", 5, 20);
+        enqueue(&mut q, "new", 0, 30);
+        available(&mut q, "1001", 0, 40);
+        available(&mut q, "1002", 1, 40);
+        available(&mut q, "1003", 2, 40);
+        let order: Vec<String> = reserves(&mut q).into_iter().map(|(_, c)| c).collect();
+        assert_eq!(order, vec!["vip", "old", "new"]);
+    }
+
+    #[test]
+    fn refused_reservation_retries_with_next_agent_and_keeps_place() {
+        let mut q = QueueMachine::new();
+        enqueue(&mut q, "c1", 0, 10);
+        available(&mut q, "1001", 0, 20);
+        available(&mut q, "1002", 5, 20);
+        assert_eq!(reserves(&mut q), vec![("1001".into(), "c1".into())]);
+        q.handle(30, QueueInput::ReserveReply { agent: "1001".parse().unwrap(), call: CallId("c1".into()), accepted: false, extension: None });
+        assert_eq!(reserves(&mut q), vec![("1002".into(), "c1".into())]);
+        q.handle(40, QueueInput::ReserveReply { agent: "1002".parse().unwrap(), call: CallId("c1".into()), accepted: true, extension: Some("1002".parse().unwrap()) });
+        let offers: Vec<_> = std::iter::from_fn(|| q.poll_output()).filter(|o| matches!(o, QueueOutput::Offer { .. })).collect();
+        assert_eq!(offers.len(), 1);
+        // Not answered: the call stays at the head with its original time.
+        q.handle(50, QueueInput::OfferDone { call: CallId("c1".into()), agent: "1002".parse().unwrap(), answered: false });
+        assert_eq!(q.waiting_calls(), vec![(CallId("c1".into()), 0, 10)]);
+    }
+
+    #[test]
+    fn silent_agent_reservation_times_out() {
+        let mut q = QueueMachine::new();
+        enqueue(&mut q, "c1", 0, 10);
+        available(&mut q, "1001", 0, 20);
+        let _ = reserves(&mut q);
+        assert_eq!(q.poll_timeout(), Some(20 + RESERVE_REPLY_TIMEOUT_MS));
+        q.handle_timeout(20 + RESERVE_REPLY_TIMEOUT_MS);
+        assert_eq!(q.stats().agents_available, 0);
+        assert_eq!(q.stats().offering, 0);
+    }
+
+    #[test]
+    fn removing_a_call_cancels_its_pending_reservation() {
+        let mut q = QueueMachine::new();
+        enqueue(&mut q, "c1", 0, 10);
+        available(&mut q, "1001", 0, 20);
+        let _ = reserves(&mut q);
+        q.handle(30, QueueInput::Remove { call: CallId("c1".into()) });
+        let cancels = std::iter::from_fn(|| q.poll_output()).filter(|o| matches!(o, QueueOutput::CancelReservation { .. })).count();
+        assert_eq!(cancels, 1);
+        assert_eq!(q.stats().waiting, 0);
+    }
+}
