@@ -25,7 +25,7 @@ pub enum Command {
     /// Remove one contact (`contact: Some`) or every binding the node holds for the AOR.
     Unregister { tenant: TenantId, extension: ExtensionId, node: NodeId, contact: Option<String> },
     PutAgentSession { session: AgentSession },
-    RecordCdr { cdr: Cdr },
+    RecordCdr { cdr: Box<Cdr> },
     Batch { commands: Vec<Command> },
 }
 
@@ -96,7 +96,7 @@ impl ReplicatedState {
             Command::RecordCdr { cdr } => {
                 // Idempotent by call id (I2: exactly one CDR per call, even if the proposer
                 // retries after a timeout).
-                self.cdrs.entry(cdr.call_id.0.clone()).or_insert_with(|| cdr.clone());
+                self.cdrs.entry(cdr.call_id.0.clone()).or_insert_with(|| (**cdr).clone());
                 Ok(())
             }
             Command::Batch { commands } => {
@@ -352,7 +352,7 @@ impl ReplicatedState {
             .get(&key(tenant, extension.as_str()))
             .map(|list| list.iter().filter(|b| b.expires_at_ms > now_ms).collect())
             .unwrap_or_default();
-        live.sort_by(|a, b| b.expires_at_ms.cmp(&a.expires_at_ms));
+        live.sort_by_key(|b| std::cmp::Reverse(b.expires_at_ms));
         live
     }
 

@@ -125,8 +125,8 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         reason: None,
         recording_id: None,
     };
-    state.apply(&Command::RecordCdr { cdr: cdr.clone() });
-    state.apply(&Command::RecordCdr { cdr: Cdr { ended_at_ms: 99, ..cdr } });
+    state.apply(&Command::RecordCdr { cdr: Box::new(cdr.clone()) });
+    state.apply(&Command::RecordCdr { cdr: Box::new(Cdr { ended_at_ms: 99, ..cdr }) });
     assert_eq!(state.cdrs.len(), 1);
     assert_eq!(state.cdrs["1-1-x"].ended_at_ms, 1, "the first CDR of a call wins");
 }

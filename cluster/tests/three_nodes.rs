@@ -1,0 +1,190 @@
+//! A three-node cluster on loopback: forwarding writes from a follower, rejected commands,
+//! and restart from the same data directories. Every wait has a deadline.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cluster::{Cluster, ClusterConfig, NodeInfo};
+use model::{Command, ConfigItem, Tenant, TenantId};
+
+const READY: Duration = Duration::from_secs(20);
+const APPLY: Duration = Duration::from_secs(10);
+
+fn free_loopback_addr() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+fn peers() -> Result<BTreeMap<u64, NodeInfo>> {
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        let info = NodeInfo {
+            site: format!("site{id}"),
+            raft_addr: free_loopback_addr()?,
+            api_addr: format!("127.0.0.1:{}", 28000 + id),
+            sip_addr: format!("127.0.0.1{id}:5060"),
+            mesh_addr: format!("127.0.0.1:{}", 29000 + id),
+        };
+        peers.insert(id, info);
+    }
+    Ok(peers)
+}
+
+async fn start_all(root: &Path, peers: &BTreeMap<u64, NodeInfo>) -> Result<Vec<Arc<Cluster>>> {
+    let mut nodes = Vec::new();
+    for (id, info) in peers {
+        let config = ClusterConfig::new(
+            *id,
+            info.clone(),
+            root.join(format!("node{id}")),
+            peers.clone(),
+        );
+        nodes.push(
+            Cluster::start(config)
+                .await
+                .with_context(|| format!("starting node {id}"))?,
+        );
+    }
+    for node in &nodes {
+        node.wait_ready(READY)
+            .await
+            .with_context(|| format!("node {} ready", node.node_id()))?;
+    }
+    Ok(nodes)
+}
+
+async fn stop_all(nodes: Vec<Arc<Cluster>>) {
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+fn tenant() -> Tenant {
+    Tenant {
+        id: TenantId::new("gd").expect("valid id"),
+        name: "Guangdong".to_string(),
+        domain: "gd.callgrid.test".to_string(),
+        landing_codes: vec!["20".to_string()],
+        access_codes: vec![],
+    }
+}
+
+fn has_tenant(node: &Cluster) -> bool {
+    node.read(|state| state.tenants.contains_key("gd"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_forward_reject_and_restart() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let peers = peers()?;
+    let nodes = start_all(root.path(), &peers).await?;
+
+    let leader = nodes[0]
+        .status()
+        .leader
+        .context("a leader after wait_ready")?;
+    for node in &nodes {
+        let status = node.status();
+        assert_eq!(status.voters.len(), 3, "{status:?}");
+        assert_eq!(status.voters, peers);
+    }
+    // Write through a follower (node 2 unless it happens to lead), so the write is forwarded.
+    let follower = nodes
+        .iter()
+        .find(|n| n.node_id() != leader && n.node_id() == 2)
+        .or_else(|| nodes.iter().find(|n| n.node_id() != leader));
+    let follower = follower.context("a follower")?;
+    assert_ne!(follower.status().state, "Leader");
+
+    let mut subscriptions: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let create = Command::Create {
+        item: ConfigItem::Tenant(tenant()),
+    };
+    let outcome = follower.write(create.clone()).await?;
+    assert_eq!(outcome.error, None, "first create must succeed");
+
+    // Every node applies it: wait for the applied event, with a deadline.
+    for (node, subscription) in nodes.iter().zip(subscriptions.iter_mut()) {
+        let applied = tokio::time::timeout(APPLY, subscription.recv())
+            .await
+            .with_context(|| format!("node {} applied within {APPLY:?}", node.node_id()))??;
+        assert_eq!(applied.command, create);
+        assert!(has_tenant(node), "node {} lacks the tenant", node.node_id());
+    }
+
+    // The same create again is rejected by the state machine: an Outcome, not an Err.
+    let again = follower.write(create.clone()).await?;
+    match again.error {
+        Some(model::ApplyError::AlreadyExists(_)) => {}
+        other => bail!("expected AlreadyExists, got {other:?}"),
+    }
+    // And through the leader too.
+    let leader_node = nodes
+        .iter()
+        .find(|n| n.node_id() == leader)
+        .context("leader handle")?;
+    assert!(leader_node.write(create.clone()).await?.error.is_some());
+
+    // Snapshot every node, so the restart below restores from the persisted snapshot.
+    for node in &nodes {
+        node.raft().trigger().snapshot().await?;
+        node.raft()
+            .wait(Some(APPLY))
+            .metrics(|m| m.snapshot.is_some(), "snapshot built")
+            .await
+            .with_context(|| format!("node {} snapshot", node.node_id()))?;
+    }
+    stop_all(nodes).await;
+
+    // Restart on the same data directories: the tenant is back on every node, without any
+    // new write (wait_ready guarantees earlier commits are applied).
+    let nodes = start_all(root.path(), &peers).await?;
+    for node in &nodes {
+        assert!(
+            has_tenant(node),
+            "node {} lost the tenant after restart",
+            node.node_id()
+        );
+    }
+    let status = nodes[0].status();
+    assert!(status.term >= 2, "a new term after restart: {status:?}");
+    stop_all(nodes).await;
+    Ok(())
+}
+
+/// Without a quorum, a write fails with `NoLeader` within the write deadline instead of
+/// hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_without_quorum_fails_with_no_leader() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let peers = peers()?;
+    let info = peers.get(&1).context("node 1")?.clone();
+    let node = Cluster::start(ClusterConfig::new(
+        1,
+        info,
+        root.path().join("node1"),
+        peers,
+    ))
+    .await?;
+    assert!(
+        node.wait_ready(Duration::from_millis(800)).await.is_err(),
+        "one of three voters cannot be ready"
+    );
+    let started = std::time::Instant::now();
+    let err = node
+        .write(Command::Create {
+            item: ConfigItem::Tenant(tenant()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, cluster::ClusterError::NoLeader { .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < cluster::WRITE_TIMEOUT + Duration::from_secs(1));
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! `Db`: one RocksDB instance with the column families the Raft node needs.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::StorageError;
+
+/// Column family of Raft log entries: key = big-endian u64 index, value = the JSON entry.
+pub const CF_LOGS: &str = "logs";
+/// Column family of small Raft metadata: vote, committed log id, last purged log id.
+pub const CF_META: &str = "meta";
+/// Column family holding the current snapshot (meta + data).
+pub const CF_SNAPSHOT: &str = "snapshot";
+
+const COLUMN_FAMILIES: [&str; 3] = [CF_LOGS, CF_META, CF_SNAPSHOT];
+
+/// Whether a write must reach the disk before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The WAL is fsynced before the write returns: required for log appends, truncation,
+    /// votes and anything else openraft must find again after a crash.
+    Synced,
+    /// The write may sit in the OS page cache; fine for data that can be rebuilt.
+    Buffered,
+}
+
+/// The RocksDB write options for a durability level. Every write in this crate goes through
+/// here, so a test of this function is a test of what the append path does.
+pub fn write_options(durability: Durability) -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(durability == Durability::Synced);
+    options
+}
+
+/// The key of log entry `index`: big-endian, so RocksDB's byte order is index order.
+pub fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn parse_log_key(key: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StorageError::BadLogKey { len: key.len() })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// A RocksDB database with the `logs`, `meta` and `snapshot` column families.
+///
+/// All methods are synchronous and short; callers on an async runtime accept the fsync latency
+/// of a synced write (a few milliseconds) as the price of durability.
+pub struct Db {
+    db: DB,
+    options: Options,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Db, StorageError> {
+        let path = dir.as_ref().to_path_buf();
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // Statistics let tests (and operators) see that appends really sync the WAL.
+        options.enable_statistics();
+        let descriptors = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, &path, descriptors).map_err(|source| {
+            StorageError::Open {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        let this = Db { db, options, path };
+        for name in COLUMN_FAMILIES {
+            this.cf(name)?;
+        }
+        Ok(this)
+    }
+
+    /// The directory this database lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StorageError::MissingColumnFamily {
+                path: self.path.clone(),
+                name,
+            })
+    }
+
+    fn write(&self, batch: WriteBatch, what: &'static str) -> Result<(), StorageError> {
+        self.db
+            .write_opt(batch, &write_options(Durability::Synced))
+            .map_err(|source| StorageError::Write { what, source })
+    }
+
+    /// Appends (or overwrites) log entries, already encoded, in one synced batch: when this
+    /// returns `Ok`, every entry survives a crash.
+    pub fn append_logs<I>(&self, entries: I) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = (u64, Vec<u8>)>,
+    {
+        let cf = self.cf(CF_LOGS)?;
+        let mut batch = WriteBatch::default();
+        for (index, value) in entries {
+            batch.put_cf(cf, log_key(index), value);
+        }
+        self.write(batch, "log entries")
+    }
+
+    /// Log entries with index in `(start, end)`, in index order.
+    pub fn read_logs(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let first = match start {
+            Bound::Included(i) => i,
+            Bound::Excluded(i) => match i.checked_add(1) {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        let cf = self.cf(CF_LOGS)?;
+        let key = log_key(first);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&key, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|source| StorageError::Read {
+                what: "log entries",
+                source,
+            })?;
+            let index = parse_log_key(&key)?;
+            let past_end = match end {
+                Bound::Included(e) => index > e,
+                Bound::Excluded(e) => index >= e,
+                Bound::Unbounded => false,
+            };
+            if past_end {
+                break;
+            }
+            out.push((index, value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The entry with the highest index, if any.
+    pub fn last_log(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let cf = self.cf(CF_LOGS)?;
+        match self.db.iterator_cf(cf, IteratorMode::End).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(|source| StorageError::Read {
+                    what: "last log entry",
+                    source,
+                })?;
+                Ok(Some((parse_log_key(&key)?, value.into_vec())))
+            }
+        }
+    }
+
+    /// Deletes every entry with index >= `from` (conflict truncation), synced.
+    pub fn delete_logs_from(&self, from: u64) -> Result<(), StorageError> {
+        let cf = self.cf(CF_LOGS)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, log_key(from), log_key(u64::MAX));
+        batch.delete_cf(cf, log_key(u64::MAX));
+        self.write(batch, "log truncation")
+    }
+
+    /// Deletes every entry with index <= `upto` and records `meta_key = meta_value` in the same
+    /// atomic, synced batch (the last purged log id must never lag the deletion).
+    pub fn purge_logs_upto(
+        &self,
+        upto: u64,
+        meta_key: &str,
+        meta_value: &[u8],
+    ) -> Result<(), StorageError> {
+        let logs = self.cf(CF_LOGS)?;
+        let meta = self.cf(CF_META)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, meta_key, meta_value);
+        batch.delete_range_cf(logs, log_key(0), log_key(upto));
+        batch.delete_cf(logs, log_key(upto));
+        self.write(batch, "log purge")
+    }
+
+    /// Stores a metadata value, synced.
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META)?, key, value);
+        self.write(batch, "raft metadata")
+    }
+
+    /// Reads a metadata value.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db
+            .get_cf(self.cf(CF_META)?, key)
+            .map_err(|source| StorageError::Read {
+                what: "raft metadata",
+                source,
+            })
+    }
+
+    /// Replaces the stored snapshot (meta and data, already encoded), synced.
+    pub fn put_snapshot(&self, value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_SNAPSHOT)?, "current", value);
+        self.write(batch, "snapshot")
+    }
+
+    /// The stored snapshot, if any.
+    pub fn get_snapshot(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db
+            .get_cf(self.cf(CF_SNAPSHOT)?, "current")
+            .map_err(|source| StorageError::Read {
+                what: "snapshot",
+                source,
+            })
+    }
+
+    /// JSON helper: stores `value` under a metadata key, synced.
+    pub fn put_meta_json<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|source| StorageError::Encode { what: key, source })?;
+        self.put_meta(key, &bytes)
+    }
+
+    /// JSON helper: reads a metadata key.
+    pub fn get_meta_json<T: DeserializeOwned>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.get_meta(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StorageError::Decode { what: key, source }),
+        }
+    }
+
+    /// How many times RocksDB has synced its WAL since this database was opened (the
+    /// `rocksdb.wal.synced` ticker), or `None` if statistics are unavailable.
+    pub fn wal_syncs(&self) -> Option<u64> {
+        let stats = self.options.get_statistics()?;
+        stats.lines().find_map(|line| {
+            let rest = line.strip_prefix("rocksdb.wal.synced COUNT : ")?;
+            rest.trim().parse().ok()
+        })
+    }
+}
