@@ -54,7 +54,8 @@ pub enum CallInput {
 }
 
 /// What an agent's actor must be told.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
 pub enum AgentNotice {
     Ringing,
     Answered,

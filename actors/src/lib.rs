@@ -14,4 +14,5 @@
 
 pub mod agent;
 pub mod call;
+pub mod node;
 pub mod queue;

@@ -15,7 +15,8 @@ use model::{AgentId, CallId, ExtensionId, NodeId};
 /// How long the queue waits for an agent's answer to `Reserve` before giving up on it.
 pub const RESERVE_REPLY_TIMEOUT_MS: u64 = 3_000;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
 pub enum QueueInput {
     Enqueue { call: CallId, call_node: NodeId, priority: u8, enqueued_at_ms: u64 },
     /// The call left the queue (caller hung up, max wait, answered elsewhere).

@@ -1,0 +1,84 @@
+//! The node's public surface for the REST API (`ops`): what an API handler may ask of the
+//! call-control runtime. Everything here is safe to call from any node: requests for actors
+//! that live elsewhere travel over the mesh (ractor_cluster) with a timeout.
+
+use serde::{Deserialize, Serialize};
+
+use model::{AgentId, AgentSession, CallId, NodeId, QueueId, TenantId};
+
+use crate::queue::QueueStats;
+
+/// An operator's command to an agent (R4.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "command")]
+pub enum AgentCommand {
+    SignIn { extension: model::ExtensionId },
+    Ready,
+    NotReady { reason: String },
+    SignOut,
+}
+
+/// An agent as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub name: String,
+    pub skills: Vec<QueueId>,
+    pub state: String,
+    pub session: Option<AgentSession>,
+    /// The node hosting the agent's actor (rendezvous placement).
+    pub owner: NodeId,
+}
+
+/// A queue as the API and wallboard show it (R4.9).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueView {
+    pub tenant: TenantId,
+    pub queue: QueueId,
+    pub name: String,
+    pub owner: NodeId,
+    pub waiting: usize,
+    pub longest_wait_ms: u64,
+    pub agents: usize,
+    pub idle_agents: usize,
+    pub stats: QueueStats,
+}
+
+/// A live call on this node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveCall {
+    pub call_id: CallId,
+    pub node: NodeId,
+    pub tenant: Option<TenantId>,
+    pub caller: String,
+    pub state: String,
+    pub queue: Option<QueueId>,
+    pub agent: Option<AgentId>,
+    pub started_at_ms: u64,
+}
+
+/// Events streamed to `/api/v1/events` (R8.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Event {
+    AgentState { tenant: TenantId, agent: AgentId, state: String, session: AgentSession, at_ms: u64 },
+    Queue { tenant: TenantId, queue: QueueId, owner: NodeId, stats: QueueStats, at_ms: u64 },
+    CallEnded { call_id: CallId, tenant: Option<TenantId>, disposition: model::Disposition, at_ms: u64 },
+}
+
+/// Errors the API maps to HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the node that owns {0} did not answer in time")]
+    Timeout(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
