@@ -1,0 +1,155 @@
+//! # chaos: invariant checkers
+//!
+//! Checks of DESIGN.md's invariants over what a run leaves behind (CDRs), used by the
+//! end-to-end tests now and by drills and the simulation harness later. Each checker returns
+//! the violations it found, described for a human, so a failing test says what went wrong.
+//!
+//! - I1 `no_double_booking`: an agent's calls never overlap (from ring start to end).
+//! - I2 `one_cdr_per_call`: every call has exactly one CDR.
+//! - I4 `served_in_order`: within a queue and a priority, calls reach agents in arrival order.
+//! - R3.2 `longest_idle_first`: each offer went to the agent idle longest at that moment.
+
+use std::collections::{BTreeMap, HashMap};
+
+use model::{Cdr, Disposition};
+
+/// A broken invariant, for a test's failure message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+fn violation(invariant: &'static str, detail: String) -> Violation {
+    Violation { invariant, detail }
+}
+
+/// I2: `expected` call ids each have exactly one CDR, and no CDR is for another call.
+pub fn one_cdr_per_call<'a>(cdrs: &[Cdr], expected: impl IntoIterator<Item = &'a str>) -> Vec<Violation> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for cdr in cdrs {
+        *counts.entry(cdr.call_id.0.as_str()).or_default() += 1;
+    }
+    let mut out = Vec::new();
+    let mut seen = 0;
+    for id in expected {
+        seen += 1;
+        match counts.get(id) {
+            Some(1) => {}
+            Some(n) => out.push(violation("I2", format!("call {id} has {n} CDRs"))),
+            None => out.push(violation("I2", format!("call {id} has no CDR"))),
+        }
+    }
+    if cdrs.len() != seen {
+        out.push(violation("I2", format!("{} CDRs for {seen} calls", cdrs.len())));
+    }
+    out
+}
+
+/// The time an agent was bound to a call: from the offer's ring to the end of the call.
+fn busy_interval(cdr: &Cdr) -> Option<(u64, u64)> {
+    let start = cdr.ring_started_at_ms.or(cdr.agent_answered_at_ms)?;
+    Some((start, cdr.ended_at_ms))
+}
+
+/// I1: no agent's answered calls overlap in time.
+pub fn no_double_booking(cdrs: &[Cdr]) -> Vec<Violation> {
+    let mut by_agent: BTreeMap<String, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    for cdr in cdrs.iter().filter(|c| c.disposition == Disposition::Answered) {
+        if let (Some(agent), Some((start, end))) = (&cdr.agent, busy_interval(cdr)) {
+            let key = format!("{}/{}", cdr.tenant.as_ref().map_or("", |t| t.as_str()), agent);
+            by_agent.entry(key).or_default().push((start, end, cdr.call_id.0.as_str()));
+        }
+    }
+    let mut out = Vec::new();
+    for (agent, mut calls) in by_agent {
+        calls.sort();
+        for pair in calls.windows(2) {
+            if pair[1].0 < pair[0].1 {
+                out.push(violation("I1", format!("agent {agent} had calls {} and {} at once", pair[0].2, pair[1].2)));
+            }
+        }
+    }
+    out
+}
+
+/// I4: within a queue, answered calls were offered in enqueue order (all calls here have the
+/// same priority; the CDR does not carry priority yet). A call that was offered later than a
+/// call that arrived after it is a violation. `slack_ms` absorbs clock granularity between
+/// nodes' stamps.
+pub fn served_in_order(cdrs: &[Cdr], slack_ms: u64) -> Vec<Violation> {
+    let mut by_queue: BTreeMap<String, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    for cdr in cdrs.iter().filter(|c| c.disposition == Disposition::Answered) {
+        if let (Some(queue), Some(enqueued), Some(offered)) = (&cdr.queue, cdr.enqueued_at_ms, cdr.ring_started_at_ms) {
+            let key = format!("{}/{}", cdr.tenant.as_ref().map_or("", |t| t.as_str()), queue);
+            by_queue.entry(key).or_default().push((enqueued, offered, cdr.call_id.0.as_str()));
+        }
+    }
+    let mut out = Vec::new();
+    for (queue, mut calls) in by_queue {
+        calls.sort();
+        let mut latest_offer: Option<(u64, &str)> = None;
+        for (_, offered, id) in calls {
+            if let Some((earlier_offer, earlier_id)) = latest_offer {
+                // An earlier arrival offered well after this later arrival: overtaken.
+                if earlier_offer > offered + slack_ms {
+                    out.push(violation("I4", format!("in queue {queue}, call {id} was offered before {earlier_id}, which arrived first")));
+                }
+            }
+            if latest_offer.is_none_or(|(o, _)| offered > o) {
+                latest_offer = Some((offered, id));
+            }
+        }
+    }
+    out
+}
+
+/// R3.2: each answered call went to the agent that had been idle longest when it was offered.
+/// Idle-since is reconstructed from the CDRs: an agent is idle from the end of its previous
+/// call plus `acw_ms`, or from `ready_at` (when the run made it ready) before its first call.
+/// Only agents that answered some call in the run are considered. `slack_ms` absorbs the
+/// reservation round trip (an agent that freed up within that window of the offer may not
+/// have been visible to the queue yet).
+pub fn longest_idle_first(cdrs: &[Cdr], ready_at: &HashMap<String, u64>, acw_ms: u64, slack_ms: u64) -> Vec<Violation> {
+    let mut calls: Vec<(&str, u64, u64, &str)> = cdrs
+        .iter()
+        .filter(|c| c.disposition == Disposition::Answered)
+        .filter_map(|c| Some((c.agent.as_ref()?.as_str(), c.ring_started_at_ms?, c.ended_at_ms, c.call_id.0.as_str())))
+        .collect();
+    calls.sort_by_key(|c| c.1);
+    let mut out = Vec::new();
+    for (i, (agent, offered, _, id)) in calls.iter().enumerate() {
+        // When did each agent last become idle before this offer, and is it busy now?
+        let idle_since = |who: &str| -> Option<u64> {
+            let mut since = *ready_at.get(who)?;
+            for (other, start, end, _) in &calls[..i] {
+                if *other == who {
+                    if end + acw_ms > *offered {
+                        return None; // still on that call or in after-call work
+                    }
+                    since = since.max(end + acw_ms);
+                }
+                let _ = start;
+            }
+            // Booked by a call offered at the same moment (ring started within the slack).
+            let racing = calls.iter().any(|(o, s, _, cid)| *o == who && cid != id && s.abs_diff(*offered) <= slack_ms);
+            (!racing).then_some(since)
+        };
+        let Some(chosen) = idle_since(agent) else { continue };
+        for other in ready_at.keys().filter(|a| a.as_str() != *agent) {
+            if let Some(theirs) = idle_since(other) {
+                if theirs + slack_ms < chosen && theirs + slack_ms < *offered {
+                    out.push(violation(
+                        "R3.2",
+                        format!("call {id} went to agent {agent} (idle since {chosen}) while {other} was idle since {theirs}"),
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+use super::*;
+use model::{CallId, HangupBy};
+
+fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -> Cdr {
+    Cdr {
+        call_id: CallId(id.into()),
+        tenant: Some("gd".parse().unwrap()),
+        entry_node: 1,
+        access_code: None,
+        landing_code: None,
+        caller: "1".into(),
+        dialled: "2".into(),
+        trunk: None,
+        started_at_ms: enqueued,
+        answered_at_ms: Some(enqueued),
+        ended_at_ms: end,
+        ivr: vec![],
+        queue: Some(queue.parse().unwrap()),
+        enqueued_at_ms: Some(enqueued),
+        wait_ms: ring - enqueued,
+        agent: Some(agent.parse().unwrap()),
+        extension: Some(agent.parse().unwrap()),
+        agent_node: Some(2),
+        ring_started_at_ms: Some(ring),
+        agent_answered_at_ms: Some(ring + 100),
+        ring_ms: 100,
+        talk_ms: end.saturating_sub(ring + 100),
+        hangup_by: HangupBy::Caller,
+        disposition: Disposition::Answered,
+        reason: None,
+        recording_id: None,
+    }
+}
+
+#[test]
+fn detects_double_booking() {
+    let ok = vec![cdr("a", "1001", "q", 0, 10, 100), cdr("b", "1001", "q", 0, 200, 300)];
+    assert!(no_double_booking(&ok).is_empty());
+    let bad = vec![cdr("a", "1001", "q", 0, 10, 100), cdr("b", "1001", "q", 0, 50, 300)];
+    assert_eq!(no_double_booking(&bad).len(), 1);
+}
+
+#[test]
+fn detects_missing_and_duplicate_cdrs() {
+    let cdrs = vec![cdr("a", "1001", "q", 0, 10, 100), cdr("a", "1001", "q", 0, 10, 100)];
+    let v = one_cdr_per_call(&cdrs, ["a", "b"]);
+    assert!(v.iter().any(|v| v.detail.contains("2 CDRs")));
+    assert!(v.iter().any(|v| v.detail.contains("no CDR")));
+}
+
+#[test]
+fn detects_overtaking() {
+    let ok = vec![cdr("a", "1001", "q", 0, 10, 100), cdr("b", "1002", "q", 5, 20, 100)];
+    assert!(served_in_order(&ok, 0).is_empty());
+    let bad = vec![cdr("a", "1001", "q", 0, 500, 900), cdr("b", "1002", "q", 5, 20, 100)];
+    assert_eq!(served_in_order(&bad, 50).len(), 1);
+}
+
+#[test]
+fn detects_a_younger_idle_agent_chosen() {
+    let ready: HashMap<String, u64> = [("1001".to_string(), 0), ("1002".to_string(), 1000)].into();
+    // 1002 (idle since 1000) got the call at 2000 although 1001 was idle since 0.
+    let bad = vec![cdr("a", "1002", "q", 1900, 2000, 3000)];
+    assert_eq!(longest_idle_first(&bad, &ready, 0, 100).len(), 1);
+    let ok = vec![cdr("a", "1001", "q", 1900, 2000, 3000)];
+    assert!(longest_idle_first(&ok, &ready, 0, 100).is_empty());
+}
