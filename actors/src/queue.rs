@@ -163,8 +163,11 @@ impl QueueMachine {
                 }
             }
             QueueInput::AgentUnavailable { agent } => {
-                if let Some(AgentEntry { slot: Slot::Reserving { call, .. }, .. }) = self.agents.remove(&agent) {
-                    self.release_call(&call);
+                // An agent we are reserving announces itself unavailable *because* of the
+                // reservation (to every queue it serves), before its reply reaches us: keep
+                // the entry until the reply (or the reply timeout) settles it.
+                if !matches!(self.agents.get(&agent), Some(AgentEntry { slot: Slot::Reserving { .. }, .. })) {
+                    self.agents.remove(&agent);
                 }
             }
             QueueInput::ReserveReply { agent, call, accepted, extension } => {
