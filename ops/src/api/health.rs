@@ -1,0 +1,45 @@
+//! `/health` (no token: load balancers and `cluster up` poll it) and `/metrics` (Prometheus).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::Shared;
+
+/// 200 with the Raft status while a leader is known, 503 otherwise.
+pub async fn health(State(state): State<Shared>) -> impl IntoResponse {
+    let status = state.cluster.status();
+    let ok = status.leader.is_some();
+    let body = json!({
+        "status": if ok { "ok" } else { "no_leader" },
+        "node": state.node_id,
+        "site": state.site,
+        "leader": status.leader,
+        "raft_state": status.state,
+        "term": status.term,
+        "last_applied": status.last_applied.unwrap_or(0),
+        "voters": status.voters.keys().collect::<Vec<_>>(),
+        "live_calls": state.node.live_calls().len(),
+        // Lets `cluster up` tell its own node from another process on the same address.
+        "pid": std::process::id(),
+    });
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
+}
+
+pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    let text = state
+        .prometheus
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}

@@ -1,0 +1,202 @@
+//! `callgrid agent ...`: agent configuration (create, list, show, update, delete) and runtime
+//! control on any node (`sign-in --extension E`, `ready`, `not-ready --reason R`, `sign-out`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+
+use model::{AgentId, ExtensionId, QueueId, TenantId};
+
+use super::admin::{execute, read_file, resolve_id, set, TenantScope, Verb};
+use super::client::ApiClient;
+use super::{output, ApiArgs};
+use crate::error::usage_err;
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Create an agent.
+    Create(AgentFields),
+    /// List a tenant's agents with their state.
+    List(TenantScope),
+    /// Show one agent with its state.
+    Show(AgentKey),
+    /// Change an agent (only the fields given).
+    Update(AgentFields),
+    /// Delete an agent.
+    Delete(AgentKey),
+    /// Sign the agent in at an extension.
+    SignIn(AgentControl),
+    /// Make the agent ready for calls.
+    Ready(AgentControl),
+    /// Make the agent not ready (with --reason).
+    NotReady(AgentControl),
+    /// Sign the agent out.
+    SignOut(AgentControl),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentKey {
+    #[arg(long)]
+    pub tenant: TenantId,
+    #[arg(long, alias = "agent")]
+    pub id: AgentId,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentFields {
+    #[arg(long)]
+    pub tenant: TenantId,
+    #[arg(long, alias = "agent")]
+    pub id: Option<AgentId>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Queues whose calls the agent takes, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub skills: Option<Vec<QueueId>>,
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentControl {
+    #[arg(long)]
+    pub tenant: TenantId,
+    #[arg(long)]
+    pub agent: AgentId,
+    /// The extension to sign in at (sign-in only).
+    #[arg(long)]
+    pub extension: Option<ExtensionId>,
+    /// Why the agent is not ready (not-ready only).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+fn agents_path(tenant: &TenantId) -> String {
+    format!("/api/v1/tenants/{tenant}/agents")
+}
+
+pub async fn run(command: AgentCommand) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::List(s) => {
+            execute(
+                &s.api,
+                Verb::List {
+                    collection: agents_path(&s.tenant),
+                },
+            )
+            .await
+        }
+        AgentCommand::Show(k) => {
+            execute(
+                &k.api,
+                Verb::Show {
+                    item: format!("{}/{}", agents_path(&k.tenant), k.id),
+                },
+            )
+            .await
+        }
+        AgentCommand::Delete(k) => {
+            execute(
+                &k.api,
+                Verb::Delete {
+                    item: format!("{}/{}", agents_path(&k.tenant), k.id),
+                },
+            )
+            .await
+        }
+        AgentCommand::Create(f) => {
+            let (mut body, _) = agent_body(&f)?;
+            body.entry("skills").or_insert(json!([]));
+            execute(
+                &f.api,
+                Verb::Create {
+                    collection: agents_path(&f.tenant),
+                    body,
+                },
+            )
+            .await
+        }
+        AgentCommand::Update(f) => {
+            let (overlay, id) = agent_body(&f)?;
+            execute(
+                &f.api,
+                Verb::Update {
+                    item: format!("{}/{id}", agents_path(&f.tenant)),
+                    overlay,
+                },
+            )
+            .await
+        }
+        AgentCommand::SignIn(c) => {
+            let extension = c.extension.clone().ok_or_else(|| {
+                usage_err(
+                    "E-NO-EXTENSION",
+                    "sign-in needs the extension the agent sits at",
+                    "pass --extension E",
+                )
+            })?;
+            control(&c, "sign-in", json!({"extension": extension.as_str()})).await
+        }
+        AgentCommand::Ready(c) => control(&c, "ready", json!({})).await,
+        AgentCommand::NotReady(c) => {
+            let reason = c.reason.clone().unwrap_or_else(|| "break".to_string());
+            if reason.is_empty()
+                || reason.chars().count() > 64
+                || reason.chars().any(char::is_control)
+            {
+                return Err(usage_err(
+                    "E-BAD-ARG",
+                    "the reason must be 1-64 printable characters",
+                    "pass --reason lunch",
+                ));
+            }
+            control(&c, "not-ready", json!({"reason": reason})).await
+        }
+        AgentCommand::SignOut(c) => control(&c, "sign-out", json!({})).await,
+    }
+}
+
+fn agent_body(f: &AgentFields) -> anyhow::Result<(Map<String, Value>, AgentId)> {
+    let mut body = read_file(f.file.as_deref())?;
+    if let Some(t) = body.get("tenant").and_then(Value::as_str) {
+        if t != f.tenant.as_str() {
+            return Err(usage_err(
+                "E-TENANT-MISMATCH",
+                format!("--tenant {} but the file says {t:?}", f.tenant),
+                "make them agree",
+            ));
+        }
+    }
+    let id = resolve_id(f.id.clone(), &body, "agent")?;
+    set(
+        &mut body,
+        vec![
+            ("tenant", Some(json!(f.tenant.as_str()))),
+            ("id", Some(json!(id.as_str()))),
+            ("name", f.name.clone().map(Value::String)),
+            (
+                "skills",
+                f.skills
+                    .as_ref()
+                    .map(|s| json!(s.iter().map(QueueId::as_str).collect::<Vec<_>>())),
+            ),
+        ],
+    );
+    Ok((body, id))
+}
+
+async fn control(c: &AgentControl, action: &str, body: Value) -> anyhow::Result<()> {
+    let client = ApiClient::new(&c.api.api, c.api.token.as_deref())?;
+    let path = format!("{}/{}/{action}", agents_path(&c.tenant), c.agent);
+    let answer = client.request(Method::POST, &path, Some(&body)).await?;
+    output::print(&answer, c.api.output);
+    Ok(())
+}

@@ -1,0 +1,549 @@
+//! Synthetic traffic for a local cluster: agent softphones and carrier callers built on the
+//! project's own SIP stack, for the demo now and for drills and benches later.
+//!
+//! [`ClusterInfo::load`] reads `DIR/cluster.json`; [`Traffic::start`] registers
+//! `agents_per_tenant` phones per tenant (round-robin across the nodes), signs each agent in
+//! and ready through the REST API, then places calls with Poisson arrivals at `rate_cps`,
+//! spread round-robin over the nodes and at random over the provinces' landing codes, each
+//! pressing a random menu key (1, 2, 9, 0). Everything is bounded: at most `max_calls`
+//! calls, each call within `call_limit`, generation stops after `duration` or on
+//! [`Traffic::stop_generating`], and [`Traffic::finish`] waits (bounded) for calls to end.
+//! Loopback only: every socket binds 127.0.0.1.
+
+pub mod caller;
+pub mod media;
+pub mod phone;
+pub mod ua;
+
+#[cfg(test)]
+mod loopback_tests;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+
+use caller::{CallPlan, CallerEvent};
+use phone::{PhoneConfig, PhoneEvent, PhoneReport};
+
+/// The sample trunk accepts only this source address.
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// Menu keys the callers press: 1 outage, 2 billing, 9 complaint, 0 general.
+pub const MENU_KEYS: [char; 4] = ['1', '2', '9', '0'];
+
+/// `DIR/cluster.json` as written by `callgrid cluster up` (issue 2 interfaces).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterInfo {
+    pub token: String,
+    pub nodes: Vec<NodeInfo>,
+    #[serde(default)]
+    pub sample: Option<SampleInfo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeInfo {
+    pub id: u64,
+    #[serde(default)]
+    pub site: String,
+    pub sip: SocketAddr,
+    pub api: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SampleInfo {
+    pub tenants: Vec<SampleTenant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SampleTenant {
+    pub id: String,
+    pub domain: String,
+    /// Published by newer `cluster up`; the sample's codes are the fallback.
+    #[serde(default)]
+    pub landing_codes: Vec<String>,
+    #[serde(default)]
+    pub access_code: Option<String>,
+    pub agents: Vec<SampleAgent>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SampleAgent {
+    pub agent: String,
+    pub extension: String,
+    pub password: String,
+}
+
+impl ClusterInfo {
+    pub fn load(dir: &Path) -> anyhow::Result<ClusterInfo> {
+        let path = dir.join("cluster.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn tenants(&self) -> &[SampleTenant] {
+        self.sample.as_ref().map_or(&[], |s| s.tenants.as_slice())
+    }
+}
+
+impl SampleTenant {
+    pub fn landing_codes(&self) -> Vec<String> {
+        if !self.landing_codes.is_empty() {
+            return self.landing_codes.clone();
+        }
+        model::sample::PROVINCES
+            .iter()
+            .find(|(id, _, _)| *id == self.id)
+            .map(|(_, _, codes)| codes.iter().map(|c| c.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn access_code(&self) -> String {
+        self.access_code.clone().unwrap_or_else(|| model::sample::ACCESS_CODE.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrafficConfig {
+    pub agents_per_tenant: usize,
+    /// Mean arrival rate (Poisson), calls per second over the whole cluster.
+    pub rate_cps: f64,
+    /// Calls are generated for this long (or until `max_calls`).
+    pub duration: Duration,
+    pub max_calls: usize,
+    /// A caller stays this long after the answer (IVR, queue, talk), then hangs up.
+    pub caller_stay: Range<Duration>,
+    /// When the caller presses its menu key, after the answer.
+    pub digit_delay: Duration,
+    /// The agent's talk time before it hangs up.
+    pub agent_talk: Range<Duration>,
+    pub agent_ring: Duration,
+    /// Hard bound on one call from INVITE to the end.
+    pub call_limit: Duration,
+    /// Seed for arrivals, node, province and key choices.
+    pub seed: u64,
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        TrafficConfig {
+            agents_per_tenant: 4,
+            rate_cps: 2.0,
+            duration: Duration::from_secs(120),
+            max_calls: 10_000,
+            caller_stay: Duration::from_secs(20)..Duration::from_secs(40),
+            digit_delay: Duration::from_secs(4),
+            agent_talk: Duration::from_secs(5)..Duration::from_secs(15),
+            agent_ring: Duration::from_millis(500),
+            call_limit: Duration::from_secs(90),
+            seed: rand::random(),
+        }
+    }
+}
+
+/// Counters for one node or province, from the traffic's own point of view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SideCounters {
+    pub started: u64,
+    pub answered: u64,
+    pub failed: u64,
+    pub ended: u64,
+    pub in_progress: u64,
+}
+
+/// What the traffic saw, published on every change.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TrafficStats {
+    pub per_node: BTreeMap<u64, SideCounters>,
+    pub per_province: BTreeMap<String, SideCounters>,
+    pub phones_registered: u64,
+    pub phone_register_failures: u64,
+    pub agent_answers: u64,
+    pub agent_hangups: u64,
+    pub caller_rtp_in: u64,
+    pub agent_rtp_in: u64,
+    pub failures_by_status: BTreeMap<u16, u64>,
+}
+
+impl TrafficStats {
+    pub fn in_progress(&self) -> u64 {
+        self.per_node.values().map(|c| c.in_progress).sum()
+    }
+    pub fn started(&self) -> u64 {
+        self.per_node.values().map(|c| c.started).sum()
+    }
+}
+
+enum Report {
+    Started { node: u64, province: String },
+    Caller { node: u64, province: String, event: CallerEvent },
+    Phone(PhoneReport),
+}
+
+/// A running traffic generator.
+pub struct Traffic {
+    stats: watch::Receiver<TrafficStats>,
+    stop_generating: watch::Sender<bool>,
+    stop_phones: watch::Sender<bool>,
+    generator: tokio::task::JoinHandle<()>,
+    phones: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    collector: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    /// Registers the phones, signs the agents in and ready, and starts placing calls.
+    pub async fn start(cluster: &ClusterInfo, config: TrafficConfig) -> anyhow::Result<Traffic> {
+        anyhow::ensure!(!cluster.nodes.is_empty(), "cluster.json lists no nodes");
+        anyhow::ensure!(!cluster.tenants().is_empty(), "cluster.json has no sample tenants (start the cluster with --sample)");
+        anyhow::ensure!(config.rate_cps > 0.0 && config.rate_cps.is_finite(), "the call rate must be positive");
+        let (report_tx, report_rx) = mpsc::unbounded_channel::<Report>();
+        let (stats_tx, stats_rx) = watch::channel(TrafficStats::default());
+        let (stop_phones, phones_stop_rx) = watch::channel(false);
+        let (stop_generating, generating_stop_rx) = watch::channel(false);
+
+        // Phones, registering round-robin across the nodes.
+        let (phone_tx, mut phone_rx) = mpsc::unbounded_channel::<PhoneReport>();
+        let mut phones = Vec::new();
+        let mut agents = Vec::new();
+        let mut index = 0usize;
+        for tenant in cluster.tenants() {
+            for agent in tenant.agents.iter().take(config.agents_per_tenant) {
+                let node = &cluster.nodes[index % cluster.nodes.len()];
+                index += 1;
+                let phone_config = PhoneConfig {
+                    tenant: tenant.id.clone(),
+                    domain: tenant.domain.clone(),
+                    extension: agent.extension.clone(),
+                    password: agent.password.clone(),
+                    registrar: node.sip,
+                    bind_ip: LOOPBACK,
+                    ring_time: config.agent_ring,
+                    talk_time: config.agent_talk.clone(),
+                };
+                phones.push(phone::spawn(phone_config, phone_tx.clone(), phones_stop_rx.clone()));
+                agents.push((tenant.id.clone(), agent.clone()));
+            }
+        }
+        drop(phone_tx);
+        let expected = agents.len();
+        let registered = wait_registered(&mut phone_rx, expected, Duration::from_secs(20)).await;
+        let mut stats = TrafficStats { phones_registered: registered.0, phone_register_failures: registered.1, ..Default::default() };
+        if registered.0 < expected as u64 {
+            tracing::warn!(registered = registered.0, expected, "not every phone registered");
+        }
+        stats.per_node = cluster.nodes.iter().map(|n| (n.id, SideCounters::default())).collect();
+        stats.per_province = cluster.tenants().iter().map(|t| (t.id.clone(), SideCounters::default())).collect();
+        let _ = stats_tx.send(stats.clone());
+
+        let api = ApiClient::new(cluster)?;
+        for (n, (tenant, agent)) in agents.iter().enumerate() {
+            api.sign_in_ready(n, tenant, &agent.agent, &agent.extension).await?;
+        }
+
+        // Forward phone reports into the collector.
+        let forward_tx = report_tx.clone();
+        tokio::spawn(async move {
+            while let Some(report) = phone_rx.recv().await {
+                if forward_tx.send(Report::Phone(report)).is_err() {
+                    return;
+                }
+            }
+        });
+        let collector = tokio::spawn(collect(report_rx, stats, stats_tx));
+        let generator = tokio::spawn(generate(cluster.clone(), config, report_tx, generating_stop_rx, phones_stop_rx));
+        Ok(Traffic { stats: stats_rx, stop_generating, stop_phones, generator, phones, collector })
+    }
+
+    /// The latest counters.
+    pub fn stats(&self) -> TrafficStats {
+        self.stats.borrow().clone()
+    }
+
+    /// Whether the generator has stopped placing calls (duration or `max_calls` reached).
+    #[allow(dead_code)] // Drills (issue 3) poll it; the demo only stops generation.
+    pub fn generating(&self) -> bool {
+        !self.generator.is_finished()
+    }
+
+    pub fn stop_generating(&self) {
+        let _ = self.stop_generating.send(true);
+    }
+
+    /// Stops placing calls, waits up to `grace` for calls in progress to end (then tells the
+    /// remaining callers to hang up and waits a little more), stops the phones, and returns
+    /// the final counters.
+    pub async fn finish(mut self, grace: Duration) -> TrafficStats {
+        self.stop_generating();
+        let deadline = Instant::now() + grace;
+        loop {
+            if self.generator.is_finished() && self.stats.borrow().in_progress() == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                // Tell the callers (they watch the same signal) to hang up now.
+                let _ = self.stop_phones.send(true);
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.stats.changed()).await;
+        }
+        let _ = self.stop_phones.send(true);
+        let hard = Instant::now() + Duration::from_secs(10);
+        while self.stats.borrow().in_progress() > 0 && Instant::now() < hard {
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.stats.changed()).await;
+        }
+        for phone in self.phones.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(6), phone).await;
+        }
+        self.generator.abort();
+        let stats = self.stats.borrow().clone();
+        self.collector.abort();
+        stats
+    }
+}
+
+async fn wait_registered(rx: &mut mpsc::UnboundedReceiver<PhoneReport>, expected: usize, limit: Duration) -> (u64, u64) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut registered = std::collections::BTreeSet::new();
+    let mut failures = 0u64;
+    while registered.len() < expected {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(report)) => match report.event {
+                PhoneEvent::Registered => {
+                    registered.insert((report.tenant, report.extension));
+                }
+                PhoneEvent::RegisterFailed { status } => {
+                    failures += 1;
+                    tracing::warn!(status, tenant = %report.tenant, "phone registration refused");
+                }
+                _ => {}
+            },
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (registered.len() as u64, failures)
+}
+
+async fn collect(mut rx: mpsc::UnboundedReceiver<Report>, mut stats: TrafficStats, tx: watch::Sender<TrafficStats>) {
+    while let Some(report) = rx.recv().await {
+        apply(&mut stats, report);
+        let _ = tx.send(stats.clone());
+    }
+}
+
+fn apply(stats: &mut TrafficStats, report: Report) {
+    match report {
+        Report::Started { node, province } => {
+            for side in [stats.per_node.entry(node).or_default(), stats.per_province.entry(province).or_default()] {
+                side.started += 1;
+                side.in_progress += 1;
+            }
+        }
+        Report::Caller { node, province, event } => {
+            if let CallerEvent::Ended { rtp_in, .. } = &event {
+                stats.caller_rtp_in += rtp_in;
+            }
+            if let CallerEvent::Failed { status, .. } = &event {
+                *stats.failures_by_status.entry(*status).or_default() += 1;
+            }
+            for side in [stats.per_node.entry(node).or_default(), stats.per_province.entry(province.clone()).or_default()] {
+                match &event {
+                    CallerEvent::Answered { .. } => side.answered += 1,
+                    CallerEvent::Ended { .. } => {
+                        side.ended += 1;
+                        side.in_progress = side.in_progress.saturating_sub(1);
+                    }
+                    CallerEvent::Failed { .. } => {
+                        side.failed += 1;
+                        side.in_progress = side.in_progress.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        Report::Phone(report) => match report.event {
+            PhoneEvent::Answered { .. } => stats.agent_answers += 1,
+            PhoneEvent::Ended { rtp_in, hung_up_by_me, .. } => {
+                stats.agent_rtp_in += rtp_in;
+                if hung_up_by_me {
+                    stats.agent_hangups += 1;
+                }
+            }
+            PhoneEvent::Registered => {}
+            PhoneEvent::RegisterFailed { .. } => stats.phone_register_failures += 1,
+            PhoneEvent::Ringing { .. } => {}
+        },
+    }
+}
+
+/// Places calls with exponential inter-arrival times until the duration, `max_calls` or stop.
+///
+/// Callers keep their planned stay when generation stops; `cut_short` (the phones' stop
+/// signal, sent when `finish` runs out of grace) makes them hang up at once.
+async fn generate(
+    cluster: ClusterInfo,
+    config: TrafficConfig,
+    reports: mpsc::UnboundedSender<Report>,
+    stop: watch::Receiver<bool>,
+    cut_short: watch::Receiver<bool>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let started = tokio::time::Instant::now();
+    let end = started + config.duration;
+    let provinces: Vec<(String, Vec<String>, String)> = cluster
+        .tenants()
+        .iter()
+        .map(|t| (t.id.clone(), t.landing_codes(), t.access_code()))
+        .filter(|(_, codes, _)| !codes.is_empty())
+        .collect();
+    if provinces.is_empty() {
+        tracing::warn!("no province has a landing code; no calls placed");
+        return;
+    }
+    let mut next_at = started;
+    for n in 0..config.max_calls {
+        // Poisson arrivals: exponential gaps with mean 1/rate.
+        let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+        next_at += Duration::from_secs_f64(-u.ln() / config.rate_cps);
+        if next_at >= end || *stop.borrow() {
+            return;
+        }
+        let mut wait_stop = stop.clone();
+        tokio::select! {
+            () = tokio::time::sleep_until(next_at) => {}
+            _ = wait_stop.changed() => return,
+        }
+        let node = &cluster.nodes[n % cluster.nodes.len()];
+        let (province, codes, access) = provinces.choose(&mut rng).expect("provinces is not empty").clone();
+        let landing = codes.choose(&mut rng).expect("codes is not empty").clone();
+        let stay = phone::random_in(&config.caller_stay);
+        let plan = CallPlan {
+            node: node.sip,
+            bind_ip: LOOPBACK,
+            caller: format!("139{:08}", rng.gen_range(0..100_000_000u32)),
+            landing_code: landing,
+            access_code: access,
+            digit: MENU_KEYS.choose(&mut rng).copied(),
+            digit_delay: config.digit_delay,
+            stay,
+            limit: config.call_limit,
+        };
+        let node_id = node.id;
+        let _ = reports.send(Report::Started { node: node_id, province: province.clone() });
+        let tx = reports.clone();
+        let call_stop = cut_short.clone();
+        tokio::spawn(async move {
+            let report_tx = tx.clone();
+            let (node_for_report, province_for_report) = (node_id, province.clone());
+            let result = caller::run_call(
+                plan,
+                move |event| {
+                    let _ = report_tx.send(Report::Caller { node: node_for_report, province: province_for_report.clone(), event });
+                },
+                call_stop,
+            )
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "synthetic call could not be placed");
+                let event = CallerEvent::Failed { call: String::new(), status: 0 };
+                let _ = tx.send(Report::Caller { node: node_id, province, event });
+            }
+        });
+    }
+}
+
+/// The REST calls the traffic needs, spread over the nodes.
+pub struct ApiClient {
+    http: reqwest::Client,
+    token: String,
+    bases: Vec<String>,
+}
+
+impl ApiClient {
+    pub fn new(cluster: &ClusterInfo) -> anyhow::Result<ApiClient> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let bases = cluster.nodes.iter().map(|n| n.api.trim_end_matches('/').to_string()).collect();
+        Ok(ApiClient { http, token: cluster.token.clone(), bases })
+    }
+
+    fn base(&self, n: usize) -> &str {
+        &self.bases[n % self.bases.len()]
+    }
+
+    /// POST with the bearer token; retried a few times on other nodes (a node may still be
+    /// settling right after `cluster up`).
+    pub async fn post(&self, n: usize, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+        let mut last = None;
+        for attempt in 0..6 {
+            let url = format!("{}{path}", self.base(n + attempt));
+            match self.http.post(&url).bearer_auth(&self.token).json(&body).send().await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    last = Some(anyhow::anyhow!("POST {url}: {status} {text}"));
+                }
+                Err(error) => last = Some(anyhow::anyhow!("POST {url}: {error}")),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("POST {path} failed")))
+    }
+
+    /// GET JSON from any node, trying them in turn starting at `n`.
+    pub async fn get(&self, n: usize, path: &str) -> anyhow::Result<serde_json::Value> {
+        let mut last = None;
+        for attempt in 0..self.bases.len() {
+            let url = format!("{}{path}", self.base(n + attempt));
+            match self.http.get(&url).bearer_auth(&self.token).send().await {
+                Ok(response) if response.status().is_success() => return Ok(response.json().await?),
+                Ok(response) => last = Some(anyhow::anyhow!("GET {url}: {}", response.status())),
+                Err(error) => last = Some(anyhow::anyhow!("GET {url}: {error}")),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("GET {path}: no node")))
+    }
+
+    pub async fn sign_in_ready(&self, n: usize, tenant: &str, agent: &str, extension: &str) -> anyhow::Result<()> {
+        let base = format!("/api/v1/tenants/{tenant}/agents/{agent}");
+        self.post(n, &format!("{base}/sign-in"), serde_json::json!({ "extension": extension }))
+            .await
+            .with_context(|| format!("signing in agent {agent} of {tenant}"))?;
+        self.post(n, &format!("{base}/ready"), serde_json::json!({}))
+            .await
+            .with_context(|| format!("making agent {agent} of {tenant} ready"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_json_parses_with_and_without_optional_fields() {
+        let text = r#"{"token":"t0123456789abcdef","nodes":[{"id":1,"site":"a","sip":"127.0.0.11:5060","api":"http://127.0.0.11:8000","raft":"x"}],
+            "sample":{"tenants":[{"id":"gd","domain":"gd.callgrid.local","agents":[{"agent":"1001","extension":"1001","password":"p"}]}]}}"#;
+        let info: ClusterInfo = serde_json::from_str(text).expect("parses");
+        assert_eq!(info.nodes[0].sip, "127.0.0.11:5060".parse().expect("addr"));
+        let gd = &info.tenants()[0];
+        assert_eq!(gd.landing_codes(), vec!["020".to_string(), "0755".to_string()]);
+        assert_eq!(gd.access_code(), "95598");
+    }
+
+    #[test]
+    fn counters_follow_a_call() {
+        let mut stats = TrafficStats::default();
+        apply(&mut stats, Report::Started { node: 1, province: "gd".into() });
+        assert_eq!(stats.in_progress(), 1);
+        apply(&mut stats, Report::Caller { node: 1, province: "gd".into(), event: CallerEvent::Answered { call: "c".into(), setup_ms: 5 } });
+        let ended = CallerEvent::Ended { call: "c".into(), duration_ms: 10, rtp_in: 7, rtp_out: 8, by_me: true };
+        apply(&mut stats, Report::Caller { node: 1, province: "gd".into(), event: ended });
+        assert_eq!(stats.in_progress(), 0);
+        assert_eq!(stats.per_province["gd"].answered, 1);
+        assert_eq!(stats.caller_rtp_in, 7);
+    }
+}
