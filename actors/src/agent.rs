@@ -18,23 +18,44 @@ pub const RING_BACKSTOP_MS: u64 = 120_000;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentInput {
-    SignIn { extension: ExtensionId },
+    SignIn {
+        extension: ExtensionId,
+    },
     Ready,
-    NotReady { reason: String },
+    NotReady {
+        reason: String,
+    },
     SignOut,
     /// A queue asks to hold the agent for a call (first half of an offer).
-    Reserve { call: CallId, queue: QueueId },
+    Reserve {
+        call: CallId,
+        queue: QueueId,
+    },
     /// The queue withdrew the reservation (the call went away).
-    CancelReservation { call: CallId },
-    Ringing { call: CallId },
-    Answered { call: CallId },
+    CancelReservation {
+        call: CallId,
+    },
+    Ringing {
+        call: CallId,
+    },
+    Answered {
+        call: CallId,
+    },
     /// The call ended after the agent talked; after-call work lasts `acw_ms`.
-    CallEnded { call: CallId, acw_ms: u64 },
+    CallEnded {
+        call: CallId,
+        acw_ms: u64,
+    },
     /// The offer did not connect; a ring without answer sets the agent not-ready so it is
     /// not offered call after call while away from the desk.
-    OfferFailed { call: CallId, no_answer: bool },
+    OfferFailed {
+        call: CallId,
+        no_answer: bool,
+    },
     /// The agent's configured skills changed (live skill changes, R3.19 later).
-    Skills { skills: Vec<QueueId> },
+    Skills {
+        skills: Vec<QueueId>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,9 +63,18 @@ pub enum AgentOutput {
     /// Replicate this session through Raft (and publish it as an event).
     Checkpoint(AgentSession),
     /// Tell these queues whether the agent can take a call now.
-    Availability { queues: Vec<QueueId>, available: bool, idle_since_ms: u64 },
+    Availability {
+        queues: Vec<QueueId>,
+        available: bool,
+        idle_since_ms: u64,
+    },
     /// Answer to a queue's `Reserve`.
-    ReserveReply { queue: QueueId, call: CallId, accepted: bool, extension: Option<ExtensionId> },
+    ReserveReply {
+        queue: QueueId,
+        call: CallId,
+        accepted: bool,
+        extension: Option<ExtensionId>,
+    },
 }
 
 /// Operator errors (the API reports them; the state is unchanged).
@@ -111,7 +141,12 @@ impl AgentMachine {
         AgentSession {
             tenant: self.tenant.clone(),
             agent: self.agent.clone(),
-            extension: self.extension.clone().unwrap_or_else(|| self.agent.as_str().parse().expect("agent numbers are valid extensions")),
+            extension: self.extension.clone().unwrap_or_else(|| {
+                self.agent
+                    .as_str()
+                    .parse()
+                    .expect("agent numbers are valid extensions")
+            }),
             status: self.status.clone(),
             since_ms: self.since_ms,
             idle_since_ms: self.idle_since_ms,
@@ -138,7 +173,9 @@ impl AgentMachine {
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
         match self.status.clone() {
-            AgentStatus::AfterCallWork { until_ms } if now_ms >= until_ms => self.become_ready(now_ms),
+            AgentStatus::AfterCallWork { until_ms } if now_ms >= until_ms => {
+                self.become_ready(now_ms)
+            }
             AgentStatus::Reserved { .. } if now_ms >= self.since_ms + RESERVE_TIMEOUT_MS => {
                 // The call never rang us: the reservation expires by itself and the agent is
                 // as idle as before (its place in the longest-idle order is kept).
@@ -147,7 +184,12 @@ impl AgentMachine {
                 self.announce(true);
             }
             AgentStatus::Ringing { .. } if now_ms >= self.since_ms + RING_BACKSTOP_MS => {
-                self.set_status(now_ms, AgentStatus::NotReady { reason: "no_answer".into() });
+                self.set_status(
+                    now_ms,
+                    AgentStatus::NotReady {
+                        reason: "no_answer".into(),
+                    },
+                );
             }
             _ => {}
         }
@@ -163,17 +205,26 @@ impl AgentMachine {
                 }
                 self.extension = Some(extension);
                 // Signed in but not ready: the agent says when it can take calls (R4.1).
-                self.set_status(now_ms, AgentStatus::NotReady { reason: "signed_in".into() });
+                self.set_status(
+                    now_ms,
+                    AgentStatus::NotReady {
+                        reason: "signed_in".into(),
+                    },
+                );
             }
             AgentInput::Ready => match &self.status {
                 AgentStatus::SignedOut => return Err(AgentError::NotSignedIn),
-                AgentStatus::NotReady { .. } | AgentStatus::AfterCallWork { .. } => self.become_ready(now_ms),
+                AgentStatus::NotReady { .. } | AgentStatus::AfterCallWork { .. } => {
+                    self.become_ready(now_ms)
+                }
                 AgentStatus::Ready => {}
                 _ => return Err(AgentError::OnCall),
             },
             AgentInput::NotReady { reason } => match &self.status {
                 AgentStatus::SignedOut => return Err(AgentError::NotSignedIn),
-                AgentStatus::Ready | AgentStatus::NotReady { .. } | AgentStatus::AfterCallWork { .. } => {
+                AgentStatus::Ready
+                | AgentStatus::NotReady { .. }
+                | AgentStatus::AfterCallWork { .. } => {
                     let was_ready = self.status == AgentStatus::Ready;
                     self.set_status(now_ms, AgentStatus::NotReady { reason });
                     if was_ready {
@@ -222,7 +273,8 @@ impl AgentMachine {
                 }
             }
             AgentInput::Answered { call } => {
-                if matches!(&self.status, AgentStatus::Ringing { call: c } | AgentStatus::Reserved { call: c } if *c == call) {
+                if matches!(&self.status, AgentStatus::Ringing { call: c } | AgentStatus::Reserved { call: c } if *c == call)
+                {
                     self.calls_answered += 1;
                     self.set_status(now_ms, AgentStatus::Talking { call });
                 }
@@ -233,7 +285,12 @@ impl AgentMachine {
                     if acw_ms == 0 {
                         self.become_ready(now_ms);
                     } else {
-                        self.set_status(now_ms, AgentStatus::AfterCallWork { until_ms: now_ms + acw_ms });
+                        self.set_status(
+                            now_ms,
+                            AgentStatus::AfterCallWork {
+                                until_ms: now_ms + acw_ms,
+                            },
+                        );
                     }
                 }
             }
@@ -241,7 +298,12 @@ impl AgentMachine {
                 if self.status.call() == Some(&call) {
                     self.reserved_by = None;
                     if no_answer {
-                        self.set_status(now_ms, AgentStatus::NotReady { reason: "no_answer".into() });
+                        self.set_status(
+                            now_ms,
+                            AgentStatus::NotReady {
+                                reason: "no_answer".into(),
+                            },
+                        );
                     } else {
                         // Not the agent's fault (the caller left): back to ready, same place.
                         self.set_status(now_ms, AgentStatus::Ready);
@@ -273,7 +335,8 @@ impl AgentMachine {
         self.status = status;
         self.since_ms = now_ms;
         self.version += 1;
-        self.outputs.push_back(AgentOutput::Checkpoint(self.session()));
+        self.outputs
+            .push_back(AgentOutput::Checkpoint(self.session()));
     }
 
     fn announce(&mut self, available: bool) {
@@ -290,7 +353,12 @@ mod tests {
     use super::*;
 
     fn machine() -> AgentMachine {
-        AgentMachine::new("gd".parse().unwrap(), "1001".parse().unwrap(), 3, vec!["general".parse().unwrap()])
+        AgentMachine::new(
+            "gd".parse().unwrap(),
+            "1001".parse().unwrap(),
+            3,
+            vec!["general".parse().unwrap()],
+        )
     }
     fn drain(m: &mut AgentMachine) -> Vec<AgentOutput> {
         std::iter::from_fn(|| m.poll_output()).collect()
@@ -302,11 +370,31 @@ mod tests {
     #[test]
     fn one_reservation_at_a_time() {
         let mut m = machine();
-        m.handle(0, AgentInput::SignIn { extension: "1001".parse().unwrap() }).unwrap();
+        m.handle(
+            0,
+            AgentInput::SignIn {
+                extension: "1001".parse().unwrap(),
+            },
+        )
+        .unwrap();
         m.handle(10, AgentInput::Ready).unwrap();
         drain(&mut m);
-        m.handle(20, AgentInput::Reserve { call: call("a"), queue: "general".parse().unwrap() }).unwrap();
-        m.handle(21, AgentInput::Reserve { call: call("b"), queue: "billing".parse().unwrap() }).unwrap();
+        m.handle(
+            20,
+            AgentInput::Reserve {
+                call: call("a"),
+                queue: "general".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        m.handle(
+            21,
+            AgentInput::Reserve {
+                call: call("b"),
+                queue: "billing".parse().unwrap(),
+            },
+        )
+        .unwrap();
         let replies: Vec<bool> = drain(&mut m)
             .into_iter()
             .filter_map(|o| match o {
@@ -314,32 +402,75 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(replies, vec![true, false], "I1: the second reservation is refused");
+        assert_eq!(
+            replies,
+            vec![true, false],
+            "I1: the second reservation is refused"
+        );
     }
 
     #[test]
     fn call_cycle_goes_through_acw_to_ready_and_refuses_sign_out_on_call() {
         let mut m = machine();
-        m.handle(0, AgentInput::SignIn { extension: "1001".parse().unwrap() }).unwrap();
+        m.handle(
+            0,
+            AgentInput::SignIn {
+                extension: "1001".parse().unwrap(),
+            },
+        )
+        .unwrap();
         m.handle(10, AgentInput::Ready).unwrap();
-        m.handle(20, AgentInput::Reserve { call: call("a"), queue: "general".parse().unwrap() }).unwrap();
-        m.handle(30, AgentInput::Ringing { call: call("a") }).unwrap();
-        m.handle(40, AgentInput::Answered { call: call("a") }).unwrap();
+        m.handle(
+            20,
+            AgentInput::Reserve {
+                call: call("a"),
+                queue: "general".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        m.handle(30, AgentInput::Ringing { call: call("a") })
+            .unwrap();
+        m.handle(40, AgentInput::Answered { call: call("a") })
+            .unwrap();
         assert_eq!(m.handle(50, AgentInput::SignOut), Err(AgentError::OnCall));
-        m.handle(100, AgentInput::CallEnded { call: call("a"), acw_ms: 2_000 }).unwrap();
+        m.handle(
+            100,
+            AgentInput::CallEnded {
+                call: call("a"),
+                acw_ms: 2_000,
+            },
+        )
+        .unwrap();
         assert_eq!(m.poll_timeout(), Some(2_100));
         m.handle_timeout(2_100);
         assert_eq!(m.status(), &AgentStatus::Ready);
-        assert_eq!(m.session().idle_since_ms, 2_100, "idle since the end of after-call work");
+        assert_eq!(
+            m.session().idle_since_ms,
+            2_100,
+            "idle since the end of after-call work"
+        );
         assert_eq!(m.session().calls_answered, 1);
     }
 
     #[test]
     fn a_reservation_expires_by_itself_and_keeps_the_idle_place() {
         let mut m = machine();
-        m.handle(0, AgentInput::SignIn { extension: "1001".parse().unwrap() }).unwrap();
+        m.handle(
+            0,
+            AgentInput::SignIn {
+                extension: "1001".parse().unwrap(),
+            },
+        )
+        .unwrap();
         m.handle(10, AgentInput::Ready).unwrap();
-        m.handle(20, AgentInput::Reserve { call: call("a"), queue: "general".parse().unwrap() }).unwrap();
+        m.handle(
+            20,
+            AgentInput::Reserve {
+                call: call("a"),
+                queue: "general".parse().unwrap(),
+            },
+        )
+        .unwrap();
         m.handle_timeout(20 + RESERVE_TIMEOUT_MS);
         assert_eq!(m.status(), &AgentStatus::Ready);
         assert_eq!(m.session().idle_since_ms, 10);
@@ -348,11 +479,32 @@ mod tests {
     #[test]
     fn no_answer_sets_not_ready() {
         let mut m = machine();
-        m.handle(0, AgentInput::SignIn { extension: "1001".parse().unwrap() }).unwrap();
+        m.handle(
+            0,
+            AgentInput::SignIn {
+                extension: "1001".parse().unwrap(),
+            },
+        )
+        .unwrap();
         m.handle(10, AgentInput::Ready).unwrap();
-        m.handle(20, AgentInput::Reserve { call: call("a"), queue: "general".parse().unwrap() }).unwrap();
-        m.handle(30, AgentInput::Ringing { call: call("a") }).unwrap();
-        m.handle(40, AgentInput::OfferFailed { call: call("a"), no_answer: true }).unwrap();
+        m.handle(
+            20,
+            AgentInput::Reserve {
+                call: call("a"),
+                queue: "general".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        m.handle(30, AgentInput::Ringing { call: call("a") })
+            .unwrap();
+        m.handle(
+            40,
+            AgentInput::OfferFailed {
+                call: call("a"),
+                no_answer: true,
+            },
+        )
+        .unwrap();
         assert!(matches!(m.status(), AgentStatus::NotReady { .. }));
     }
 }

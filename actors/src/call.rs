@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use model::routing::Route;
 use model::{
-    AgentId, CallId, Cdr, Disposition, Entry, ExtensionId, Flow, FlowNode, HangupBy, IvrStep, NodeId, PromptId,
-    Queue, QueueId, TrunkId,
+    AgentId, CallId, Cdr, Disposition, Entry, ExtensionId, Flow, FlowNode, HangupBy, IvrStep,
+    NodeId, PromptId, Queue, QueueId, TrunkId,
 };
 
 /// What the machine knows about a call when it starts.
@@ -42,15 +42,25 @@ pub enum CallInput {
     CustomerAnswered,
     PlayDone,
     Digit(char),
-    Offer { queue: QueueId, agent: AgentId, agent_node: NodeId, extension: ExtensionId },
+    Offer {
+        queue: QueueId,
+        agent: AgentId,
+        agent_node: NodeId,
+        extension: ExtensionId,
+    },
     AgentRinging,
     AgentAnswered,
     /// The agent leg failed: `no_answer` when it rang out or was declined.
-    AgentFailed { no_answer: bool, reason: String },
+    AgentFailed {
+        no_answer: bool,
+        reason: String,
+    },
     CustomerHangup,
     AgentHangup,
     /// The recording of the bridge, known when it started.
-    Recording { id: String },
+    Recording {
+        id: String,
+    },
 }
 
 /// What an agent's actor must be told.
@@ -65,13 +75,33 @@ pub enum AgentNotice {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallOutput {
-    Play { prompt: PromptId, repeat: bool },
+    Play {
+        prompt: PromptId,
+        repeat: bool,
+    },
     StopPlay,
-    Enqueue { queue: QueueId, priority: u8, enqueued_at_ms: u64 },
-    Dequeue { queue: QueueId },
-    OfferDone { queue: QueueId, agent: AgentId, answered: bool },
-    Agent { agent: AgentId, agent_node: NodeId, notice: AgentNotice },
-    DialAgent { extension: ExtensionId, ring_timeout_ms: u64 },
+    Enqueue {
+        queue: QueueId,
+        priority: u8,
+        enqueued_at_ms: u64,
+    },
+    Dequeue {
+        queue: QueueId,
+    },
+    OfferDone {
+        queue: QueueId,
+        agent: AgentId,
+        answered: bool,
+    },
+    Agent {
+        agent: AgentId,
+        agent_node: NodeId,
+        notice: AgentNotice,
+    },
+    DialAgent {
+        extension: ExtensionId,
+        ring_timeout_ms: u64,
+    },
     CancelAgent,
     Bridge,
     HangupCustomer,
@@ -84,10 +114,25 @@ pub enum CallOutput {
 enum State {
     Setup,
     /// Playing a Play or Menu node's prompt; a menu then waits for a key until `deadline`.
-    Ivr { node: String, menu_deadline: Option<u64> },
-    Queued { queue: QueueId },
-    Offering { queue: QueueId, agent: AgentId, agent_node: NodeId, extension: ExtensionId, deadline: u64 },
-    Talking { queue: QueueId, agent: AgentId, agent_node: NodeId },
+    Ivr {
+        node: String,
+        menu_deadline: Option<u64>,
+    },
+    Queued {
+        queue: QueueId,
+    },
+    Offering {
+        queue: QueueId,
+        agent: AgentId,
+        agent_node: NodeId,
+        extension: ExtensionId,
+        deadline: u64,
+    },
+    Talking {
+        queue: QueueId,
+        agent: AgentId,
+        agent_node: NodeId,
+    },
     /// Playing a last prompt before the platform hangs up.
     Releasing,
     Ended,
@@ -133,7 +178,13 @@ impl CallMachine {
             reason: None,
             recording_id: None,
         };
-        Self { setup, state: State::Setup, cdr, max_wait_deadline: None, outputs: VecDeque::new() }
+        Self {
+            setup,
+            state: State::Setup,
+            cdr,
+            max_wait_deadline: None,
+            outputs: VecDeque::new(),
+        }
     }
 
     pub fn call_id(&self) -> &CallId {
@@ -181,21 +232,40 @@ impl CallMachine {
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
         match self.state.clone() {
-            State::Ivr { node, menu_deadline: Some(deadline) } if now_ms >= deadline => {
+            State::Ivr {
+                node,
+                menu_deadline: Some(deadline),
+            } if now_ms >= deadline => {
                 if let Some(FlowNode::Menu { default, .. }) = self.flow_node(&node).cloned() {
-                    self.cdr.ivr.push(IvrStep { node: node.clone(), key: None, at_ms: now_ms });
+                    self.cdr.ivr.push(IvrStep {
+                        node: node.clone(),
+                        key: None,
+                        at_ms: now_ms,
+                    });
                     self.enter_node(now_ms, &default);
                 }
             }
-            State::Offering { queue, agent, agent_node, deadline, .. } if now_ms >= deadline => {
+            State::Offering {
+                queue,
+                agent,
+                agent_node,
+                deadline,
+                ..
+            } if now_ms >= deadline => {
                 self.outputs.push_back(CallOutput::CancelAgent);
                 self.offer_failed(now_ms, queue, agent, agent_node, true);
             }
             State::Queued { queue } if self.max_wait_deadline.is_some_and(|d| now_ms >= d) => {
                 // R3.4: waited too long; release with a prompt.
-                self.outputs.push_back(CallOutput::Dequeue { queue: queue.clone() });
+                self.outputs.push_back(CallOutput::Dequeue {
+                    queue: queue.clone(),
+                });
                 self.cdr.reason = Some("max_wait".into());
-                let prompt = self.setup.queues.get(&queue).and_then(|q| q.timeout_prompt.clone());
+                let prompt = self
+                    .setup
+                    .queues
+                    .get(&queue)
+                    .and_then(|q| q.timeout_prompt.clone());
                 self.release(now_ms, prompt, Disposition::Released);
             }
             _ => {}
@@ -205,7 +275,13 @@ impl CallMachine {
     pub fn handle(&mut self, now_ms: u64, input: CallInput) {
         if self.state == State::Ended {
             // A late offer must still be answered so the agent is freed.
-            if let CallInput::Offer { queue, agent, agent_node, .. } = input {
+            if let CallInput::Offer {
+                queue,
+                agent,
+                agent_node,
+                ..
+            } = input
+            {
                 self.refuse_offer(queue, agent, agent_node);
             }
             return;
@@ -227,13 +303,23 @@ impl CallMachine {
                 }
             }
             CallInput::PlayDone => match self.state.clone() {
-                State::Ivr { node, menu_deadline: None } => match self.flow_node(&node).cloned() {
+                State::Ivr {
+                    node,
+                    menu_deadline: None,
+                } => match self.flow_node(&node).cloned() {
                     Some(FlowNode::Play { next, .. }) => {
-                        self.cdr.ivr.push(IvrStep { node, key: None, at_ms: now_ms });
+                        self.cdr.ivr.push(IvrStep {
+                            node,
+                            key: None,
+                            at_ms: now_ms,
+                        });
                         self.enter_node(now_ms, &next);
                     }
                     Some(FlowNode::Menu { timeout_ms, .. }) => {
-                        self.state = State::Ivr { node, menu_deadline: Some(now_ms + timeout_ms) };
+                        self.state = State::Ivr {
+                            node,
+                            menu_deadline: Some(now_ms + timeout_ms),
+                        };
                     }
                     _ => {}
                 },
@@ -246,16 +332,29 @@ impl CallMachine {
                         // A key during the menu prompt interrupts it (barge-in).
                         if let Some(next) = options.get(&digit.to_string()) {
                             self.outputs.push_back(CallOutput::StopPlay);
-                            self.cdr.ivr.push(IvrStep { node, key: Some(digit.to_string()), at_ms: now_ms });
+                            self.cdr.ivr.push(IvrStep {
+                                node,
+                                key: Some(digit.to_string()),
+                                at_ms: now_ms,
+                            });
                             let next = next.clone();
                             self.enter_node(now_ms, &next);
                         }
                     }
                 }
             }
-            CallInput::Offer { queue, agent, agent_node, extension } => match self.state.clone() {
+            CallInput::Offer {
+                queue,
+                agent,
+                agent_node,
+                extension,
+            } => match self.state.clone() {
                 State::Queued { queue: q } if q == queue => {
-                    let ring_timeout_ms = self.setup.queues.get(&queue).map_or(15_000, |q| q.ring_timeout_ms);
+                    let ring_timeout_ms = self
+                        .setup
+                        .queues
+                        .get(&queue)
+                        .map_or(15_000, |q| q.ring_timeout_ms);
                     self.state = State::Offering {
                         queue,
                         agent,
@@ -263,36 +362,72 @@ impl CallMachine {
                         extension: extension.clone(),
                         deadline: now_ms + ring_timeout_ms,
                     };
-                    self.outputs.push_back(CallOutput::DialAgent { extension, ring_timeout_ms });
+                    self.outputs.push_back(CallOutput::DialAgent {
+                        extension,
+                        ring_timeout_ms,
+                    });
                 }
                 _ => self.refuse_offer(queue, agent, agent_node),
             },
             CallInput::AgentRinging => {
-                if let State::Offering { agent, agent_node, .. } = &self.state {
+                if let State::Offering {
+                    agent, agent_node, ..
+                } = &self.state
+                {
                     if self.cdr.ring_started_at_ms.is_none() {
                         self.cdr.ring_started_at_ms = Some(now_ms);
-                        self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node: *agent_node, notice: AgentNotice::Ringing });
+                        self.outputs.push_back(CallOutput::Agent {
+                            agent: agent.clone(),
+                            agent_node: *agent_node,
+                            notice: AgentNotice::Ringing,
+                        });
                     }
                 }
             }
             CallInput::AgentAnswered => {
-                if let State::Offering { queue, agent, agent_node, extension, .. } = self.state.clone() {
+                if let State::Offering {
+                    queue,
+                    agent,
+                    agent_node,
+                    extension,
+                    ..
+                } = self.state.clone()
+                {
                     let ring_start = *self.cdr.ring_started_at_ms.get_or_insert(now_ms);
                     self.cdr.ring_ms = now_ms.saturating_sub(ring_start);
                     self.cdr.agent_answered_at_ms = Some(now_ms);
                     self.cdr.agent = Some(agent.clone());
                     self.cdr.extension = Some(extension);
                     self.cdr.agent_node = Some(agent_node);
-                    self.cdr.wait_ms = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
+                    self.cdr.wait_ms =
+                        now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
                     self.outputs.push_back(CallOutput::StopPlay);
-                    self.outputs.push_back(CallOutput::OfferDone { queue: queue.clone(), agent: agent.clone(), answered: true });
-                    self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node, notice: AgentNotice::Answered });
+                    self.outputs.push_back(CallOutput::OfferDone {
+                        queue: queue.clone(),
+                        agent: agent.clone(),
+                        answered: true,
+                    });
+                    self.outputs.push_back(CallOutput::Agent {
+                        agent: agent.clone(),
+                        agent_node,
+                        notice: AgentNotice::Answered,
+                    });
                     self.outputs.push_back(CallOutput::Bridge);
-                    self.state = State::Talking { queue, agent, agent_node };
+                    self.state = State::Talking {
+                        queue,
+                        agent,
+                        agent_node,
+                    };
                 }
             }
             CallInput::AgentFailed { no_answer, reason } => {
-                if let State::Offering { queue, agent, agent_node, .. } = self.state.clone() {
+                if let State::Offering {
+                    queue,
+                    agent,
+                    agent_node,
+                    ..
+                } = self.state.clone()
+                {
                     self.cdr.reason = Some(reason);
                     self.offer_failed(now_ms, queue, agent, agent_node, no_answer);
                 }
@@ -317,15 +452,29 @@ impl CallMachine {
         };
         match node {
             FlowNode::Play { prompt, .. } | FlowNode::Menu { prompt, .. } => {
-                self.state = State::Ivr { node: name.to_string(), menu_deadline: None };
-                self.outputs.push_back(CallOutput::Play { prompt, repeat: false });
+                self.state = State::Ivr {
+                    node: name.to_string(),
+                    menu_deadline: None,
+                };
+                self.outputs.push_back(CallOutput::Play {
+                    prompt,
+                    repeat: false,
+                });
             }
             FlowNode::Queue { queue } => {
-                self.cdr.ivr.push(IvrStep { node: name.to_string(), key: None, at_ms: now_ms });
+                self.cdr.ivr.push(IvrStep {
+                    node: name.to_string(),
+                    key: None,
+                    at_ms: now_ms,
+                });
                 self.enqueue(now_ms, queue);
             }
             FlowNode::Hangup { prompt } => {
-                self.cdr.ivr.push(IvrStep { node: name.to_string(), key: None, at_ms: now_ms });
+                self.cdr.ivr.push(IvrStep {
+                    node: name.to_string(),
+                    key: None,
+                    at_ms: now_ms,
+                });
                 self.release(now_ms, prompt, Disposition::Released);
             }
         }
@@ -338,26 +487,60 @@ impl CallMachine {
         self.cdr.queue = Some(queue.clone());
         self.cdr.enqueued_at_ms = Some(now_ms);
         self.max_wait_deadline = Some(now_ms + config.max_wait_ms);
-        self.state = State::Queued { queue: queue.clone() };
+        self.state = State::Queued {
+            queue: queue.clone(),
+        };
         if let Some(music) = config.music_prompt {
-            self.outputs.push_back(CallOutput::Play { prompt: music, repeat: true });
+            self.outputs.push_back(CallOutput::Play {
+                prompt: music,
+                repeat: true,
+            });
         }
-        self.outputs.push_back(CallOutput::Enqueue { queue, priority: PRIORITY_DEFAULT, enqueued_at_ms: now_ms });
+        self.outputs.push_back(CallOutput::Enqueue {
+            queue,
+            priority: PRIORITY_DEFAULT,
+            enqueued_at_ms: now_ms,
+        });
     }
 
-    fn offer_failed(&mut self, now_ms: u64, queue: QueueId, agent: AgentId, agent_node: NodeId, no_answer: bool) {
+    fn offer_failed(
+        &mut self,
+        now_ms: u64,
+        queue: QueueId,
+        agent: AgentId,
+        agent_node: NodeId,
+        no_answer: bool,
+    ) {
         self.cdr.ring_started_at_ms = None;
-        self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node, notice: AgentNotice::Failed { no_answer } });
-        self.outputs.push_back(CallOutput::OfferDone { queue: queue.clone(), agent, answered: false });
-        self.state = State::Queued { queue: queue.clone() };
+        self.outputs.push_back(CallOutput::Agent {
+            agent: agent.clone(),
+            agent_node,
+            notice: AgentNotice::Failed { no_answer },
+        });
+        self.outputs.push_back(CallOutput::OfferDone {
+            queue: queue.clone(),
+            agent,
+            answered: false,
+        });
+        self.state = State::Queued {
+            queue: queue.clone(),
+        };
         if self.max_wait_deadline.is_some_and(|d| now_ms >= d) {
             self.handle_timeout(now_ms);
         }
     }
 
     fn refuse_offer(&mut self, queue: QueueId, agent: AgentId, agent_node: NodeId) {
-        self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node, notice: AgentNotice::Failed { no_answer: false } });
-        self.outputs.push_back(CallOutput::OfferDone { queue, agent, answered: false });
+        self.outputs.push_back(CallOutput::Agent {
+            agent: agent.clone(),
+            agent_node,
+            notice: AgentNotice::Failed { no_answer: false },
+        });
+        self.outputs.push_back(CallOutput::OfferDone {
+            queue,
+            agent,
+            answered: false,
+        });
     }
 
     fn release(&mut self, now_ms: u64, prompt: Option<PromptId>, disposition: Disposition) {
@@ -365,7 +548,10 @@ impl CallMachine {
         match prompt {
             Some(prompt) => {
                 self.state = State::Releasing;
-                self.outputs.push_back(CallOutput::Play { prompt, repeat: false });
+                self.outputs.push_back(CallOutput::Play {
+                    prompt,
+                    repeat: false,
+                });
             }
             None => self.finish(now_ms, HangupBy::System, disposition),
         }
@@ -385,10 +571,23 @@ impl CallMachine {
                 self.outputs.push_back(CallOutput::Dequeue { queue });
                 self.finish(now_ms, by, Disposition::Abandoned);
             }
-            State::Offering { queue, agent, agent_node, .. } => {
+            State::Offering {
+                queue,
+                agent,
+                agent_node,
+                ..
+            } => {
                 self.outputs.push_back(CallOutput::CancelAgent);
-                self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node, notice: AgentNotice::Failed { no_answer: false } });
-                self.outputs.push_back(CallOutput::OfferDone { queue: queue.clone(), agent, answered: false });
+                self.outputs.push_back(CallOutput::Agent {
+                    agent: agent.clone(),
+                    agent_node,
+                    notice: AgentNotice::Failed { no_answer: false },
+                });
+                self.outputs.push_back(CallOutput::OfferDone {
+                    queue: queue.clone(),
+                    agent,
+                    answered: false,
+                });
                 self.outputs.push_back(CallOutput::Dequeue { queue });
                 self.finish(now_ms, by, Disposition::Abandoned);
             }
@@ -400,15 +599,27 @@ impl CallMachine {
     fn finish(&mut self, now_ms: u64, by: HangupBy, disposition: Disposition) {
         let previous = std::mem::replace(&mut self.state, State::Ended);
         self.outputs.push_back(CallOutput::StopPlay);
-        if let State::Talking { queue, agent, agent_node } = &previous {
+        if let State::Talking {
+            queue,
+            agent,
+            agent_node,
+        } = &previous
+        {
             let acw_ms = self.setup.queues.get(queue).map_or(0, |q| q.acw_ms);
-            self.outputs.push_back(CallOutput::Agent { agent: agent.clone(), agent_node: *agent_node, notice: AgentNotice::Ended { acw_ms } });
-            self.cdr.talk_ms = now_ms.saturating_sub(self.cdr.agent_answered_at_ms.unwrap_or(now_ms));
+            self.outputs.push_back(CallOutput::Agent {
+                agent: agent.clone(),
+                agent_node: *agent_node,
+                notice: AgentNotice::Ended { acw_ms },
+            });
+            self.cdr.talk_ms =
+                now_ms.saturating_sub(self.cdr.agent_answered_at_ms.unwrap_or(now_ms));
             if by != HangupBy::Agent {
                 self.outputs.push_back(CallOutput::HangupAgent);
             }
         }
-        if matches!(previous, State::Queued { .. } | State::Offering { .. }) || (disposition != Disposition::Answered && self.cdr.enqueued_at_ms.is_some()) {
+        if matches!(previous, State::Queued { .. } | State::Offering { .. })
+            || (disposition != Disposition::Answered && self.cdr.enqueued_at_ms.is_some())
+        {
             self.cdr.wait_ms = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
         }
         if by != HangupBy::Caller {
@@ -417,7 +628,8 @@ impl CallMachine {
         self.cdr.ended_at_ms = now_ms;
         self.cdr.hangup_by = by;
         self.cdr.disposition = disposition;
-        self.outputs.push_back(CallOutput::Cdr(Box::new(self.cdr.clone())));
+        self.outputs
+            .push_back(CallOutput::Cdr(Box::new(self.cdr.clone())));
         self.outputs.push_back(CallOutput::Finished);
     }
 }

@@ -18,21 +18,57 @@ pub const RESERVE_REPLY_TIMEOUT_MS: u64 = 3_000;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum QueueInput {
-    Enqueue { call: CallId, call_node: NodeId, priority: u8, enqueued_at_ms: u64 },
+    Enqueue {
+        call: CallId,
+        call_node: NodeId,
+        priority: u8,
+        enqueued_at_ms: u64,
+    },
     /// The call left the queue (caller hung up, max wait, answered elsewhere).
-    Remove { call: CallId },
-    AgentAvailable { agent: AgentId, agent_node: NodeId, idle_since_ms: u64 },
-    AgentUnavailable { agent: AgentId },
-    ReserveReply { agent: AgentId, call: CallId, accepted: bool, extension: Option<ExtensionId> },
+    Remove {
+        call: CallId,
+    },
+    AgentAvailable {
+        agent: AgentId,
+        agent_node: NodeId,
+        idle_since_ms: u64,
+    },
+    AgentUnavailable {
+        agent: AgentId,
+    },
+    ReserveReply {
+        agent: AgentId,
+        call: CallId,
+        accepted: bool,
+        extension: Option<ExtensionId>,
+    },
     /// The CallActor's verdict on an offer: answered, or not (the call stays queued).
-    OfferDone { call: CallId, agent: AgentId, answered: bool },
+    OfferDone {
+        call: CallId,
+        agent: AgentId,
+        answered: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum QueueOutput {
-    Reserve { agent: AgentId, agent_node: NodeId, call: CallId },
-    CancelReservation { agent: AgentId, agent_node: NodeId, call: CallId },
-    Offer { call: CallId, call_node: NodeId, agent: AgentId, agent_node: NodeId, extension: ExtensionId },
+    Reserve {
+        agent: AgentId,
+        agent_node: NodeId,
+        call: CallId,
+    },
+    CancelReservation {
+        agent: AgentId,
+        agent_node: NodeId,
+        call: CallId,
+    },
+    Offer {
+        call: CallId,
+        call_node: NodeId,
+        agent: AgentId,
+        agent_node: NodeId,
+        extension: ExtensionId,
+    },
     /// The queue's figures changed (for the wallboard, metrics and events).
     Stats(QueueStats),
 }
@@ -104,7 +140,9 @@ impl QueueMachine {
             .agents
             .iter()
             .filter_map(|(id, a)| match &a.slot {
-                Slot::Reserving { call, since_ms } if now_ms >= since_ms + RESERVE_REPLY_TIMEOUT_MS => {
+                Slot::Reserving { call, since_ms }
+                    if now_ms >= since_ms + RESERVE_REPLY_TIMEOUT_MS =>
+                {
                     Some((id.clone(), call.clone()))
                 }
                 _ => None,
@@ -123,24 +161,48 @@ impl QueueMachine {
         QueueStats {
             waiting: self.waiting.len(),
             oldest_enqueued_at_ms: self.waiting.values().map(|w| w.enqueued_at_ms).min(),
-            agents_available: self.agents.values().filter(|a| matches!(a.slot, Slot::Idle)).count(),
-            offering: self.waiting.values().filter(|w| w.offered_to.is_some()).count(),
+            agents_available: self
+                .agents
+                .values()
+                .filter(|a| matches!(a.slot, Slot::Idle))
+                .count(),
+            offering: self
+                .waiting
+                .values()
+                .filter(|w| w.offered_to.is_some())
+                .count(),
         }
     }
 
     /// Calls in service order, for the API.
     pub fn waiting_calls(&self) -> Vec<(CallId, u8, u64)> {
-        self.waiting.iter().map(|((Reverse(p), at, _), w)| (w.call.clone(), *p, *at)).collect()
+        self.waiting
+            .iter()
+            .map(|((Reverse(p), at, _), w)| (w.call.clone(), *p, *at))
+            .collect()
     }
 
     pub fn handle(&mut self, now_ms: u64, input: QueueInput) {
         match input {
-            QueueInput::Enqueue { call, call_node, priority, enqueued_at_ms } => {
+            QueueInput::Enqueue {
+                call,
+                call_node,
+                priority,
+                enqueued_at_ms,
+            } => {
                 if !self.positions.contains_key(&call) {
                     self.seq += 1;
                     let position = (Reverse(priority), enqueued_at_ms, self.seq);
                     self.positions.insert(call.clone(), position);
-                    self.waiting.insert(position, Waiting { call, call_node, enqueued_at_ms, offered_to: None });
+                    self.waiting.insert(
+                        position,
+                        Waiting {
+                            call,
+                            call_node,
+                            enqueued_at_ms,
+                            offered_to: None,
+                        },
+                    );
                 }
             }
             QueueInput::Remove { call } => {
@@ -152,13 +214,25 @@ impl QueueMachine {
                     }
                 }
             }
-            QueueInput::AgentAvailable { agent, agent_node, idle_since_ms } => {
-                let entry = self.agents.entry(agent).or_insert(AgentEntry { node: agent_node, idle_since_ms, slot: Slot::Idle });
+            QueueInput::AgentAvailable {
+                agent,
+                agent_node,
+                idle_since_ms,
+            } => {
+                let entry = self.agents.entry(agent).or_insert(AgentEntry {
+                    node: agent_node,
+                    idle_since_ms,
+                    slot: Slot::Idle,
+                });
                 entry.node = agent_node;
                 entry.idle_since_ms = idle_since_ms;
                 if let Slot::Reserving { .. } = entry.slot {
                     // A fresh availability supersedes a reservation we were waiting on.
-                    let Slot::Reserving { call, .. } = std::mem::replace(&mut entry.slot, Slot::Idle) else { unreachable!() };
+                    let Slot::Reserving { call, .. } =
+                        std::mem::replace(&mut entry.slot, Slot::Idle)
+                    else {
+                        unreachable!()
+                    };
                     self.release_call(&call);
                 }
             }
@@ -166,17 +240,32 @@ impl QueueMachine {
                 // An agent we are reserving announces itself unavailable *because* of the
                 // reservation (to every queue it serves), before its reply reaches us: keep
                 // the entry until the reply (or the reply timeout) settles it.
-                if !matches!(self.agents.get(&agent), Some(AgentEntry { slot: Slot::Reserving { .. }, .. })) {
+                if !matches!(
+                    self.agents.get(&agent),
+                    Some(AgentEntry {
+                        slot: Slot::Reserving { .. },
+                        ..
+                    })
+                ) {
                     self.agents.remove(&agent);
                 }
             }
-            QueueInput::ReserveReply { agent, call, accepted, extension } => {
+            QueueInput::ReserveReply {
+                agent,
+                call,
+                accepted,
+                extension,
+            } => {
                 let reserving = matches!(self.agents.get(&agent), Some(AgentEntry { slot: Slot::Reserving { call: c, .. }, .. }) if *c == call);
                 if !reserving {
                     if accepted {
                         // A late yes for a reservation we gave up on: hand the agent back.
                         if let Some(node) = self.agents.get(&agent).map(|a| a.node) {
-                            self.outputs.push_back(QueueOutput::CancelReservation { agent, agent_node: node, call });
+                            self.outputs.push_back(QueueOutput::CancelReservation {
+                                agent,
+                                agent_node: node,
+                                call,
+                            });
                         }
                     }
                 } else {
@@ -195,14 +284,22 @@ impl QueueMachine {
                             });
                         }
                         (true, _, _) => {
-                            self.outputs.push_back(QueueOutput::CancelReservation { agent, agent_node: entry.node, call: call.clone() });
+                            self.outputs.push_back(QueueOutput::CancelReservation {
+                                agent,
+                                agent_node: entry.node,
+                                call: call.clone(),
+                            });
                             self.release_call(&call);
                         }
                         (false, _, _) => self.release_call(&call),
                     }
                 }
             }
-            QueueInput::OfferDone { call, agent: _, answered } => {
+            QueueInput::OfferDone {
+                call,
+                agent: _,
+                answered,
+            } => {
                 if answered {
                     if let Some(position) = self.positions.remove(&call) {
                         self.waiting.remove(&position);
@@ -216,7 +313,11 @@ impl QueueMachine {
     }
 
     fn release_call(&mut self, call: &CallId) {
-        if let Some(w) = self.positions.get(call).and_then(|p| self.waiting.get_mut(p)) {
+        if let Some(w) = self
+            .positions
+            .get(call)
+            .and_then(|p| self.waiting.get_mut(p))
+        {
             w.offered_to = None;
         }
     }
@@ -226,22 +327,23 @@ impl QueueMachine {
             if matches!(&entry.slot, Slot::Reserving { call: c, .. } if c == call) {
                 let node = entry.node;
                 self.agents.remove(agent);
-                self.outputs.push_back(QueueOutput::CancelReservation { agent: agent.clone(), agent_node: node, call: call.clone() });
+                self.outputs.push_back(QueueOutput::CancelReservation {
+                    agent: agent.clone(),
+                    agent_node: node,
+                    call: call.clone(),
+                });
             }
         }
     }
 
     /// Pairs the best waiting call with the longest-idle agent while both exist.
     fn dispatch(&mut self, now_ms: u64) {
-        loop {
-            let Some((position, call)) = self
-                .waiting
-                .iter()
-                .find(|(_, w)| w.offered_to.is_none())
-                .map(|(p, w)| (*p, w.call.clone()))
-            else {
-                break;
-            };
+        while let Some((position, call)) = self
+            .waiting
+            .iter()
+            .find(|(_, w)| w.offered_to.is_none())
+            .map(|(p, w)| (*p, w.call.clone()))
+        {
             let Some(agent) = self
                 .agents
                 .iter()
@@ -252,12 +354,19 @@ impl QueueMachine {
                 break;
             };
             let entry = self.agents.get_mut(&agent).expect("just found");
-            entry.slot = Slot::Reserving { call: call.clone(), since_ms: now_ms };
+            entry.slot = Slot::Reserving {
+                call: call.clone(),
+                since_ms: now_ms,
+            };
             let agent_node = entry.node;
             if let Some(w) = self.waiting.get_mut(&position) {
                 w.offered_to = Some(agent.clone());
             }
-            self.outputs.push_back(QueueOutput::Reserve { agent, agent_node, call });
+            self.outputs.push_back(QueueOutput::Reserve {
+                agent,
+                agent_node,
+                call,
+            });
         }
         let stats = self.stats();
         if self.last_stats.as_ref() != Some(&stats) {
@@ -280,10 +389,25 @@ mod tests {
             .collect()
     }
     fn enqueue(q: &mut QueueMachine, call: &str, priority: u8, at: u64) {
-        q.handle(at, QueueInput::Enqueue { call: CallId(call.into()), call_node: 1, priority, enqueued_at_ms: at });
+        q.handle(
+            at,
+            QueueInput::Enqueue {
+                call: CallId(call.into()),
+                call_node: 1,
+                priority,
+                enqueued_at_ms: at,
+            },
+        );
     }
     fn available(q: &mut QueueMachine, agent: &str, idle: u64, now: u64) {
-        q.handle(now, QueueInput::AgentAvailable { agent: agent.parse().unwrap(), agent_node: 2, idle_since_ms: idle });
+        q.handle(
+            now,
+            QueueInput::AgentAvailable {
+                agent: agent.parse().unwrap(),
+                agent_node: 2,
+                idle_since_ms: idle,
+            },
+        );
     }
 
     #[test]
@@ -316,13 +440,38 @@ mod tests {
         available(&mut q, "1001", 0, 20);
         available(&mut q, "1002", 5, 20);
         assert_eq!(reserves(&mut q), vec![("1001".into(), "c1".into())]);
-        q.handle(30, QueueInput::ReserveReply { agent: "1001".parse().unwrap(), call: CallId("c1".into()), accepted: false, extension: None });
+        q.handle(
+            30,
+            QueueInput::ReserveReply {
+                agent: "1001".parse().unwrap(),
+                call: CallId("c1".into()),
+                accepted: false,
+                extension: None,
+            },
+        );
         assert_eq!(reserves(&mut q), vec![("1002".into(), "c1".into())]);
-        q.handle(40, QueueInput::ReserveReply { agent: "1002".parse().unwrap(), call: CallId("c1".into()), accepted: true, extension: Some("1002".parse().unwrap()) });
-        let offers: Vec<_> = std::iter::from_fn(|| q.poll_output()).filter(|o| matches!(o, QueueOutput::Offer { .. })).collect();
+        q.handle(
+            40,
+            QueueInput::ReserveReply {
+                agent: "1002".parse().unwrap(),
+                call: CallId("c1".into()),
+                accepted: true,
+                extension: Some("1002".parse().unwrap()),
+            },
+        );
+        let offers: Vec<_> = std::iter::from_fn(|| q.poll_output())
+            .filter(|o| matches!(o, QueueOutput::Offer { .. }))
+            .collect();
         assert_eq!(offers.len(), 1);
         // Not answered: the call stays at the head with its original time.
-        q.handle(50, QueueInput::OfferDone { call: CallId("c1".into()), agent: "1002".parse().unwrap(), answered: false });
+        q.handle(
+            50,
+            QueueInput::OfferDone {
+                call: CallId("c1".into()),
+                agent: "1002".parse().unwrap(),
+                answered: false,
+            },
+        );
         assert_eq!(q.waiting_calls(), vec![(CallId("c1".into()), 0, 10)]);
     }
 
@@ -344,8 +493,15 @@ mod tests {
         enqueue(&mut q, "c1", 0, 10);
         available(&mut q, "1001", 0, 20);
         let _ = reserves(&mut q);
-        q.handle(30, QueueInput::Remove { call: CallId("c1".into()) });
-        let cancels = std::iter::from_fn(|| q.poll_output()).filter(|o| matches!(o, QueueOutput::CancelReservation { .. })).count();
+        q.handle(
+            30,
+            QueueInput::Remove {
+                call: CallId("c1".into()),
+            },
+        );
+        let cancels = std::iter::from_fn(|| q.poll_output())
+            .filter(|o| matches!(o, QueueOutput::CancelReservation { .. }))
+            .count();
         assert_eq!(cancels, 1);
         assert_eq!(q.stats().waiting, 0);
     }

@@ -14,14 +14,24 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Step {
-    Arrive { priority: u8 },
-    Ready { agent: usize },
-    NotReady { agent: usize },
+    Arrive {
+        priority: u8,
+    },
+    Ready {
+        agent: usize,
+    },
+    NotReady {
+        agent: usize,
+    },
     /// The oldest pending offer is answered (true) or not (false).
-    Resolve { answer: bool },
+    Resolve {
+        answer: bool,
+    },
     /// The oldest talking call ends.
     Hangup,
-    Abandon { nth: usize },
+    Abandon {
+        nth: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -56,7 +66,14 @@ impl World {
             now: 1,
             queue: QueueMachine::new(),
             agents: (0..agents)
-                .map(|i| AgentMachine::new("gd".parse().unwrap(), agent_id(i).parse().unwrap(), 1, vec!["general".parse().unwrap()]))
+                .map(|i| {
+                    AgentMachine::new(
+                        "gd".parse().unwrap(),
+                        agent_id(i).parse().unwrap(),
+                        1,
+                        vec!["general".parse().unwrap()],
+                    )
+                })
                 .collect(),
             waiting: BTreeMap::new(),
             offers: VecDeque::new(),
@@ -64,7 +81,13 @@ impl World {
             next_call: 0,
         };
         for a in &mut w.agents {
-            a.handle(0, AgentInput::SignIn { extension: "1001".parse().unwrap() }).unwrap();
+            a.handle(
+                0,
+                AgentInput::SignIn {
+                    extension: "1001".parse().unwrap(),
+                },
+            )
+            .unwrap();
         }
         w.pump();
         w
@@ -82,17 +105,38 @@ impl World {
                 while let Some(out) = self.agents[i].poll_output() {
                     moved = true;
                     match out {
-                        AgentOutput::Availability { available, idle_since_ms, .. } => {
+                        AgentOutput::Availability {
+                            available,
+                            idle_since_ms,
+                            ..
+                        } => {
                             let agent = agent_id(i).parse().unwrap();
                             let input = if available {
-                                QueueInput::AgentAvailable { agent, agent_node: 1, idle_since_ms }
+                                QueueInput::AgentAvailable {
+                                    agent,
+                                    agent_node: 1,
+                                    idle_since_ms,
+                                }
                             } else {
                                 QueueInput::AgentUnavailable { agent }
                             };
                             self.queue.handle(self.now, input);
                         }
-                        AgentOutput::ReserveReply { call, accepted, extension, .. } => {
-                            self.queue.handle(self.now, QueueInput::ReserveReply { agent: agent_id(i).parse().unwrap(), call, accepted, extension });
+                        AgentOutput::ReserveReply {
+                            call,
+                            accepted,
+                            extension,
+                            ..
+                        } => {
+                            self.queue.handle(
+                                self.now,
+                                QueueInput::ReserveReply {
+                                    agent: agent_id(i).parse().unwrap(),
+                                    call,
+                                    accepted,
+                                    extension,
+                                },
+                            );
                         }
                         AgentOutput::Checkpoint(_) => {}
                     }
@@ -103,11 +147,21 @@ impl World {
                 match out {
                     QueueOutput::Reserve { agent, call, .. } => {
                         let i = Self::index(&agent);
-                        self.agents[i].handle(self.now, AgentInput::Reserve { call, queue: "general".parse().unwrap() }).unwrap();
+                        self.agents[i]
+                            .handle(
+                                self.now,
+                                AgentInput::Reserve {
+                                    call,
+                                    queue: "general".parse().unwrap(),
+                                },
+                            )
+                            .unwrap();
                     }
                     QueueOutput::CancelReservation { agent, call, .. } => {
                         let i = Self::index(&agent);
-                        self.agents[i].handle(self.now, AgentInput::CancelReservation { call }).unwrap();
+                        self.agents[i]
+                            .handle(self.now, AgentInput::CancelReservation { call })
+                            .unwrap();
                     }
                     QueueOutput::Offer { call, agent, .. } => {
                         let i = Self::index(&agent);
@@ -119,8 +173,14 @@ impl World {
                             .filter(|(c, _)| !on_offer.contains(c))
                             .min_by_key(|(_, (p, at))| (std::cmp::Reverse(*p), *at))
                             .map(|(c, _)| c.clone());
-                        assert_eq!(best.as_deref(), Some(call.0.as_str()), "I4: offer out of order");
-                        self.agents[i].handle(self.now, AgentInput::Ringing { call: call.clone() }).unwrap();
+                        assert_eq!(
+                            best.as_deref(),
+                            Some(call.0.as_str()),
+                            "I4: offer out of order"
+                        );
+                        self.agents[i]
+                            .handle(self.now, AgentInput::Ringing { call: call.clone() })
+                            .unwrap();
                         self.offers.push_back((call.0, i));
                     }
                     QueueOutput::Stats(_) => {}
@@ -143,7 +203,11 @@ impl World {
                 .collect();
             assert!(bound.len() <= 1, "I1: agent {i} bound to {bound:?}");
             if let Some(call) = bound.first() {
-                assert_eq!(a.status().call().map(|c| &c.0), Some(*call), "agent state agrees with the call");
+                assert_eq!(
+                    a.status().call().map(|c| &c.0),
+                    Some(*call),
+                    "agent state agrees with the call"
+                );
             }
         }
     }
@@ -155,7 +219,15 @@ impl World {
                 self.next_call += 1;
                 let call = format!("c{}", self.next_call);
                 self.waiting.insert(call.clone(), (priority, self.now));
-                self.queue.handle(self.now, QueueInput::Enqueue { call: CallId(call), call_node: 1, priority, enqueued_at_ms: self.now });
+                self.queue.handle(
+                    self.now,
+                    QueueInput::Enqueue {
+                        call: CallId(call),
+                        call_node: 1,
+                        priority,
+                        enqueued_at_ms: self.now,
+                    },
+                );
             }
             Step::Ready { agent } => {
                 if let Some(a) = self.agents.get_mut(agent) {
@@ -164,7 +236,12 @@ impl World {
             }
             Step::NotReady { agent } => {
                 if let Some(a) = self.agents.get_mut(agent) {
-                    let _ = a.handle(self.now, AgentInput::NotReady { reason: "break".into() });
+                    let _ = a.handle(
+                        self.now,
+                        AgentInput::NotReady {
+                            reason: "break".into(),
+                        },
+                    );
                 }
             }
             Step::Resolve { answer } => {
@@ -172,24 +249,56 @@ impl World {
                     let id = CallId(call.clone());
                     if answer {
                         self.waiting.remove(&call);
-                        self.agents[i].handle(self.now, AgentInput::Answered { call: id.clone() }).unwrap();
+                        self.agents[i]
+                            .handle(self.now, AgentInput::Answered { call: id.clone() })
+                            .unwrap();
                         self.talking.push_back((call, i));
                     } else {
-                        self.agents[i].handle(self.now, AgentInput::OfferFailed { call: id.clone(), no_answer: false }).unwrap();
+                        self.agents[i]
+                            .handle(
+                                self.now,
+                                AgentInput::OfferFailed {
+                                    call: id.clone(),
+                                    no_answer: false,
+                                },
+                            )
+                            .unwrap();
                     }
-                    self.queue.handle(self.now, QueueInput::OfferDone { call: id, agent: agent_id(i).parse().unwrap(), answered: answer });
+                    self.queue.handle(
+                        self.now,
+                        QueueInput::OfferDone {
+                            call: id,
+                            agent: agent_id(i).parse().unwrap(),
+                            answered: answer,
+                        },
+                    );
                 }
             }
             Step::Hangup => {
                 if let Some((call, i)) = self.talking.pop_front() {
-                    self.agents[i].handle(self.now, AgentInput::CallEnded { call: CallId(call), acw_ms: 0 }).unwrap();
+                    self.agents[i]
+                        .handle(
+                            self.now,
+                            AgentInput::CallEnded {
+                                call: CallId(call),
+                                acw_ms: 0,
+                            },
+                        )
+                        .unwrap();
                 }
             }
             Step::Abandon { nth } => {
                 let on_offer: Vec<String> = self.offers.iter().map(|(c, _)| c.clone()).collect();
-                if let Some(call) = self.waiting.keys().filter(|c| !on_offer.contains(c)).nth(nth).cloned() {
+                if let Some(call) = self
+                    .waiting
+                    .keys()
+                    .filter(|c| !on_offer.contains(c))
+                    .nth(nth)
+                    .cloned()
+                {
                     self.waiting.remove(&call);
-                    self.queue.handle(self.now, QueueInput::Remove { call: CallId(call) });
+                    self.queue
+                        .handle(self.now, QueueInput::Remove { call: CallId(call) });
                 }
             }
         }
@@ -206,7 +315,11 @@ impl World {
             self.apply(Step::Resolve { answer: true });
             self.apply(Step::Hangup);
         }
-        let ready = self.agents.iter().filter(|a| a.status() == &AgentStatus::Ready).count();
+        let ready = self
+            .agents
+            .iter()
+            .filter(|a| a.status() == &AgentStatus::Ready)
+            .count();
         assert!(
             self.waiting.is_empty() || ready == 0,
             "starvation: {} calls wait while {ready} agents are ready",

@@ -25,7 +25,10 @@ fn violation(invariant: &'static str, detail: String) -> Violation {
 }
 
 /// I2: `expected` call ids each have exactly one CDR, and no CDR is for another call.
-pub fn one_cdr_per_call<'a>(cdrs: &[Cdr], expected: impl IntoIterator<Item = &'a str>) -> Vec<Violation> {
+pub fn one_cdr_per_call<'a>(
+    cdrs: &[Cdr],
+    expected: impl IntoIterator<Item = &'a str>,
+) -> Vec<Violation> {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for cdr in cdrs {
         *counts.entry(cdr.call_id.0.as_str()).or_default() += 1;
@@ -41,7 +44,10 @@ pub fn one_cdr_per_call<'a>(cdrs: &[Cdr], expected: impl IntoIterator<Item = &'a
         }
     }
     if cdrs.len() != seen {
-        out.push(violation("I2", format!("{} CDRs for {seen} calls", cdrs.len())));
+        out.push(violation(
+            "I2",
+            format!("{} CDRs for {seen} calls", cdrs.len()),
+        ));
     }
     out
 }
@@ -55,10 +61,20 @@ fn busy_interval(cdr: &Cdr) -> Option<(u64, u64)> {
 /// I1: no agent's answered calls overlap in time.
 pub fn no_double_booking(cdrs: &[Cdr]) -> Vec<Violation> {
     let mut by_agent: BTreeMap<String, Vec<(u64, u64, &str)>> = BTreeMap::new();
-    for cdr in cdrs.iter().filter(|c| c.disposition == Disposition::Answered) {
+    for cdr in cdrs
+        .iter()
+        .filter(|c| c.disposition == Disposition::Answered)
+    {
         if let (Some(agent), Some((start, end))) = (&cdr.agent, busy_interval(cdr)) {
-            let key = format!("{}/{}", cdr.tenant.as_ref().map_or("", |t| t.as_str()), agent);
-            by_agent.entry(key).or_default().push((start, end, cdr.call_id.0.as_str()));
+            let key = format!(
+                "{}/{}",
+                cdr.tenant.as_ref().map_or("", |t| t.as_str()),
+                agent
+            );
+            by_agent
+                .entry(key)
+                .or_default()
+                .push((start, end, cdr.call_id.0.as_str()));
         }
     }
     let mut out = Vec::new();
@@ -66,7 +82,13 @@ pub fn no_double_booking(cdrs: &[Cdr]) -> Vec<Violation> {
         calls.sort();
         for pair in calls.windows(2) {
             if pair[1].0 < pair[0].1 {
-                out.push(violation("I1", format!("agent {agent} had calls {} and {} at once", pair[0].2, pair[1].2)));
+                out.push(violation(
+                    "I1",
+                    format!(
+                        "agent {agent} had calls {} and {} at once",
+                        pair[0].2, pair[1].2
+                    ),
+                ));
             }
         }
     }
@@ -79,10 +101,22 @@ pub fn no_double_booking(cdrs: &[Cdr]) -> Vec<Violation> {
 /// nodes' stamps.
 pub fn served_in_order(cdrs: &[Cdr], slack_ms: u64) -> Vec<Violation> {
     let mut by_queue: BTreeMap<String, Vec<(u64, u64, &str)>> = BTreeMap::new();
-    for cdr in cdrs.iter().filter(|c| c.disposition == Disposition::Answered) {
-        if let (Some(queue), Some(enqueued), Some(offered)) = (&cdr.queue, cdr.enqueued_at_ms, cdr.ring_started_at_ms) {
-            let key = format!("{}/{}", cdr.tenant.as_ref().map_or("", |t| t.as_str()), queue);
-            by_queue.entry(key).or_default().push((enqueued, offered, cdr.call_id.0.as_str()));
+    for cdr in cdrs
+        .iter()
+        .filter(|c| c.disposition == Disposition::Answered)
+    {
+        if let (Some(queue), Some(enqueued), Some(offered)) =
+            (&cdr.queue, cdr.enqueued_at_ms, cdr.ring_started_at_ms)
+        {
+            let key = format!(
+                "{}/{}",
+                cdr.tenant.as_ref().map_or("", |t| t.as_str()),
+                queue
+            );
+            by_queue
+                .entry(key)
+                .or_default()
+                .push((enqueued, offered, cdr.call_id.0.as_str()));
         }
     }
     let mut out = Vec::new();
@@ -110,11 +144,23 @@ pub fn served_in_order(cdrs: &[Cdr], slack_ms: u64) -> Vec<Violation> {
 /// Only agents that answered some call in the run are considered. `slack_ms` absorbs the
 /// reservation round trip (an agent that freed up within that window of the offer may not
 /// have been visible to the queue yet).
-pub fn longest_idle_first(cdrs: &[Cdr], ready_at: &HashMap<String, u64>, acw_ms: u64, slack_ms: u64) -> Vec<Violation> {
+pub fn longest_idle_first(
+    cdrs: &[Cdr],
+    ready_at: &HashMap<String, u64>,
+    acw_ms: u64,
+    slack_ms: u64,
+) -> Vec<Violation> {
     let mut calls: Vec<(&str, u64, u64, &str)> = cdrs
         .iter()
         .filter(|c| c.disposition == Disposition::Answered)
-        .filter_map(|c| Some((c.agent.as_ref()?.as_str(), c.ring_started_at_ms?, c.ended_at_ms, c.call_id.0.as_str())))
+        .filter_map(|c| {
+            Some((
+                c.agent.as_ref()?.as_str(),
+                c.ring_started_at_ms?,
+                c.ended_at_ms,
+                c.call_id.0.as_str(),
+            ))
+        })
         .collect();
     calls.sort_by_key(|c| c.1);
     let mut out = Vec::new();
@@ -132,10 +178,14 @@ pub fn longest_idle_first(cdrs: &[Cdr], ready_at: &HashMap<String, u64>, acw_ms:
                 let _ = start;
             }
             // Booked by a call offered at the same moment (ring started within the slack).
-            let racing = calls.iter().any(|(o, s, _, cid)| *o == who && cid != id && s.abs_diff(*offered) <= slack_ms);
+            let racing = calls
+                .iter()
+                .any(|(o, s, _, cid)| *o == who && cid != id && s.abs_diff(*offered) <= slack_ms);
             (!racing).then_some(since)
         };
-        let Some(chosen) = idle_since(agent) else { continue };
+        let Some(chosen) = idle_since(agent) else {
+            continue;
+        };
         for other in ready_at.keys().filter(|a| a.as_str() != *agent) {
             if let Some(theirs) = idle_since(other) {
                 if theirs + slack_ms < chosen && theirs + slack_ms < *offered {

@@ -34,15 +34,24 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
 
 #[test]
 fn detects_double_booking() {
-    let ok = vec![cdr("a", "1001", "q", 0, 10, 100), cdr("b", "1001", "q", 0, 200, 300)];
+    let ok = vec![
+        cdr("a", "1001", "q", 0, 10, 100),
+        cdr("b", "1001", "q", 0, 200, 300),
+    ];
     assert!(no_double_booking(&ok).is_empty());
-    let bad = vec![cdr("a", "1001", "q", 0, 10, 100), cdr("b", "1001", "q", 0, 50, 300)];
+    let bad = vec![
+        cdr("a", "1001", "q", 0, 10, 100),
+        cdr("b", "1001", "q", 0, 50, 300),
+    ];
     assert_eq!(no_double_booking(&bad).len(), 1);
 }
 
 #[test]
 fn detects_missing_and_duplicate_cdrs() {
-    let cdrs = vec![cdr("a", "1001", "q", 0, 10, 100), cdr("a", "1001", "q", 0, 10, 100)];
+    let cdrs = vec![
+        cdr("a", "1001", "q", 0, 10, 100),
+        cdr("a", "1001", "q", 0, 10, 100),
+    ];
     let v = one_cdr_per_call(&cdrs, ["a", "b"]);
     assert!(v.iter().any(|v| v.detail.contains("2 CDRs")));
     assert!(v.iter().any(|v| v.detail.contains("no CDR")));
@@ -50,9 +59,15 @@ fn detects_missing_and_duplicate_cdrs() {
 
 #[test]
 fn detects_overtaking() {
-    let ok = vec![cdr("a", "1001", "q", 0, 10, 100), cdr("b", "1002", "q", 5, 20, 100)];
+    let ok = vec![
+        cdr("a", "1001", "q", 0, 10, 100),
+        cdr("b", "1002", "q", 5, 20, 100),
+    ];
     assert!(served_in_order(&ok, 0).is_empty());
-    let bad = vec![cdr("a", "1001", "q", 0, 500, 900), cdr("b", "1002", "q", 5, 20, 100)];
+    let bad = vec![
+        cdr("a", "1001", "q", 0, 500, 900),
+        cdr("b", "1002", "q", 5, 20, 100),
+    ];
     assert_eq!(served_in_order(&bad, 50).len(), 1);
 }
 

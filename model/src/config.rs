@@ -88,7 +88,12 @@ impl Extension {
         validate_password(password)?;
         let ha1_md5 = crate::digest_ha1_md5(id.as_str(), realm, password);
         let ha1_sha256 = crate::digest_ha1_sha256(id.as_str(), realm, password);
-        Ok(Self { tenant, id, ha1_md5, ha1_sha256 })
+        Ok(Self {
+            tenant,
+            id,
+            ha1_md5,
+            ha1_sha256,
+        })
     }
 }
 
@@ -139,14 +144,27 @@ impl ConfigItem {
     pub fn key(&self) -> ConfigKey {
         match self {
             ConfigItem::Tenant(t) => ConfigKey::Tenant { id: t.id.clone() },
-            ConfigItem::Queue(q) => ConfigKey::Queue { tenant: q.tenant.clone(), id: q.id.clone() },
-            ConfigItem::Agent(a) => ConfigKey::Agent { tenant: a.tenant.clone(), id: a.id.clone() },
-            ConfigItem::Extension(e) => {
-                ConfigKey::Extension { tenant: e.tenant.clone(), id: e.id.clone() }
-            }
+            ConfigItem::Queue(q) => ConfigKey::Queue {
+                tenant: q.tenant.clone(),
+                id: q.id.clone(),
+            },
+            ConfigItem::Agent(a) => ConfigKey::Agent {
+                tenant: a.tenant.clone(),
+                id: a.id.clone(),
+            },
+            ConfigItem::Extension(e) => ConfigKey::Extension {
+                tenant: e.tenant.clone(),
+                id: e.id.clone(),
+            },
             ConfigItem::Trunk(t) => ConfigKey::Trunk { id: t.id.clone() },
-            ConfigItem::Flow(f) => ConfigKey::Flow { tenant: f.tenant.clone(), id: f.id.clone() },
-            ConfigItem::Prompt(p) => ConfigKey::Prompt { tenant: p.tenant.clone(), id: p.id.clone() },
+            ConfigItem::Flow(f) => ConfigKey::Flow {
+                tenant: f.tenant.clone(),
+                id: f.id.clone(),
+            },
+            ConfigItem::Prompt(p) => ConfigKey::Prompt {
+                tenant: p.tenant.clone(),
+                id: p.id.clone(),
+            },
         }
     }
 
@@ -173,21 +191,31 @@ impl ConfigItem {
             ConfigItem::Agent(a) => {
                 check_text("agent name", &a.name, 64)?;
                 if a.skills.len() > 64 {
-                    return Err(ModelError::Invalid { field: "skills", why: "at most 64 queues" });
+                    return Err(ModelError::Invalid {
+                        field: "skills",
+                        why: "at most 64 queues",
+                    });
                 }
                 Ok(())
             }
             ConfigItem::Extension(e) => {
-                let hex_len = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+                let hex_len =
+                    |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
                 if !hex_len(&e.ha1_md5, 32) || !hex_len(&e.ha1_sha256, 64) {
-                    return Err(ModelError::Invalid { field: "ha1", why: "not a digest hash" });
+                    return Err(ModelError::Invalid {
+                        field: "ha1",
+                        why: "not a digest hash",
+                    });
                 }
                 Ok(())
             }
             ConfigItem::Trunk(t) => {
                 check_text("trunk name", &t.name, 64)?;
                 if t.sources.is_empty() || t.sources.len() > 64 {
-                    return Err(ModelError::Invalid { field: "sources", why: "1 to 64 addresses" });
+                    return Err(ModelError::Invalid {
+                        field: "sources",
+                        why: "1 to 64 addresses",
+                    });
                 }
                 Ok(())
             }
@@ -199,7 +227,10 @@ impl ConfigItem {
 
 fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), ModelError> {
     if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(ModelError::Invalid { field, why: "1 to 64 printable characters" });
+        return Err(ModelError::Invalid {
+            field,
+            why: "1 to 64 printable characters",
+        });
     }
     Ok(())
 }
@@ -208,7 +239,10 @@ fn check_digits(field: &'static str, value: &str, max: usize) -> Result<(), Mode
     if crate::ids::is_digits(value, max) {
         Ok(())
     } else {
-        Err(ModelError::Invalid { field, why: "digits only, not too long" })
+        Err(ModelError::Invalid {
+            field,
+            why: "digits only, not too long",
+        })
     }
 }
 
@@ -216,7 +250,10 @@ fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<()
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ModelError::Invalid { field, why: "out of range" })
+        Err(ModelError::Invalid {
+            field,
+            why: "out of range",
+        })
     }
 }
 
@@ -224,12 +261,17 @@ fn check_domain(domain: &str) -> Result<(), ModelError> {
     let ok = (1..=253).contains(&domain.len())
         && domain.split('.').all(|label| {
             (1..=63).contains(&label.len())
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if ok {
         Ok(())
     } else {
-        Err(ModelError::Invalid { field: "domain", why: "not a DNS name" })
+        Err(ModelError::Invalid {
+            field: "domain",
+            why: "not a DNS name",
+        })
     }
 }
 

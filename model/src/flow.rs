@@ -39,28 +39,51 @@ pub enum FlowNode {
 impl Flow {
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.nodes.is_empty() || self.nodes.len() > 512 {
-            return Err(ModelError::Invalid { field: "nodes", why: "1 to 512 nodes" });
+            return Err(ModelError::Invalid {
+                field: "nodes",
+                why: "1 to 512 nodes",
+            });
         }
         let known = |name: &String| self.nodes.contains_key(name);
         if !known(&self.start) {
-            return Err(ModelError::Invalid { field: "start", why: "names no node" });
+            return Err(ModelError::Invalid {
+                field: "start",
+                why: "names no node",
+            });
         }
         for node in self.nodes.values() {
             let targets: Vec<&String> = match node {
                 FlowNode::Play { next, .. } => vec![next],
-                FlowNode::Menu { options, default, timeout_ms, .. } => {
+                FlowNode::Menu {
+                    options,
+                    default,
+                    timeout_ms,
+                    ..
+                } => {
                     if !(500..=60_000).contains(timeout_ms) {
-                        return Err(ModelError::Invalid { field: "timeout_ms", why: "0.5 to 60 s" });
+                        return Err(ModelError::Invalid {
+                            field: "timeout_ms",
+                            why: "0.5 to 60 s",
+                        });
                     }
-                    if options.keys().any(|k| !(k.len() == 1 && "0123456789*#".contains(k.as_str()))) {
-                        return Err(ModelError::Invalid { field: "options", why: "keys are 0-9 * #" });
+                    if options
+                        .keys()
+                        .any(|k| !(k.len() == 1 && "0123456789*#".contains(k.as_str())))
+                    {
+                        return Err(ModelError::Invalid {
+                            field: "options",
+                            why: "keys are 0-9 * #",
+                        });
                     }
                     options.values().chain(std::iter::once(default)).collect()
                 }
                 FlowNode::Queue { .. } | FlowNode::Hangup { .. } => vec![],
             };
             if targets.into_iter().any(|t| !known(t)) {
-                return Err(ModelError::Invalid { field: "next", why: "names no node" });
+                return Err(ModelError::Invalid {
+                    field: "next",
+                    why: "names no node",
+                });
             }
         }
         Ok(())
@@ -72,7 +95,9 @@ impl Flow {
         let mut prompts = Vec::new();
         for node in self.nodes.values() {
             match node {
-                FlowNode::Play { prompt, .. } | FlowNode::Menu { prompt, .. } => prompts.push(prompt),
+                FlowNode::Play { prompt, .. } | FlowNode::Menu { prompt, .. } => {
+                    prompts.push(prompt)
+                }
                 FlowNode::Queue { queue } => queues.push(queue),
                 FlowNode::Hangup { prompt } => prompts.extend(prompt.iter()),
             }

@@ -38,7 +38,10 @@ pub enum ModelError {
     #[error("invalid {what} {value:?}: use 1-32 characters a-z 0-9 _ - (numbers: 1-20 digits)")]
     InvalidId { what: &'static str, value: String },
     #[error("invalid {field}: {why}")]
-    Invalid { field: &'static str, why: &'static str },
+    Invalid {
+        field: &'static str,
+        why: &'static str,
+    },
 }
 
 /// Cuts a value for an error message so a huge input cannot blow up logs.
@@ -53,12 +56,16 @@ pub fn digest_ha1_md5(user: &str, realm: &str, password: &str) -> String {
 
 /// HA1 for SHA-256 digest (RFC 7616 3.4.2, RFC 8760).
 pub fn digest_ha1_sha256(user: &str, realm: &str, password: &str) -> String {
-    hex::encode(Sha256::digest(format!("{user}:{realm}:{password}").as_bytes()))
+    hex::encode(Sha256::digest(
+        format!("{user}:{realm}:{password}").as_bytes(),
+    ))
 }
 
 /// Unix milliseconds of a `SystemTime`, for stamping commands at the proposer.
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -58,7 +58,9 @@ where
 /// A random password meeting R10.1 (letters, digits and a symbol).
 pub fn generate_password(rng: &mut impl Rng) -> String {
     const LETTERS: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
-    let mut s: String = (0..10).map(|_| LETTERS[rng.gen_range(0..LETTERS.len())] as char).collect();
+    let mut s: String = (0..10)
+        .map(|_| LETTERS[rng.gen_range(0..LETTERS.len())] as char)
+        .collect();
     s.push_str(&format!("{}!", rng.gen_range(10..100)));
     s
 }
@@ -72,7 +74,9 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
             sources: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
         }),
     }];
-    let mut info = SampleInfo { tenants: Vec::new() };
+    let mut info = SampleInfo {
+        tenants: Vec::new(),
+    };
     for (tenant_id, name, landing) in PROVINCES {
         let tenant: TenantId = id(tenant_id);
         let domain = format!("{tenant_id}.callgrid.local");
@@ -86,7 +90,11 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
             access_codes: vec![],
         }));
         for prompt in PROMPTS {
-            create(ConfigItem::Prompt(Prompt { tenant: tenant.clone(), id: id(prompt), file: format!("builtin:{prompt}") }));
+            create(ConfigItem::Prompt(Prompt {
+                tenant: tenant.clone(),
+                id: id(prompt),
+                file: format!("builtin:{prompt}"),
+            }));
         }
         for queue in QUEUES {
             create(ConfigItem::Queue(Queue {
@@ -111,10 +119,15 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 name: format!("Agent {number}"),
                 skills: QUEUES.iter().map(|q| id(q)).collect(),
             }));
-            let extension = Extension::with_password(tenant.clone(), id(&number), &password, &domain)
-                .expect("generated passwords meet the policy");
+            let extension =
+                Extension::with_password(tenant.clone(), id(&number), &password, &domain)
+                    .expect("generated passwords meet the policy");
             create(ConfigItem::Extension(extension));
-            agents.push(SampleAgent { agent: number.clone(), extension: number, password });
+            agents.push(SampleAgent {
+                agent: number.clone(),
+                extension: number,
+                password,
+            });
         }
         commands.push(Command::Update {
             item: ConfigItem::Tenant(Tenant {
@@ -122,7 +135,10 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 name: format!("{name} 95598"),
                 domain: domain.clone(),
                 landing_codes: landing.iter().map(|s| s.to_string()).collect(),
-                access_codes: vec![AccessCode { code: ACCESS_CODE.into(), entry: Entry::Flow(id("main")) }],
+                access_codes: vec![AccessCode {
+                    code: ACCESS_CODE.into(),
+                    entry: Entry::Flow(id("main")),
+                }],
             }),
         });
         info.tenants.push(SampleTenant {
@@ -139,17 +155,38 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
 /// Welcome, then a menu: 1 outage, 2 billing, 9 complaint, 0 or timeout general.
 pub fn sample_flow(tenant: &TenantId) -> Flow {
     let mut nodes = BTreeMap::new();
-    nodes.insert("welcome".to_string(), FlowNode::Play { prompt: id("welcome"), next: "menu".into() });
-    let options = [("1", "to_outage"), ("2", "to_billing"), ("9", "to_complaint"), ("0", "to_general")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    nodes.insert(
+        "welcome".to_string(),
+        FlowNode::Play {
+            prompt: id("welcome"),
+            next: "menu".into(),
+        },
+    );
+    let options = [
+        ("1", "to_outage"),
+        ("2", "to_billing"),
+        ("9", "to_complaint"),
+        ("0", "to_general"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     nodes.insert(
         "menu".to_string(),
-        FlowNode::Menu { prompt: id("menu"), options, timeout_ms: 5_000, default: "to_general".into() },
+        FlowNode::Menu {
+            prompt: id("menu"),
+            options,
+            timeout_ms: 5_000,
+            default: "to_general".into(),
+        },
     );
     for queue in QUEUES {
         nodes.insert(format!("to_{queue}"), FlowNode::Queue { queue: id(queue) });
     }
-    Flow { tenant: tenant.clone(), id: id("main"), start: "welcome".into(), nodes }
+    Flow {
+        tenant: tenant.clone(),
+        id: id("main"),
+        start: "welcome".into(),
+        nodes,
+    }
 }

@@ -17,16 +17,36 @@ use crate::runtime::*;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Command {
-    Create { item: ConfigItem },
-    Update { item: ConfigItem },
-    Delete { key: ConfigKey },
+    Create {
+        item: ConfigItem,
+    },
+    Update {
+        item: ConfigItem,
+    },
+    Delete {
+        key: ConfigKey,
+    },
     /// Add or refresh a binding; bindings of the same AOR that expired by `now_ms` go.
-    Register { binding: Binding, now_ms: u64 },
+    Register {
+        binding: Binding,
+        now_ms: u64,
+    },
     /// Remove one contact (`contact: Some`) or every binding the node holds for the AOR.
-    Unregister { tenant: TenantId, extension: ExtensionId, node: NodeId, contact: Option<String> },
-    PutAgentSession { session: AgentSession },
-    RecordCdr { cdr: Box<Cdr> },
-    Batch { commands: Vec<Command> },
+    Unregister {
+        tenant: TenantId,
+        extension: ExtensionId,
+        node: NodeId,
+        contact: Option<String>,
+    },
+    PutAgentSession {
+        session: AgentSession,
+    },
+    RecordCdr {
+        cdr: Box<Cdr>,
+    },
+    Batch {
+        commands: Vec<Command>,
+    },
 }
 
 /// Why a command was not applied.
@@ -81,13 +101,21 @@ impl ReplicatedState {
             Command::Update { item } => self.update(item),
             Command::Delete { key } => self.delete(key),
             Command::Register { binding, now_ms } => self.register(binding, *now_ms),
-            Command::Unregister { tenant, extension, node, contact } => {
+            Command::Unregister {
+                tenant,
+                extension,
+                node,
+                contact,
+            } => {
                 self.unregister(tenant, extension, *node, contact.as_deref());
                 Ok(())
             }
             Command::PutAgentSession { session } => {
                 let k = key(&session.tenant, session.agent.as_str());
-                let newer = self.agent_sessions.get(&k).is_none_or(|old| old.version < session.version);
+                let newer = self
+                    .agent_sessions
+                    .get(&k)
+                    .is_none_or(|old| old.version < session.version);
                 if newer {
                     self.agent_sessions.insert(k, session.clone());
                 }
@@ -96,7 +124,9 @@ impl ReplicatedState {
             Command::RecordCdr { cdr } => {
                 // Idempotent by call id (I2: exactly one CDR per call, even if the proposer
                 // retries after a timeout).
-                self.cdrs.entry(cdr.call_id.0.clone()).or_insert_with(|| (**cdr).clone());
+                self.cdrs
+                    .entry(cdr.call_id.0.clone())
+                    .or_insert_with(|| (**cdr).clone());
                 Ok(())
             }
             Command::Batch { commands } => {
@@ -110,11 +140,14 @@ impl ReplicatedState {
                 return Outcome { error: first_error };
             }
         };
-        Outcome { error: result.err() }
+        Outcome {
+            error: result.err(),
+        }
     }
 
     fn create(&mut self, item: &ConfigItem) -> Result<(), ApplyError> {
-        item.validate().map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        item.validate()
+            .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         if self.exists(&item.key()) {
             return Err(ApplyError::AlreadyExists(describe(&item.key())));
         }
@@ -124,7 +157,8 @@ impl ReplicatedState {
     }
 
     fn update(&mut self, item: &ConfigItem) -> Result<(), ApplyError> {
-        item.validate().map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        item.validate()
+            .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         if !self.exists(&item.key()) {
             return Err(ApplyError::NotFound(describe(&item.key())));
         }
@@ -170,7 +204,9 @@ impl ReplicatedState {
             }
             ConfigKey::Trunk { id } => self.trunks.contains_key(id.as_str()),
             ConfigKey::Flow { tenant, id } => self.flows.contains_key(&key(tenant, id.as_str())),
-            ConfigKey::Prompt { tenant, id } => self.prompts.contains_key(&key(tenant, id.as_str())),
+            ConfigKey::Prompt { tenant, id } => {
+                self.prompts.contains_key(&key(tenant, id.as_str()))
+            }
         }
     }
 
@@ -188,16 +224,27 @@ impl ReplicatedState {
             ConfigItem::Tenant(t) => {
                 for access in &t.access_codes {
                     match &access.entry {
-                        Entry::Flow(id) => need(ConfigKey::Flow { tenant: t.id.clone(), id: id.clone() }),
-                        Entry::Queue(id) => need(ConfigKey::Queue { tenant: t.id.clone(), id: id.clone() }),
+                        Entry::Flow(id) => need(ConfigKey::Flow {
+                            tenant: t.id.clone(),
+                            id: id.clone(),
+                        }),
+                        Entry::Queue(id) => need(ConfigKey::Queue {
+                            tenant: t.id.clone(),
+                            id: id.clone(),
+                        }),
                     }?;
                 }
                 // A landing code selects exactly one tenant (R2.2).
                 for code in &t.landing_codes {
-                    if let Some(other) =
-                        self.tenants.values().find(|o| o.id != t.id && o.landing_codes.contains(code))
+                    if let Some(other) = self
+                        .tenants
+                        .values()
+                        .find(|o| o.id != t.id && o.landing_codes.contains(code))
                     {
-                        return Err(ApplyError::InUse(format!("landing code {code} belongs to tenant {}", other.id)));
+                        return Err(ApplyError::InUse(format!(
+                            "landing code {code} belongs to tenant {}",
+                            other.id
+                        )));
                     }
                 }
                 Ok(())
@@ -205,14 +252,20 @@ impl ReplicatedState {
             ConfigItem::Queue(q) => {
                 tenant_of(&q.tenant)?;
                 for p in q.music_prompt.iter().chain(q.timeout_prompt.iter()) {
-                    need(ConfigKey::Prompt { tenant: q.tenant.clone(), id: p.clone() })?;
+                    need(ConfigKey::Prompt {
+                        tenant: q.tenant.clone(),
+                        id: p.clone(),
+                    })?;
                 }
                 Ok(())
             }
             ConfigItem::Agent(a) => {
                 tenant_of(&a.tenant)?;
                 for s in &a.skills {
-                    need(ConfigKey::Queue { tenant: a.tenant.clone(), id: s.clone() })?;
+                    need(ConfigKey::Queue {
+                        tenant: a.tenant.clone(),
+                        id: s.clone(),
+                    })?;
                 }
                 Ok(())
             }
@@ -222,10 +275,16 @@ impl ReplicatedState {
                 tenant_of(&f.tenant)?;
                 let (queues, prompts) = f.references();
                 for q in queues {
-                    need(ConfigKey::Queue { tenant: f.tenant.clone(), id: q.clone() })?;
+                    need(ConfigKey::Queue {
+                        tenant: f.tenant.clone(),
+                        id: q.clone(),
+                    })?;
                 }
                 for p in prompts {
-                    need(ConfigKey::Prompt { tenant: f.tenant.clone(), id: p.clone() })?;
+                    need(ConfigKey::Prompt {
+                        tenant: f.tenant.clone(),
+                        id: p.clone(),
+                    })?;
                 }
                 Ok(())
             }
@@ -238,7 +297,10 @@ impl ReplicatedState {
             return Err(ApplyError::NotFound(describe(k)));
         }
         if let Some(user) = self.users_of(k) {
-            return Err(ApplyError::InUse(format!("{} is used by {user}", describe(k))));
+            return Err(ApplyError::InUse(format!(
+                "{} is used by {user}",
+                describe(k)
+            )));
         }
         self.config_version += 1;
         match k {
@@ -274,11 +336,17 @@ impl ReplicatedState {
         match k {
             ConfigKey::Tenant { id } => {
                 let prefix = format!("{id}/");
-                let owned = [&self.queues.keys().collect::<Vec<_>>(), &self.agents.keys().collect(), &self.extensions.keys().collect(), &self.flows.keys().collect(), &self.prompts.keys().collect()]
-                    .into_iter()
-                    .flat_map(|keys| keys.iter())
-                    .find(|k| k.starts_with(&prefix))
-                    .map(|k| k.to_string());
+                let owned = [
+                    &self.queues.keys().collect::<Vec<_>>(),
+                    &self.agents.keys().collect(),
+                    &self.extensions.keys().collect(),
+                    &self.flows.keys().collect(),
+                    &self.prompts.keys().collect(),
+                ]
+                .into_iter()
+                .flat_map(|keys| keys.iter())
+                .find(|k| k.starts_with(&prefix))
+                .map(|k| k.to_string());
                 owned
             }
             ConfigKey::Queue { tenant, id } => self
@@ -293,7 +361,9 @@ impl ReplicatedState {
                         .map(|f| format!("flow {}", f.id))
                 })
                 .or_else(|| self.tenant_entry_user(tenant, &Entry::Queue(id.clone()))),
-            ConfigKey::Flow { tenant, id } => self.tenant_entry_user(tenant, &Entry::Flow(id.clone())),
+            ConfigKey::Flow { tenant, id } => {
+                self.tenant_entry_user(tenant, &Entry::Flow(id.clone()))
+            }
             ConfigKey::Prompt { tenant, id } => self
                 .flows
                 .values()
@@ -304,7 +374,8 @@ impl ReplicatedState {
                         .values()
                         .find(|q| {
                             &q.tenant == tenant
-                                && (q.music_prompt.as_ref() == Some(id) || q.timeout_prompt.as_ref() == Some(id))
+                                && (q.music_prompt.as_ref() == Some(id)
+                                    || q.timeout_prompt.as_ref() == Some(id))
                         })
                         .map(|q| format!("queue {}", q.id))
                 }),
@@ -330,12 +401,20 @@ impl ReplicatedState {
             return Err(ApplyError::NotFound(format!("extension {k}")));
         }
         let list = self.bindings.entry(k).or_default();
-        list.retain(|b| b.expires_at_ms > now_ms && !(b.node == binding.node && b.contact == binding.contact));
+        list.retain(|b| {
+            b.expires_at_ms > now_ms && !(b.node == binding.node && b.contact == binding.contact)
+        });
         list.push(binding.clone());
         Ok(())
     }
 
-    fn unregister(&mut self, tenant: &TenantId, extension: &ExtensionId, node: NodeId, contact: Option<&str>) {
+    fn unregister(
+        &mut self,
+        tenant: &TenantId,
+        extension: &ExtensionId,
+        node: NodeId,
+        contact: Option<&str>,
+    ) {
         let k = key(tenant, extension.as_str());
         if let Some(list) = self.bindings.get_mut(&k) {
             list.retain(|b| b.node != node || contact.is_some_and(|c| c != b.contact));
@@ -346,7 +425,12 @@ impl ReplicatedState {
     }
 
     /// Live bindings of an extension at `now_ms`, newest first.
-    pub fn live_bindings(&self, tenant: &TenantId, extension: &ExtensionId, now_ms: u64) -> Vec<&Binding> {
+    pub fn live_bindings(
+        &self,
+        tenant: &TenantId,
+        extension: &ExtensionId,
+        now_ms: u64,
+    ) -> Vec<&Binding> {
         let mut live: Vec<&Binding> = self
             .bindings
             .get(&key(tenant, extension.as_str()))
@@ -376,7 +460,9 @@ impl ReplicatedState {
     }
     /// The tenant whose SIP domain is `domain`.
     pub fn tenant_by_domain(&self, domain: &str) -> Option<&Tenant> {
-        self.tenants.values().find(|t| t.domain.eq_ignore_ascii_case(domain))
+        self.tenants
+            .values()
+            .find(|t| t.domain.eq_ignore_ascii_case(domain))
     }
     /// The trunk a request from `ip` belongs to.
     pub fn trunk_for(&self, ip: std::net::IpAddr) -> Option<&Trunk> {

@@ -24,9 +24,24 @@ fn sample_applies_cleanly_and_routes_by_landing_code() {
     let gd = resolve(&state, "075595598").expect("routes");
     assert_eq!(gd.tenant.as_str(), "gd");
     assert_eq!(gd.landing_code.as_deref(), Some("0755"));
-    assert_eq!(resolve(&state, "02095598").expect("routes").tenant.as_str(), "gd");
-    assert_eq!(resolve(&state, "+8687195598").expect("routes").tenant.as_str(), "yn");
-    assert_eq!(resolve(&state, "089895598").expect("routes").tenant.as_str(), "hi");
+    assert_eq!(
+        resolve(&state, "02095598").expect("routes").tenant.as_str(),
+        "gd"
+    );
+    assert_eq!(
+        resolve(&state, "+8687195598")
+            .expect("routes")
+            .tenant
+            .as_str(),
+        "yn"
+    );
+    assert_eq!(
+        resolve(&state, "089895598")
+            .expect("routes")
+            .tenant
+            .as_str(),
+        "hi"
+    );
     assert_eq!(resolve(&state, "95598"), Err(RouteError::Ambiguous));
     assert_eq!(resolve(&state, "0999995598"), Err(RouteError::NoRoute));
 }
@@ -35,20 +50,38 @@ fn sample_applies_cleanly_and_routes_by_landing_code() {
 fn references_are_checked_and_deletes_blocked_while_in_use() {
     let (mut state, _) = sample_state();
     let gd: TenantId = "gd".parse().unwrap();
-    let orphan = Agent { tenant: gd.clone(), id: "2001".parse().unwrap(), name: "x".into(), skills: vec!["nope".parse().unwrap()] };
-    let out = state.apply(&Command::Create { item: ConfigItem::Agent(orphan) });
+    let orphan = Agent {
+        tenant: gd.clone(),
+        id: "2001".parse().unwrap(),
+        name: "x".into(),
+        skills: vec!["nope".parse().unwrap()],
+    };
+    let out = state.apply(&Command::Create {
+        item: ConfigItem::Agent(orphan),
+    });
     assert!(matches!(out.error, Some(ApplyError::NotFound(_))));
-    let out = state.apply(&Command::Delete { key: ConfigKey::Queue { tenant: gd.clone(), id: "billing".parse().unwrap() } });
+    let out = state.apply(&Command::Delete {
+        key: ConfigKey::Queue {
+            tenant: gd.clone(),
+            id: "billing".parse().unwrap(),
+        },
+    });
     assert!(matches!(out.error, Some(ApplyError::InUse(_))), "{out:?}");
-    let out = state.apply(&Command::Delete { key: ConfigKey::Tenant { id: gd.clone() } });
+    let out = state.apply(&Command::Delete {
+        key: ConfigKey::Tenant { id: gd.clone() },
+    });
     assert!(matches!(out.error, Some(ApplyError::InUse(_))));
     // A landing code cannot be claimed by a second tenant.
     let mut gx = state.tenants["gx"].clone();
     gx.landing_codes.push("020".into());
-    let out = state.apply(&Command::Update { item: ConfigItem::Tenant(gx) });
+    let out = state.apply(&Command::Update {
+        item: ConfigItem::Tenant(gx),
+    });
     assert!(matches!(out.error, Some(ApplyError::InUse(_))));
     let before = state.clone();
-    let out = state.apply(&Command::Create { item: ConfigItem::Tenant(state.tenants["gd"].clone()) });
+    let out = state.apply(&Command::Create {
+        item: ConfigItem::Tenant(state.tenants["gd"].clone()),
+    });
     assert!(matches!(out.error, Some(ApplyError::AlreadyExists(_))));
     assert_eq!(before, state, "a rejected command changes nothing");
 }
@@ -69,13 +102,30 @@ fn bindings_expire_and_dual_registration_keeps_both_nodes() {
         cseq: 1,
         expires_at_ms: expires,
     };
-    state.apply(&Command::Register { binding: binding(1, 10_000), now_ms: 0 });
-    state.apply(&Command::Register { binding: binding(2, 20_000), now_ms: 0 });
+    state.apply(&Command::Register {
+        binding: binding(1, 10_000),
+        now_ms: 0,
+    });
+    state.apply(&Command::Register {
+        binding: binding(2, 20_000),
+        now_ms: 0,
+    });
     assert_eq!(state.live_bindings(&gd, &ext, 5_000).len(), 2);
     assert_eq!(state.live_bindings(&gd, &ext, 15_000).len(), 1);
-    state.apply(&Command::Unregister { tenant: gd.clone(), extension: ext.clone(), node: 2, contact: None });
+    state.apply(&Command::Unregister {
+        tenant: gd.clone(),
+        extension: ext.clone(),
+        node: 2,
+        contact: None,
+    });
     assert_eq!(state.live_bindings(&gd, &ext, 5_000).len(), 1);
-    let out = state.apply(&Command::Register { binding: Binding { extension: "9999".parse().unwrap(), ..binding(1, 1) }, now_ms: 0 });
+    let out = state.apply(&Command::Register {
+        binding: Binding {
+            extension: "9999".parse().unwrap(),
+            ..binding(1, 1)
+        },
+        now_ms: 0,
+    });
     assert!(out.error.is_some(), "unknown extensions cannot register");
 }
 
@@ -94,9 +144,16 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         owner: 1,
         version,
     };
-    state.apply(&Command::PutAgentSession { session: session(2, AgentStatus::Ready) });
-    state.apply(&Command::PutAgentSession { session: session(1, AgentStatus::SignedOut) });
-    assert_eq!(state.agent_sessions[&key(&gd, "1001")].status, AgentStatus::Ready);
+    state.apply(&Command::PutAgentSession {
+        session: session(2, AgentStatus::Ready),
+    });
+    state.apply(&Command::PutAgentSession {
+        session: session(1, AgentStatus::SignedOut),
+    });
+    assert_eq!(
+        state.agent_sessions[&key(&gd, "1001")].status,
+        AgentStatus::Ready
+    );
     let cdr = Cdr {
         call_id: CallId("1-1-x".into()),
         tenant: Some(gd.clone()),
@@ -125,10 +182,20 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         reason: None,
         recording_id: None,
     };
-    state.apply(&Command::RecordCdr { cdr: Box::new(cdr.clone()) });
-    state.apply(&Command::RecordCdr { cdr: Box::new(Cdr { ended_at_ms: 99, ..cdr }) });
+    state.apply(&Command::RecordCdr {
+        cdr: Box::new(cdr.clone()),
+    });
+    state.apply(&Command::RecordCdr {
+        cdr: Box::new(Cdr {
+            ended_at_ms: 99,
+            ..cdr
+        }),
+    });
     assert_eq!(state.cdrs.len(), 1);
-    assert_eq!(state.cdrs["1-1-x"].ended_at_ms, 1, "the first CDR of a call wins");
+    assert_eq!(
+        state.cdrs["1-1-x"].ended_at_ms, 1,
+        "the first CDR of a call wins"
+    );
 }
 
 #[test]

@@ -15,7 +15,12 @@ fn setup() -> CallSetup {
         Entry::Flow(f) => state.flow(&tenant, f).cloned(),
         Entry::Queue(_) => None,
     };
-    let queues = state.queues.values().filter(|q| q.tenant == tenant).map(|q| (q.id.clone(), q.clone())).collect();
+    let queues = state
+        .queues
+        .values()
+        .filter(|q| q.tenant == tenant)
+        .map(|q| (q.id.clone(), q.clone()))
+        .collect();
     CallSetup {
         call_id: CallId("1-1".into()),
         entry_node: 1,
@@ -54,18 +59,40 @@ fn ivr_menu_key_queues_the_call_then_an_answered_call_has_a_full_trail() {
     let mut m = CallMachine::new(setup());
     to_queue(&mut m, '2');
     let out = drain(&mut m);
-    assert!(out.contains(&CallOutput::Enqueue { queue: "billing".parse().unwrap(), priority: 0, enqueued_at_ms: 4_000 }));
-    m.handle(5_000, CallInput::Offer { queue: "billing".parse().unwrap(), agent: "1003".parse().unwrap(), agent_node: 3, extension: "1003".parse().unwrap() });
-    assert!(drain(&mut m).iter().any(|o| matches!(o, CallOutput::DialAgent { .. })));
+    assert!(out.contains(&CallOutput::Enqueue {
+        queue: "billing".parse().unwrap(),
+        priority: 0,
+        enqueued_at_ms: 4_000
+    }));
+    m.handle(
+        5_000,
+        CallInput::Offer {
+            queue: "billing".parse().unwrap(),
+            agent: "1003".parse().unwrap(),
+            agent_node: 3,
+            extension: "1003".parse().unwrap(),
+        },
+    );
+    assert!(drain(&mut m)
+        .iter()
+        .any(|o| matches!(o, CallOutput::DialAgent { .. })));
     m.handle(5_100, CallInput::AgentRinging);
     m.handle(7_000, CallInput::AgentAnswered);
     let out = drain(&mut m);
     assert!(out.contains(&CallOutput::Bridge));
-    assert!(out.contains(&CallOutput::OfferDone { queue: "billing".parse().unwrap(), agent: "1003".parse().unwrap(), answered: true }));
+    assert!(out.contains(&CallOutput::OfferDone {
+        queue: "billing".parse().unwrap(),
+        agent: "1003".parse().unwrap(),
+        answered: true
+    }));
     m.handle(17_000, CallInput::CustomerHangup);
     let out = drain(&mut m);
     assert!(out.contains(&CallOutput::HangupAgent));
-    assert!(out.contains(&CallOutput::Agent { agent: "1003".parse().unwrap(), agent_node: 3, notice: AgentNotice::Ended { acw_ms: 2_000 } }));
+    assert!(out.contains(&CallOutput::Agent {
+        agent: "1003".parse().unwrap(),
+        agent_node: 3,
+        notice: AgentNotice::Ended { acw_ms: 2_000 }
+    }));
     let cdr = cdr_of(&out);
     assert_eq!(cdr.disposition, Disposition::Answered);
     assert_eq!(cdr.hangup_by, HangupBy::Caller);
@@ -73,7 +100,13 @@ fn ivr_menu_key_queues_the_call_then_an_answered_call_has_a_full_trail() {
     assert_eq!(cdr.ring_ms, 1_900);
     assert_eq!(cdr.talk_ms, 10_000);
     assert_eq!(cdr.landing_code.as_deref(), Some("0755"));
-    assert_eq!(cdr.ivr.iter().filter_map(|s| s.key.clone()).collect::<Vec<_>>(), vec!["2".to_string()]);
+    assert_eq!(
+        cdr.ivr
+            .iter()
+            .filter_map(|s| s.key.clone())
+            .collect::<Vec<_>>(),
+        vec!["2".to_string()]
+    );
     assert_eq!(out.last(), Some(&CallOutput::Finished));
 }
 
@@ -85,7 +118,9 @@ fn menu_timeout_goes_to_general() {
     m.handle(6_000, CallInput::PlayDone); // menu prompt ends, 5 s to press
     assert_eq!(m.poll_timeout(), Some(11_000));
     m.handle_timeout(11_000);
-    assert!(drain(&mut m).iter().any(|o| matches!(o, CallOutput::Enqueue { queue, .. } if queue.as_str() == "general")));
+    assert!(drain(&mut m)
+        .iter()
+        .any(|o| matches!(o, CallOutput::Enqueue { queue, .. } if queue.as_str() == "general")));
 }
 
 #[test]
@@ -95,14 +130,31 @@ fn caller_hangup_while_queued_is_abandoned_and_dequeued() {
     drain(&mut m);
     m.handle(9_000, CallInput::CustomerHangup);
     let out = drain(&mut m);
-    assert!(out.contains(&CallOutput::Dequeue { queue: "outage".parse().unwrap() }));
-    assert!(!out.contains(&CallOutput::HangupCustomer), "the caller is already gone");
+    assert!(out.contains(&CallOutput::Dequeue {
+        queue: "outage".parse().unwrap()
+    }));
+    assert!(
+        !out.contains(&CallOutput::HangupCustomer),
+        "the caller is already gone"
+    );
     let cdr = cdr_of(&out);
     assert_eq!(cdr.disposition, Disposition::Abandoned);
     assert_eq!(cdr.wait_ms, 5_000);
     // A late offer after the end is refused so the agent is freed.
-    m.handle(9_500, CallInput::Offer { queue: "outage".parse().unwrap(), agent: "1001".parse().unwrap(), agent_node: 2, extension: "1001".parse().unwrap() });
-    assert!(drain(&mut m).contains(&CallOutput::OfferDone { queue: "outage".parse().unwrap(), agent: "1001".parse().unwrap(), answered: false }));
+    m.handle(
+        9_500,
+        CallInput::Offer {
+            queue: "outage".parse().unwrap(),
+            agent: "1001".parse().unwrap(),
+            agent_node: 2,
+            extension: "1001".parse().unwrap(),
+        },
+    );
+    assert!(drain(&mut m).contains(&CallOutput::OfferDone {
+        queue: "outage".parse().unwrap(),
+        agent: "1001".parse().unwrap(),
+        answered: false
+    }));
 }
 
 #[test]
@@ -114,7 +166,10 @@ fn max_wait_releases_with_the_timeout_prompt() {
     assert_eq!(deadline, 4_000 + 120_000);
     m.handle_timeout(deadline);
     let out = drain(&mut m);
-    assert!(out.contains(&CallOutput::Play { prompt: "timeout".parse().unwrap(), repeat: false }));
+    assert!(out.contains(&CallOutput::Play {
+        prompt: "timeout".parse().unwrap(),
+        repeat: false
+    }));
     m.handle(deadline + 2_000, CallInput::PlayDone);
     let out = drain(&mut m);
     assert!(out.contains(&CallOutput::HangupCustomer));
@@ -128,11 +183,23 @@ fn ring_timeout_requeues_and_frees_the_agent() {
     let mut m = CallMachine::new(setup());
     to_queue(&mut m, '2');
     drain(&mut m);
-    m.handle(5_000, CallInput::Offer { queue: "billing".parse().unwrap(), agent: "1003".parse().unwrap(), agent_node: 3, extension: "1003".parse().unwrap() });
+    m.handle(
+        5_000,
+        CallInput::Offer {
+            queue: "billing".parse().unwrap(),
+            agent: "1003".parse().unwrap(),
+            agent_node: 3,
+            extension: "1003".parse().unwrap(),
+        },
+    );
     drain(&mut m);
     m.handle_timeout(20_000);
     let out = drain(&mut m);
     assert!(out.contains(&CallOutput::CancelAgent));
-    assert!(out.contains(&CallOutput::Agent { agent: "1003".parse().unwrap(), agent_node: 3, notice: AgentNotice::Failed { no_answer: true } }));
+    assert!(out.contains(&CallOutput::Agent {
+        agent: "1003".parse().unwrap(),
+        agent_node: 3,
+        notice: AgentNotice::Failed { no_answer: true }
+    }));
     assert_eq!(m.state_name(), "queued");
 }

@@ -38,27 +38,45 @@ impl Actor for AgentActor {
     type State = AgentMachine;
     type Arguments = AgentArgs;
 
-    async fn pre_start(&self, myself: ActorRef<AgentMsg>, args: AgentArgs) -> Result<AgentMachine, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        args: AgentArgs,
+    ) -> Result<AgentMachine, ActorProcessingErr> {
         let rt = &self.runtime;
         let (skills, session) = rt.cluster.read(|s| {
             (
-                s.agent(&args.tenant, &args.agent).map(|a| a.skills.clone()).unwrap_or_default(),
+                s.agent(&args.tenant, &args.agent)
+                    .map(|a| a.skills.clone())
+                    .unwrap_or_default(),
                 s.agent_session(&args.tenant, &args.agent).cloned(),
             )
         });
         let mut machine = match session {
             // Rebuilt from the last checkpoint: same state, same idle-since (DESIGN.md).
             Some(session) => AgentMachine::restore(&session, rt.node_id(), skills.clone()),
-            None => AgentMachine::new(args.tenant.clone(), args.agent.clone(), rt.node_id(), skills.clone()),
+            None => AgentMachine::new(
+                args.tenant.clone(),
+                args.agent.clone(),
+                rt.node_id(),
+                skills.clone(),
+            ),
         };
         if machine.status() == &model::AgentStatus::Ready {
-            machine.handle(rt.now_ms(), AgentInput::Skills { skills }).ok();
+            machine
+                .handle(rt.now_ms(), AgentInput::Skills { skills })
+                .ok();
         }
         drive(rt, &myself, &mut machine);
         Ok(machine)
     }
 
-    async fn handle(&self, myself: ActorRef<AgentMsg>, message: AgentMsg, machine: &mut AgentMachine) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        message: AgentMsg,
+        machine: &mut AgentMachine,
+    ) -> Result<(), ActorProcessingErr> {
         let rt = &self.runtime;
         let now = rt.now_ms();
         match message {
@@ -66,9 +84,14 @@ impl Actor for AgentActor {
                 let input = match command {
                     AgentCommand::SignIn { extension } => {
                         let session = machine.session();
-                        let known = rt.cluster.read(|s| s.extension(&session.tenant, &extension).is_some());
+                        let known = rt
+                            .cluster
+                            .read(|s| s.extension(&session.tenant, &extension).is_some());
                         if !known {
-                            let _ = reply.send(Err(format!("extension {extension} does not exist in tenant {}", session.tenant)));
+                            let _ = reply.send(Err(format!(
+                                "extension {extension} does not exist in tenant {}",
+                                session.tenant
+                            )));
                             return Ok(());
                         }
                         AgentInput::SignIn { extension }
@@ -77,28 +100,41 @@ impl Actor for AgentActor {
                     AgentCommand::NotReady { reason } => AgentInput::NotReady { reason },
                     AgentCommand::SignOut => AgentInput::SignOut,
                 };
-                let result = machine.handle(now, input).map(|()| machine.session()).map_err(|e: AgentError| e.to_string());
+                let result = machine
+                    .handle(now, input)
+                    .map(|()| machine.session())
+                    .map_err(|e: AgentError| e.to_string());
                 drive(rt, &myself, machine);
                 let _ = reply.send(result);
             }
             AgentMsg::Mesh(envelope) => {
                 let input = match envelope {
-                    AgentEnvelope::Reserve { call, queue } => Some(AgentInput::Reserve { call, queue }),
-                    AgentEnvelope::CancelReservation { call } => Some(AgentInput::CancelReservation { call }),
+                    AgentEnvelope::Reserve { call, queue } => {
+                        Some(AgentInput::Reserve { call, queue })
+                    }
+                    AgentEnvelope::CancelReservation { call } => {
+                        Some(AgentInput::CancelReservation { call })
+                    }
                     AgentEnvelope::Notice { call, notice } => Some(match notice {
                         AgentNotice::Ringing => AgentInput::Ringing { call },
                         AgentNotice::Answered => AgentInput::Answered { call },
                         AgentNotice::Ended { acw_ms } => AgentInput::CallEnded { call, acw_ms },
-                        AgentNotice::Failed { no_answer } => AgentInput::OfferFailed { call, no_answer },
+                        AgentNotice::Failed { no_answer } => {
+                            AgentInput::OfferFailed { call, no_answer }
+                        }
                     }),
                     AgentEnvelope::Announce { queue } => {
                         if machine.status() == &model::AgentStatus::Ready {
                             let s = machine.session();
-                            rt.send_queue(&s.tenant, &queue, QueueInput::AgentAvailable {
-                                agent: s.agent.clone(),
-                                agent_node: rt.node_id(),
-                                idle_since_ms: s.idle_since_ms,
-                            });
+                            rt.send_queue(
+                                &s.tenant,
+                                &queue,
+                                QueueInput::AgentAvailable {
+                                    agent: s.agent.clone(),
+                                    agent_node: rt.node_id(),
+                                    idle_since_ms: s.idle_since_ms,
+                                },
+                            );
                         }
                         None
                     }
@@ -125,24 +161,50 @@ fn drive(rt: &Arc<Runtime>, myself: &ActorRef<AgentMsg>, machine: &mut AgentMach
     while let Some(output) = machine.poll_output() {
         match output {
             AgentOutput::Checkpoint(session) => rt.checkpoint_agent(session),
-            AgentOutput::Availability { queues, available, idle_since_ms } => {
+            AgentOutput::Availability {
+                queues,
+                available,
+                idle_since_ms,
+            } => {
                 for queue in queues {
                     let input = if available {
-                        QueueInput::AgentAvailable { agent: session.agent.clone(), agent_node: rt.node_id(), idle_since_ms }
+                        QueueInput::AgentAvailable {
+                            agent: session.agent.clone(),
+                            agent_node: rt.node_id(),
+                            idle_since_ms,
+                        }
                     } else {
-                        QueueInput::AgentUnavailable { agent: session.agent.clone() }
+                        QueueInput::AgentUnavailable {
+                            agent: session.agent.clone(),
+                        }
                     };
                     rt.send_queue(&session.tenant, &queue, input);
                 }
             }
-            AgentOutput::ReserveReply { queue, call, accepted, extension } => {
-                rt.send_queue(&session.tenant, &queue, QueueInput::ReserveReply { agent: session.agent.clone(), call, accepted, extension });
+            AgentOutput::ReserveReply {
+                queue,
+                call,
+                accepted,
+                extension,
+            } => {
+                rt.send_queue(
+                    &session.tenant,
+                    &queue,
+                    QueueInput::ReserveReply {
+                        agent: session.agent.clone(),
+                        call,
+                        accepted,
+                        extension,
+                    },
+                );
             }
         }
     }
     if let Some(at) = machine.poll_timeout() {
+        // Spurious ticks are harmless (the machine checks its deadlines); agent timers are
+        // rare (reservation, ACW), so no need to cancel the previous one.
         let delay = at.saturating_sub(rt.now_ms());
-        let _ = myself.send_after(Duration::from_millis(delay), || AgentMsg::Tick);
+        drop(myself.send_after(Duration::from_millis(delay), || AgentMsg::Tick));
     }
     if machine.status() == &model::AgentStatus::SignedOut && session.version == 0 {
         warn!(agent = %session.agent, "agent actor with no session");

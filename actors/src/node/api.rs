@@ -62,9 +62,26 @@ pub struct LiveCall {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Event {
-    AgentState { tenant: TenantId, agent: AgentId, state: String, session: AgentSession, at_ms: u64 },
-    Queue { tenant: TenantId, queue: QueueId, owner: NodeId, stats: QueueStats, at_ms: u64 },
-    CallEnded { call_id: CallId, tenant: Option<TenantId>, disposition: model::Disposition, at_ms: u64 },
+    AgentState {
+        tenant: TenantId,
+        agent: AgentId,
+        state: String,
+        session: AgentSession,
+        at_ms: u64,
+    },
+    Queue {
+        tenant: TenantId,
+        queue: QueueId,
+        owner: NodeId,
+        stats: QueueStats,
+        at_ms: u64,
+    },
+    CallEnded {
+        call_id: CallId,
+        tenant: Option<TenantId>,
+        disposition: model::Disposition,
+        at_ms: u64,
+    },
 }
 
 /// Errors the API maps to HTTP statuses.

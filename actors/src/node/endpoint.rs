@@ -14,10 +14,10 @@ use tracing::{debug, info, warn};
 
 use model::routing::{resolve, RouteError};
 use model::Entry;
-use sip::SipMessage;
 use sip::message::{Method, Request, Response};
 use sip::transaction::{TransactionKey, TransactionLayer, TransactionOutput, Transport};
 use sip::transport::{Inbound, SipTransport};
+use sip::SipMessage;
 
 use super::api::NodeError;
 use super::call_actor::{CallActor, CallArgs, CallMsg, SipEvent};
@@ -30,11 +30,28 @@ use crate::call::CallSetup;
 pub const MAX_CALLS_PER_NODE: usize = 20_000;
 
 pub enum EndpointCmd {
-    SendRequest { request: Request, dest: SocketAddr, transport: Transport, owner: Option<ActorRef<CallMsg>> },
-    Respond { key: TransactionKey, response: Response },
-    Transmit { dest: SocketAddr, transport: Transport, bytes: Vec<u8> },
-    Bind { sip_call_id: String, owner: ActorRef<CallMsg> },
-    Unbind { sip_call_id: String },
+    SendRequest {
+        request: Request,
+        dest: SocketAddr,
+        transport: Transport,
+        owner: Option<ActorRef<CallMsg>>,
+    },
+    Respond {
+        key: TransactionKey,
+        response: Response,
+    },
+    Transmit {
+        dest: SocketAddr,
+        transport: Transport,
+        bytes: Vec<u8>,
+    },
+    Bind {
+        sip_call_id: String,
+        owner: ActorRef<CallMsg>,
+    },
+    Unbind {
+        sip_call_id: String,
+    },
 }
 
 /// How call actors and the registrar reach the endpoint. Sends never block: the endpoint
@@ -46,27 +63,50 @@ pub struct EndpointHandle {
 }
 
 impl EndpointHandle {
-    pub fn send_request(&self, request: Request, dest: SocketAddr, transport: Transport, owner: Option<ActorRef<CallMsg>>) {
-        let _ = self.tx.send(EndpointCmd::SendRequest { request, dest, transport, owner });
+    pub fn send_request(
+        &self,
+        request: Request,
+        dest: SocketAddr,
+        transport: Transport,
+        owner: Option<ActorRef<CallMsg>>,
+    ) {
+        let _ = self.tx.send(EndpointCmd::SendRequest {
+            request,
+            dest,
+            transport,
+            owner,
+        });
     }
     pub fn respond(&self, key: TransactionKey, response: Response) {
         let _ = self.tx.send(EndpointCmd::Respond { key, response });
     }
     pub fn transmit(&self, dest: SocketAddr, transport: Transport, bytes: Vec<u8>) {
-        let _ = self.tx.send(EndpointCmd::Transmit { dest, transport, bytes });
+        let _ = self.tx.send(EndpointCmd::Transmit {
+            dest,
+            transport,
+            bytes,
+        });
     }
     pub fn bind(&self, sip_call_id: &str, owner: ActorRef<CallMsg>) {
-        let _ = self.tx.send(EndpointCmd::Bind { sip_call_id: sip_call_id.to_string(), owner });
+        let _ = self.tx.send(EndpointCmd::Bind {
+            sip_call_id: sip_call_id.to_string(),
+            owner,
+        });
     }
     pub fn unbind(&self, sip_call_id: &str) {
-        let _ = self.tx.send(EndpointCmd::Unbind { sip_call_id: sip_call_id.to_string() });
+        let _ = self.tx.send(EndpointCmd::Unbind {
+            sip_call_id: sip_call_id.to_string(),
+        });
     }
 }
 
 pub async fn start(rt: Arc<Runtime>) -> Result<EndpointHandle, NodeError> {
     let (transport, inbound) = SipTransport::bind(rt.config.sip_addr).await?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = EndpointHandle { tx, local: rt.config.sip_addr };
+    let handle = EndpointHandle {
+        tx,
+        local: rt.config.sip_addr,
+    };
     let endpoint = Endpoint {
         rt,
         transport,
@@ -91,7 +131,11 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut commands: mpsc::UnboundedReceiver<EndpointCmd>) {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut commands: mpsc::UnboundedReceiver<EndpointCmd>,
+    ) {
         info!(addr = %self.rt.config.sip_addr, "SIP endpoint listening (UDP and TCP)");
         loop {
             let timeout = self.layer.poll_timeout();
@@ -118,13 +162,19 @@ impl Endpoint {
 
     fn on_inbound(&mut self, packet: Inbound) {
         match packet.result {
-            Ok(message) => self.layer.handle_incoming(std::time::Instant::now(), message, packet.source, packet.transport),
+            Ok(message) => self.layer.handle_incoming(
+                std::time::Instant::now(),
+                message,
+                packet.source,
+                packet.transport,
+            ),
             Err((error, bytes)) => {
                 // A bad message is a normal event: count it, answer 400 when we can.
                 metrics::counter!("callgrid_sip_bad_messages_total").increment(1);
                 warn!(source = %packet.source, %error, "malformed SIP message");
                 if let Some(response) = sip::parse::error_response(&bytes, &error) {
-                    self.handle.transmit(packet.source, packet.transport, response.to_bytes());
+                    self.handle
+                        .transmit(packet.source, packet.transport, response.to_bytes());
                 }
             }
         }
@@ -133,7 +183,12 @@ impl Endpoint {
     fn on_command(&mut self, command: EndpointCmd) {
         let now = std::time::Instant::now();
         match command {
-            EndpointCmd::SendRequest { request, dest, transport, owner } => {
+            EndpointCmd::SendRequest {
+                request,
+                dest,
+                transport,
+                owner,
+            } => {
                 let call_id = request.call_id().unwrap_or_default().to_string();
                 let method = request.method.clone();
                 if let Some(owner) = owner {
@@ -141,14 +196,22 @@ impl Endpoint {
                 }
                 if method == Method::Ack {
                     // ACK to a 2xx is its own transaction-less request (RFC 3261 17.1.1.3).
-                    let _ = self.handle.tx.send(EndpointCmd::Transmit { dest, transport, bytes: request.to_bytes() });
+                    let _ = self.handle.tx.send(EndpointCmd::Transmit {
+                        dest,
+                        transport,
+                        bytes: request.to_bytes(),
+                    });
                     return;
                 }
                 let key = self.layer.send_request(now, request, dest, transport);
                 self.client_keys.insert(key, (call_id, method));
             }
             EndpointCmd::Respond { key, response } => self.respond(&key, response),
-            EndpointCmd::Transmit { dest, transport, bytes } => {
+            EndpointCmd::Transmit {
+                dest,
+                transport,
+                bytes,
+            } => {
                 let t = self.transport.clone();
                 tokio::spawn(async move {
                     if let Err(error) = t.send(dest, transport, bytes).await {
@@ -167,7 +230,10 @@ impl Endpoint {
     }
 
     fn respond(&mut self, key: &TransactionKey, response: Response) {
-        if let Err(error) = self.layer.send_response(std::time::Instant::now(), key, response) {
+        if let Err(error) = self
+            .layer
+            .send_response(std::time::Instant::now(), key, response)
+        {
             // The transaction is gone (timed out, or the peer gave up): nothing to answer.
             debug!(?error, "response for a finished transaction dropped");
         }
@@ -176,34 +242,53 @@ impl Endpoint {
     async fn drain(&mut self) {
         while let Some(output) = self.layer.poll_output() {
             match output {
-                TransactionOutput::Transmit { dest, transport, bytes } => {
+                TransactionOutput::Transmit {
+                    dest,
+                    transport,
+                    bytes,
+                } => {
                     if let Err(error) = self.transport.send(dest, transport, bytes).await {
                         debug!(%dest, %error, "SIP send failed");
                     }
                 }
-                TransactionOutput::IncomingRequest { key, request, source, transport } => self.on_request(key, request, source, transport),
+                TransactionOutput::IncomingRequest {
+                    key,
+                    request,
+                    source,
+                    transport,
+                } => self.on_request(key, request, source, transport),
                 TransactionOutput::IncomingAck { request, .. } => {
                     if let Some(owner) = request.call_id().and_then(|c| self.dialogs.get(c)) {
-                        let _ = owner.cast(CallMsg::Sip(SipEvent::Ack { request }));
+                        let _ = owner.cast(CallMsg::Sip(Box::new(SipEvent::Ack { request })));
                     }
                 }
-                TransactionOutput::Cancelled { invite_key, cancel_key, request, .. } => {
+                TransactionOutput::Cancelled {
+                    invite_key,
+                    cancel_key,
+                    request,
+                    ..
+                } => {
                     // RFC 3261 9.2: 200 to the CANCEL, 487 to the INVITE, if still pending.
                     self.respond(&cancel_key, Response::for_request(&request, 200, "OK"));
                     let _ = invite_key;
                     if let Some(owner) = request.call_id().and_then(|c| self.dialogs.get(c)) {
-                        let _ = owner.cast(CallMsg::Sip(SipEvent::Cancel));
+                        let _ = owner.cast(CallMsg::Sip(Box::new(SipEvent::Cancel)));
                     }
                 }
-                TransactionOutput::IncomingResponse { response, .. } | TransactionOutput::StrayResponse { response, .. } => {
+                TransactionOutput::IncomingResponse { response, .. }
+                | TransactionOutput::StrayResponse { response, .. } => {
                     if let Some(owner) = response.call_id().and_then(|c| self.dialogs.get(c)) {
-                        let _ = owner.cast(CallMsg::Sip(SipEvent::Response { response }));
+                        let _ = owner.cast(CallMsg::Sip(Box::new(SipEvent::Response { response })));
                     }
                 }
-                TransactionOutput::Timeout { key } | TransactionOutput::TransportError { key, .. } => {
+                TransactionOutput::Timeout { key }
+                | TransactionOutput::TransportError { key, .. } => {
                     if let Some((call_id, method)) = self.client_keys.remove(&key) {
                         if let Some(owner) = self.dialogs.get(&call_id) {
-                            let _ = owner.cast(CallMsg::Sip(SipEvent::Timeout { sip_call_id: call_id, method }));
+                            let _ = owner.cast(CallMsg::Sip(Box::new(SipEvent::Timeout {
+                                sip_call_id: call_id,
+                                method,
+                            })));
                         }
                     }
                 }
@@ -211,11 +296,25 @@ impl Endpoint {
         }
     }
 
-    fn on_request(&mut self, key: TransactionKey, request: Request, source: SocketAddr, transport: Transport) {
+    fn on_request(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: SocketAddr,
+        transport: Transport,
+    ) {
         let call_id = request.call_id().unwrap_or_default().to_string();
-        let in_dialog = request.to().and_then(|to| to.tag().map(str::to_string)).is_some();
+        let in_dialog = request
+            .to()
+            .and_then(|to| to.tag().map(str::to_string))
+            .is_some();
         if let Some(owner) = self.dialogs.get(&call_id) {
-            let _ = owner.cast(CallMsg::Sip(SipEvent::Request { key, request, source, transport }));
+            let _ = owner.cast(CallMsg::Sip(Box::new(SipEvent::Request {
+                key,
+                request,
+                source,
+                transport,
+            })));
             return;
         }
         match request.method {
@@ -229,21 +328,33 @@ impl Endpoint {
             }
             Method::Options => {
                 let mut response = Response::for_request(&request, 200, "OK");
-                response.headers.set("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE");
+                response.headers.set(
+                    "Allow",
+                    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE",
+                );
                 response.headers.set("Accept", "application/sdp");
                 self.respond(&key, response);
             }
             Method::Invite if !in_dialog => self.on_new_invite(key, request, source, transport),
             _ => {
                 // RFC 3261 12.2.2: a request for a dialog we do not know.
-                self.respond(&key, Response::for_request(&request, 481, "Call/Transaction Does Not Exist"));
+                self.respond(
+                    &key,
+                    Response::for_request(&request, 481, "Call/Transaction Does Not Exist"),
+                );
             }
         }
     }
 
     /// A new call: admit, check the trunk, route by dialled number, then hand it to a
     /// CallActor (R2.1, R2.2, R2.3).
-    fn on_new_invite(&mut self, key: TransactionKey, request: Request, source: SocketAddr, transport: Transport) {
+    fn on_new_invite(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: SocketAddr,
+        transport: Transport,
+    ) {
         let reply = |endpoint: &mut Endpoint, status: u16, reason: &str| {
             endpoint.respond(&key, Response::for_request(&request, status, reason));
         };
@@ -255,7 +366,8 @@ impl Endpoint {
         }
         let state = &self.rt.cluster;
         let Some(trunk) = state.read(|s| s.trunk_for(source.ip()).map(|t| t.id.clone())) else {
-            metrics::counter!("callgrid_calls_rejected_total", "reason" => "not_a_trunk").increment(1);
+            metrics::counter!("callgrid_calls_rejected_total", "reason" => "not_a_trunk")
+                .increment(1);
             return reply(self, 403, "Forbidden");
         };
         let dialled = request.uri.user.clone().unwrap_or_default();
@@ -264,7 +376,9 @@ impl Endpoint {
             Err(RouteError::NoRoute) => return reply(self, 404, "Not Found"),
             Err(RouteError::Ambiguous) => return reply(self, 484, "Address Incomplete"),
         };
-        let offer = std::str::from_utf8(&request.body).ok().and_then(|s| media::sdp::parse_sdp(s).ok());
+        let offer = std::str::from_utf8(&request.body)
+            .ok()
+            .and_then(|s| media::sdp::parse_sdp(s).ok());
         let Some(offer) = offer else {
             // We answer with an offer-less INVITE nowhere yet: late offer is not supported.
             return reply(self, 488, "Not Acceptable Here");
@@ -274,10 +388,18 @@ impl Endpoint {
                 Entry::Flow(f) => s.flow(&route.tenant, f).cloned(),
                 Entry::Queue(_) => None,
             };
-            let queues = s.queues.values().filter(|q| q.tenant == route.tenant).map(|q| (q.id.clone(), q.clone())).collect();
+            let queues = s
+                .queues
+                .values()
+                .filter(|q| q.tenant == route.tenant)
+                .map(|q| (q.id.clone(), q.clone()))
+                .collect();
             (flow, queues)
         });
-        let caller = request.from().and_then(|f| f.uri.user.clone()).unwrap_or_else(|| "anonymous".into());
+        let caller = request
+            .from()
+            .and_then(|f| f.uri.user.clone())
+            .unwrap_or_else(|| "anonymous".into());
         let setup = CallSetup {
             call_id: self.rt.new_call_id(),
             entry_node: self.rt.node_id(),
@@ -294,7 +416,17 @@ impl Endpoint {
         // The actor binds its Call-ID itself before it answers, so the ACK finds it.
         tokio::spawn(async move {
             let actor = CallActor { runtime: rt };
-            if let Err(error) = Actor::spawn(None, actor, CallArgs { setup, customer, offer }).await {
+            if let Err(error) = Actor::spawn(
+                None,
+                actor,
+                CallArgs {
+                    setup,
+                    customer,
+                    offer,
+                },
+            )
+            .await
+            {
                 warn!(%error, "call actor failed to start");
             }
         });

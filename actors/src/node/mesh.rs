@@ -28,34 +28,73 @@ use crate::queue::{QueueInput, QueueStats};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "to")]
 pub enum Envelope {
-    Queue { tenant: TenantId, queue: QueueId, input: QueueInput },
-    Agent { tenant: TenantId, agent: AgentId, input: AgentEnvelope },
-    Call { call: CallId, input: CallEnvelope },
+    Queue {
+        tenant: TenantId,
+        queue: QueueId,
+        input: QueueInput,
+    },
+    Agent {
+        tenant: TenantId,
+        agent: AgentId,
+        input: AgentEnvelope,
+    },
+    Call {
+        call: CallId,
+        input: CallEnvelope,
+    },
     /// A queue's figures, broadcast to every node for the event stream.
-    QueueStats { tenant: TenantId, queue: QueueId, owner: NodeId, stats: QueueStats, at_ms: u64 },
+    QueueStats {
+        tenant: TenantId,
+        queue: QueueId,
+        owner: NodeId,
+        stats: QueueStats,
+        at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum AgentEnvelope {
-    Reserve { call: CallId, queue: QueueId },
-    CancelReservation { call: CallId },
-    Notice { call: CallId, notice: AgentNotice },
+    Reserve {
+        call: CallId,
+        queue: QueueId,
+    },
+    CancelReservation {
+        call: CallId,
+    },
+    Notice {
+        call: CallId,
+        notice: AgentNotice,
+    },
     /// A queue (re)started and asks ready agents to announce themselves.
-    Announce { queue: QueueId },
+    Announce {
+        queue: QueueId,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum CallEnvelope {
-    Offer { queue: QueueId, agent: AgentId, agent_node: NodeId, extension: ExtensionId },
+    Offer {
+        queue: QueueId,
+        agent: AgentId,
+        agent_node: NodeId,
+        extension: ExtensionId,
+    },
 }
 
 /// A request that expects an answer (the API asking the owner of an actor).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
-    Agent { tenant: TenantId, agent: AgentId, command: AgentCommand },
-    QueueStatus { tenant: TenantId, queue: QueueId },
+    Agent {
+        tenant: TenantId,
+        agent: AgentId,
+        command: AgentCommand,
+    },
+    QueueStatus {
+        tenant: TenantId,
+        queue: QueueId,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,12 +132,23 @@ impl<D: Dispatch> Actor for MeshActor<D> {
     type State = ();
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<MeshMsg>, _args: ()) -> Result<(), ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<MeshMsg>,
+        _args: (),
+    ) -> Result<(), ActorProcessingErr> {
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<MeshMsg>, message: MeshMsg, _state: &mut ()) -> Result<(), ActorProcessingErr> {
-        let Some(dispatch) = self.dispatch.upgrade() else { return Ok(()) };
+    async fn handle(
+        &self,
+        _myself: ActorRef<MeshMsg>,
+        message: MeshMsg,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(dispatch) = self.dispatch.upgrade() else {
+            return Ok(());
+        };
         match message {
             MeshMsg::Deliver(bytes) => match serde_json::from_slice::<Envelope>(&bytes) {
                 Ok(envelope) => dispatch.deliver(envelope),
@@ -128,7 +178,10 @@ pub struct MeshClient {
 
 impl MeshClient {
     fn remote(&self, node: NodeId) -> Option<ActorRef<MeshMsg>> {
-        ractor::pg::get_members(&group_name(node)).into_iter().next().map(ActorRef::from)
+        ractor::pg::get_members(&group_name(node))
+            .into_iter()
+            .next()
+            .map(ActorRef::from)
     }
 
     /// Casts an envelope to `node`'s mesh actor. Returns false when the node is not connected
@@ -143,11 +196,19 @@ impl MeshClient {
         actor.cast(MeshMsg::Deliver(bytes)).is_ok()
     }
 
-    pub async fn ask(&self, node: NodeId, request: &Request, timeout: Duration) -> Result<Response, NodeError> {
-        let actor = self.remote(node).ok_or_else(|| NodeError::Timeout(format!("node {node} (not connected)")))?;
+    pub async fn ask(
+        &self,
+        node: NodeId,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, NodeError> {
+        let actor = self
+            .remote(node)
+            .ok_or_else(|| NodeError::Timeout(format!("node {node} (not connected)")))?;
         let bytes = serde_json::to_vec(request).expect("requests serialise");
         let answer = ractor::call_t!(actor, MeshMsg::Ask, timeout.as_millis() as u64, bytes)
             .map_err(|e| NodeError::Timeout(format!("node {node}: {e}")))?;
-        serde_json::from_slice(&answer).map_err(|e| NodeError::Cluster(format!("bad answer from node {node}: {e}")))
+        serde_json::from_slice(&answer)
+            .map_err(|e| NodeError::Cluster(format!("bad answer from node {node}: {e}")))
     }
 }

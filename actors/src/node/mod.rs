@@ -18,8 +18,8 @@ pub mod call_actor;
 pub mod endpoint;
 pub mod mesh;
 pub mod placement;
-pub mod queue_actor;
 mod prompts;
+pub mod queue_actor;
 mod registrar;
 mod sip_legs;
 
@@ -36,10 +36,12 @@ use tracing::{debug, info, warn};
 use cluster::{Cluster, NodeInfo};
 use model::{AgentId, AgentSession, CallId, NodeId, QueueId, TenantId};
 
-pub use api::*;
 use agent_actor::{AgentActor, AgentArgs, AgentMsg};
+pub use api::*;
 use call_actor::CallMsg;
-use mesh::{AgentEnvelope, CallEnvelope, Dispatch, Envelope, MeshActor, MeshClient, Request, Response};
+use mesh::{
+    AgentEnvelope, CallEnvelope, Dispatch, Envelope, MeshActor, MeshClient, Request, Response,
+};
 use queue_actor::{QueueActor, QueueMsg};
 
 /// How long an API request waits for the actor's node.
@@ -98,40 +100,82 @@ impl Runtime {
     }
 
     pub fn queue_owner(&self, tenant: &TenantId, queue: &QueueId) -> NodeId {
-        placement::owner(&placement::queue_key(tenant, queue), self.voters()).unwrap_or(self.node_id())
+        placement::owner(&placement::queue_key(tenant, queue), self.voters())
+            .unwrap_or(self.node_id())
     }
 
     pub fn agent_owner(&self, tenant: &TenantId, agent: &AgentId) -> NodeId {
-        placement::owner(&placement::agent_key(tenant, agent), self.voters()).unwrap_or(self.node_id())
+        placement::owner(&placement::agent_key(tenant, agent), self.voters())
+            .unwrap_or(self.node_id())
     }
 
     pub fn endpoint(&self) -> &endpoint::EndpointHandle {
-        self.endpoint.get().expect("the endpoint starts before any call")
+        self.endpoint
+            .get()
+            .expect("the endpoint starts before any call")
     }
 
     pub fn new_call_id(&self) -> CallId {
-        let n = self.call_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CallId(format!("{}-{}-{:06x}", self.node_id(), n, rand::random::<u32>() & 0xff_ffff))
+        let n = self
+            .call_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CallId(format!(
+            "{}-{}-{:06x}",
+            self.node_id(),
+            n,
+            rand::random::<u32>() & 0xff_ffff
+        ))
     }
 
-    pub fn send_queue(self: &Arc<Self>, tenant: &TenantId, queue: &QueueId, input: crate::queue::QueueInput) {
+    pub fn send_queue(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        queue: &QueueId,
+        input: crate::queue::QueueInput,
+    ) {
         let owner = self.queue_owner(tenant, queue);
-        self.send(owner, Envelope::Queue { tenant: tenant.clone(), queue: queue.clone(), input });
+        self.send(
+            owner,
+            Envelope::Queue {
+                tenant: tenant.clone(),
+                queue: queue.clone(),
+                input,
+            },
+        );
     }
 
     pub fn send_agent(self: &Arc<Self>, tenant: &TenantId, agent: &AgentId, input: AgentEnvelope) {
         let owner = self.agent_owner(tenant, agent);
-        self.send(owner, Envelope::Agent { tenant: tenant.clone(), agent: agent.clone(), input });
+        self.send(
+            owner,
+            Envelope::Agent {
+                tenant: tenant.clone(),
+                agent: agent.clone(),
+                input,
+            },
+        );
     }
 
     /// Sends to an agent's actor; placement decides the node (the hint is where the agent
     /// announced itself from, which is the same unless membership changed meanwhile).
-    pub fn send_agent_at(self: &Arc<Self>, _hint: NodeId, tenant: &TenantId, agent: &AgentId, input: AgentEnvelope) {
+    pub fn send_agent_at(
+        self: &Arc<Self>,
+        _hint: NodeId,
+        tenant: &TenantId,
+        agent: &AgentId,
+        input: AgentEnvelope,
+    ) {
         self.send_agent(tenant, agent, input);
     }
 
     pub fn send_call(self: &Arc<Self>, node: NodeId, call: &CallId, input: CallEnvelope) {
-        self.send(node, Envelope::Call { call: call.clone(), input });
+        self.send(
+            node,
+            Envelope::Call {
+                call: call.clone(),
+                input,
+            },
+        );
     }
 
     pub fn broadcast(self: &Arc<Self>, envelope: Envelope) {
@@ -158,7 +202,13 @@ impl Runtime {
         let rt = Arc::clone(self);
         tokio::spawn(async move {
             for attempt in 0..5u32 {
-                match rt.cluster.write(model::Command::PutAgentSession { session: session.clone() }).await {
+                match rt
+                    .cluster
+                    .write(model::Command::PutAgentSession {
+                        session: session.clone(),
+                    })
+                    .await
+                {
                     Ok(_) => return,
                     Err(error) => {
                         warn!(%error, attempt, agent = %session.agent, "agent checkpoint failed; retrying");
@@ -169,7 +219,11 @@ impl Runtime {
         });
     }
 
-    async fn queue_actor(self: &Arc<Self>, tenant: &TenantId, queue: &QueueId) -> Option<ActorRef<QueueMsg>> {
+    async fn queue_actor(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        queue: &QueueId,
+    ) -> Option<ActorRef<QueueMsg>> {
         let key = model::state::key(tenant, queue.as_str());
         if let Some(actor) = self.queues.lock().expect("registry lock").get(&key) {
             return Some(actor.clone());
@@ -177,7 +231,15 @@ impl Runtime {
         if !self.cluster.read(|s| s.queue(tenant, queue).is_some()) {
             return None;
         }
-        let (actor, _) = Actor::spawn(None, QueueActor { runtime: Arc::clone(self) }, (tenant.clone(), queue.clone())).await.ok()?;
+        let (actor, _) = Actor::spawn(
+            None,
+            QueueActor {
+                runtime: Arc::clone(self),
+            },
+            (tenant.clone(), queue.clone()),
+        )
+        .await
+        .ok()?;
         let mut queues = self.queues.lock().expect("registry lock");
         // Two envelopes may race to spawn the same queue: keep the first, stop the other.
         let kept = queues.entry(key).or_insert_with(|| actor.clone()).clone();
@@ -187,7 +249,11 @@ impl Runtime {
         Some(kept)
     }
 
-    async fn agent_actor(self: &Arc<Self>, tenant: &TenantId, agent: &AgentId) -> Option<ActorRef<AgentMsg>> {
+    async fn agent_actor(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        agent: &AgentId,
+    ) -> Option<ActorRef<AgentMsg>> {
         let key = model::state::key(tenant, agent.as_str());
         if let Some(actor) = self.agents.lock().expect("registry lock").get(&key) {
             return Some(actor.clone());
@@ -195,8 +261,19 @@ impl Runtime {
         if !self.cluster.read(|s| s.agent(tenant, agent).is_some()) {
             return None;
         }
-        let args = AgentArgs { tenant: tenant.clone(), agent: agent.clone() };
-        let (actor, _) = Actor::spawn(None, AgentActor { runtime: Arc::clone(self) }, args).await.ok()?;
+        let args = AgentArgs {
+            tenant: tenant.clone(),
+            agent: agent.clone(),
+        };
+        let (actor, _) = Actor::spawn(
+            None,
+            AgentActor {
+                runtime: Arc::clone(self),
+            },
+            args,
+        )
+        .await
+        .ok()?;
         let mut agents = self.agents.lock().expect("registry lock");
         let kept = agents.entry(key).or_insert_with(|| actor.clone()).clone();
         if kept.get_id() != actor.get_id() {
@@ -206,7 +283,10 @@ impl Runtime {
     }
 
     pub fn register_call(&self, call: CallId, actor: ActorRef<CallMsg>) {
-        self.calls.lock().expect("registry lock").insert(call, actor);
+        self.calls
+            .lock()
+            .expect("registry lock")
+            .insert(call, actor);
     }
 
     pub fn unregister_call(&self, call: &CallId) {
@@ -218,16 +298,30 @@ impl Runtime {
     }
 
     pub fn call_actors(&self) -> Vec<ActorRef<CallMsg>> {
-        self.calls.lock().expect("registry lock").values().cloned().collect()
+        self.calls
+            .lock()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     async fn handle_request(self: Arc<Self>, request: Request) -> Response {
         match request {
-            Request::Agent { tenant, agent, command } => {
+            Request::Agent {
+                tenant,
+                agent,
+                command,
+            } => {
                 let Some(actor) = self.agent_actor(&tenant, &agent).await else {
                     return Response::Agent(Err(format!("agent {tenant}/{agent} does not exist")));
                 };
-                match ractor::call_t!(actor, AgentMsg::Command, ASK_TIMEOUT.as_millis() as u64, command) {
+                match ractor::call_t!(
+                    actor,
+                    AgentMsg::Command,
+                    ASK_TIMEOUT.as_millis() as u64,
+                    command
+                ) {
                     Ok(result) => Response::Agent(result),
                     Err(e) => Response::Error(e.to_string()),
                 }
@@ -249,7 +343,11 @@ impl Dispatch for Runtime {
     fn deliver(self: Arc<Self>, envelope: Envelope) {
         tokio::spawn(async move {
             match envelope {
-                Envelope::Queue { tenant, queue, input } => {
+                Envelope::Queue {
+                    tenant,
+                    queue,
+                    input,
+                } => {
                     if self.queue_owner(&tenant, &queue) != self.node_id() {
                         // Membership changed while the envelope travelled: pass it on.
                         return self.send_queue(&tenant, &queue, input);
@@ -259,7 +357,11 @@ impl Dispatch for Runtime {
                         None => debug!(%tenant, %queue, "envelope for an unknown queue dropped"),
                     }
                 }
-                Envelope::Agent { tenant, agent, input } => {
+                Envelope::Agent {
+                    tenant,
+                    agent,
+                    input,
+                } => {
                     if self.agent_owner(&tenant, &agent) != self.node_id() {
                         return self.send_agent(&tenant, &agent, input);
                     }
@@ -269,24 +371,69 @@ impl Dispatch for Runtime {
                     }
                 }
                 Envelope::Call { call, input } => {
-                    let actor = self.calls.lock().expect("registry lock").get(&call).cloned();
+                    let actor = self
+                        .calls
+                        .lock()
+                        .expect("registry lock")
+                        .get(&call)
+                        .cloned();
                     match (actor, input) {
                         (Some(actor), input) => drop(actor.cast(CallMsg::Mesh(input))),
-                        (None, CallEnvelope::Offer { queue, agent, agent_node, .. }) => {
+                        (
+                            None,
+                            CallEnvelope::Offer {
+                                queue,
+                                agent,
+                                agent_node,
+                                ..
+                            },
+                        ) => {
                             // The call is gone: refuse the offer so the agent and queue move on.
-                            let tenant = self.cluster.read(|s| s.agents.values().find(|a| a.id == agent).map(|a| a.tenant.clone()));
+                            let tenant = self.cluster.read(|s| {
+                                s.agents
+                                    .values()
+                                    .find(|a| a.id == agent)
+                                    .map(|a| a.tenant.clone())
+                            });
                             if let Some(tenant) = tenant {
-                                self.send_agent_at(agent_node, &tenant, &agent, AgentEnvelope::Notice {
-                                    call: call.clone(),
-                                    notice: crate::call::AgentNotice::Failed { no_answer: false },
-                                });
-                                self.send_queue(&tenant, &queue, crate::queue::QueueInput::OfferDone { call, agent, answered: false });
+                                self.send_agent_at(
+                                    agent_node,
+                                    &tenant,
+                                    &agent,
+                                    AgentEnvelope::Notice {
+                                        call: call.clone(),
+                                        notice: crate::call::AgentNotice::Failed {
+                                            no_answer: false,
+                                        },
+                                    },
+                                );
+                                self.send_queue(
+                                    &tenant,
+                                    &queue,
+                                    crate::queue::QueueInput::OfferDone {
+                                        call,
+                                        agent,
+                                        answered: false,
+                                    },
+                                );
                             }
                         }
                     }
                 }
-                Envelope::QueueStats { tenant, queue, owner, stats, at_ms } => {
-                    self.publish(Event::Queue { tenant, queue, owner, stats, at_ms });
+                Envelope::QueueStats {
+                    tenant,
+                    queue,
+                    owner,
+                    stats,
+                    at_ms,
+                } => {
+                    self.publish(Event::Queue {
+                        tenant,
+                        queue,
+                        owner,
+                        stats,
+                        at_ms,
+                    });
                 }
             }
         });
@@ -312,9 +459,12 @@ pub struct Node {
 impl Node {
     pub async fn start(config: NodeConfig, cluster: Arc<Cluster>) -> Result<Arc<Node>, NodeError> {
         let (events, _) = broadcast::channel(4096);
-        let media_ports = media::session::PortAllocator::new(config.rtp_port_min, config.rtp_port_max);
+        let media_ports =
+            media::session::PortAllocator::new(config.rtp_port_min, config.rtp_port_max);
         let runtime = Arc::new(Runtime {
-            mesh: MeshClient { node_id: config.node_id },
+            mesh: MeshClient {
+                node_id: config.node_id,
+            },
             config,
             cluster,
             queues: Mutex::default(),
@@ -329,11 +479,20 @@ impl Node {
         let mut tasks = Vec::new();
 
         // The mesh: our actor, its group, the ractor_cluster node server, and dialling.
-        let mesh_actor = MeshActor { dispatch: Arc::downgrade(&runtime) };
-        let (mesh_ref, _) = Actor::spawn(Some(format!("callgrid.mesh.actor.{}", runtime.node_id())), mesh_actor, ())
-            .await
-            .map_err(|e| NodeError::Cluster(format!("mesh actor: {e}")))?;
-        ractor::pg::join(mesh::group_name(runtime.node_id()), vec![mesh_ref.get_cell()]);
+        let mesh_actor = MeshActor {
+            dispatch: Arc::downgrade(&runtime),
+        };
+        let (mesh_ref, _) = Actor::spawn(
+            Some(format!("callgrid.mesh.actor.{}", runtime.node_id())),
+            mesh_actor,
+            (),
+        )
+        .await
+        .map_err(|e| NodeError::Cluster(format!("mesh actor: {e}")))?;
+        ractor::pg::join(
+            mesh::group_name(runtime.node_id()),
+            vec![mesh_ref.get_cell()],
+        );
         let server = ractor_cluster::NodeServer::new(
             runtime.config.mesh_addr.port(),
             runtime.config.mesh_cookie.clone(),
@@ -343,10 +502,13 @@ impl Node {
             Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
         .with_listen_addr(runtime.config.mesh_addr.ip());
-        let (mesh_server, _) = Actor::spawn(None, server, ())
-            .await
-            .map_err(|e| NodeError::Cluster(format!("mesh server on {}: {e}", runtime.config.mesh_addr)))?;
-        tasks.push(tokio::spawn(dial_peers(Arc::clone(&runtime), mesh_server.clone())));
+        let (mesh_server, _) = Actor::spawn(None, server, ()).await.map_err(|e| {
+            NodeError::Cluster(format!("mesh server on {}: {e}", runtime.config.mesh_addr))
+        })?;
+        tasks.push(tokio::spawn(dial_peers(
+            Arc::clone(&runtime),
+            mesh_server.clone(),
+        )));
 
         // SIP.
         let endpoint = endpoint::start(Arc::clone(&runtime)).await?;
@@ -355,19 +517,36 @@ impl Node {
         // Agent-state events come from Raft, so every node streams every agent's changes.
         tasks.push(tokio::spawn(publish_applied(Arc::clone(&runtime))));
         info!(node = runtime.node_id(), sip = %runtime.config.sip_addr, "node runtime started");
-        Ok(Arc::new(Node { runtime, tasks, mesh_server }))
+        Ok(Arc::new(Node {
+            runtime,
+            tasks,
+            mesh_server,
+        }))
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
     }
 
-    pub async fn agent_command(&self, tenant: &TenantId, agent: &AgentId, command: AgentCommand) -> Result<AgentSession, NodeError> {
-        if self.runtime.cluster.read(|s| s.agent(tenant, agent).is_none()) {
+    pub async fn agent_command(
+        &self,
+        tenant: &TenantId,
+        agent: &AgentId,
+        command: AgentCommand,
+    ) -> Result<AgentSession, NodeError> {
+        if self
+            .runtime
+            .cluster
+            .read(|s| s.agent(tenant, agent).is_none())
+        {
             return Err(NodeError::NotFound(format!("agent {tenant}/{agent}")));
         }
         let owner = self.runtime.agent_owner(tenant, agent);
-        let request = Request::Agent { tenant: tenant.clone(), agent: agent.clone(), command };
+        let request = Request::Agent {
+            tenant: tenant.clone(),
+            agent: agent.clone(),
+            command,
+        };
         let response = if owner == self.runtime.node_id() {
             Arc::clone(&self.runtime).handle_request(request).await
         } else {
@@ -393,7 +572,10 @@ impl Node {
                         agent: agent.clone(),
                         name: a.name.clone(),
                         skills: a.skills.clone(),
-                        state: session.as_ref().map_or("signed_out", |s| s.status.name()).to_string(),
+                        state: session
+                            .as_ref()
+                            .map_or("signed_out", |s| s.status.name())
+                            .to_string(),
                         session,
                         owner,
                     }
@@ -403,18 +585,33 @@ impl Node {
     }
 
     pub fn agent_views(&self, tenant: &TenantId) -> Vec<AgentView> {
-        let ids: Vec<AgentId> = self.runtime.cluster.read(|s| s.agents.values().filter(|a| &a.tenant == tenant).map(|a| a.id.clone()).collect());
-        ids.iter().filter_map(|a| self.agent_view(tenant, a).ok()).collect()
+        let ids: Vec<AgentId> = self.runtime.cluster.read(|s| {
+            s.agents
+                .values()
+                .filter(|a| &a.tenant == tenant)
+                .map(|a| a.id.clone())
+                .collect()
+        });
+        ids.iter()
+            .filter_map(|a| self.agent_view(tenant, a).ok())
+            .collect()
     }
 
-    pub async fn queue_view(&self, tenant: &TenantId, queue: &QueueId) -> Result<QueueView, NodeError> {
+    pub async fn queue_view(
+        &self,
+        tenant: &TenantId,
+        queue: &QueueId,
+    ) -> Result<QueueView, NodeError> {
         let name = self
             .runtime
             .cluster
             .read(|s| s.queue(tenant, queue).map(|q| q.name.clone()))
             .ok_or_else(|| NodeError::NotFound(format!("queue {tenant}/{queue}")))?;
         let owner = self.runtime.queue_owner(tenant, queue);
-        let request = Request::QueueStatus { tenant: tenant.clone(), queue: queue.clone() };
+        let request = Request::QueueStatus {
+            tenant: tenant.clone(),
+            queue: queue.clone(),
+        };
         let response = if owner == self.runtime.node_id() {
             Arc::clone(&self.runtime).handle_request(request).await
         } else {
@@ -423,7 +620,9 @@ impl Node {
         let stats = match response {
             Response::QueueStatus(Some((stats, _))) => stats,
             Response::QueueStatus(None) => Default::default(),
-            Response::Error(e) => return Err(NodeError::Timeout(format!("queue {tenant}/{queue}: {e}"))),
+            Response::Error(e) => {
+                return Err(NodeError::Timeout(format!("queue {tenant}/{queue}: {e}")))
+            }
             Response::Agent(_) => return Err(NodeError::Cluster("mismatched answer".into())),
         };
         let now = self.runtime.now_ms();
@@ -431,7 +630,10 @@ impl Node {
             s.agents
                 .values()
                 .filter(|a| &a.tenant == tenant && a.skills.contains(queue))
-                .filter(|a| s.agent_session(tenant, &a.id).is_some_and(|x| x.status != model::AgentStatus::SignedOut))
+                .filter(|a| {
+                    s.agent_session(tenant, &a.id)
+                        .is_some_and(|x| x.status != model::AgentStatus::SignedOut)
+                })
                 .count()
         });
         Ok(QueueView {
@@ -440,7 +642,9 @@ impl Node {
             name,
             owner,
             waiting: stats.waiting,
-            longest_wait_ms: stats.oldest_enqueued_at_ms.map_or(0, |t| now.saturating_sub(t)),
+            longest_wait_ms: stats
+                .oldest_enqueued_at_ms
+                .map_or(0, |t| now.saturating_sub(t)),
             agents,
             idle_agents: stats.agents_available,
             stats,
@@ -448,7 +652,13 @@ impl Node {
     }
 
     pub async fn queue_views(&self, tenant: &TenantId) -> Vec<QueueView> {
-        let ids: Vec<QueueId> = self.runtime.cluster.read(|s| s.queues.values().filter(|q| &q.tenant == tenant).map(|q| q.id.clone()).collect());
+        let ids: Vec<QueueId> = self.runtime.cluster.read(|s| {
+            s.queues
+                .values()
+                .filter(|q| &q.tenant == tenant)
+                .map(|q| q.id.clone())
+                .collect()
+        });
         let mut views = Vec::new();
         for q in ids {
             if let Ok(v) = self.queue_view(tenant, &q).await {
@@ -506,7 +716,9 @@ async fn publish_applied(rt: Arc<Runtime>) {
     loop {
         match applied.recv().await {
             Ok(a) => publish_command(&rt, &a.command),
-            Err(broadcast::error::RecvError::Lagged(n)) => warn!(n, "event stream lagged behind Raft"),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(n, "event stream lagged behind Raft")
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }

@@ -26,7 +26,9 @@ fn cache() -> &'static Mutex<HashMap<String, Prompt>> {
 
 /// The prompt `id` of `tenant`, decoded, or None if it is not configured or unreadable.
 pub fn load(rt: &Runtime, tenant: &TenantId, id: &PromptId) -> Option<Prompt> {
-    let file = rt.cluster.read(|s| s.prompt(tenant, id).map(|p| p.file.clone()))?;
+    let file = rt
+        .cluster
+        .read(|s| s.prompt(tenant, id).map(|p| p.file.clone()))?;
     if let Some(prompt) = cache().lock().expect("prompt cache").get(&file) {
         return Some(prompt.clone());
     }
@@ -42,12 +44,20 @@ pub fn load(rt: &Runtime, tenant: &TenantId, id: &PromptId) -> Option<Prompt> {
                 return None;
             }
             let path = rt.config.data_dir.join("prompts").join(&file);
-            std::fs::read(&path).map_err(|e| media::MediaError::Io { context: "reading a prompt file", source: e }).and_then(|b| Prompt::from_wav_bytes(&file, &b))
+            std::fs::read(&path)
+                .map_err(|e| media::MediaError::Io {
+                    context: "reading a prompt file",
+                    source: e,
+                })
+                .and_then(|b| Prompt::from_wav_bytes(&file, &b))
         }
     };
     match prompt {
         Ok(prompt) => {
-            cache().lock().expect("prompt cache").insert(file, prompt.clone());
+            cache()
+                .lock()
+                .expect("prompt cache")
+                .insert(file, prompt.clone());
             Some(prompt)
         }
         Err(error) => {

@@ -34,24 +34,46 @@ impl Actor for QueueActor {
     type State = QueueState;
     type Arguments = (TenantId, QueueId);
 
-    async fn pre_start(&self, _myself: ActorRef<QueueMsg>, (tenant, queue): (TenantId, QueueId)) -> Result<QueueState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<QueueMsg>,
+        (tenant, queue): (TenantId, QueueId),
+    ) -> Result<QueueState, ActorProcessingErr> {
         // A queue that (re)starts knows no agents: ask every ready agent with this skill to
         // announce itself, so distribution never silently stops after a restart.
         let ready: Vec<model::AgentId> = self.runtime.cluster.read(|s| {
             s.agent_sessions
                 .values()
                 .filter(|a| a.tenant == tenant && a.status == AgentStatus::Ready)
-                .filter(|a| s.agent(&tenant, &a.agent).is_some_and(|c| c.skills.contains(&queue)))
+                .filter(|a| {
+                    s.agent(&tenant, &a.agent)
+                        .is_some_and(|c| c.skills.contains(&queue))
+                })
                 .map(|a| a.agent.clone())
                 .collect()
         });
         for agent in ready {
-            self.runtime.send_agent(&tenant, &agent, AgentEnvelope::Announce { queue: queue.clone() });
+            self.runtime.send_agent(
+                &tenant,
+                &agent,
+                AgentEnvelope::Announce {
+                    queue: queue.clone(),
+                },
+            );
         }
-        Ok(QueueState { tenant, queue, machine: QueueMachine::new() })
+        Ok(QueueState {
+            tenant,
+            queue,
+            machine: QueueMachine::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<QueueMsg>, message: QueueMsg, state: &mut QueueState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<QueueMsg>,
+        message: QueueMsg,
+        state: &mut QueueState,
+    ) -> Result<(), ActorProcessingErr> {
         let rt = &self.runtime;
         let now = rt.now_ms();
         match message {
@@ -64,14 +86,50 @@ impl Actor for QueueActor {
         }
         while let Some(output) = state.machine.poll_output() {
             match output {
-                QueueOutput::Reserve { agent, agent_node, call } => {
-                    rt.send_agent_at(agent_node, &state.tenant, &agent, AgentEnvelope::Reserve { call, queue: state.queue.clone() });
+                QueueOutput::Reserve {
+                    agent,
+                    agent_node,
+                    call,
+                } => {
+                    rt.send_agent_at(
+                        agent_node,
+                        &state.tenant,
+                        &agent,
+                        AgentEnvelope::Reserve {
+                            call,
+                            queue: state.queue.clone(),
+                        },
+                    );
                 }
-                QueueOutput::CancelReservation { agent, agent_node, call } => {
-                    rt.send_agent_at(agent_node, &state.tenant, &agent, AgentEnvelope::CancelReservation { call });
+                QueueOutput::CancelReservation {
+                    agent,
+                    agent_node,
+                    call,
+                } => {
+                    rt.send_agent_at(
+                        agent_node,
+                        &state.tenant,
+                        &agent,
+                        AgentEnvelope::CancelReservation { call },
+                    );
                 }
-                QueueOutput::Offer { call, call_node, agent, agent_node, extension } => {
-                    rt.send_call(call_node, &call, CallEnvelope::Offer { queue: state.queue.clone(), agent, agent_node, extension });
+                QueueOutput::Offer {
+                    call,
+                    call_node,
+                    agent,
+                    agent_node,
+                    extension,
+                } => {
+                    rt.send_call(
+                        call_node,
+                        &call,
+                        CallEnvelope::Offer {
+                            queue: state.queue.clone(),
+                            agent,
+                            agent_node,
+                            extension,
+                        },
+                    );
                 }
                 QueueOutput::Stats(stats) => {
                     metrics::gauge!("callgrid_queue_waiting", "tenant" => state.tenant.to_string(), "queue" => state.queue.to_string())
@@ -87,7 +145,11 @@ impl Actor for QueueActor {
             }
         }
         if let Some(at) = state.machine.poll_timeout() {
-            let _ = myself.send_after(Duration::from_millis(at.saturating_sub(rt.now_ms())), || QueueMsg::Tick);
+            // Reservation-reply timeouts only; a spurious tick is harmless.
+            drop(myself.send_after(
+                Duration::from_millis(at.saturating_sub(rt.now_ms())),
+                || QueueMsg::Tick,
+            ));
         }
         Ok(())
     }

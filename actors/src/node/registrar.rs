@@ -19,7 +19,12 @@ use super::Runtime;
 /// A nonce is good for five minutes.
 const NONCE_MAX_AGE_SECS: u64 = 300;
 
-pub async fn handle(rt: &Arc<Runtime>, request: &Request, source: SocketAddr, transport: Transport) -> Response {
+pub async fn handle(
+    rt: &Arc<Runtime>,
+    request: &Request,
+    source: SocketAddr,
+    transport: Transport,
+) -> Response {
     let register = match sip::registrar::parse_register(request) {
         Ok(r) => r,
         Err((status, reason)) => {
@@ -46,12 +51,24 @@ pub async fn handle(rt: &Arc<Runtime>, request: &Request, source: SocketAddr, tr
         let mut response = Response::for_request(request, 401, "Unauthorized");
         // RFC 8760 3: offer the strongest algorithm first.
         for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
-            let c = Challenge { realm: realm.clone(), nonce: issuer.issue(now_secs), algorithm, opaque: None, stale };
-            response.headers.push("WWW-Authenticate", c.to_header_value());
+            let c = Challenge {
+                realm: realm.clone(),
+                nonce: issuer.issue(now_secs),
+                algorithm,
+                opaque: None,
+                stale,
+            };
+            response
+                .headers
+                .push("WWW-Authenticate", c.to_header_value());
         }
         response
     };
-    let Some(credentials) = request.headers.get("Authorization").and_then(Credentials::parse) else {
+    let Some(credentials) = request
+        .headers
+        .get("Authorization")
+        .and_then(Credentials::parse)
+    else {
         return challenge(false);
     };
     if credentials.username != extension.as_str() || credentials.realm != realm {
@@ -76,12 +93,22 @@ pub async fn handle(rt: &Arc<Runtime>, request: &Request, source: SocketAddr, tr
     let node = rt.node_id();
     let mut commands = Vec::new();
     if register.remove_all {
-        commands.push(Command::Unregister { tenant: tenant.id.clone(), extension: extension.clone(), node, contact: None });
+        commands.push(Command::Unregister {
+            tenant: tenant.id.clone(),
+            extension: extension.clone(),
+            node,
+            contact: None,
+        });
     }
     for contact in &register.contacts {
         let contact_text = contact.uri.to_string();
         if contact.expires_secs == 0 {
-            commands.push(Command::Unregister { tenant: tenant.id.clone(), extension: extension.clone(), node, contact: Some(contact_text) });
+            commands.push(Command::Unregister {
+                tenant: tenant.id.clone(),
+                extension: extension.clone(),
+                node,
+                contact: Some(contact_text),
+            });
         } else {
             let binding = Binding {
                 tenant: tenant.id.clone(),
@@ -101,7 +128,11 @@ pub async fn handle(rt: &Arc<Runtime>, request: &Request, source: SocketAddr, tr
         }
     }
     if !commands.is_empty() {
-        let command = if commands.len() == 1 { commands.remove(0) } else { Command::Batch { commands } };
+        let command = if commands.len() == 1 {
+            commands.remove(0)
+        } else {
+            Command::Batch { commands }
+        };
         match rt.cluster.write(command).await {
             Ok(outcome) if outcome.error.is_none() => {}
             Ok(outcome) => {
@@ -119,10 +150,18 @@ pub async fn handle(rt: &Arc<Runtime>, request: &Request, source: SocketAddr, tr
     }
     debug!(tenant = %tenant.id, extension = %extension, "registered");
     let mut response = Response::for_request(request, 200, "OK");
-    let bindings = rt.cluster.read(|s| s.live_bindings(&tenant.id, &extension, now_ms).into_iter().filter(|b| b.node == node).cloned().collect::<Vec<_>>());
+    let bindings = rt.cluster.read(|s| {
+        s.live_bindings(&tenant.id, &extension, now_ms)
+            .into_iter()
+            .filter(|b| b.node == node)
+            .cloned()
+            .collect::<Vec<_>>()
+    });
     for b in bindings {
         let expires = b.expires_at_ms.saturating_sub(now_ms) / 1000;
-        response.headers.push("Contact", format!("<{}>;expires={expires}", b.contact));
+        response
+            .headers
+            .push("Contact", format!("<{}>;expires={expires}", b.contact));
     }
     response
 }

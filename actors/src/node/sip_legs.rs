@@ -11,18 +11,22 @@ use tracing::warn;
 use media::sdp::MediaDescription;
 use model::{Binding, CallId, ExtensionId};
 use sip::dialog::Dialog;
-use sip::SipMessage;
 use sip::message::{Method, Request, Response};
 use sip::name_addr::NameAddr;
 use sip::transaction::{TransactionKey, Transport};
 use sip::uri::Uri;
 use sip::via::Via;
+use sip::SipMessage;
 
 use super::call_actor::{with_sdp, CallMsg};
 use super::Runtime;
 
 fn contact_uri(rt: &Runtime) -> Uri {
-    Uri::sip(Some("callgrid"), &rt.config.sip_addr.ip().to_string(), Some(rt.config.sip_addr.port()))
+    Uri::sip(
+        Some("callgrid"),
+        &rt.config.sip_addr.ip().to_string(),
+        Some(rt.config.sip_addr.port()),
+    )
 }
 
 fn sdp_text(description: &MediaDescription) -> String {
@@ -45,7 +49,12 @@ pub struct CustomerLeg {
 }
 
 impl CustomerLeg {
-    pub fn new(key: TransactionKey, invite: Request, source: SocketAddr, transport: Transport) -> Self {
+    pub fn new(
+        key: TransactionKey,
+        invite: Request,
+        source: SocketAddr,
+        transport: Transport,
+    ) -> Self {
         Self {
             sip_call_id: invite.call_id().unwrap_or_default().to_string(),
             key,
@@ -62,7 +71,8 @@ impl CustomerLeg {
     }
 
     pub fn reject(&mut self, rt: &Runtime, status: u16, reason: &str) {
-        let response = Response::for_request(&self.invite, status, reason).with_to_tag(&self.local_tag);
+        let response =
+            Response::for_request(&self.invite, status, reason).with_to_tag(&self.local_tag);
         rt.endpoint().respond(self.key.clone(), response);
         self.closed = true;
     }
@@ -70,8 +80,11 @@ impl CustomerLeg {
     /// Answers with our SDP: 200 OK with a To tag and our Contact (RFC 3261 13.3.1.4).
     pub fn answer(&mut self, rt: &Runtime, description: &MediaDescription) {
         let sdp = sdp_text(description);
-        let mut response = Response::for_request(&self.invite, 200, "OK").with_to_tag(&self.local_tag);
-        response.headers.set("Contact", format!("<{}>", contact_uri(rt)));
+        let mut response =
+            Response::for_request(&self.invite, 200, "OK").with_to_tag(&self.local_tag);
+        response
+            .headers
+            .set("Contact", format!("<{}>", contact_uri(rt)));
         let response = with_sdp(response, &sdp);
         self.dialog = Dialog::uas_from_invite(&self.invite, &self.local_tag, &contact_uri(rt)).ok();
         self.ok_bytes = Some(response.to_bytes());
@@ -85,7 +98,8 @@ impl CustomerLeg {
             return false;
         }
         if let Some(bytes) = &self.ok_bytes {
-            rt.endpoint().transmit(self.source, self.transport, bytes.clone());
+            rt.endpoint()
+                .transmit(self.source, self.transport, bytes.clone());
         }
         true
     }
@@ -99,12 +113,20 @@ impl CustomerLeg {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
-        let Some(dialog) = self.dialog.as_mut() else { return };
+        let Some(dialog) = self.dialog.as_mut() else {
+            return;
+        };
         let branch = sip::message::new_branch(&mut rand::thread_rng());
-        let bye = dialog.new_request(Method::Bye, &contact_uri(rt), &rt.config.sip_addr.to_string(), &branch);
+        let bye = dialog.new_request(
+            Method::Bye,
+            &contact_uri(rt),
+            &rt.config.sip_addr.to_string(),
+            &branch,
+        );
         // Requests go where the INVITE came from: the carrier's signalling address
         // (symmetric signalling, robust behind NAT and the same as the remote target here).
-        rt.endpoint().send_request(bye, self.source, self.transport, None);
+        rt.endpoint()
+            .send_request(bye, self.source, self.transport, None);
     }
 }
 
@@ -135,7 +157,11 @@ impl AgentLeg {
         offer: &MediaDescription,
     ) -> Option<AgentLeg> {
         let target = Uri::parse(&binding.contact).ok()?;
-        let transport = if binding.transport == "tcp" { Transport::Tcp } else { Transport::Udp };
+        let transport = if binding.transport == "tcp" {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
         let mut rng = rand::thread_rng();
         let sip_call_id = sip::message::new_call_id(&mut rng, &rt.config.sip_addr.ip().to_string());
         let branch = sip::message::new_branch(&mut rng);
@@ -144,19 +170,27 @@ impl AgentLeg {
         let to = NameAddr::new(Uri::sip(Some(extension.as_str()), domain, None));
         let sdp = sdp_text(offer);
         let mut invite = Request::new(Method::Invite, target);
-        let via = Via::new(transport.as_str(), &rt.config.sip_addr.ip().to_string(), Some(rt.config.sip_addr.port()), &branch);
+        let via = Via::new(
+            transport.as_str(),
+            &rt.config.sip_addr.ip().to_string(),
+            Some(rt.config.sip_addr.port()),
+            &branch,
+        );
         invite.headers.push("Via", via.to_string());
         invite.headers.push("Max-Forwards", "70");
         invite.headers.push("From", from.to_string());
         invite.headers.push("To", to.to_string());
         invite.headers.push("Call-ID", sip_call_id.clone());
         invite.headers.push("CSeq", "1 INVITE");
-        invite.headers.push("Contact", format!("<{}>", contact_uri(rt)));
+        invite
+            .headers
+            .push("Contact", format!("<{}>", contact_uri(rt)));
         // Call-associated data for the agent desktop (R4.2).
         invite.headers.push("X-Callgrid-Call", call.to_string());
         invite.headers.push("Content-Type", "application/sdp");
         invite.body = sdp.clone().into_bytes();
-        rt.endpoint().send_request(invite.clone(), binding.source, transport, Some(owner));
+        rt.endpoint()
+            .send_request(invite.clone(), binding.source, transport, Some(owner));
         Some(AgentLeg {
             sip_call_id,
             invite,
@@ -183,8 +217,14 @@ impl AgentLeg {
         }
         if let Some(dialog) = &self.dialog {
             let branch = sip::message::new_branch(&mut rand::thread_rng());
-            let ack = dialog.ack_for_2xx(1, &contact_uri(rt), &rt.config.sip_addr.to_string(), &branch);
-            rt.endpoint().send_request(ack, self.dest, self.transport, None);
+            let ack = dialog.ack_for_2xx(
+                1,
+                &contact_uri(rt),
+                &rt.config.sip_addr.to_string(),
+                &branch,
+            );
+            rt.endpoint()
+                .send_request(ack, self.dest, self.transport, None);
         }
         first
     }
@@ -193,10 +233,18 @@ impl AgentLeg {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
-        let Some(dialog) = self.dialog.as_mut() else { return };
+        let Some(dialog) = self.dialog.as_mut() else {
+            return;
+        };
         let branch = sip::message::new_branch(&mut rand::thread_rng());
-        let bye = dialog.new_request(Method::Bye, &contact_uri(rt), &rt.config.sip_addr.to_string(), &branch);
-        rt.endpoint().send_request(bye, self.dest, self.transport, None);
+        let bye = dialog.new_request(
+            Method::Bye,
+            &contact_uri(rt),
+            &rt.config.sip_addr.to_string(),
+            &branch,
+        );
+        rt.endpoint()
+            .send_request(bye, self.dest, self.transport, None);
     }
 
     /// Withdraws the INVITE: CANCEL while it is pending (RFC 3261 9.1), BYE once answered.
@@ -215,6 +263,7 @@ impl AgentLeg {
         }
         cancel.headers.push("Max-Forwards", "70");
         cancel.headers.push("CSeq", "1 CANCEL");
-        rt.endpoint().send_request(cancel, self.dest, self.transport, None);
+        rt.endpoint()
+            .send_request(cancel, self.dest, self.transport, None);
     }
 }

@@ -138,10 +138,12 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             })))
         },
         move |dir| {
-            runtime.block_on(cluster::run(cluster::ClusterCommand::Down(cluster::DirArgs {
-                dir: dir.to_path_buf(),
-                output: OutputFormat::Table,
-            })))
+            runtime.block_on(cluster::run(cluster::ClusterCommand::Down(
+                cluster::DirArgs {
+                    dir: dir.to_path_buf(),
+                    output: OutputFormat::Table,
+                },
+            )))
         },
     )
     .await

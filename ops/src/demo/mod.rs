@@ -34,7 +34,12 @@ pub struct DemoArgs {
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        DemoArgs { duration: Duration::from_secs(120), output_json: false, dir: None, rate: 2.0 }
+        DemoArgs {
+            duration: Duration::from_secs(120),
+            output_json: false,
+            dir: None,
+            rate: 2.0,
+        }
     }
 }
 
@@ -79,8 +84,12 @@ impl Figures {
     }
 
     fn finish(&mut self) {
-        self.service_level = if self.offered == 0 { 0.0 } else { self.answered_in_time as f64 / self.offered as f64 };
-        self.avg_wait_ms = if self.waited == 0 { 0 } else { self.wait_sum_ms / self.waited };
+        self.service_level = if self.offered == 0 {
+            0.0
+        } else {
+            self.answered_in_time as f64 / self.offered as f64
+        };
+        self.avg_wait_ms = self.wait_sum_ms.checked_div(self.waited).unwrap_or(0);
     }
 }
 
@@ -96,15 +105,28 @@ pub struct Summary {
 }
 
 /// Totals, per node (by `entry_node`) and per province (by `tenant`) from CDRs.
-pub fn summarise_cdrs(cdrs: &[Value]) -> (Figures, BTreeMap<String, Figures>, BTreeMap<String, Figures>) {
+pub fn summarise_cdrs(
+    cdrs: &[Value],
+) -> (
+    Figures,
+    BTreeMap<String, Figures>,
+    BTreeMap<String, Figures>,
+) {
     let mut totals = Figures::default();
     let mut per_node: BTreeMap<String, Figures> = BTreeMap::new();
     let mut per_province: BTreeMap<String, Figures> = BTreeMap::new();
     for cdr in cdrs {
         totals.add_cdr(cdr);
-        let node = cdr.get("entry_node").map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+        let node = cdr
+            .get("entry_node")
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .unwrap_or_default();
         per_node.entry(node).or_default().add_cdr(cdr);
-        let tenant = cdr.get("tenant").and_then(Value::as_str).unwrap_or("-").to_string();
+        let tenant = cdr
+            .get("tenant")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string();
         per_province.entry(tenant).or_default().add_cdr(cdr);
     }
     totals.finish();
@@ -162,7 +184,11 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 async fn drive(args: &DemoArgs, dir: &Path) -> anyhow::Result<Summary> {
     let cluster = ClusterInfo::load(dir)?;
     let api = ApiClient::new(&cluster)?;
-    let config = TrafficConfig { rate_cps: args.rate, duration: args.duration, ..TrafficConfig::default() };
+    let config = TrafficConfig {
+        rate_cps: args.rate,
+        duration: args.duration,
+        ..TrafficConfig::default()
+    };
     if !args.output_json {
         println!("registering agent phones and signing agents in...");
     }
@@ -194,12 +220,21 @@ async fn drive(args: &DemoArgs, dir: &Path) -> anyhow::Result<Summary> {
         }
     }
     if !args.output_json {
-        println!("no new calls; waiting up to {} s for calls in progress to end", DRAIN_GRACE.as_secs());
+        println!(
+            "no new calls; waiting up to {} s for calls in progress to end",
+            DRAIN_GRACE.as_secs()
+        );
     }
     let traffic_stats = traffic.finish(DRAIN_GRACE).await;
     let cdrs = wait_for_cdrs(&api, &traffic_stats).await;
     let (totals, per_node, per_province) = summarise_cdrs(&cdrs);
-    Ok(Summary { duration_s: started.elapsed().as_secs_f64(), totals, per_node, per_province, traffic: traffic_stats })
+    Ok(Summary {
+        duration_s: started.elapsed().as_secs_f64(),
+        totals,
+        per_node,
+        per_province,
+        traffic: traffic_stats,
+    })
 }
 
 /// CDRs are written when a call ends, through Raft: wait (bounded) until there is one per
@@ -220,7 +255,12 @@ async fn wait_for_cdrs(api: &ApiClient, stats: &TrafficStats) -> Vec<Value> {
 }
 
 /// One screen of live figures.
-async fn live_figures(api: &ApiClient, cluster: &ClusterInfo, stats: &TrafficStats, elapsed: Duration) -> anyhow::Result<String> {
+async fn live_figures(
+    api: &ApiClient,
+    cluster: &ClusterInfo,
+    stats: &TrafficStats,
+    elapsed: Duration,
+) -> anyhow::Result<String> {
     let cdrs = match api.get(0, "/api/v1/cdrs").await? {
         Value::Array(cdrs) => cdrs,
         _ => Vec::new(),
@@ -230,19 +270,43 @@ async fn live_figures(api: &ApiClient, cluster: &ClusterInfo, stats: &TrafficSta
     let mut agents_by_province: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut agents_by_node: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for (n, tenant) in cluster.tenants().iter().enumerate() {
-        if let Ok(Value::Array(queues)) = api.get(n, &format!("/api/v1/queues?tenant={}", tenant.id)).await {
-            let sum = queues.iter().filter_map(|q| q.get("waiting").and_then(Value::as_u64)).sum();
+        if let Ok(Value::Array(queues)) = api
+            .get(n, &format!("/api/v1/queues?tenant={}", tenant.id))
+            .await
+        {
+            let sum = queues
+                .iter()
+                .filter_map(|q| q.get("waiting").and_then(Value::as_u64))
+                .sum();
             waiting.insert(tenant.id.clone(), sum);
         }
-        if let Ok(Value::Array(agents)) = api.get(n, &format!("/api/v1/tenants/{}/agents", tenant.id)).await {
+        if let Ok(Value::Array(agents)) = api
+            .get(n, &format!("/api/v1/tenants/{}/agents", tenant.id))
+            .await
+        {
             for agent in &agents {
-                let state = agent.get("state").and_then(Value::as_str).unwrap_or("?").to_string();
+                let state = agent
+                    .get("state")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string();
                 if state == "signed_out" {
                     continue;
                 }
-                *agents_by_province.entry(tenant.id.clone()).or_default().entry(state.clone()).or_default() += 1;
-                let owner = agent.get("owner").map(|v| v.to_string()).unwrap_or_default();
-                *agents_by_node.entry(owner).or_default().entry(state).or_default() += 1;
+                *agents_by_province
+                    .entry(tenant.id.clone())
+                    .or_default()
+                    .entry(state.clone())
+                    .or_default() += 1;
+                let owner = agent
+                    .get("owner")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                *agents_by_node
+                    .entry(owner)
+                    .or_default()
+                    .entry(state)
+                    .or_default() += 1;
             }
         }
     }
@@ -257,7 +321,10 @@ async fn live_figures(api: &ApiClient, cluster: &ClusterInfo, stats: &TrafficSta
         totals.service_level * 100.0,
         totals.avg_wait_ms
     );
-    out.push_str(&format!("{:<10} {:>8} {:>8} {:>9} {:>8} {:>6}  agents\n", "node", "offered", "answered", "abandoned", "waiting", "SL"));
+    out.push_str(&format!(
+        "{:<10} {:>8} {:>8} {:>9} {:>8} {:>6}  agents\n",
+        "node", "offered", "answered", "abandoned", "waiting", "SL"
+    ));
     for node in &cluster.nodes {
         let key = node.id.to_string();
         let figures = per_node.get(&key).cloned().unwrap_or_default();
@@ -273,27 +340,42 @@ async fn live_figures(api: &ApiClient, cluster: &ClusterInfo, stats: &TrafficSta
             states(agents_by_node.get(&key))
         ));
     }
-    out.push_str(&format!("{:<10} {:>8} {:>8} {:>9} {:>8} {:>6}  agents\n", "province", "offered", "answered", "abandoned", "waiting", "SL"));
+    out.push_str(&format!(
+        "{:<10} {:>8} {:>8} {:>9} {:>8} {:>6}  agents\n",
+        "province", "offered", "answered", "abandoned", "waiting", "SL"
+    ));
     for tenant in cluster.tenants() {
         let figures = per_province.get(&tenant.id).cloned().unwrap_or_default();
-        let live = stats.per_province.get(&tenant.id).map_or(0, |c| c.in_progress);
+        let live = stats
+            .per_province
+            .get(&tenant.id)
+            .map_or(0, |c| c.in_progress);
         out.push_str(&format!(
             "{:<10} {:>8} {:>8} {:>9} {:>8} {:>5.0}%  {}\n",
             tenant.id,
             figures.offered + live,
             figures.answered,
             figures.abandoned,
-            waiting.get(&tenant.id).map_or("-".to_string(), u64::to_string),
+            waiting
+                .get(&tenant.id)
+                .map_or("-".to_string(), u64::to_string),
             figures.service_level * 100.0,
             states(agents_by_province.get(&tenant.id))
         ));
     }
-    out.push_str("(* node rows: calls in progress entered there; agents by the node hosting their actor)");
+    out.push_str(
+        "(* node rows: calls in progress entered there; agents by the node hosting their actor)",
+    );
     Ok(out)
 }
 
 fn states(counts: Option<&BTreeMap<String, u64>>) -> String {
-    counts.map_or_else(String::new, |m| m.iter().map(|(s, n)| format!("{s}={n}")).collect::<Vec<_>>().join(" "))
+    counts.map_or_else(String::new, |m| {
+        m.iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
 }
 
 fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
@@ -302,7 +384,10 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("\n== summary after {:.0} s", summary.duration_s);
-    println!("{:<10} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9}", "", "offered", "answered", "abandoned", "released", "SL", "avg wait");
+    println!(
+        "{:<10} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9}",
+        "", "offered", "answered", "abandoned", "released", "SL", "avg wait"
+    );
     let row = |name: &str, f: &Figures| {
         println!(
             "{:<10} {:>8} {:>8} {:>9} {:>8} {:>5.0}% {:>6} ms",
@@ -351,7 +436,15 @@ mod tests {
         )
         .expect("json");
         let (totals, per_node, per_province) = summarise_cdrs(&cdrs);
-        assert_eq!((totals.offered, totals.answered, totals.abandoned, totals.released), (4, 2, 1, 1));
+        assert_eq!(
+            (
+                totals.offered,
+                totals.answered,
+                totals.abandoned,
+                totals.released
+            ),
+            (4, 2, 1, 1)
+        );
         assert!((totals.service_level - 0.25).abs() < 1e-9);
         assert_eq!(totals.avg_wait_ms, 12_000);
         assert_eq!(per_node["1"].offered, 2);

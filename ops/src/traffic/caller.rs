@@ -44,9 +44,21 @@ pub struct CallPlan {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallerEvent {
-    Answered { call: String, setup_ms: u64 },
-    Ended { call: String, duration_ms: u64, rtp_in: u64, rtp_out: u64, by_me: bool },
-    Failed { call: String, status: u16 },
+    Answered {
+        call: String,
+        setup_ms: u64,
+    },
+    Ended {
+        call: String,
+        duration_ms: u64,
+        rtp_in: u64,
+        rtp_out: u64,
+        by_me: bool,
+    },
+    Failed {
+        call: String,
+        status: u16,
+    },
 }
 
 /// The dialled number: landing code then access code (issue 2, sample configuration).
@@ -60,15 +72,24 @@ pub fn build_invite(plan: &CallPlan, local: SocketAddr, rtp_port: u16) -> Reques
     let host = plan.node.ip().to_string();
     let uri = Uri::sip(Some(&dialled(plan)), &host, Some(plan.node.port()));
     let mut request = Request::new(Method::Invite, uri.clone());
-    request.headers.push("Via", format!("SIP/2.0/UDP {local};branch={};rport", new_branch(&mut rng)));
+    request.headers.push(
+        "Via",
+        format!("SIP/2.0/UDP {local};branch={};rport", new_branch(&mut rng)),
+    );
     request.headers.push("Max-Forwards", "70");
     let mut from = NameAddr::new(Uri::sip(Some(&plan.caller), &local.ip().to_string(), None));
     from.set_tag(&new_tag(&mut rng));
     request.headers.push("From", from.to_string());
     request.headers.push("To", NameAddr::new(uri).to_string());
-    request.headers.push("Call-ID", new_call_id(&mut rng, &local.ip().to_string()));
+    request
+        .headers
+        .push("Call-ID", new_call_id(&mut rng, &local.ip().to_string()));
     request.headers.push("CSeq", "1 INVITE");
-    let contact = Uri::sip(Some(&plan.caller), &local.ip().to_string(), Some(local.port()));
+    let contact = Uri::sip(
+        Some(&plan.caller),
+        &local.ip().to_string(),
+        Some(local.port()),
+    );
     request.headers.push("Contact", format!("<{contact}>"));
     request.headers.push("User-Agent", "callgrid-traffic");
     request.headers.push("Content-Type", "application/sdp");
@@ -78,7 +99,11 @@ pub fn build_invite(plan: &CallPlan, local: SocketAddr, rtp_port: u16) -> Reques
 
 /// Places one call and runs it to the end; returns its events in order (at most two).
 /// `stop` turning true shortens the stay: the caller hangs up at once.
-pub async fn run_call(plan: CallPlan, mut report: impl FnMut(CallerEvent), mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run_call(
+    plan: CallPlan,
+    mut report: impl FnMut(CallerEvent),
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let limit_at = started + plan.limit;
     let mut ua = Ua::bind(plan.bind_ip).await?;
@@ -92,48 +117,76 @@ pub async fn run_call(plan: CallPlan, mut report: impl FnMut(CallerEvent), mut s
     let setup_deadline = (started + SETUP_LIMIT).min(limit_at);
     let (mut dialog, answer) = loop {
         match ua.next_event(Some(setup_deadline)).await {
-            Some(UaEvent::Response { key, response }) if key == invite_key => match response.status {
+            Some(UaEvent::Response { key, response }) if key == invite_key => match response.status
+            {
                 100..=199 => {}
                 200..=299 => match Dialog::uac_from_response(&invite, &response) {
                     Ok(dialog) => break (dialog, response),
                     Err(_) => {
-                        report(CallerEvent::Failed { call: call_id, status: 502 });
+                        report(CallerEvent::Failed {
+                            call: call_id,
+                            status: 502,
+                        });
                         return Ok(());
                     }
                 },
                 status => {
                     // The transaction layer ACKs a non-2xx final response (RFC 3261 17.1.1.3).
-                    report(CallerEvent::Failed { call: call_id, status });
+                    report(CallerEvent::Failed {
+                        call: call_id,
+                        status,
+                    });
                     return Ok(());
                 }
             },
             Some(UaEvent::Failed { key }) if key == invite_key => {
-                report(CallerEvent::Failed { call: call_id, status: 408 });
+                report(CallerEvent::Failed {
+                    call: call_id,
+                    status: 408,
+                });
                 return Ok(());
             }
             Some(UaEvent::Request { key, request, .. }) => {
-                ua.respond(&key, Response::for_request(&request, 481, "Call/Transaction Does Not Exist"));
+                ua.respond(
+                    &key,
+                    Response::for_request(&request, 481, "Call/Transaction Does Not Exist"),
+                );
             }
             Some(_) => {}
             None => {
-                report(CallerEvent::Failed { call: call_id, status: 408 });
+                report(CallerEvent::Failed {
+                    call: call_id,
+                    status: 408,
+                });
                 return Ok(());
             }
         }
     };
     let answered_at = Instant::now();
-    report(CallerEvent::Answered { call: call_id.clone(), setup_ms: ms(answered_at - started) });
+    report(CallerEvent::Answered {
+        call: call_id.clone(),
+        setup_ms: ms(answered_at - started),
+    });
     let contact = ua.contact(&plan.caller);
     let via = ua.via_host_port();
     let Some(dest) = target_addr(&dialog.remote_target) else {
-        report(CallerEvent::Failed { call: call_id, status: 502 });
+        report(CallerEvent::Failed {
+            call: call_id,
+            status: 502,
+        });
         return Ok(());
     };
     // RFC 3261 13.2.2.4: the ACK for a 2xx is ours to send (and to resend on each retransmitted 2xx).
-    let ack = dialog.ack_for_2xx(invite_cseq, &contact, &via, &new_branch(&mut rand::thread_rng()));
+    let ack = dialog.ack_for_2xx(
+        invite_cseq,
+        &contact,
+        &via,
+        &new_branch(&mut rand::thread_rng()),
+    );
     let ack_bytes = ack.to_bytes();
     ua.transmit(dest, ack_bytes.clone()).await;
-    let media = negotiate(&answer.body).map(|negotiated| RtpLeg::start(rtp_socket, negotiated, 440.0));
+    let media =
+        negotiate(&answer.body).map(|negotiated| RtpLeg::start(rtp_socket, negotiated, 440.0));
 
     let mut digit_at = plan.digit.map(|d| (d, answered_at + plan.digit_delay));
     let hangup_at = (answered_at + plan.stay).min(limit_at);
@@ -152,7 +205,9 @@ pub async fn run_call(plan: CallPlan, mut report: impl FnMut(CallerEvent), mut s
             _ = stop.changed() => continue,
         };
         match event {
-            Some(UaEvent::Request { key, request, .. }) if request.call_id() == Some(call_id.as_str()) => {
+            Some(UaEvent::Request { key, request, .. })
+                if request.call_id() == Some(call_id.as_str()) =>
+            {
                 if request.method == Method::Bye {
                     ua.respond(&key, Response::for_request(&request, 200, "OK"));
                     by_me = false;
@@ -161,10 +216,15 @@ pub async fn run_call(plan: CallPlan, mut report: impl FnMut(CallerEvent), mut s
                 ua.respond(&key, Response::for_request(&request, 200, "OK"));
             }
             Some(UaEvent::Request { key, request, .. }) => {
-                ua.respond(&key, Response::for_request(&request, 481, "Call/Transaction Does Not Exist"));
+                ua.respond(
+                    &key,
+                    Response::for_request(&request, 481, "Call/Transaction Does Not Exist"),
+                );
             }
             Some(UaEvent::Stray { response }) | Some(UaEvent::Response { response, .. })
-                if response.status >= 200 && response.status < 300 && response.call_id() == Some(call_id.as_str()) =>
+                if response.status >= 200
+                    && response.status < 300
+                    && response.call_id() == Some(call_id.as_str()) =>
             {
                 ua.transmit(dest, ack_bytes.clone()).await;
             }
@@ -187,16 +247,27 @@ pub async fn run_call(plan: CallPlan, mut report: impl FnMut(CallerEvent), mut s
     }
     if by_me {
         // RFC 3261 15.1.1: end the dialog; wait (bounded) for the final response.
-        let bye = dialog.new_request(Method::Bye, &contact, &via, &new_branch(&mut rand::thread_rng()));
+        let bye = dialog.new_request(
+            Method::Bye,
+            &contact,
+            &via,
+            &new_branch(&mut rand::thread_rng()),
+        );
         let bye_key = ua.send_request(bye, dest);
         let wait_until = Instant::now() + BYE_WAIT;
         while let Some(event) = ua.next_event(Some(wait_until)).await {
             match event {
-                UaEvent::Response { key, response } if key == bye_key && response.status >= 200 => break,
+                UaEvent::Response { key, response } if key == bye_key && response.status >= 200 => {
+                    break
+                }
                 UaEvent::Failed { key } if key == bye_key => break,
                 UaEvent::Request { key, request, .. } => {
                     // The node's BYE crossed ours: answer it, the call is over either way.
-                    let status = if request.method == Method::Bye { 200 } else { 481 };
+                    let status = if request.method == Method::Bye {
+                        200
+                    } else {
+                        481
+                    };
                     ua.respond(&key, Response::for_request(&request, status, "OK"));
                 }
                 _ => {}
@@ -204,7 +275,13 @@ pub async fn run_call(plan: CallPlan, mut report: impl FnMut(CallerEvent), mut s
         }
     }
     let (rtp_in, rtp_out) = media.map_or((0, 0), RtpLeg::stop);
-    report(CallerEvent::Ended { call: call_id, duration_ms: ms(answered_at.elapsed()), rtp_in, rtp_out, by_me });
+    report(CallerEvent::Ended {
+        call: call_id,
+        duration_ms: ms(answered_at.elapsed()),
+        rtp_in,
+        rtp_out,
+        by_me,
+    });
     Ok(())
 }
 
@@ -234,8 +311,14 @@ mod tests {
     fn invite_dials_landing_then_access_code_with_an_offer() {
         let invite = build_invite(&plan(), "127.0.0.1:40000".parse().expect("addr"), 42_000);
         assert_eq!(invite.uri.to_string(), "sip:075595598@127.0.0.11:5060");
-        assert!(invite.from().and_then(|f| f.tag().map(str::to_string)).is_some());
-        assert!(invite.to().and_then(|t| t.tag().map(str::to_string)).is_none());
+        assert!(invite
+            .from()
+            .and_then(|f| f.tag().map(str::to_string))
+            .is_some());
+        assert!(invite
+            .to()
+            .and_then(|t| t.tag().map(str::to_string))
+            .is_none());
         assert_eq!(invite.cseq(), Some((1, Method::Invite)));
         assert_eq!(invite.contact().map(|c| c.uri.port), Some(Some(40_000)));
         let offer = negotiate(&invite.body).expect("negotiable offer");

@@ -19,32 +19,50 @@ async fn fake_registrar(socket: UdpSocket) -> std::net::SocketAddr {
     let mut buf = vec![0u8; 8192];
     loop {
         let (n, source) = socket.recv_from(&mut buf).await.expect("recv");
-        let Ok(Message::Request(request)) = sip::parse_message(&buf[..n]) else { continue };
+        let Ok(Message::Request(request)) = sip::parse_message(&buf[..n]) else {
+            continue;
+        };
         let response = match request.headers.get("Authorization") {
             None => {
                 let mut r = Response::for_request(&request, 401, "Unauthorized");
                 r.headers.push("WWW-Authenticate", "Digest realm=\"gd.callgrid.local\", nonce=\"n1\", algorithm=SHA-256, qop=\"auth\"");
-                r.headers.push("WWW-Authenticate", "Digest realm=\"gd.callgrid.local\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"");
+                r.headers.push(
+                    "WWW-Authenticate",
+                    "Digest realm=\"gd.callgrid.local\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"",
+                );
                 r
             }
             Some(value) => {
                 let credentials = sip::digest::Credentials::parse(value).expect("credentials");
                 assert_eq!(credentials.algorithm, sip::digest::Algorithm::Sha256);
-                let ha1 = sip::digest::ha1(credentials.algorithm, "1001", "gd.callgrid.local", "secret-1");
+                let ha1 = sip::digest::ha1(
+                    credentials.algorithm,
+                    "1001",
+                    "gd.callgrid.local",
+                    "secret-1",
+                );
                 assert!(credentials.verify("REGISTER", &ha1), "digest verifies");
                 let mut r = Response::for_request(&request, 200, "OK");
                 let contact = request.contact().expect("contact");
-                r.headers.push("Contact", format!("<{}>;expires=300", contact.uri));
+                r.headers
+                    .push("Contact", format!("<{}>;expires=300", contact.uri));
                 socket.send_to(&r.to_bytes(), source).await.expect("send");
                 return super::ua::target_addr(&contact.uri).expect("ip contact");
             }
         };
-        socket.send_to(&response.to_bytes(), source).await.expect("send");
+        socket
+            .send_to(&response.to_bytes(), source)
+            .await
+            .expect("send");
     }
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<phone::PhoneReport>) -> PhoneEvent {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("phone event in time").expect("open").event
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("phone event in time")
+        .expect("open")
+        .event
 }
 
 #[tokio::test]
@@ -64,7 +82,9 @@ async fn phone_registers_answers_and_talks_with_a_caller() {
         talk_time: Duration::from_secs(30)..Duration::from_secs(31),
     };
     let _phone = phone::spawn(config, phone_tx, stop_rx.clone());
-    let phone_addr = tokio::time::timeout(Duration::from_secs(5), fake_registrar(registrar)).await.expect("registered in time");
+    let phone_addr = tokio::time::timeout(Duration::from_secs(5), fake_registrar(registrar))
+        .await
+        .expect("registered in time");
     assert_eq!(next(&mut phone_rx).await, PhoneEvent::Registered);
 
     let plan = CallPlan {
@@ -79,22 +99,46 @@ async fn phone_registers_answers_and_talks_with_a_caller() {
         limit: Duration::from_secs(20),
     };
     let mut events = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), run_call(plan, |e| events.push(e), stop_rx))
-        .await
-        .expect("call ends in time")
-        .expect("call placed");
-    assert!(matches!(events.first(), Some(CallerEvent::Answered { .. })), "{events:?}");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        run_call(plan, |e| events.push(e), stop_rx),
+    )
+    .await
+    .expect("call ends in time")
+    .expect("call placed");
+    assert!(
+        matches!(events.first(), Some(CallerEvent::Answered { .. })),
+        "{events:?}"
+    );
     match events.get(1) {
-        Some(CallerEvent::Ended { rtp_in, rtp_out, by_me, .. }) => {
+        Some(CallerEvent::Ended {
+            rtp_in,
+            rtp_out,
+            by_me,
+            ..
+        }) => {
             assert!(*by_me);
-            assert!(*rtp_in > 20 && *rtp_out > 20, "rtp in {rtp_in} out {rtp_out}");
+            assert!(
+                *rtp_in > 20 && *rtp_out > 20,
+                "rtp in {rtp_in} out {rtp_out}"
+            );
         }
         other => panic!("expected Ended, got {other:?}"),
     }
-    assert!(matches!(next(&mut phone_rx).await, PhoneEvent::Ringing { .. }));
-    assert!(matches!(next(&mut phone_rx).await, PhoneEvent::Answered { .. }));
+    assert!(matches!(
+        next(&mut phone_rx).await,
+        PhoneEvent::Ringing { .. }
+    ));
+    assert!(matches!(
+        next(&mut phone_rx).await,
+        PhoneEvent::Answered { .. }
+    ));
     match next(&mut phone_rx).await {
-        PhoneEvent::Ended { hung_up_by_me, rtp_in, .. } => {
+        PhoneEvent::Ended {
+            hung_up_by_me,
+            rtp_in,
+            ..
+        } => {
             assert!(!hung_up_by_me);
             assert!(rtp_in > 20, "phone received {rtp_in}");
         }

@@ -52,7 +52,11 @@ pub fn negotiate(body: &[u8]) -> Option<Negotiated> {
     let text = std::str::from_utf8(body).ok()?;
     let remote = media::sdp::parse_sdp(text).ok()?;
     let (codec, dtmf_payload_type) = media::sdp::negotiate(&remote, &[Codec::Pcma, Codec::Pcmu])?;
-    Some(Negotiated { remote: SocketAddr::new(remote.addr, remote.port), codec, dtmf_payload_type })
+    Some(Negotiated {
+        remote: SocketAddr::new(remote.addr, remote.port),
+        codec,
+        dtmf_payload_type,
+    })
 }
 
 #[derive(Debug, Default)]
@@ -77,8 +81,18 @@ impl RtpLeg {
     pub fn start(socket: UdpSocket, negotiated: Negotiated, tone_hz: f32) -> RtpLeg {
         let counters = Arc::new(RtpCounters::default());
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_leg(socket, negotiated, tone_hz, Arc::clone(&counters), rx));
-        RtpLeg { counters, commands, task }
+        let task = tokio::spawn(run_leg(
+            socket,
+            negotiated,
+            tone_hz,
+            Arc::clone(&counters),
+            rx,
+        ));
+        RtpLeg {
+            counters,
+            commands,
+            task,
+        }
     }
 
     /// Sends one RFC 4733 key press (ignored if no telephone-event was negotiated).
@@ -88,7 +102,10 @@ impl RtpLeg {
 
     /// (received, sent) so far.
     pub fn counts(&self) -> (u64, u64) {
-        (self.counters.received.load(Ordering::Relaxed), self.counters.sent.load(Ordering::Relaxed))
+        (
+            self.counters.received.load(Ordering::Relaxed),
+            self.counters.sent.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops the leg and returns (received, sent).
@@ -107,7 +124,10 @@ impl Drop for RtpLeg {
 /// One second of tone, pre-encoded into 20 ms payloads.
 fn tone_payloads(codec: Codec, tone_hz: f32) -> Vec<Bytes> {
     let prompt = Prompt::tone("synthetic", &[tone_hz], 1000, 0, 1000);
-    prompt.frames().map(|frame| Bytes::from(g711::encode(codec, &frame))).collect()
+    prompt
+        .frames()
+        .map(|frame| Bytes::from(g711::encode(codec, &frame)))
+        .collect()
 }
 
 async fn run_leg(
@@ -123,7 +143,8 @@ async fn run_leg(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut frame = 0usize;
     // DTMF packets waiting to go, each with the tick count at which it is due.
-    let mut dtmf_queue: std::collections::VecDeque<(tokio::time::Instant, RtpPacket)> = Default::default();
+    let mut dtmf_queue: std::collections::VecDeque<(tokio::time::Instant, RtpPacket)> =
+        Default::default();
     let mut buf = vec![0u8; 2048];
     loop {
         tokio::select! {
@@ -184,7 +205,9 @@ fn dtmf_schedule(
         let at = if i < starts {
             start + DTMF_START_INTERVAL * i as u32
         } else {
-            start + Duration::from_millis(u64::from(duration_ms)) + PACKET_INTERVAL * (i - starts) as u32
+            start
+                + Duration::from_millis(u64::from(duration_ms))
+                + PACKET_INTERVAL * (i - starts) as u32
         };
         out.push((at, packet));
     }
@@ -213,7 +236,10 @@ mod tests {
         let packets = dtmf.packets('1', &mut sender).expect("a key");
         let start = tokio::time::Instant::now();
         let schedule = dtmf_schedule(start, dtmf.duration_ms, packets);
-        let offsets: Vec<u128> = schedule.iter().map(|(at, _)| (*at - start).as_millis()).collect();
+        let offsets: Vec<u128> = schedule
+            .iter()
+            .map(|(at, _)| (*at - start).as_millis())
+            .collect();
         assert_eq!(offsets, vec![0, 50, 100, 120, 140]);
         assert!(schedule.iter().all(|(_, p)| p.payload_type == 101));
     }

@@ -83,7 +83,8 @@ pub struct SampleAgent {
 impl ClusterInfo {
     pub fn load(dir: &Path) -> anyhow::Result<ClusterInfo> {
         let path = dir.join("cluster.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -105,7 +106,9 @@ impl SampleTenant {
     }
 
     pub fn access_code(&self) -> String {
-        self.access_code.clone().unwrap_or_else(|| model::sample::ACCESS_CODE.to_string())
+        self.access_code
+            .clone()
+            .unwrap_or_else(|| model::sample::ACCESS_CODE.to_string())
     }
 }
 
@@ -181,8 +184,15 @@ impl TrafficStats {
 }
 
 enum Report {
-    Started { node: u64, province: String },
-    Caller { node: u64, province: String, event: CallerEvent },
+    Started {
+        node: u64,
+        province: String,
+    },
+    Caller {
+        node: u64,
+        province: String,
+        event: CallerEvent,
+    },
     Phone(PhoneReport),
 }
 
@@ -200,8 +210,14 @@ impl Traffic {
     /// Registers the phones, signs the agents in and ready, and starts placing calls.
     pub async fn start(cluster: &ClusterInfo, config: TrafficConfig) -> anyhow::Result<Traffic> {
         anyhow::ensure!(!cluster.nodes.is_empty(), "cluster.json lists no nodes");
-        anyhow::ensure!(!cluster.tenants().is_empty(), "cluster.json has no sample tenants (start the cluster with --sample)");
-        anyhow::ensure!(config.rate_cps > 0.0 && config.rate_cps.is_finite(), "the call rate must be positive");
+        anyhow::ensure!(
+            !cluster.tenants().is_empty(),
+            "cluster.json has no sample tenants (start the cluster with --sample)"
+        );
+        anyhow::ensure!(
+            config.rate_cps > 0.0 && config.rate_cps.is_finite(),
+            "the call rate must be positive"
+        );
         let (report_tx, report_rx) = mpsc::unbounded_channel::<Report>();
         let (stats_tx, stats_rx) = watch::channel(TrafficStats::default());
         let (stop_phones, phones_stop_rx) = watch::channel(false);
@@ -226,24 +242,45 @@ impl Traffic {
                     ring_time: config.agent_ring,
                     talk_time: config.agent_talk.clone(),
                 };
-                phones.push(phone::spawn(phone_config, phone_tx.clone(), phones_stop_rx.clone()));
+                phones.push(phone::spawn(
+                    phone_config,
+                    phone_tx.clone(),
+                    phones_stop_rx.clone(),
+                ));
                 agents.push((tenant.id.clone(), agent.clone()));
             }
         }
         drop(phone_tx);
         let expected = agents.len();
         let registered = wait_registered(&mut phone_rx, expected, Duration::from_secs(20)).await;
-        let mut stats = TrafficStats { phones_registered: registered.0, phone_register_failures: registered.1, ..Default::default() };
+        let mut stats = TrafficStats {
+            phones_registered: registered.0,
+            phone_register_failures: registered.1,
+            ..Default::default()
+        };
         if registered.0 < expected as u64 {
-            tracing::warn!(registered = registered.0, expected, "not every phone registered");
+            tracing::warn!(
+                registered = registered.0,
+                expected,
+                "not every phone registered"
+            );
         }
-        stats.per_node = cluster.nodes.iter().map(|n| (n.id, SideCounters::default())).collect();
-        stats.per_province = cluster.tenants().iter().map(|t| (t.id.clone(), SideCounters::default())).collect();
+        stats.per_node = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, SideCounters::default()))
+            .collect();
+        stats.per_province = cluster
+            .tenants()
+            .iter()
+            .map(|t| (t.id.clone(), SideCounters::default()))
+            .collect();
         let _ = stats_tx.send(stats.clone());
 
         let api = ApiClient::new(cluster)?;
         for (n, (tenant, agent)) in agents.iter().enumerate() {
-            api.sign_in_ready(n, tenant, &agent.agent, &agent.extension).await?;
+            api.sign_in_ready(n, tenant, &agent.agent, &agent.extension)
+                .await?;
         }
 
         // Forward phone reports into the collector.
@@ -256,8 +293,21 @@ impl Traffic {
             }
         });
         let collector = tokio::spawn(collect(report_rx, stats, stats_tx));
-        let generator = tokio::spawn(generate(cluster.clone(), config, report_tx, generating_stop_rx, phones_stop_rx));
-        Ok(Traffic { stats: stats_rx, stop_generating, stop_phones, generator, phones, collector })
+        let generator = tokio::spawn(generate(
+            cluster.clone(),
+            config,
+            report_tx,
+            generating_stop_rx,
+            phones_stop_rx,
+        ));
+        Ok(Traffic {
+            stats: stats_rx,
+            stop_generating,
+            stop_phones,
+            generator,
+            phones,
+            collector,
+        })
     }
 
     /// The latest counters.
@@ -307,7 +357,11 @@ impl Traffic {
     }
 }
 
-async fn wait_registered(rx: &mut mpsc::UnboundedReceiver<PhoneReport>, expected: usize, limit: Duration) -> (u64, u64) {
+async fn wait_registered(
+    rx: &mut mpsc::UnboundedReceiver<PhoneReport>,
+    expected: usize,
+    limit: Duration,
+) -> (u64, u64) {
     let deadline = tokio::time::Instant::now() + limit;
     let mut registered = std::collections::BTreeSet::new();
     let mut failures = 0u64;
@@ -329,7 +383,11 @@ async fn wait_registered(rx: &mut mpsc::UnboundedReceiver<PhoneReport>, expected
     (registered.len() as u64, failures)
 }
 
-async fn collect(mut rx: mpsc::UnboundedReceiver<Report>, mut stats: TrafficStats, tx: watch::Sender<TrafficStats>) {
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<Report>,
+    mut stats: TrafficStats,
+    tx: watch::Sender<TrafficStats>,
+) {
     while let Some(report) = rx.recv().await {
         apply(&mut stats, report);
         let _ = tx.send(stats.clone());
@@ -339,19 +397,29 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Report>, mut stats: TrafficStat
 fn apply(stats: &mut TrafficStats, report: Report) {
     match report {
         Report::Started { node, province } => {
-            for side in [stats.per_node.entry(node).or_default(), stats.per_province.entry(province).or_default()] {
+            for side in [
+                stats.per_node.entry(node).or_default(),
+                stats.per_province.entry(province).or_default(),
+            ] {
                 side.started += 1;
                 side.in_progress += 1;
             }
         }
-        Report::Caller { node, province, event } => {
+        Report::Caller {
+            node,
+            province,
+            event,
+        } => {
             if let CallerEvent::Ended { rtp_in, .. } = &event {
                 stats.caller_rtp_in += rtp_in;
             }
             if let CallerEvent::Failed { status, .. } = &event {
                 *stats.failures_by_status.entry(*status).or_default() += 1;
             }
-            for side in [stats.per_node.entry(node).or_default(), stats.per_province.entry(province.clone()).or_default()] {
+            for side in [
+                stats.per_node.entry(node).or_default(),
+                stats.per_province.entry(province.clone()).or_default(),
+            ] {
                 match &event {
                     CallerEvent::Answered { .. } => side.answered += 1,
                     CallerEvent::Ended { .. } => {
@@ -367,7 +435,11 @@ fn apply(stats: &mut TrafficStats, report: Report) {
         }
         Report::Phone(report) => match report.event {
             PhoneEvent::Answered { .. } => stats.agent_answers += 1,
-            PhoneEvent::Ended { rtp_in, hung_up_by_me, .. } => {
+            PhoneEvent::Ended {
+                rtp_in,
+                hung_up_by_me,
+                ..
+            } => {
                 stats.agent_rtp_in += rtp_in;
                 if hung_up_by_me {
                     stats.agent_hangups += 1;
@@ -418,7 +490,10 @@ async fn generate(
             _ = wait_stop.changed() => return,
         }
         let node = &cluster.nodes[n % cluster.nodes.len()];
-        let (province, codes, access) = provinces.choose(&mut rng).expect("provinces is not empty").clone();
+        let (province, codes, access) = provinces
+            .choose(&mut rng)
+            .expect("provinces is not empty")
+            .clone();
         let landing = codes.choose(&mut rng).expect("codes is not empty").clone();
         let stay = phone::random_in(&config.caller_stay);
         let plan = CallPlan {
@@ -433,7 +508,10 @@ async fn generate(
             limit: config.call_limit,
         };
         let node_id = node.id;
-        let _ = reports.send(Report::Started { node: node_id, province: province.clone() });
+        let _ = reports.send(Report::Started {
+            node: node_id,
+            province: province.clone(),
+        });
         let tx = reports.clone();
         let call_stop = cut_short.clone();
         tokio::spawn(async move {
@@ -442,15 +520,26 @@ async fn generate(
             let result = caller::run_call(
                 plan,
                 move |event| {
-                    let _ = report_tx.send(Report::Caller { node: node_for_report, province: province_for_report.clone(), event });
+                    let _ = report_tx.send(Report::Caller {
+                        node: node_for_report,
+                        province: province_for_report.clone(),
+                        event,
+                    });
                 },
                 call_stop,
             )
             .await;
             if let Err(error) = result {
                 tracing::warn!(%error, "synthetic call could not be placed");
-                let event = CallerEvent::Failed { call: String::new(), status: 0 };
-                let _ = tx.send(Report::Caller { node: node_id, province, event });
+                let event = CallerEvent::Failed {
+                    call: String::new(),
+                    status: 0,
+                };
+                let _ = tx.send(Report::Caller {
+                    node: node_id,
+                    province,
+                    event,
+                });
             }
         });
     }
@@ -465,9 +554,19 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(cluster: &ClusterInfo) -> anyhow::Result<ApiClient> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let bases = cluster.nodes.iter().map(|n| n.api.trim_end_matches('/').to_string()).collect();
-        Ok(ApiClient { http, token: cluster.token.clone(), bases })
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let bases = cluster
+            .nodes
+            .iter()
+            .map(|n| n.api.trim_end_matches('/').to_string())
+            .collect();
+        Ok(ApiClient {
+            http,
+            token: cluster.token.clone(),
+            bases,
+        })
     }
 
     fn base(&self, n: usize) -> &str {
@@ -480,7 +579,14 @@ impl ApiClient {
         let mut last = None;
         for attempt in 0..6 {
             let url = format!("{}{path}", self.base(n + attempt));
-            match self.http.post(&url).bearer_auth(&self.token).json(&body).send().await {
+            match self
+                .http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .json(&body)
+                .send()
+                .await
+            {
                 Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(response) => {
                     let status = response.status();
@@ -500,7 +606,9 @@ impl ApiClient {
         for attempt in 0..self.bases.len() {
             let url = format!("{}{path}", self.base(n + attempt));
             match self.http.get(&url).bearer_auth(&self.token).send().await {
-                Ok(response) if response.status().is_success() => return Ok(response.json().await?),
+                Ok(response) if response.status().is_success() => {
+                    return Ok(response.json().await?)
+                }
                 Ok(response) => last = Some(anyhow::anyhow!("GET {url}: {}", response.status())),
                 Err(error) => last = Some(anyhow::anyhow!("GET {url}: {error}")),
             }
@@ -508,11 +616,21 @@ impl ApiClient {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("GET {path}: no node")))
     }
 
-    pub async fn sign_in_ready(&self, n: usize, tenant: &str, agent: &str, extension: &str) -> anyhow::Result<()> {
+    pub async fn sign_in_ready(
+        &self,
+        n: usize,
+        tenant: &str,
+        agent: &str,
+        extension: &str,
+    ) -> anyhow::Result<()> {
         let base = format!("/api/v1/tenants/{tenant}/agents/{agent}");
-        self.post(n, &format!("{base}/sign-in"), serde_json::json!({ "extension": extension }))
-            .await
-            .with_context(|| format!("signing in agent {agent} of {tenant}"))?;
+        self.post(
+            n,
+            &format!("{base}/sign-in"),
+            serde_json::json!({ "extension": extension }),
+        )
+        .await
+        .with_context(|| format!("signing in agent {agent} of {tenant}"))?;
         self.post(n, &format!("{base}/ready"), serde_json::json!({}))
             .await
             .with_context(|| format!("making agent {agent} of {tenant} ready"))
@@ -530,18 +648,50 @@ mod tests {
         let info: ClusterInfo = serde_json::from_str(text).expect("parses");
         assert_eq!(info.nodes[0].sip, "127.0.0.11:5060".parse().expect("addr"));
         let gd = &info.tenants()[0];
-        assert_eq!(gd.landing_codes(), vec!["020".to_string(), "0755".to_string()]);
+        assert_eq!(
+            gd.landing_codes(),
+            vec!["020".to_string(), "0755".to_string()]
+        );
         assert_eq!(gd.access_code(), "95598");
     }
 
     #[test]
     fn counters_follow_a_call() {
         let mut stats = TrafficStats::default();
-        apply(&mut stats, Report::Started { node: 1, province: "gd".into() });
+        apply(
+            &mut stats,
+            Report::Started {
+                node: 1,
+                province: "gd".into(),
+            },
+        );
         assert_eq!(stats.in_progress(), 1);
-        apply(&mut stats, Report::Caller { node: 1, province: "gd".into(), event: CallerEvent::Answered { call: "c".into(), setup_ms: 5 } });
-        let ended = CallerEvent::Ended { call: "c".into(), duration_ms: 10, rtp_in: 7, rtp_out: 8, by_me: true };
-        apply(&mut stats, Report::Caller { node: 1, province: "gd".into(), event: ended });
+        apply(
+            &mut stats,
+            Report::Caller {
+                node: 1,
+                province: "gd".into(),
+                event: CallerEvent::Answered {
+                    call: "c".into(),
+                    setup_ms: 5,
+                },
+            },
+        );
+        let ended = CallerEvent::Ended {
+            call: "c".into(),
+            duration_ms: 10,
+            rtp_in: 7,
+            rtp_out: 8,
+            by_me: true,
+        };
+        apply(
+            &mut stats,
+            Report::Caller {
+                node: 1,
+                province: "gd".into(),
+                event: ended,
+            },
+        );
         assert_eq!(stats.in_progress(), 0);
         assert_eq!(stats.per_province["gd"].answered, 1);
         assert_eq!(stats.caller_rtp_in, 7);

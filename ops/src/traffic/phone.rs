@@ -48,10 +48,22 @@ pub struct PhoneConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PhoneEvent {
     Registered,
-    RegisterFailed { status: u16 },
-    Ringing { call: String },
-    Answered { call: String },
-    Ended { call: String, talk_ms: u64, rtp_in: u64, rtp_out: u64, hung_up_by_me: bool },
+    RegisterFailed {
+        status: u16,
+    },
+    Ringing {
+        call: String,
+    },
+    Answered {
+        call: String,
+    },
+    Ended {
+        call: String,
+        talk_ms: u64,
+        rtp_in: u64,
+        rtp_out: u64,
+        hung_up_by_me: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +128,13 @@ impl Phone {
             refresh_at: Instant::now(),
             challenged_once: false,
         };
-        Phone { config, ua, reports, registration, call: None }
+        Phone {
+            config,
+            ua,
+            reports,
+            registration,
+            call: None,
+        }
     }
 
     fn report(&self, event: PhoneEvent) {
@@ -153,7 +171,9 @@ impl Phone {
             let timers = [
                 call.answer_at,
                 call.hangup_at,
-                call.retransmit.as_ref().and_then(Retransmit2xx::poll_timeout),
+                call.retransmit
+                    .as_ref()
+                    .and_then(Retransmit2xx::poll_timeout),
                 call.bye.as_ref().map(|(_, at)| *at),
             ];
             for at in timers.into_iter().flatten() {
@@ -181,17 +201,30 @@ impl Phone {
         let registrar_uri = Uri::sip(None, &self.config.domain, None);
         let aor = Uri::sip(Some(&self.config.extension), &self.config.domain, None);
         let mut request = Request::new(Method::Register, registrar_uri.clone());
-        let via = format!("SIP/2.0/UDP {};branch={};rport", self.ua.via_host_port(), new_branch(&mut rng));
+        let via = format!(
+            "SIP/2.0/UDP {};branch={};rport",
+            self.ua.via_host_port(),
+            new_branch(&mut rng)
+        );
         request.headers.push("Via", via);
         request.headers.push("Max-Forwards", "70");
         let mut from = NameAddr::new(aor.clone());
         from.set_tag(&self.registration.from_tag);
         request.headers.push("From", from.to_string());
         request.headers.push("To", NameAddr::new(aor).to_string());
-        request.headers.push("Call-ID", self.registration.call_id.clone());
-        request.headers.push("CSeq", format!("{} REGISTER", self.registration.cseq));
-        request.headers.push("Contact", format!("<{}>", self.ua.contact(&self.config.extension)));
-        request.headers.push("Expires", REGISTER_EXPIRES_SECS.to_string());
+        request
+            .headers
+            .push("Call-ID", self.registration.call_id.clone());
+        request
+            .headers
+            .push("CSeq", format!("{} REGISTER", self.registration.cseq));
+        request.headers.push(
+            "Contact",
+            format!("<{}>", self.ua.contact(&self.config.extension)),
+        );
+        request
+            .headers
+            .push("Expires", REGISTER_EXPIRES_SECS.to_string());
         request.headers.push("User-Agent", "callgrid-traffic");
         if let Some((challenge, nc)) = authorization {
             let cnonce = new_tag(&mut rng);
@@ -217,7 +250,8 @@ impl Phone {
                 self.registration.challenged_once = false;
                 // Refresh well before expiry (RFC 3261 10.2.4 leaves the margin to the UA).
                 let expires = granted_expires(response).unwrap_or(REGISTER_EXPIRES_SECS);
-                let refresh = Duration::from_secs(u64::from(expires) * 3 / 4).max(Duration::from_secs(10));
+                let refresh =
+                    Duration::from_secs(u64::from(expires) * 3 / 4).max(Duration::from_secs(10));
                 self.registration.refresh_at = Instant::now() + refresh;
                 self.report(PhoneEvent::Registered);
             }
@@ -246,7 +280,11 @@ impl Phone {
             UaEvent::Response { key, response } => {
                 if self.registration.key.as_ref() == Some(&key) {
                     self.on_register_response(&response);
-                } else if self.call.as_ref().and_then(|c| c.bye.as_ref()).is_some_and(|(k, _)| *k == key)
+                } else if self
+                    .call
+                    .as_ref()
+                    .and_then(|c| c.bye.as_ref())
+                    .is_some_and(|(k, _)| *k == key)
                     && response.status >= 200
                 {
                     self.end_call(true);
@@ -255,26 +293,48 @@ impl Phone {
             UaEvent::Failed { key } => {
                 if self.registration.key.as_ref() == Some(&key) {
                     self.register_failed(408);
-                } else if self.call.as_ref().and_then(|c| c.bye.as_ref()).is_some_and(|(k, _)| *k == key) {
+                } else if self
+                    .call
+                    .as_ref()
+                    .and_then(|c| c.bye.as_ref())
+                    .is_some_and(|(k, _)| *k == key)
+                {
                     self.end_call(true);
                 }
             }
-            UaEvent::Request { key, request, source } => self.on_request(key, request, source).await,
+            UaEvent::Request {
+                key,
+                request,
+                source,
+            } => self.on_request(key, request, source).await,
             UaEvent::Ack { request } => {
-                if let Some(call) = self.call.as_mut().filter(|c| Some(c.dialog.call_id.as_str()) == request.call_id()) {
+                if let Some(call) = self
+                    .call
+                    .as_mut()
+                    .filter(|c| Some(c.dialog.call_id.as_str()) == request.call_id())
+                {
                     if let Some(retransmit) = call.retransmit.as_mut() {
                         retransmit.handle_ack();
                     }
                 }
             }
-            UaEvent::Cancelled { invite_key, cancel_key, request } => {
+            UaEvent::Cancelled {
+                invite_key,
+                cancel_key,
+                request,
+            } => {
                 // RFC 3261 9.2: 200 to the CANCEL, 487 to the INVITE if unanswered.
-                self.ua.respond(&cancel_key, Response::for_request(&request, 200, "OK"));
-                let matches = self.call.as_ref().is_some_and(|c| c.invite_key == invite_key && c.answered_at.is_none());
+                self.ua
+                    .respond(&cancel_key, Response::for_request(&request, 200, "OK"));
+                let matches = self
+                    .call
+                    .as_ref()
+                    .is_some_and(|c| c.invite_key == invite_key && c.answered_at.is_none());
                 if matches {
                     if let Some(call) = self.call.take() {
-                        let response = Response::for_request(&call.invite, 487, "Request Terminated")
-                            .with_to_tag(&call.dialog.local_tag);
+                        let response =
+                            Response::for_request(&call.invite, 487, "Request Terminated")
+                                .with_to_tag(&call.dialog.local_tag);
                         self.ua.respond(&call.invite_key, response);
                         self.report(PhoneEvent::Ended {
                             call: call.dialog.call_id.clone(),
@@ -291,7 +351,10 @@ impl Phone {
     }
 
     async fn on_request(&mut self, key: TransactionKey, request: Request, source: SocketAddr) {
-        let in_call = self.call.as_ref().is_some_and(|c| Some(c.dialog.call_id.as_str()) == request.call_id());
+        let in_call = self
+            .call
+            .as_ref()
+            .is_some_and(|c| Some(c.dialog.call_id.as_str()) == request.call_id());
         match request.method {
             Method::Invite if !in_call => self.on_invite(key, request, source).await,
             Method::Invite => {
@@ -300,18 +363,28 @@ impl Phone {
                 self.ua.respond(&key, response);
             }
             Method::Bye if in_call => {
-                self.ua.respond(&key, Response::for_request(&request, 200, "OK"));
+                self.ua
+                    .respond(&key, Response::for_request(&request, 200, "OK"));
                 self.end_call(false);
             }
-            Method::Options => self.ua.respond(&key, Response::for_request(&request, 200, "OK")),
-            _ => self.ua.respond(&key, Response::for_request(&request, 481, "Call/Transaction Does Not Exist")),
+            Method::Options => self
+                .ua
+                .respond(&key, Response::for_request(&request, 200, "OK")),
+            _ => self.ua.respond(
+                &key,
+                Response::for_request(&request, 481, "Call/Transaction Does Not Exist"),
+            ),
         }
     }
 
     /// A new call: 180 now, 200 after the ring time (RFC 3261 13.3.1).
     async fn on_invite(&mut self, key: TransactionKey, request: Request, source: SocketAddr) {
         if self.call.is_some() {
-            self.ua.respond(&key, Response::for_request(&request, 486, "Busy Here").with_to_tag(&new_tag(&mut rand::thread_rng())));
+            self.ua.respond(
+                &key,
+                Response::for_request(&request, 486, "Busy Here")
+                    .with_to_tag(&new_tag(&mut rand::thread_rng())),
+            );
             return;
         }
         let local_tag = new_tag(&mut rand::thread_rng());
@@ -320,7 +393,8 @@ impl Phone {
             Ok(dialog) => dialog,
             Err(error) => {
                 tracing::warn!(%error, "unusable INVITE to a synthetic phone");
-                self.ua.respond(&key, Response::for_request(&request, 400, "Bad Request"));
+                self.ua
+                    .respond(&key, Response::for_request(&request, 400, "Bad Request"));
                 return;
             }
         };
@@ -328,14 +402,19 @@ impl Phone {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::warn!(%error, "no RTP port for a synthetic phone");
-                self.ua.respond(&key, Response::for_request(&request, 503, "Service Unavailable"));
+                self.ua.respond(
+                    &key,
+                    Response::for_request(&request, 503, "Service Unavailable"),
+                );
                 return;
             }
         };
         let mut ringing = Response::for_request(&request, 180, "Ringing").with_to_tag(&local_tag);
         ringing.headers.set("Contact", format!("<{contact}>"));
         self.ua.respond(&key, ringing);
-        self.report(PhoneEvent::Ringing { call: dialog.call_id.clone() });
+        self.report(PhoneEvent::Ringing {
+            call: dialog.call_id.clone(),
+        });
         self.call = Some(Call {
             invite_key: key,
             invite: request,
@@ -357,7 +436,13 @@ impl Phone {
         let port = call
             .and_then(|c| c.rtp_socket.as_ref().and_then(|s| s.local_addr().ok()))
             .map_or(0, |a| a.port());
-        answer_with_sdp(request, &tag, &self.ua.contact(&self.config.extension), self.config.bind_ip, port)
+        answer_with_sdp(
+            request,
+            &tag,
+            &self.ua.contact(&self.config.extension),
+            self.config.bind_ip,
+            port,
+        )
     }
 
     async fn on_timers(&mut self) {
@@ -365,7 +450,9 @@ impl Phone {
         if self.registration.refresh_at <= now {
             self.send_register(None);
         }
-        let Some(call) = self.call.as_mut() else { return };
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
         if call.answer_at.is_some_and(|at| at <= now) {
             call.answer_at = None;
             self.answer().await;
@@ -377,7 +464,9 @@ impl Phone {
             let mut ack_timeout = false;
             while let Some(output) = retransmit.poll_output() {
                 match output {
-                    Retransmit2xxOutput::Transmit { dest, bytes, .. } => transmits.push((dest, bytes)),
+                    Retransmit2xxOutput::Transmit { dest, bytes, .. } => {
+                        transmits.push((dest, bytes))
+                    }
                     Retransmit2xxOutput::AckTimeout => ack_timeout = true,
                 }
             }
@@ -393,7 +482,9 @@ impl Phone {
                 return;
             }
         }
-        let Some(call) = self.call.as_mut() else { return };
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
         if call.hangup_at.is_some_and(|at| at <= now) {
             call.hangup_at = None;
             self.send_bye();
@@ -404,16 +495,26 @@ impl Phone {
 
     /// 200 OK with our SDP, start the tone, and draw the talk time.
     async fn answer(&mut self) {
-        let Some(call) = self.call.as_ref() else { return };
+        let Some(call) = self.call.as_ref() else {
+            return;
+        };
         let response = self.answer_response(&call.invite);
         let bytes = response.to_bytes();
         let invite_key = call.invite_key.clone();
         let remote_sdp = negotiate(&call.invite.body);
         self.ua.respond(&invite_key, response);
         let talk = random_in(&self.config.talk_time);
-        let Some(call) = self.call.as_mut() else { return };
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
         // Retransmit the 2xx to where the INVITE came from until the ACK (RFC 3261 13.3.1.4).
-        call.retransmit = Some(Retransmit2xx::new(Instant::now(), call.source, Transport::Udp, bytes, Default::default()));
+        call.retransmit = Some(Retransmit2xx::new(
+            Instant::now(),
+            call.source,
+            Transport::Udp,
+            bytes,
+            Default::default(),
+        ));
         let now = Instant::now();
         call.answered_at = Some(now);
         call.hangup_at = Some(now + talk);
@@ -428,7 +529,9 @@ impl Phone {
     fn send_bye(&mut self) {
         let contact = self.ua.contact(&self.config.extension);
         let via = self.ua.via_host_port();
-        let Some(call) = self.call.as_mut() else { return };
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
         if call.bye.is_some() {
             return;
         }
@@ -437,7 +540,9 @@ impl Phone {
             return;
         };
         let branch = new_branch(&mut rand::thread_rng());
-        let bye = call.dialog.new_request(Method::Bye, &contact, &via, &branch);
+        let bye = call
+            .dialog
+            .new_request(Method::Bye, &contact, &via, &branch);
         let key = self.ua.send_request(bye, dest);
         if let Some(call) = self.call.as_mut() {
             call.bye = Some((key, Instant::now() + BYE_WAIT));
@@ -446,9 +551,17 @@ impl Phone {
 
     fn end_call(&mut self, hung_up_by_me: bool) {
         let Some(call) = self.call.take() else { return };
-        let talk_ms = call.answered_at.map_or(0, |at| at.elapsed().as_millis() as u64);
+        let talk_ms = call
+            .answered_at
+            .map_or(0, |at| at.elapsed().as_millis() as u64);
         let (rtp_in, rtp_out) = call.media.map_or((0, 0), RtpLeg::stop);
-        self.report(PhoneEvent::Ended { call: call.dialog.call_id, talk_ms, rtp_in, rtp_out, hung_up_by_me });
+        self.report(PhoneEvent::Ended {
+            call: call.dialog.call_id,
+            talk_ms,
+            rtp_in,
+            rtp_out,
+            hung_up_by_me,
+        });
     }
 
     /// On shutdown: end a call in progress and wait (bounded) for the BYE's answer.
@@ -468,7 +581,13 @@ impl Phone {
 }
 
 /// 200 OK to an INVITE with our tag, Contact and an SDP answer (PCMA/PCMU + 101).
-pub fn answer_with_sdp(request: &Request, local_tag: &str, contact: &Uri, ip: IpAddr, rtp_port: u16) -> Response {
+pub fn answer_with_sdp(
+    request: &Request,
+    local_tag: &str,
+    contact: &Uri,
+    ip: IpAddr,
+    rtp_port: u16,
+) -> Response {
     let mut response = Response::for_request(request, 200, "OK").with_to_tag(local_tag);
     response.headers.set("Contact", format!("<{contact}>"));
     response.headers.set("Content-Type", "application/sdp");
@@ -478,8 +597,17 @@ pub fn answer_with_sdp(request: &Request, local_tag: &str, contact: &Uri, ip: Ip
 
 /// The strongest challenge we can answer: SHA-256 before MD5 (RFC 8760 2.4).
 pub fn pick_challenge(response: &Response) -> Option<Challenge> {
-    let name = if response.status == 407 { "Proxy-Authenticate" } else { "WWW-Authenticate" };
-    let mut challenges: Vec<Challenge> = response.headers.get_all(name).into_iter().filter_map(Challenge::parse).collect();
+    let name = if response.status == 407 {
+        "Proxy-Authenticate"
+    } else {
+        "WWW-Authenticate"
+    };
+    let mut challenges: Vec<Challenge> = response
+        .headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(Challenge::parse)
+        .collect();
     challenges.sort_by_key(|c| match c.algorithm {
         Algorithm::Sha256 => 0,
         _ => 1,
@@ -493,10 +621,14 @@ fn is_stale(response: &Response) -> bool {
 
 /// The lifetime the registrar granted: the Contact's expires, else the Expires header.
 fn granted_expires(response: &Response) -> Option<u32> {
-    let from_contact = response
-        .contact()
-        .and_then(|c| c.param("expires").flatten().and_then(|v| v.trim().parse::<u32>().ok()));
-    from_contact.or_else(|| response.expires()).filter(|e| *e > 0)
+    let from_contact = response.contact().and_then(|c| {
+        c.param("expires")
+            .flatten()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    });
+    from_contact
+        .or_else(|| response.expires())
+        .filter(|e| *e > 0)
 }
 
 /// A uniformly random duration in `range` (the start if the range is empty).
@@ -512,22 +644,41 @@ mod tests {
     use super::*;
 
     fn invite() -> Request {
-        let mut request = Request::new(Method::Invite, Uri::parse("sip:1001@127.0.0.1:5070").expect("uri"));
-        request.headers.push("Via", "SIP/2.0/UDP 127.0.0.11:5060;branch=z9hG4bKabc");
+        let mut request = Request::new(
+            Method::Invite,
+            Uri::parse("sip:1001@127.0.0.1:5070").expect("uri"),
+        );
+        request
+            .headers
+            .push("Via", "SIP/2.0/UDP 127.0.0.11:5060;branch=z9hG4bKabc");
         request.headers.push("From", "<sip:node@127.0.0.11>;tag=n1");
         request.headers.push("To", "<sip:1001@gd.callgrid.local>");
         request.headers.push("Call-ID", "c1@node");
         request.headers.push("CSeq", "1 INVITE");
-        request.headers.push("Contact", "<sip:node@127.0.0.11:5060>");
+        request
+            .headers
+            .push("Contact", "<sip:node@127.0.0.11:5060>");
         request
     }
 
     #[test]
     fn answer_carries_tag_contact_and_sdp() {
         let contact = Uri::sip(Some("1001"), "127.0.0.1", Some(5070));
-        let response = answer_with_sdp(&invite(), "t9", &contact, "127.0.0.1".parse().expect("ip"), 41_000);
+        let response = answer_with_sdp(
+            &invite(),
+            "t9",
+            &contact,
+            "127.0.0.1".parse().expect("ip"),
+            41_000,
+        );
         assert_eq!(response.status, 200);
-        assert_eq!(response.to().and_then(|t| t.tag().map(str::to_string)).as_deref(), Some("t9"));
+        assert_eq!(
+            response
+                .to()
+                .and_then(|t| t.tag().map(str::to_string))
+                .as_deref(),
+            Some("t9")
+        );
         assert_eq!(response.contact().map(|c| c.uri), Some(contact));
         let negotiated = negotiate(&response.body).expect("our SDP is negotiable");
         assert_eq!(negotiated.remote.port(), 41_000);
@@ -537,8 +688,14 @@ mod tests {
     #[test]
     fn prefers_sha256_challenge() {
         let mut response = Response::new(401, "Unauthorized");
-        response.headers.push("WWW-Authenticate", "Digest realm=\"gd.callgrid.local\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"");
-        response.headers.push("WWW-Authenticate", "Digest realm=\"gd.callgrid.local\", nonce=\"n2\", algorithm=SHA-256, qop=\"auth\"");
+        response.headers.push(
+            "WWW-Authenticate",
+            "Digest realm=\"gd.callgrid.local\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"",
+        );
+        response.headers.push(
+            "WWW-Authenticate",
+            "Digest realm=\"gd.callgrid.local\", nonce=\"n2\", algorithm=SHA-256, qop=\"auth\"",
+        );
         let challenge = pick_challenge(&response).expect("a challenge");
         assert_eq!(challenge.algorithm, Algorithm::Sha256);
         assert_eq!(challenge.nonce, "n2");
@@ -547,7 +704,9 @@ mod tests {
     #[test]
     fn granted_expires_reads_contact_then_header() {
         let mut response = Response::new(200, "OK");
-        response.headers.push("Contact", "<sip:1001@127.0.0.1:5070>;expires=120");
+        response
+            .headers
+            .push("Contact", "<sip:1001@127.0.0.1:5070>;expires=120");
         assert_eq!(granted_expires(&response), Some(120));
         let mut response = Response::new(200, "OK");
         response.headers.push("Expires", "90");

@@ -18,14 +18,31 @@ use sip::uri::Uri;
 /// What the transaction layer reports to the user agent's logic.
 #[derive(Debug)]
 pub enum UaEvent {
-    Request { key: TransactionKey, request: Request, source: SocketAddr },
-    Ack { request: Request },
-    Response { key: TransactionKey, response: Response },
+    Request {
+        key: TransactionKey,
+        request: Request,
+        source: SocketAddr,
+    },
+    Ack {
+        request: Request,
+    },
+    Response {
+        key: TransactionKey,
+        response: Response,
+    },
     /// A response no transaction matched: typically a retransmitted 2xx to re-ACK.
-    Stray { response: Response },
-    Cancelled { invite_key: TransactionKey, cancel_key: TransactionKey, request: Request },
+    Stray {
+        response: Response,
+    },
+    Cancelled {
+        invite_key: TransactionKey,
+        cancel_key: TransactionKey,
+        request: Request,
+    },
     /// The client transaction `key` timed out or could not be sent.
-    Failed { key: TransactionKey },
+    Failed {
+        key: TransactionKey,
+    },
 }
 
 pub struct Ua {
@@ -41,7 +58,13 @@ impl Ua {
     pub async fn bind(ip: IpAddr) -> std::io::Result<Ua> {
         let (transport, inbound) = SipTransport::bind(SocketAddr::new(ip, 0)).await?;
         let local = transport.local_addr();
-        Ok(Ua { transport, inbound, layer: TransactionLayer::new(), pending: VecDeque::new(), local })
+        Ok(Ua {
+            transport,
+            inbound,
+            layer: TransactionLayer::new(),
+            pending: VecDeque::new(),
+            local,
+        })
     }
 
     /// `host:port` for Via headers.
@@ -51,11 +74,16 @@ impl Ua {
 
     /// Our Contact URI for `user`.
     pub fn contact(&self, user: &str) -> Uri {
-        Uri::sip(Some(user), &self.local.ip().to_string(), Some(self.local.port()))
+        Uri::sip(
+            Some(user),
+            &self.local.ip().to_string(),
+            Some(self.local.port()),
+        )
     }
 
     pub fn send_request(&mut self, request: Request, dest: SocketAddr) -> TransactionKey {
-        self.layer.send_request(Instant::now(), request, dest, Transport::Udp)
+        self.layer
+            .send_request(Instant::now(), request, dest, Transport::Udp)
     }
 
     pub fn respond(&mut self, key: &TransactionKey, response: Response) {
@@ -107,21 +135,41 @@ impl Ua {
     async fn drain(&mut self) {
         while let Some(output) = self.layer.poll_output() {
             let event = match output {
-                TransactionOutput::Transmit { dest, transport, bytes } => {
+                TransactionOutput::Transmit {
+                    dest,
+                    transport,
+                    bytes,
+                } => {
                     if let Err(error) = self.transport.send(dest, transport, bytes).await {
                         tracing::debug!(%dest, %error, "SIP send failed");
                     }
                     continue;
                 }
-                TransactionOutput::IncomingRequest { key, request, source, .. } => {
-                    UaEvent::Request { key, request, source }
-                }
+                TransactionOutput::IncomingRequest {
+                    key,
+                    request,
+                    source,
+                    ..
+                } => UaEvent::Request {
+                    key,
+                    request,
+                    source,
+                },
                 TransactionOutput::IncomingAck { request, .. } => UaEvent::Ack { request },
-                TransactionOutput::IncomingResponse { key, response } => UaEvent::Response { key, response },
-                TransactionOutput::StrayResponse { response, .. } => UaEvent::Stray { response },
-                TransactionOutput::Cancelled { invite_key, cancel_key, request, .. } => {
-                    UaEvent::Cancelled { invite_key, cancel_key, request }
+                TransactionOutput::IncomingResponse { key, response } => {
+                    UaEvent::Response { key, response }
                 }
+                TransactionOutput::StrayResponse { response, .. } => UaEvent::Stray { response },
+                TransactionOutput::Cancelled {
+                    invite_key,
+                    cancel_key,
+                    request,
+                    ..
+                } => UaEvent::Cancelled {
+                    invite_key,
+                    cancel_key,
+                    request,
+                },
                 TransactionOutput::Timeout { key } | TransactionOutput::TransportError { key } => {
                     UaEvent::Failed { key }
                 }
