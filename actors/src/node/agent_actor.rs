@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use model::{AgentId, AgentSession, TenantId};
 
@@ -205,8 +205,5 @@ fn drive(rt: &Arc<Runtime>, myself: &ActorRef<AgentMsg>, machine: &mut AgentMach
         // rare (reservation, ACW), so no need to cancel the previous one.
         let delay = at.saturating_sub(rt.now_ms());
         drop(myself.send_after(Duration::from_millis(delay), || AgentMsg::Tick));
-    }
-    if machine.status() == &model::AgentStatus::SignedOut && session.version == 0 {
-        warn!(agent = %session.agent, "agent actor with no session");
     }
 }
