@@ -6,18 +6,21 @@ use std::fmt;
 
 use crate::ModelError;
 
-macro_rules! name_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+/// Defines a validated string id: `$valid` decides which strings are ids, `$rule` says so in
+/// error messages.
+macro_rules! validated_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $valid:expr) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
-            /// Validates and wraps a name: 1-32 characters of `a-z 0-9 _ -`.
+            /// Validates and wraps the value.
             pub fn new(value: impl Into<String>) -> Result<Self, ModelError> {
                 let value = value.into();
-                if is_name(&value) {
+                let valid: fn(&str) -> bool = $valid;
+                if valid(&value) {
                     Ok(Self(value))
                 } else {
                     Err(ModelError::InvalidId { what: $what, value: crate::truncate(&value) })
@@ -52,49 +55,17 @@ macro_rules! name_id {
     };
 }
 
+/// A name: 1-32 characters of `a-z 0-9 _ -`.
+macro_rules! name_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        validated_id!($(#[$doc])* $name, $what, is_name);
+    };
+}
+
+/// A dial string: 1-20 digits.
 macro_rules! number_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            /// Validates and wraps a dial string: 1-20 digits.
-            pub fn new(value: impl Into<String>) -> Result<Self, ModelError> {
-                let value = value.into();
-                if is_digits(&value, 20) {
-                    Ok(Self(value))
-                } else {
-                    Err(ModelError::InvalidId { what: $what, value: crate::truncate(&value) })
-                }
-            }
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-        impl TryFrom<String> for $name {
-            type Error = ModelError;
-            fn try_from(value: String) -> Result<Self, ModelError> {
-                Self::new(value)
-            }
-        }
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl std::str::FromStr for $name {
-            type Err = ModelError;
-            fn from_str(s: &str) -> Result<Self, ModelError> {
-                Self::new(s)
-            }
-        }
+        validated_id!($(#[$doc])* $name, $what, |v| is_digits(v, 20));
     };
 }
 

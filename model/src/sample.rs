@@ -12,6 +12,36 @@ use crate::flow::{Flow, FlowNode};
 use crate::ids::*;
 use crate::state::Command;
 
+/// `DIR/cluster.json`, written by `callgrid cluster up` and read by tests, drills, benches and
+/// the demo (an interface other tools rely on: keep it stable, extend freely).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub token: String,
+    pub nodes: Vec<ClusterNode>,
+    #[serde(default)]
+    pub sample: Option<SampleInfo>,
+}
+
+/// One node of `cluster.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub id: u64,
+    pub site: String,
+    pub sip: String,
+    pub api: String,
+    #[serde(default)]
+    pub raft: String,
+    #[serde(default)]
+    pub mesh: String,
+}
+
+impl ClusterFile {
+    /// The tenants of the sample, if the cluster was started with one.
+    pub fn tenants(&self) -> &[SampleTenant] {
+        self.sample.as_ref().map_or(&[], |s| s.tenants.as_slice())
+    }
+}
+
 /// Provinces, their landing codes.
 pub const PROVINCES: [(&str, &str, &[&str]); 5] = [
     ("gd", "Guangdong", &["020", "0755"]),

@@ -110,24 +110,40 @@ impl CustomerLeg {
     }
 
     pub fn bye(&mut self, rt: &Runtime) {
-        if std::mem::replace(&mut self.closed, true) {
-            return;
-        }
-        let Some(dialog) = self.dialog.as_mut() else {
-            return;
-        };
-        let branch = sip::message::new_branch(&mut rand::thread_rng());
-        let bye = dialog.new_request(
-            Method::Bye,
-            &contact_uri(rt),
-            &rt.config.sip_addr.to_string(),
-            &branch,
-        );
         // Requests go where the INVITE came from: the carrier's signalling address
         // (symmetric signalling, robust behind NAT and the same as the remote target here).
-        rt.endpoint()
-            .send_request(bye, self.source, self.transport, None);
+        send_bye(
+            rt,
+            &mut self.dialog,
+            &mut self.closed,
+            self.source,
+            self.transport,
+        );
     }
+}
+
+/// Sends BYE in a dialog once; later calls do nothing.
+fn send_bye(
+    rt: &Runtime,
+    dialog: &mut Option<Dialog>,
+    closed: &mut bool,
+    dest: SocketAddr,
+    transport: Transport,
+) {
+    if std::mem::replace(closed, true) {
+        return;
+    }
+    let Some(dialog) = dialog.as_mut() else {
+        return;
+    };
+    let branch = sip::message::new_branch(&mut rand::thread_rng());
+    let bye = dialog.new_request(
+        Method::Bye,
+        &contact_uri(rt),
+        &rt.config.sip_addr.to_string(),
+        &branch,
+    );
+    rt.endpoint().send_request(bye, dest, transport, None);
 }
 
 /// The agent side: our INVITE to the agent's registered phone.
@@ -230,21 +246,13 @@ impl AgentLeg {
     }
 
     pub fn bye(&mut self, rt: &Runtime) {
-        if std::mem::replace(&mut self.closed, true) {
-            return;
-        }
-        let Some(dialog) = self.dialog.as_mut() else {
-            return;
-        };
-        let branch = sip::message::new_branch(&mut rand::thread_rng());
-        let bye = dialog.new_request(
-            Method::Bye,
-            &contact_uri(rt),
-            &rt.config.sip_addr.to_string(),
-            &branch,
+        send_bye(
+            rt,
+            &mut self.dialog,
+            &mut self.closed,
+            self.dest,
+            self.transport,
         );
-        rt.endpoint()
-            .send_request(bye, self.dest, self.transport, None);
     }
 
     /// Withdraws the INVITE: CANCEL while it is pending (RFC 3261 9.1), BYE once answered.

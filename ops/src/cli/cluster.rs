@@ -60,24 +60,7 @@ pub struct DirArgs {
     pub output: OutputFormat,
 }
 
-/// DIR/cluster.json (issue 2, "Interfaces other tools rely on").
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterFile {
-    pub token: String,
-    pub nodes: Vec<ClusterNode>,
-    #[serde(default)]
-    pub sample: Option<model::sample::SampleInfo>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterNode {
-    pub id: u64,
-    pub site: String,
-    pub sip: String,
-    pub api: String,
-    pub raft: String,
-    pub mesh: String,
-}
+pub use model::sample::{ClusterFile, ClusterNode};
 
 /// DIR/pids.json.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -182,7 +182,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 async fn drive(args: &DemoArgs, dir: &Path) -> anyhow::Result<Summary> {
-    let cluster = ClusterInfo::load(dir)?;
+    let cluster = crate::traffic::load_cluster(dir)?;
     let api = ApiClient::new(&cluster)?;
     let config = TrafficConfig {
         rate_cps: args.rate,

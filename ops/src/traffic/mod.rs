@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use caller::{CallPlan, CallerEvent};
@@ -38,77 +37,25 @@ pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Menu keys the callers press: 1 outage, 2 billing, 9 complaint, 0 general.
 pub const MENU_KEYS: [char; 4] = ['1', '2', '9', '0'];
 
-/// `DIR/cluster.json` as written by `callgrid cluster up` (issue 2 interfaces).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClusterInfo {
-    pub token: String,
-    pub nodes: Vec<NodeInfo>,
-    #[serde(default)]
-    pub sample: Option<SampleInfo>,
+pub use model::sample::{ClusterFile as ClusterInfo, ClusterNode};
+
+/// A node's SIP address from `cluster.json`.
+pub fn sip_addr(node: &ClusterNode) -> anyhow::Result<SocketAddr> {
+    node.sip.parse().with_context(|| {
+        format!(
+            "node {} has a bad SIP address {:?} in cluster.json",
+            node.id, node.sip
+        )
+    })
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct NodeInfo {
-    pub id: u64,
-    #[serde(default)]
-    pub site: String,
-    pub sip: SocketAddr,
-    pub api: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SampleInfo {
-    pub tenants: Vec<SampleTenant>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SampleTenant {
-    pub id: String,
-    pub domain: String,
-    /// Published by newer `cluster up`; the sample's codes are the fallback.
-    #[serde(default)]
-    pub landing_codes: Vec<String>,
-    #[serde(default)]
-    pub access_code: Option<String>,
-    pub agents: Vec<SampleAgent>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SampleAgent {
-    pub agent: String,
-    pub extension: String,
-    pub password: String,
-}
-
-impl ClusterInfo {
-    pub fn load(dir: &Path) -> anyhow::Result<ClusterInfo> {
+/// Reads `DIR/cluster.json`.
+pub fn load_cluster(dir: &Path) -> anyhow::Result<ClusterInfo> {
+    {
         let path = dir.join("cluster.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    pub fn tenants(&self) -> &[SampleTenant] {
-        self.sample.as_ref().map_or(&[], |s| s.tenants.as_slice())
-    }
-}
-
-impl SampleTenant {
-    pub fn landing_codes(&self) -> Vec<String> {
-        if !self.landing_codes.is_empty() {
-            return self.landing_codes.clone();
-        }
-        model::sample::PROVINCES
-            .iter()
-            .find(|(id, _, _)| *id == self.id)
-            .map(|(_, _, codes)| codes.iter().map(|c| c.to_string()).collect())
-            .unwrap_or_default()
-    }
-
-    pub fn access_code(&self) -> String {
-        self.access_code
-            .clone()
-            .unwrap_or_else(|| model::sample::ACCESS_CODE.to_string())
     }
 }
 
@@ -237,7 +184,7 @@ impl Traffic {
                     domain: tenant.domain.clone(),
                     extension: agent.extension.clone(),
                     password: agent.password.clone(),
-                    registrar: node.sip,
+                    registrar: sip_addr(node)?,
                     bind_ip: LOOPBACK,
                     ring_time: config.agent_ring,
                     talk_time: config.agent_talk.clone(),
@@ -469,7 +416,7 @@ async fn generate(
     let provinces: Vec<(String, Vec<String>, String)> = cluster
         .tenants()
         .iter()
-        .map(|t| (t.id.clone(), t.landing_codes(), t.access_code()))
+        .map(|t| (t.id.clone(), t.landing_codes.clone(), t.access_code.clone()))
         .filter(|(_, codes, _)| !codes.is_empty())
         .collect();
     if provinces.is_empty() {
@@ -497,7 +444,10 @@ async fn generate(
         let landing = codes.choose(&mut rng).expect("codes is not empty").clone();
         let stay = phone::random_in(&config.caller_stay);
         let plan = CallPlan {
-            node: node.sip,
+            node: match sip_addr(node) {
+                Ok(addr) => addr,
+                Err(_) => continue,
+            },
             bind_ip: LOOPBACK,
             caller: format!("139{:08}", rng.gen_range(0..100_000_000u32)),
             landing_code: landing,
@@ -649,10 +599,10 @@ mod tests {
         assert_eq!(info.nodes[0].sip, "127.0.0.11:5060".parse().expect("addr"));
         let gd = &info.tenants()[0];
         assert_eq!(
-            gd.landing_codes(),
+            gd.landing_codes.clone(),
             vec!["020".to_string(), "0755".to_string()]
         );
-        assert_eq!(gd.access_code(), "95598");
+        assert_eq!(gd.access_code.clone(), "95598");
     }
 
     #[test]
