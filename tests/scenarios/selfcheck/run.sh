@@ -11,9 +11,9 @@ common="-i 127.0.0.1 -m 1 -timeout 30s -timeout_error -nostdin -trace_err -trace
 
 # carrier_ivr, caller hangs up (digit 2 -> DTMF event 2 must reach the RTP sink)
 (cd $W && sipp -sf $C/uas_node_answer.xml -p 47060 -mp 47100 -key rtp_sink 47200 $common >/dev/null 2>&1; echo $? > uas1.rc) &
-python3 $C/rtp_sink.py 47200 12 > $W/sink1.txt &
+python3 $C/rtp_sink.py 47200 18 > $W/sink1.txt &
 sleep 0.5
-(cd $W && sipp -sf $S/carrier_ivr.xml -p 47061 -mp 47110 -s 075595598 -key caller_prefix 1380013800 -set digit 2 -set talk_ms 1500 $common 127.0.0.1:47060 >/dev/null 2>&1); ok $? "carrier_ivr.xml (caller BYE)"
+(cd $W && sipp -sf $S/carrier_ivr.xml -p 47061 -mp 47110 -s 075595598 -key caller_prefix 1380013800 -set digit 2 -set talk_ms 9000 $common 127.0.0.1:47060 >/dev/null 2>&1); ok $? "carrier_ivr.xml (caller BYE)"
 wait; ok "$(cat $W/uas1.rc)" "selfcheck/uas_node_answer.xml"; cat $W/sink1.txt
 grep -q "dtmf events \[2\]" $W/sink1.txt; ok $? "carrier_ivr.xml sent DTMF 2 and audio"
 
@@ -42,13 +42,13 @@ sleep 0.5
 (cd $W && sipp -sf $S/agent_register.xml -p 47071 -inf $W/agent.csv -au 1001 -ap secret $common 127.0.0.1:47070 >/dev/null 2>&1); ok $? "agent_register.xml"
 wait; ok "$(cat $W/reg.rc)" "selfcheck/registrar.xml (digest verified)"
 (cd $W && sipp -sf $S/agent_phone.xml -p 47071 -mp 47180 $common >/dev/null 2>&1; echo $? > ph.rc) &
-python3 $C/rtp_sink.py 47208 6 > $W/sink5.txt &
+python3 $C/rtp_sink.py 47208 11 > $W/sink5.txt &
 sleep 0.5
 (cd $W && sipp -sf $C/uac_node_call.xml -p 47072 -mp 47190 -key rtp_sink 47208 $common 127.0.0.1:47071 >/dev/null 2>&1); ok $? "selfcheck/uac_node_call.xml"
 wait; ok "$(cat $W/ph.rc)" "agent_phone.xml"; cat $W/sink5.txt
 
 # agent_phone_hangup
-(cd $W && sipp -sf $S/agent_phone_hangup.xml -p 47073 -mp 47210 -set talk_ms 1500 $common >/dev/null 2>&1; echo $? > ph2.rc) &
+(cd $W && sipp -sf $S/agent_phone_hangup.xml -p 47073 -mp 47210 -set talk_ms 8000 $common >/dev/null 2>&1; echo $? > ph2.rc) &
 sleep 0.5
 (cd $W && sipp -sf $C/uac_node_call_wait_bye.xml -p 47074 -mp 47220 -key rtp_sink 47209 $common 127.0.0.1:47073 >/dev/null 2>&1); ok $? "selfcheck/uac_node_call_wait_bye.xml"
 wait; ok "$(cat $W/ph2.rc)" "agent_phone_hangup.xml"
