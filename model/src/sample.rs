@@ -66,7 +66,10 @@ pub struct SampleInfo {
 pub struct SampleTenant {
     pub id: String,
     pub domain: String,
+    /// Extensions of issue 2's minimal format; `cluster up` always writes them.
+    #[serde(default)]
     pub landing_codes: Vec<String>,
+    #[serde(default)]
     pub access_code: String,
     pub agents: Vec<SampleAgent>,
 }

@@ -598,11 +598,20 @@ mod tests {
         let info: ClusterInfo = serde_json::from_str(text).expect("parses");
         assert_eq!(info.nodes[0].sip, "127.0.0.11:5060");
         let gd = &info.tenants()[0];
+        assert!(
+            gd.landing_codes.is_empty(),
+            "the minimal format of issue 2 still parses"
+        );
+        let full = text.replace(
+            r#""agents":"#,
+            r#""landing_codes":["020","0755"],"access_code":"95598","agents":"#,
+        );
+        let info: ClusterInfo = serde_json::from_str(&full).expect("parses");
         assert_eq!(
-            gd.landing_codes.clone(),
+            info.tenants()[0].landing_codes,
             vec!["020".to_string(), "0755".to_string()]
         );
-        assert_eq!(gd.access_code.clone(), "95598");
+        assert_eq!(info.tenants()[0].access_code, "95598");
     }
 
     #[test]
