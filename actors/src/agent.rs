@@ -267,14 +267,19 @@ impl AgentMachine {
                     self.announce(true);
                 }
             }
+            // While only reserved, the agent may be rung for another call than the one it was
+            // reserved for: the reserving queue hands a held agent to its best waiting call.
+            // Only that queue holds the agent (one reservation at a time), so this cannot
+            // double-book it (I1). Failure notices stay strict (a stale one must not free an
+            // agent held for a newer call); a re-bound reservation that fails expires instead.
             AgentInput::Ringing { call } => {
-                if self.status == (AgentStatus::Reserved { call: call.clone() }) {
+                if matches!(self.status, AgentStatus::Reserved { .. }) {
                     self.set_status(now_ms, AgentStatus::Ringing { call });
                 }
             }
             AgentInput::Answered { call } => {
-                if matches!(&self.status, AgentStatus::Ringing { call: c } | AgentStatus::Reserved { call: c } if *c == call)
-                {
+                let rung = matches!(&self.status, AgentStatus::Ringing { call: c } if *c == call);
+                if rung || matches!(self.status, AgentStatus::Reserved { .. }) {
                     self.calls_answered += 1;
                     self.set_status(now_ms, AgentStatus::Talking { call });
                 }

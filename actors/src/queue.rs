@@ -270,13 +270,30 @@ impl QueueMachine {
                     }
                 } else {
                     let entry = self.agents.remove(&agent).expect("checked above");
-                    let waiting = self.positions.get(&call).and_then(|p| self.waiting.get(p));
+                    let waiting = self.positions.get(&call).copied();
                     match (accepted, extension, waiting) {
-                        (true, Some(extension), Some(w)) => {
-                            // The agent is held for this call: it leaves our idle pool until it
-                            // announces itself available again.
+                        (true, Some(extension), Some(reserved_for)) => {
+                            // The agent is held for us: it goes to the best call waiting *now*.
+                            // That is usually the call we reserved it for, but if an earlier
+                            // call lost its agent to another queue meanwhile, the earlier call
+                            // takes this one (I4: no overtaking within a queue).
+                            let target = self
+                                .waiting
+                                .iter()
+                                .find(|(p, w)| {
+                                    **p == reserved_for
+                                        || (w.offered_to.is_none() && **p < reserved_for)
+                                })
+                                .map(|(p, _)| *p)
+                                .unwrap_or(reserved_for);
+                            if target != reserved_for {
+                                self.release_call(&call);
+                            }
+                            let w = self.waiting.get_mut(&target).expect("target is waiting");
+                            w.offered_to = Some(agent.clone());
+                            // The agent leaves our idle pool until it announces itself again.
                             self.outputs.push_back(QueueOutput::Offer {
-                                call: call.clone(),
+                                call: w.call.clone(),
                                 call_node: w.call_node,
                                 agent,
                                 agent_node: entry.node,

@@ -166,8 +166,15 @@ impl DualChannelRecorder {
     }
 
     /// Writes what is buffered (padding the shorter channel) and closes the file.
-    pub fn finish(mut self) -> Result<RecordingInfo, MediaError> {
-        let end = self.filled(0).max(self.filled(1));
+    pub fn finish(self) -> Result<RecordingInfo, MediaError> {
+        self.finish_at(0)
+    }
+
+    /// Like `finish`, but the file lasts at least `length_samples`: the recording covers the
+    /// whole bridged time even if a phone stopped sending RTP before hanging up (silence is
+    /// what the other side heard then).
+    pub fn finish_at(mut self, length_samples: u64) -> Result<RecordingInfo, MediaError> {
+        let end = self.filled(0).max(self.filled(1)).max(length_samples);
         self.write_until(end)?;
         let path = self.path.clone();
         let samples = self.written;

@@ -202,9 +202,18 @@ impl MeshClient {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, NodeError> {
-        let actor = self
-            .remote(node)
-            .ok_or_else(|| NodeError::Timeout(format!("node {node} (not connected)")))?;
+        // A peer that just (re)started may not be connected yet: wait for the mesh, within
+        // the same deadline, rather than failing an operator's request at once.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let actor = loop {
+            if let Some(actor) = self.remote(node) {
+                break actor;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Timeout(format!("node {node} (not connected)")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let bytes = serde_json::to_vec(request).expect("requests serialise");
         let answer = ractor::call_t!(actor, MeshMsg::Ask, timeout.as_millis() as u64, bytes)
             .map_err(|e| NodeError::Timeout(format!("node {node}: {e}")))?;

@@ -528,6 +528,17 @@ impl Node {
         &self.runtime
     }
 
+    /// The voting peers this node's actor mesh cannot reach right now. Empty means every
+    /// cross-node actor message has a route (what `cluster up` waits for).
+    pub fn mesh_missing(&self) -> Vec<NodeId> {
+        let me = self.runtime.node_id();
+        self.runtime
+            .voters()
+            .into_iter()
+            .filter(|n| *n != me && ractor::pg::get_members(&mesh::group_name(*n)).is_empty())
+            .collect()
+    }
+
     pub async fn agent_command(
         &self,
         tenant: &TenantId,

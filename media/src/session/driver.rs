@@ -400,7 +400,8 @@ impl Driver {
             self.ports.release(port);
         }
         let recorder = self.recorder.take()?;
-        match recorder.finish() {
+        let length = self.core.recording_length(now()).unwrap_or(0);
+        match recorder.finish_at(length) {
             Ok(info) => Some(info),
             Err(error) => {
                 error!(%error, "finishing the recording failed");

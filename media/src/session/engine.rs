@@ -246,6 +246,12 @@ impl MediaCore {
     }
 
     /// Starts relaying between the legs; `record` asks for [`Output::Record`].
+    /// Samples of wall-clock time since the recording started, if it did.
+    pub fn recording_length(&self, now: Instant) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.recording_started?);
+        Some((elapsed.as_micros() * u128::from(SAMPLE_RATE) / 1_000_000) as u64)
+    }
+
     pub fn handle_bridge(&mut self, now: Instant, record: bool) {
         self.bridged = true;
         if record && self.recording_started.is_none() {

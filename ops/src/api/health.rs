@@ -12,8 +12,12 @@ use super::Shared;
 pub async fn health(State(state): State<Shared>) -> impl IntoResponse {
     let status = state.cluster.status();
     let ok = status.leader.is_some();
+    let mesh_missing = state.node.mesh_missing();
     let body = json!({
         "status": if ok { "ok" } else { "no_leader" },
+        // Ready for calls and agents: a leader, and a mesh route to every voting peer.
+        "ready": ok && mesh_missing.is_empty(),
+        "mesh_missing": mesh_missing,
         "node": state.node_id,
         "site": state.site,
         "leader": status.leader,

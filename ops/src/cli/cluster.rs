@@ -425,7 +425,8 @@ fn check_ports_free(configs: &[NodeFileConfig]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls every node's /health until all answer 200 (a leader is known) from the processes
+/// Polls every node's /health until all are ready (a leader is known and the actor mesh
+/// reaches every peer) and answer from the processes
 /// this command started.
 async fn wait_healthy(
     apis: &[(u64, String)],
@@ -453,6 +454,7 @@ async fn wait_healthy(
                 Ok(r) if r.status().is_success() => {
                     let body: Value = r.json().await.unwrap_or(Value::Null);
                     body["pid"].as_u64() == pids.get(id).map(|p| u64::from(*p))
+                        && body["ready"].as_bool() == Some(true)
                 }
                 _ => false,
             };
@@ -467,7 +469,7 @@ async fn wait_healthy(
             return Err(ops_err(
                 "E-CLUSTER-NOT-READY",
                 format!(
-                    "nodes {down:?} not healthy with a leader after {}s",
+                    "nodes {down:?} not ready (a leader and the actor mesh to every peer) after {}s",
                     UP_DEADLINE.as_secs()
                 ),
                 "read the node logs below; then `callgrid cluster down --dir DIR`",
