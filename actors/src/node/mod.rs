@@ -75,6 +75,8 @@ pub struct Runtime {
     pub(crate) live: Mutex<HashMap<CallId, LiveCall>>,
     events: broadcast::Sender<Event>,
     endpoint: std::sync::OnceLock<endpoint::EndpointHandle>,
+    /// Envelopes for local actors, from the mesh and from this node, in arrival order.
+    dispatch: tokio::sync::mpsc::UnboundedSender<Envelope>,
     pub media_ports: media::session::PortAllocator,
     call_counter: std::sync::atomic::AtomicU64,
 }
@@ -339,104 +341,111 @@ impl Runtime {
     }
 }
 
-impl Dispatch for Runtime {
-    fn deliver(self: Arc<Self>, envelope: Envelope) {
-        tokio::spawn(async move {
-            match envelope {
-                Envelope::Queue {
-                    tenant,
-                    queue,
-                    input,
-                } => {
-                    if self.queue_owner(&tenant, &queue) != self.node_id() {
-                        // Membership changed while the envelope travelled: pass it on.
-                        return self.send_queue(&tenant, &queue, input);
-                    }
-                    match self.queue_actor(&tenant, &queue).await {
-                        Some(actor) => drop(actor.cast(QueueMsg::Input(input))),
-                        None => debug!(%tenant, %queue, "envelope for an unknown queue dropped"),
-                    }
+impl Runtime {
+    /// Hands an envelope to its local actor (spawning it if this node owns it). Runs on the
+    /// node's one dispatcher task, so envelopes keep their order: an Enqueue is never overtaken
+    /// by the Remove that follows it.
+    async fn route(self: Arc<Self>, envelope: Envelope) {
+        match envelope {
+            Envelope::Queue {
+                tenant,
+                queue,
+                input,
+            } => {
+                if self.queue_owner(&tenant, &queue) != self.node_id() {
+                    // Membership changed while the envelope travelled: pass it on.
+                    return self.send_queue(&tenant, &queue, input);
                 }
-                Envelope::Agent {
-                    tenant,
-                    agent,
-                    input,
-                } => {
-                    if self.agent_owner(&tenant, &agent) != self.node_id() {
-                        return self.send_agent(&tenant, &agent, input);
-                    }
-                    match self.agent_actor(&tenant, &agent).await {
-                        Some(actor) => drop(actor.cast(AgentMsg::Mesh(input))),
-                        None => debug!(%tenant, %agent, "envelope for an unknown agent dropped"),
-                    }
+                match self.queue_actor(&tenant, &queue).await {
+                    Some(actor) => drop(actor.cast(QueueMsg::Input(input))),
+                    None => debug!(%tenant, %queue, "envelope for an unknown queue dropped"),
                 }
-                Envelope::Call { call, input } => {
-                    let actor = self
-                        .calls
-                        .lock()
-                        .expect("registry lock")
-                        .get(&call)
-                        .cloned();
-                    match (actor, input) {
-                        (Some(actor), input) => drop(actor.cast(CallMsg::Mesh(input))),
-                        (
-                            None,
-                            CallEnvelope::Offer {
-                                queue,
-                                agent,
+            }
+            Envelope::Agent {
+                tenant,
+                agent,
+                input,
+            } => {
+                if self.agent_owner(&tenant, &agent) != self.node_id() {
+                    return self.send_agent(&tenant, &agent, input);
+                }
+                match self.agent_actor(&tenant, &agent).await {
+                    Some(actor) => drop(actor.cast(AgentMsg::Mesh(input))),
+                    None => debug!(%tenant, %agent, "envelope for an unknown agent dropped"),
+                }
+            }
+            Envelope::Call { call, input } => {
+                let actor = self
+                    .calls
+                    .lock()
+                    .expect("registry lock")
+                    .get(&call)
+                    .cloned();
+                match (actor, input) {
+                    (Some(actor), input) => drop(actor.cast(CallMsg::Mesh(input))),
+                    (
+                        None,
+                        CallEnvelope::Offer {
+                            queue,
+                            agent,
+                            agent_node,
+                            ..
+                        },
+                    ) => {
+                        // The call is gone: refuse the offer so the agent and queue move on.
+                        let tenant = self.cluster.read(|s| {
+                            s.agents
+                                .values()
+                                .find(|a| a.id == agent)
+                                .map(|a| a.tenant.clone())
+                        });
+                        if let Some(tenant) = tenant {
+                            self.send_agent_at(
                                 agent_node,
-                                ..
-                            },
-                        ) => {
-                            // The call is gone: refuse the offer so the agent and queue move on.
-                            let tenant = self.cluster.read(|s| {
-                                s.agents
-                                    .values()
-                                    .find(|a| a.id == agent)
-                                    .map(|a| a.tenant.clone())
-                            });
-                            if let Some(tenant) = tenant {
-                                self.send_agent_at(
-                                    agent_node,
-                                    &tenant,
-                                    &agent,
-                                    AgentEnvelope::Notice {
-                                        call: call.clone(),
-                                        notice: crate::call::AgentNotice::Failed {
-                                            no_answer: false,
-                                        },
-                                    },
-                                );
-                                self.send_queue(
-                                    &tenant,
-                                    &queue,
-                                    crate::queue::QueueInput::OfferDone {
-                                        call,
-                                        agent,
-                                        answered: false,
-                                    },
-                                );
-                            }
+                                &tenant,
+                                &agent,
+                                AgentEnvelope::Notice {
+                                    call: call.clone(),
+                                    notice: crate::call::AgentNotice::Failed { no_answer: false },
+                                },
+                            );
+                            self.send_queue(
+                                &tenant,
+                                &queue,
+                                crate::queue::QueueInput::OfferDone {
+                                    call,
+                                    agent,
+                                    answered: false,
+                                },
+                            );
                         }
                     }
                 }
-                Envelope::QueueStats {
+            }
+            Envelope::QueueStats {
+                tenant,
+                queue,
+                owner,
+                stats,
+                at_ms,
+            } => {
+                self.publish(Event::Queue {
                     tenant,
                     queue,
                     owner,
                     stats,
                     at_ms,
-                } => {
-                    self.publish(Event::Queue {
-                        tenant,
-                        queue,
-                        owner,
-                        stats,
-                        at_ms,
-                    });
-                }
+                });
             }
-        });
+        }
+    }
+}
+
+impl Dispatch for Runtime {
+    fn deliver(self: Arc<Self>, envelope: Envelope) {
+        if self.dispatch.send(envelope).is_err() {
+            debug!("dispatcher stopped; envelope dropped");
+        }
     }
 
     fn ask(self: Arc<Self>, request: Request) -> futures::future::BoxFuture<'static, Response> {
@@ -459,6 +468,7 @@ pub struct Node {
 impl Node {
     pub async fn start(config: NodeConfig, cluster: Arc<Cluster>) -> Result<Arc<Node>, NodeError> {
         let (events, _) = broadcast::channel(4096);
+        let (dispatch, mut dispatched) = tokio::sync::mpsc::unbounded_channel();
         let media_ports =
             media::session::PortAllocator::new(config.rtp_port_min, config.rtp_port_max);
         let runtime = Arc::new(Runtime {
@@ -473,10 +483,20 @@ impl Node {
             live: Mutex::default(),
             events,
             endpoint: std::sync::OnceLock::new(),
+            dispatch,
             media_ports,
             call_counter: std::sync::atomic::AtomicU64::new(1),
         });
         let mut tasks = Vec::new();
+        let dispatcher = Arc::downgrade(&runtime);
+        tasks.push(tokio::spawn(async move {
+            while let Some(envelope) = dispatched.recv().await {
+                let Some(rt) = dispatcher.upgrade() else {
+                    return;
+                };
+                rt.route(envelope).await;
+            }
+        }));
 
         // The mesh: our actor, its group, the ractor_cluster node server, and dialling.
         let mesh_actor = MeshActor {
