@@ -607,7 +607,11 @@ impl Sipp {
         // SIPp run's messages in DIR/<name>.msg (the work dirs are temporary).
         if let Some(dir) = std::env::var_os("CALLGRID_SIPP_TRACE") {
             let file = std::path::Path::new(&dir).join(format!("{}-{}.msg", self.name, self.port));
-            a.extend(["-trace_msg".into(), "-message_file".into(), file.display().to_string()]);
+            a.extend([
+                "-trace_msg".into(),
+                "-message_file".into(),
+                file.display().to_string(),
+            ]);
         }
         if let Some(m) = self.calls {
             a.extend(["-m".into(), m.to_string()]);
