@@ -751,7 +751,7 @@ pub fn parse_stat(path: &Path) -> Result<(u64, u64)> {
         .split(';')
         .collect();
     let last: Vec<&str> = lines
-        .last()
+        .next_back()
         .ok_or_else(|| anyhow!("no stat row"))?
         .split(';')
         .collect();

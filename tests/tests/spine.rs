@@ -342,8 +342,7 @@ async fn two_hundred_calls() -> Result<()> {
         timeline
             .get(agent)?
             .iter()
-            .filter(|(at, _)| *at < t)
-            .last()
+            .rfind(|(at, _)| *at < t)
             .map(|(at, st)| (st.clone(), *at))
     };
     for cdr in &cdrs {
