@@ -4,7 +4,6 @@
 //! Tests never sleep for a fixed time: they poll for the event with [`wait_until`].
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Deserialize;
 use serde_json::Value;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -82,44 +81,10 @@ pub fn free_port() -> u16 {
 
 // ---------------------------------------------------------------- cluster
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClusterInfo {
-    pub token: String,
-    pub nodes: Vec<NodeInfo>,
-    #[serde(default)]
-    pub sample: Option<SampleInfo>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct NodeInfo {
-    pub id: u64,
-    pub site: String,
-    pub sip: String,
-    pub api: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SampleInfo {
-    pub tenants: Vec<SampleTenant>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SampleTenant {
-    pub id: String,
-    pub domain: String,
-    #[serde(default)]
-    pub landing_codes: Vec<String>,
-    #[serde(default)]
-    pub access_code: Option<String>,
-    pub agents: Vec<SampleAgent>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SampleAgent {
-    pub agent: String,
-    pub extension: String,
-    pub password: String,
-}
+/// `DIR/cluster.json`: the one definition every tool shares.
+pub use model::sample::{
+    ClusterFile as ClusterInfo, ClusterNode as NodeInfo, SampleAgent, SampleInfo, SampleTenant,
+};
 
 /// A running local cluster; `Drop` runs `cluster down`.
 pub struct ClusterGuard {
