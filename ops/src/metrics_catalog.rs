@@ -103,8 +103,20 @@ pub async fn run_gauges(cluster: Arc<cluster::Cluster>, period: Duration) {
             counts
         });
         for ((tenant, state), n) in counts {
+            // Per-tenant call counters exist from the start at zero, so dashboards and rate()
+            // see every series before the first call (incrementing by zero registers it).
+            if state == "signed_out" {
+                for name in [
+                    CALLS_OFFERED_TOTAL,
+                    CALLS_ANSWERED_TOTAL,
+                    CALLS_ABANDONED_TOTAL,
+                ] {
+                    metrics::counter!(name, "tenant" => tenant.clone()).increment(0);
+                }
+            }
             metrics::gauge!(AGENTS, "tenant" => tenant, "state" => state).set(n as f64);
         }
+        metrics::gauge!(CALLS_ACTIVE).increment(0.0);
         let status = cluster.status();
         metrics::gauge!(RAFT_TERM).set(status.term as f64);
         metrics::gauge!(RAFT_LAST_APPLIED).set(status.last_applied.unwrap_or(0) as f64);
