@@ -1,8 +1,11 @@
-//! Pair test of the ACD: one `QueueMachine` and several `AgentMachine`s wired in memory, the
-//! reserve-then-offer protocol carried by a message list, and random answers, refusals and
-//! agent state changes chosen by proptest. Checked after every step:
+//! Pair test of the ACD: `QueueMachine`s and `AgentMachine`s wired in memory, the
+//! reserve-then-offer protocol carried between them, and random arrivals, answers, refusals,
+//! abandons and agent state changes chosen by proptest. Every agent serves every queue, so
+//! with two queues they compete for the same agents and only the agents' one-reservation rule
+//! keeps I1. Checked after every step:
 //! - I1: no agent is ever reserved, ringing or talking for two calls;
-//! - I4: each offer goes to the best waiting call (priority, then arrival) not already offered;
+//! - I4: each offer goes to its queue's best waiting call (priority, then arrival) not already
+//!   on offer;
 //! - no starvation: once everything settles, no call waits while an agent is ready.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -16,6 +19,7 @@ use proptest::prelude::*;
 enum Step {
     Arrive {
         priority: u8,
+        queue: usize,
     },
     Ready {
         agent: usize,
@@ -36,7 +40,7 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (0u8..3).prop_map(|priority| Step::Arrive { priority }),
+        3 => (0u8..3, 0usize..2).prop_map(|(priority, queue)| Step::Arrive { priority, queue }),
         2 => (0usize..4).prop_map(|agent| Step::Ready { agent }),
         1 => (0usize..4).prop_map(|agent| Step::NotReady { agent }),
         3 => any::<bool>().prop_map(|answer| Step::Resolve { answer }),
@@ -45,56 +49,69 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+const QUEUES: [&str; 2] = ["general", "billing"];
+
+fn agent_id(i: usize) -> model::AgentId {
+    format!("{}", 1001 + i)
+        .parse()
+        .expect("a valid agent number")
+}
+
+fn agent_index(agent: &model::AgentId) -> usize {
+    agent.as_str().parse::<usize>().expect("numeric") - 1001
+}
+
+fn queue_index(queue: &model::QueueId) -> usize {
+    QUEUES
+        .iter()
+        .position(|q| *q == queue.as_str())
+        .expect("a known queue")
+}
+
 struct World {
     now: u64,
-    queue: QueueMachine,
+    queues: Vec<QueueMachine>,
     agents: Vec<AgentMachine>,
-    /// call -> (priority, arrival)
-    waiting: BTreeMap<String, (u8, u64)>,
+    /// call -> (queue, priority, arrival)
+    waiting: BTreeMap<String, (usize, u8, u64)>,
+    /// (call, agent) offered and not yet resolved
     offers: VecDeque<(String, usize)>,
     talking: VecDeque<(String, usize)>,
     next_call: u64,
-}
-
-fn agent_id(i: usize) -> String {
-    format!("{}", 1001 + i)
+    offers_made: usize,
 }
 
 impl World {
-    fn new(agents: usize) -> Self {
+    fn new(agents: usize, queues: usize) -> Self {
+        let skills: Vec<model::QueueId> = QUEUES[..queues]
+            .iter()
+            .map(|q| q.parse().expect("valid"))
+            .collect();
         let mut w = World {
             now: 1,
-            queue: QueueMachine::new(),
+            queues: (0..queues).map(|_| QueueMachine::new()).collect(),
             agents: (0..agents)
                 .map(|i| {
-                    AgentMachine::new(
-                        "gd".parse().unwrap(),
-                        agent_id(i).parse().unwrap(),
-                        1,
-                        vec!["general".parse().unwrap()],
-                    )
+                    AgentMachine::new("gd".parse().expect("valid"), agent_id(i), 1, skills.clone())
                 })
                 .collect(),
             waiting: BTreeMap::new(),
             offers: VecDeque::new(),
             talking: VecDeque::new(),
             next_call: 0,
+            offers_made: 0,
         };
         for a in &mut w.agents {
             a.handle(
                 0,
                 AgentInput::SignIn {
-                    extension: "1001".parse().unwrap(),
+                    extension: "1001".parse().expect("valid"),
                 },
             )
-            .unwrap();
+            .expect("signs in");
         }
         w.pump();
         w
-    }
-
-    fn index(agent: &model::AgentId) -> usize {
-        agent.as_str().parse::<usize>().unwrap() - 1001
     }
 
     /// Delivers messages between the machines until none is left.
@@ -106,89 +123,91 @@ impl World {
                     moved = true;
                     match out {
                         AgentOutput::Availability {
+                            queues,
                             available,
                             idle_since_ms,
-                            ..
                         } => {
-                            let agent = agent_id(i).parse().unwrap();
-                            let input = if available {
-                                QueueInput::AgentAvailable {
-                                    agent,
-                                    agent_node: 1,
-                                    idle_since_ms,
-                                }
-                            } else {
-                                QueueInput::AgentUnavailable { agent }
-                            };
-                            self.queue.handle(self.now, input);
+                            for q in queues {
+                                let input = if available {
+                                    QueueInput::AgentAvailable {
+                                        agent: agent_id(i),
+                                        agent_node: 1,
+                                        idle_since_ms,
+                                    }
+                                } else {
+                                    QueueInput::AgentUnavailable { agent: agent_id(i) }
+                                };
+                                self.queues[queue_index(&q)].handle(self.now, input);
+                            }
                         }
                         AgentOutput::ReserveReply {
+                            queue,
                             call,
                             accepted,
                             extension,
-                            ..
                         } => {
-                            self.queue.handle(
-                                self.now,
-                                QueueInput::ReserveReply {
-                                    agent: agent_id(i).parse().unwrap(),
-                                    call,
-                                    accepted,
-                                    extension,
-                                },
-                            );
+                            let input = QueueInput::ReserveReply {
+                                agent: agent_id(i),
+                                call,
+                                accepted,
+                                extension,
+                            };
+                            self.queues[queue_index(&queue)].handle(self.now, input);
                         }
                         AgentOutput::Checkpoint(_) => {}
                     }
                 }
             }
-            while let Some(out) = self.queue.poll_output() {
-                moved = true;
-                match out {
-                    QueueOutput::Reserve { agent, call, .. } => {
-                        let i = Self::index(&agent);
-                        self.agents[i]
-                            .handle(
-                                self.now,
-                                AgentInput::Reserve {
-                                    call,
-                                    queue: "general".parse().unwrap(),
-                                },
-                            )
-                            .unwrap();
-                    }
-                    QueueOutput::CancelReservation { agent, call, .. } => {
-                        let i = Self::index(&agent);
-                        self.agents[i]
-                            .handle(self.now, AgentInput::CancelReservation { call })
-                            .unwrap();
-                    }
-                    QueueOutput::Offer { call, agent, .. } => {
-                        let i = Self::index(&agent);
-                        // I4: the offered call is the best waiting call not already on offer.
-                        let on_offer: Vec<&String> = self.offers.iter().map(|(c, _)| c).collect();
-                        let best = self
-                            .waiting
-                            .iter()
-                            .filter(|(c, _)| !on_offer.contains(c))
-                            .min_by_key(|(_, (p, at))| (std::cmp::Reverse(*p), *at))
-                            .map(|(c, _)| c.clone());
-                        assert_eq!(
-                            best.as_deref(),
-                            Some(call.0.as_str()),
-                            "I4: offer out of order"
-                        );
-                        self.agents[i]
-                            .handle(self.now, AgentInput::Ringing { call: call.clone() })
-                            .unwrap();
-                        self.offers.push_back((call.0, i));
-                    }
-                    QueueOutput::Stats(_) => {}
+            for q in 0..self.queues.len() {
+                while let Some(out) = self.queues[q].poll_output() {
+                    moved = true;
+                    self.on_queue_output(q, out);
                 }
             }
             if !moved {
                 return;
             }
+        }
+    }
+
+    fn on_queue_output(&mut self, q: usize, out: QueueOutput) {
+        match out {
+            QueueOutput::Reserve { agent, call, .. } => {
+                let input = AgentInput::Reserve {
+                    call,
+                    queue: QUEUES[q].parse().expect("valid"),
+                };
+                self.agents[agent_index(&agent)]
+                    .handle(self.now, input)
+                    .expect("reserve is always answered");
+            }
+            QueueOutput::CancelReservation { agent, call, .. } => {
+                self.agents[agent_index(&agent)]
+                    .handle(self.now, AgentInput::CancelReservation { call })
+                    .expect("ok");
+            }
+            QueueOutput::Offer { call, agent, .. } => {
+                // I4: the offered call is its queue's best waiting call not already on offer.
+                let on_offer: Vec<&String> = self.offers.iter().map(|(c, _)| c).collect();
+                let best = self
+                    .waiting
+                    .iter()
+                    .filter(|(c, (queue, _, _))| *queue == q && !on_offer.contains(c))
+                    .min_by_key(|(_, (_, p, at))| (std::cmp::Reverse(*p), *at))
+                    .map(|(c, _)| c.clone());
+                assert_eq!(
+                    best.as_deref(),
+                    Some(call.0.as_str()),
+                    "I4: offer out of order in queue {q}"
+                );
+                let i = agent_index(&agent);
+                self.agents[i]
+                    .handle(self.now, AgentInput::Ringing { call: call.clone() })
+                    .expect("ok");
+                self.offers.push_back((call.0, i));
+                self.offers_made += 1;
+            }
+            QueueOutput::Stats(_) => {}
         }
     }
 
@@ -212,22 +231,28 @@ impl World {
         }
     }
 
+    fn queue_of(&self, call: &str) -> usize {
+        self.waiting
+            .get(call)
+            .map(|(q, _, _)| *q)
+            .expect("an offered call is still waiting")
+    }
+
     fn apply(&mut self, step: Step) {
         self.now += 7;
         match step {
-            Step::Arrive { priority } => {
+            Step::Arrive { priority, queue } => {
+                let q = queue % self.queues.len();
                 self.next_call += 1;
                 let call = format!("c{}", self.next_call);
-                self.waiting.insert(call.clone(), (priority, self.now));
-                self.queue.handle(
-                    self.now,
-                    QueueInput::Enqueue {
-                        call: CallId(call),
-                        call_node: 1,
-                        priority,
-                        enqueued_at_ms: self.now,
-                    },
-                );
+                self.waiting.insert(call.clone(), (q, priority, self.now));
+                let input = QueueInput::Enqueue {
+                    call: CallId(call),
+                    call_node: 1,
+                    priority,
+                    enqueued_at_ms: self.now,
+                };
+                self.queues[q].handle(self.now, input);
             }
             Step::Ready { agent } => {
                 if let Some(a) = self.agents.get_mut(agent) {
@@ -246,12 +271,13 @@ impl World {
             }
             Step::Resolve { answer } => {
                 if let Some((call, i)) = self.offers.pop_front() {
+                    let q = self.queue_of(&call);
                     let id = CallId(call.clone());
                     if answer {
                         self.waiting.remove(&call);
                         self.agents[i]
                             .handle(self.now, AgentInput::Answered { call: id.clone() })
-                            .unwrap();
+                            .expect("ok");
                         self.talking.push_back((call, i));
                     } else {
                         self.agents[i]
@@ -262,16 +288,14 @@ impl World {
                                     no_answer: false,
                                 },
                             )
-                            .unwrap();
+                            .expect("ok");
                     }
-                    self.queue.handle(
-                        self.now,
-                        QueueInput::OfferDone {
-                            call: id,
-                            agent: agent_id(i).parse().unwrap(),
-                            answered: answer,
-                        },
-                    );
+                    let done = QueueInput::OfferDone {
+                        call: id,
+                        agent: agent_id(i),
+                        answered: answer,
+                    };
+                    self.queues[q].handle(self.now, done);
                 }
             }
             Step::Hangup => {
@@ -284,7 +308,7 @@ impl World {
                                 acw_ms: 0,
                             },
                         )
-                        .unwrap();
+                        .expect("ok");
                 }
             }
             Step::Abandon { nth } => {
@@ -296,9 +320,9 @@ impl World {
                     .nth(nth)
                     .cloned()
                 {
+                    let q = self.queue_of(&call);
                     self.waiting.remove(&call);
-                    self.queue
-                        .handle(self.now, QueueInput::Remove { call: CallId(call) });
+                    self.queues[q].handle(self.now, QueueInput::Remove { call: CallId(call) });
                 }
             }
         }
@@ -332,8 +356,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn acd_never_double_books_and_serves_in_order(agents in 1usize..5, steps in prop::collection::vec(step(), 1..120)) {
-        let mut world = World::new(agents);
+    fn acd_never_double_books_and_serves_in_order(
+        agents in 1usize..5,
+        queues in 1usize..=2,
+        steps in prop::collection::vec(step(), 1..120),
+    ) {
+        let mut world = World::new(agents, queues);
         for s in steps {
             world.apply(s);
         }
@@ -343,10 +371,39 @@ proptest! {
 
 #[test]
 fn offers_happen_in_a_simple_run() {
-    let mut w = World::new(1);
-    w.apply(Step::Arrive { priority: 0 });
-    w.apply(Step::Arrive { priority: 2 });
+    let mut w = World::new(1, 1);
+    w.apply(Step::Arrive {
+        priority: 0,
+        queue: 0,
+    });
+    w.apply(Step::Arrive {
+        priority: 2,
+        queue: 0,
+    });
     w.apply(Step::Ready { agent: 0 });
     assert_eq!(w.offers.len(), 1, "the ready agent is offered a call");
     assert_eq!(w.offers[0].0, "c2", "the higher priority first");
+}
+
+#[test]
+fn two_queues_compete_for_one_agent_without_double_booking() {
+    let mut w = World::new(1, 2);
+    w.apply(Step::Arrive {
+        priority: 0,
+        queue: 0,
+    });
+    w.apply(Step::Arrive {
+        priority: 0,
+        queue: 1,
+    });
+    w.apply(Step::Ready { agent: 0 });
+    assert_eq!(
+        w.offers.len(),
+        1,
+        "both queues reserved; the agent took one"
+    );
+    w.apply(Step::Resolve { answer: true });
+    w.apply(Step::Hangup);
+    assert_eq!(w.offers.len(), 1, "the other queue's call goes next");
+    assert!(w.offers_made >= 2);
 }
