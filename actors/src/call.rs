@@ -169,6 +169,7 @@ impl CallMachine {
             agent: None,
             extension: None,
             agent_node: None,
+            offered_at_ms: None,
             ring_started_at_ms: None,
             agent_answered_at_ms: None,
             ring_ms: 0,
@@ -355,6 +356,7 @@ impl CallMachine {
                         .queues
                         .get(&queue)
                         .map_or(15_000, |q| q.ring_timeout_ms);
+                    self.cdr.offered_at_ms = Some(now_ms);
                     self.state = State::Offering {
                         queue,
                         agent,

@@ -88,12 +88,20 @@ struct Waiting {
     enqueued_at_ms: u64,
     /// Some while an agent is being reserved or rung for this call.
     offered_to: Option<AgentId>,
+    /// True once the call was offered (an agent accepted and the call was told).
+    offered: bool,
 }
 
 #[derive(Clone, Debug)]
 enum Slot {
     Idle,
-    Reserving { call: CallId, since_ms: u64 },
+    /// Held for `call`; the agent knows the reservation as `agent_call` (they differ when a
+    /// pending reservation was handed to another call, see `ReserveReply`).
+    Reserving {
+        call: CallId,
+        agent_call: CallId,
+        since_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -140,7 +148,7 @@ impl QueueMachine {
             .agents
             .iter()
             .filter_map(|(id, a)| match &a.slot {
-                Slot::Reserving { call, since_ms }
+                Slot::Reserving { call, since_ms, .. }
                     if now_ms >= since_ms + RESERVE_REPLY_TIMEOUT_MS =>
                 {
                     Some((id.clone(), call.clone()))
@@ -201,6 +209,7 @@ impl QueueMachine {
                             call_node,
                             enqueued_at_ms,
                             offered_to: None,
+                            offered: false,
                         },
                     );
                 }
@@ -256,8 +265,14 @@ impl QueueMachine {
                 accepted,
                 extension,
             } => {
-                let reserving = matches!(self.agents.get(&agent), Some(AgentEntry { slot: Slot::Reserving { call: c, .. }, .. }) if *c == call);
-                if !reserving {
+                let held_for = match self.agents.get(&agent) {
+                    Some(AgentEntry {
+                        slot: Slot::Reserving { call: held_for, .. },
+                        ..
+                    }) => Some(held_for.clone()),
+                    _ => None,
+                };
+                let Some(held_for) = held_for else {
                     if accepted {
                         // A late yes for a reservation we gave up on: hand the agent back.
                         if let Some(node) = self.agents.get(&agent).map(|a| a.node) {
@@ -268,48 +283,60 @@ impl QueueMachine {
                             });
                         }
                     }
-                } else {
-                    let entry = self.agents.remove(&agent).expect("checked above");
-                    let waiting = self.positions.get(&call).copied();
-                    match (accepted, extension, waiting) {
-                        (true, Some(extension), Some(reserved_for)) => {
-                            // The agent is held for us: it goes to the best call waiting *now*.
-                            // That is usually the call we reserved it for, but if an earlier
-                            // call lost its agent to another queue meanwhile, the earlier call
-                            // takes this one (I4: no overtaking within a queue).
-                            let target = self
-                                .waiting
-                                .iter()
-                                .find(|(p, w)| {
-                                    **p == reserved_for
-                                        || (w.offered_to.is_none() && **p < reserved_for)
-                                })
-                                .map(|(p, _)| *p)
-                                .unwrap_or(reserved_for);
-                            if target != reserved_for {
-                                self.release_call(&call);
+                    self.dispatch(now_ms);
+                    return;
+                };
+                let entry = self.agents.remove(&agent).expect("checked above");
+                match (accepted, extension, self.positions.get(&held_for).copied()) {
+                    (true, Some(extension), Some(held_position)) => {
+                        // The agent is ours: it goes to the best call not yet offered, whatever
+                        // order the replies come back in, so offers follow the queue's order
+                        // (I4) even when several reservations are in flight or an earlier call
+                        // lost its agent to another queue. If that call had a reservation of its
+                        // own pending, that reservation now holds the agent for `held_for`.
+                        let target = self
+                            .waiting
+                            .iter()
+                            .find(|(_, w)| !w.offered)
+                            .map(|(p, _)| *p)
+                            .unwrap_or(held_position);
+                        if target != held_position {
+                            let moved =
+                                self.waiting.get(&target).and_then(|w| w.offered_to.clone());
+                            if let Some(other) = &moved {
+                                if let Some(AgentEntry {
+                                    slot: Slot::Reserving { call, .. },
+                                    ..
+                                }) = self.agents.get_mut(other)
+                                {
+                                    *call = held_for.clone();
+                                }
                             }
-                            let w = self.waiting.get_mut(&target).expect("target is waiting");
-                            w.offered_to = Some(agent.clone());
-                            // The agent leaves our idle pool until it announces itself again.
-                            self.outputs.push_back(QueueOutput::Offer {
-                                call: w.call.clone(),
-                                call_node: w.call_node,
-                                agent,
-                                agent_node: entry.node,
-                                extension,
-                            });
+                            if let Some(w) = self.waiting.get_mut(&held_position) {
+                                w.offered_to = moved;
+                            }
                         }
-                        (true, _, _) => {
-                            self.outputs.push_back(QueueOutput::CancelReservation {
-                                agent,
-                                agent_node: entry.node,
-                                call: call.clone(),
-                            });
-                            self.release_call(&call);
-                        }
-                        (false, _, _) => self.release_call(&call),
+                        let w = self.waiting.get_mut(&target).expect("target is waiting");
+                        w.offered_to = Some(agent.clone());
+                        w.offered = true;
+                        // The agent leaves our idle pool until it announces itself again.
+                        self.outputs.push_back(QueueOutput::Offer {
+                            call: w.call.clone(),
+                            call_node: w.call_node,
+                            agent,
+                            agent_node: entry.node,
+                            extension,
+                        });
                     }
+                    (true, _, _) => {
+                        self.outputs.push_back(QueueOutput::CancelReservation {
+                            agent,
+                            agent_node: entry.node,
+                            call,
+                        });
+                        self.release_call(&held_for);
+                    }
+                    (false, _, _) => self.release_call(&held_for),
                 }
             }
             QueueInput::OfferDone {
@@ -336,19 +363,28 @@ impl QueueMachine {
             .and_then(|p| self.waiting.get_mut(p))
         {
             w.offered_to = None;
+            w.offered = false;
         }
     }
 
     fn cancel_reservation(&mut self, agent: &AgentId, call: &CallId) {
         if let Some(entry) = self.agents.get(agent) {
-            if matches!(&entry.slot, Slot::Reserving { call: c, .. } if c == call) {
-                let node = entry.node;
-                self.agents.remove(agent);
-                self.outputs.push_back(QueueOutput::CancelReservation {
-                    agent: agent.clone(),
-                    agent_node: node,
-                    call: call.clone(),
-                });
+            if let Slot::Reserving {
+                call: c,
+                agent_call,
+                ..
+            } = &entry.slot
+            {
+                if c == call {
+                    // The agent knows the reservation by the call it was made for.
+                    let output = QueueOutput::CancelReservation {
+                        agent: agent.clone(),
+                        agent_node: entry.node,
+                        call: agent_call.clone(),
+                    };
+                    self.agents.remove(agent);
+                    self.outputs.push_back(output);
+                }
             }
         }
     }
@@ -373,6 +409,7 @@ impl QueueMachine {
             let entry = self.agents.get_mut(&agent).expect("just found");
             entry.slot = Slot::Reserving {
                 call: call.clone(),
+                agent_call: call.clone(),
                 since_ms: now_ms,
             };
             let agent_node = entry.node;
@@ -521,5 +558,45 @@ mod tests {
             .count();
         assert_eq!(cancels, 1);
         assert_eq!(q.stats().waiting, 0);
+    }
+
+    #[test]
+    fn replies_out_of_order_still_offer_in_queue_order() {
+        let mut q = QueueMachine::new();
+        available(&mut q, "1001", 0, 1);
+        available(&mut q, "1002", 5, 1);
+        enqueue(&mut q, "c1", 0, 10);
+        enqueue(&mut q, "c2", 0, 20);
+        assert_eq!(
+            reserves(&mut q),
+            vec![("1001".into(), "c1".into()), ("1002".into(), "c2".into())]
+        );
+        let reply = |q: &mut QueueMachine, agent: &str, call: &str| {
+            q.handle(
+                30,
+                QueueInput::ReserveReply {
+                    agent: agent.parse().unwrap(),
+                    call: CallId(call.into()),
+                    accepted: true,
+                    extension: Some(agent.parse().unwrap()),
+                },
+            );
+            std::iter::from_fn(|| q.poll_output())
+                .filter_map(|o| match o {
+                    QueueOutput::Offer { call, agent, .. } => Some((agent.to_string(), call.0)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        // 1002 (reserved for c2) answers first: it takes c1, the earlier call.
+        assert_eq!(
+            reply(&mut q, "1002", "c2"),
+            vec![("1002".into(), "c1".into())]
+        );
+        // 1001's pending reservation now holds it for c2.
+        assert_eq!(
+            reply(&mut q, "1001", "c1"),
+            vec![("1001".into(), "c2".into())]
+        );
     }
 }

@@ -54,7 +54,10 @@ pub fn one_cdr_per_call<'a>(
 
 /// The time an agent was bound to a call: from the offer's ring to the end of the call.
 fn busy_interval(cdr: &Cdr) -> Option<(u64, u64)> {
-    let start = cdr.ring_started_at_ms.or(cdr.agent_answered_at_ms)?;
+    let start = cdr
+        .offered_at_ms
+        .or(cdr.ring_started_at_ms)
+        .or(cdr.agent_answered_at_ms)?;
     Some((start, cdr.ended_at_ms))
 }
 
@@ -106,9 +109,11 @@ pub fn served_in_order(cdrs: &[Cdr], slack_ms: u64) -> Vec<Violation> {
         .iter()
         .filter(|c| c.disposition == Disposition::Answered)
     {
-        if let (Some(queue), Some(enqueued), Some(offered)) =
-            (&cdr.queue, cdr.enqueued_at_ms, cdr.ring_started_at_ms)
-        {
+        if let (Some(queue), Some(enqueued), Some(offered)) = (
+            &cdr.queue,
+            cdr.enqueued_at_ms,
+            cdr.offered_at_ms.or(cdr.ring_started_at_ms),
+        ) {
             let key = format!(
                 "{}/{}",
                 cdr.tenant.as_ref().map_or("", |t| t.as_str()),

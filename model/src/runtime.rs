@@ -133,6 +133,10 @@ pub struct Cdr {
     pub agent: Option<AgentId>,
     pub extension: Option<ExtensionId>,
     pub agent_node: Option<NodeId>,
+    /// When the queue last handed the call an agent (stamped by the call's node on the offer):
+    /// the order of offers within a queue is read from this (I4).
+    #[serde(default)]
+    pub offered_at_ms: Option<u64>,
     /// When the agent's phone started ringing and when it answered.
     pub ring_started_at_ms: Option<u64>,
     pub agent_answered_at_ms: Option<u64>,

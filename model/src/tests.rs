@@ -173,6 +173,7 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         agent: None,
         extension: None,
         agent_node: None,
+        offered_at_ms: None,
         ring_started_at_ms: None,
         agent_answered_at_ms: None,
         ring_ms: 0,

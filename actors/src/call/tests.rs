@@ -98,6 +98,7 @@ fn ivr_menu_key_queues_the_call_then_an_answered_call_has_a_full_trail() {
     assert_eq!(cdr.hangup_by, HangupBy::Caller);
     assert_eq!(cdr.wait_ms, 3_000);
     assert_eq!(cdr.ring_ms, 1_900);
+    assert_eq!(cdr.offered_at_ms, Some(5_000));
     assert_eq!(cdr.talk_ms, 10_000);
     assert_eq!(cdr.landing_code.as_deref(), Some("0755"));
     assert_eq!(
