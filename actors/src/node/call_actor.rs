@@ -78,7 +78,6 @@ pub struct CallState {
     domain: String,
     pending_cdr: Option<Box<Cdr>>,
     queue: Option<model::QueueId>,
-    agent_id: Option<model::AgentId>,
     timer: Option<ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<CallMsg>>>>,
 }
 
@@ -162,7 +161,6 @@ impl Actor for CallActor {
             domain,
             pending_cdr: None,
             queue: None,
-            agent_id: None,
             timer: None,
         };
         update_live(rt, &state);
@@ -469,11 +467,10 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
             }
             CallOutput::Agent {
                 agent,
-                agent_node,
+                agent_node: _,
                 notice,
             } => {
-                rt.send_agent_at(
-                    agent_node,
+                rt.send_agent(
                     &state.tenant,
                     &agent,
                     AgentEnvelope::Notice {
@@ -538,9 +535,6 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                             reason: "bad contact".into(),
                         },
                     ),
-                }
-                if let Some(agent) = state.machine.cdr_so_far().agent.clone() {
-                    state.agent_id = Some(agent);
                 }
             }
             CallOutput::CancelAgent => {

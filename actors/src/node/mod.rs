@@ -158,18 +158,6 @@ impl Runtime {
         );
     }
 
-    /// Sends to an agent's actor; placement decides the node (the hint is where the agent
-    /// announced itself from, which is the same unless membership changed meanwhile).
-    pub fn send_agent_at(
-        self: &Arc<Self>,
-        _hint: NodeId,
-        tenant: &TenantId,
-        agent: &AgentId,
-        input: AgentEnvelope,
-    ) {
-        self.send_agent(tenant, agent, input);
-    }
-
     pub fn send_call(self: &Arc<Self>, node: NodeId, call: &CallId, input: CallEnvelope) {
         self.send(
             node,
@@ -388,7 +376,7 @@ impl Runtime {
                         CallEnvelope::Offer {
                             queue,
                             agent,
-                            agent_node,
+                            agent_node: _,
                             ..
                         },
                     ) => {
@@ -400,8 +388,7 @@ impl Runtime {
                                 .map(|a| a.tenant.clone())
                         });
                         if let Some(tenant) = tenant {
-                            self.send_agent_at(
-                                agent_node,
+                            self.send_agent(
                                 &tenant,
                                 &agent,
                                 AgentEnvelope::Notice {

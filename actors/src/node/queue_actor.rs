@@ -88,11 +88,10 @@ impl Actor for QueueActor {
             match output {
                 QueueOutput::Reserve {
                     agent,
-                    agent_node,
+                    agent_node: _,
                     call,
                 } => {
-                    rt.send_agent_at(
-                        agent_node,
+                    rt.send_agent(
                         &state.tenant,
                         &agent,
                         AgentEnvelope::Reserve {
@@ -103,11 +102,10 @@ impl Actor for QueueActor {
                 }
                 QueueOutput::CancelReservation {
                     agent,
-                    agent_node,
+                    agent_node: _,
                     call,
                 } => {
-                    rt.send_agent_at(
-                        agent_node,
+                    rt.send_agent(
                         &state.tenant,
                         &agent,
                         AgentEnvelope::CancelReservation { call },
