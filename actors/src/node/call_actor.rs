@@ -200,6 +200,7 @@ impl Actor for CallActor {
                 _ => {}
             },
             CallMsg::Mesh(CallEnvelope::Offer {
+                tenant: _,
                 queue,
                 agent,
                 agent_node,

@@ -76,6 +76,9 @@ pub enum AgentEnvelope {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum CallEnvelope {
     Offer {
+        /// The queue's tenant: an offer for a call that has ended is refused to this tenant's
+        /// agent and queue (agent numbers repeat across tenants).
+        tenant: TenantId,
         queue: QueueId,
         agent: AgentId,
         agent_node: NodeId,

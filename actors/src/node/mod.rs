@@ -374,38 +374,30 @@ impl Runtime {
                     (
                         None,
                         CallEnvelope::Offer {
+                            tenant,
                             queue,
                             agent,
-                            agent_node: _,
                             ..
                         },
                     ) => {
                         // The call is gone: refuse the offer so the agent and queue move on.
-                        let tenant = self.cluster.read(|s| {
-                            s.agents
-                                .values()
-                                .find(|a| a.id == agent)
-                                .map(|a| a.tenant.clone())
-                        });
-                        if let Some(tenant) = tenant {
-                            self.send_agent(
-                                &tenant,
-                                &agent,
-                                AgentEnvelope::Notice {
-                                    call: call.clone(),
-                                    notice: crate::call::AgentNotice::Failed { no_answer: false },
-                                },
-                            );
-                            self.send_queue(
-                                &tenant,
-                                &queue,
-                                crate::queue::QueueInput::OfferDone {
-                                    call,
-                                    agent,
-                                    answered: false,
-                                },
-                            );
-                        }
+                        self.send_agent(
+                            &tenant,
+                            &agent,
+                            AgentEnvelope::Notice {
+                                call: call.clone(),
+                                notice: crate::call::AgentNotice::Failed { no_answer: false },
+                            },
+                        );
+                        self.send_queue(
+                            &tenant,
+                            &queue,
+                            crate::queue::QueueInput::OfferDone {
+                                call,
+                                agent,
+                                answered: false,
+                            },
+                        );
                     }
                 }
             }

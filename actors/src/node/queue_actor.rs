@@ -122,6 +122,7 @@ impl Actor for QueueActor {
                         call_node,
                         &call,
                         CallEnvelope::Offer {
+                            tenant: state.tenant.clone(),
                             queue: state.queue.clone(),
                             agent,
                             agent_node,
