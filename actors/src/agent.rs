@@ -153,6 +153,7 @@ impl AgentMachine {
             calls_answered: self.calls_answered,
             owner: self.owner,
             version: self.version,
+            fence: None,
         }
     }
 

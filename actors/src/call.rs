@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use model::routing::Route;
 use model::{
-    AgentId, CallId, Cdr, Disposition, Entry, ExtensionId, Flow, FlowNode, HangupBy, IvrStep,
-    NodeId, PromptId, Queue, QueueId, TrunkId,
+    AgentId, CallId, CallPhase, Cdr, Disposition, Entry, ExtensionId, FailoverMark, Flow, FlowNode,
+    HangupBy, IvrStep, NodeId, PromptId, Queue, QueueId, ReplicatedState, TrunkId,
 };
 
 /// What the machine knows about a call when it starts.
@@ -34,6 +34,25 @@ pub struct CallSetup {
     pub flow: Option<Flow>,
     /// The tenant's queues as configured when the call arrived.
     pub queues: BTreeMap<QueueId, Queue>,
+}
+
+/// The entry flow of `route` (if its entry is a flow) and the tenant's queues, from the
+/// replicated configuration: what a call needs to run, at arrival or at a takeover.
+pub fn flow_and_queues(
+    state: &ReplicatedState,
+    route: &Route,
+) -> (Option<Flow>, BTreeMap<QueueId, Queue>) {
+    let flow = match &route.entry {
+        Entry::Flow(f) => state.flow(&route.tenant, f).cloned(),
+        Entry::Queue(_) => None,
+    };
+    let queues = state
+        .queues
+        .values()
+        .filter(|q| q.tenant == route.tenant)
+        .map(|q| (q.id.clone(), q.clone()))
+        .collect();
+    (flow, queues)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,10 +99,13 @@ pub enum CallOutput {
         repeat: bool,
     },
     StopPlay,
+    /// Join (or re-join, after a takeover: idempotent) the queue at the original place;
+    /// `offered_to` when the call is ringing that agent for the queue.
     Enqueue {
         queue: QueueId,
         priority: u8,
         enqueued_at_ms: u64,
+        offered_to: Option<AgentId>,
     },
     Dequeue {
         queue: QueueId,
@@ -143,6 +165,8 @@ pub struct CallMachine {
     state: State,
     cdr: Cdr,
     max_wait_deadline: Option<u64>,
+    /// The queue priority of the call (from the flow's Queue node; 0 for a direct entry).
+    priority: u8,
     outputs: VecDeque<CallOutput>,
 }
 
@@ -178,13 +202,170 @@ impl CallMachine {
             disposition: Disposition::Released,
             reason: None,
             recording_id: None,
+            failovers: Vec::new(),
         };
         Self {
             setup,
             state: State::Setup,
             cdr,
             max_wait_deadline: None,
+            priority: PRIORITY_DEFAULT,
             outputs: VecDeque::new(),
+        }
+    }
+
+    /// Rebuilds a call on a new owner from its checkpoint (DESIGN.md "Failover") and queues
+    /// the outputs that resume it: a queued call hears the music again and re-joins its queue
+    /// at its original place; an IVR call replays its node; a call that was ringing an agent
+    /// has that offer failed (the agent and queue are freed) and waits at its place to be
+    /// offered again; a talking call is bridged again. The driver re-INVITEs the legs.
+    pub fn restore(setup: CallSetup, phase: &CallPhase, cdr: Cdr, now_ms: u64) -> Self {
+        let mut m = Self::new(setup);
+        m.cdr = cdr;
+        match phase.clone() {
+            CallPhase::Setup => m.handle(now_ms, CallInput::CustomerAnswered),
+            CallPhase::Ivr { node } => m.enter_node(now_ms, &node),
+            CallPhase::Queued {
+                queue,
+                priority,
+                enqueued_at_ms,
+            } => m.resume_queued(queue, priority, enqueued_at_ms, None),
+            CallPhase::Offering {
+                queue,
+                priority,
+                enqueued_at_ms,
+                agent,
+                ..
+            } => {
+                m.resume_queued(queue.clone(), priority, enqueued_at_ms, Some(agent.clone()));
+                m.cdr.ring_started_at_ms = None;
+                m.outputs.push_back(CallOutput::Agent {
+                    agent: agent.clone(),
+                    agent_node: 0,
+                    notice: AgentNotice::Failed { no_answer: false },
+                });
+                m.outputs.push_back(CallOutput::OfferDone {
+                    queue,
+                    agent,
+                    answered: false,
+                });
+                if m.max_wait_deadline.is_some_and(|d| now_ms >= d) {
+                    m.handle_timeout(now_ms);
+                }
+            }
+            CallPhase::Talking { queue, agent, .. } => {
+                m.state = State::Talking {
+                    queue,
+                    agent,
+                    agent_node: 0,
+                };
+                m.outputs.push_back(CallOutput::Bridge);
+            }
+            CallPhase::Releasing => {
+                m.finish(now_ms, HangupBy::System, m.cdr.disposition);
+            }
+        }
+        m
+    }
+
+    fn resume_queued(
+        &mut self,
+        queue: QueueId,
+        priority: u8,
+        enqueued_at_ms: u64,
+        offered_to: Option<AgentId>,
+    ) {
+        let config = self.setup.queues.get(&queue).cloned();
+        self.priority = priority;
+        self.max_wait_deadline = config.as_ref().map(|q| enqueued_at_ms + q.max_wait_ms);
+        self.state = State::Queued {
+            queue: queue.clone(),
+        };
+        if let Some(music) = config.and_then(|q| q.music_prompt) {
+            self.outputs.push_back(CallOutput::Play {
+                prompt: music,
+                repeat: true,
+            });
+        }
+        self.outputs.push_back(CallOutput::Enqueue {
+            queue,
+            priority,
+            enqueued_at_ms,
+            offered_to,
+        });
+    }
+
+    /// The checkpointable phase of the call (None once ended).
+    pub fn phase(&self) -> Option<CallPhase> {
+        let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(self.cdr.started_at_ms);
+        Some(match &self.state {
+            State::Setup => CallPhase::Setup,
+            State::Ivr { node, .. } => CallPhase::Ivr { node: node.clone() },
+            State::Queued { queue } => CallPhase::Queued {
+                queue: queue.clone(),
+                priority: self.priority,
+                enqueued_at_ms,
+            },
+            State::Offering {
+                queue,
+                agent,
+                extension,
+                ..
+            } => CallPhase::Offering {
+                queue: queue.clone(),
+                priority: self.priority,
+                enqueued_at_ms,
+                agent: agent.clone(),
+                extension: extension.clone(),
+            },
+            State::Talking { queue, agent, .. } => CallPhase::Talking {
+                queue: queue.clone(),
+                agent: agent.clone(),
+                bridged_at_ms: self.cdr.agent_answered_at_ms.unwrap_or(0),
+            },
+            State::Releasing => CallPhase::Releasing,
+            State::Ended => return None,
+        })
+    }
+
+    /// The queue's owner may have moved (a node left or rejoined): say again where the call
+    /// waits, at its original place. Idempotent at the queue.
+    pub fn resync(&mut self) {
+        let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(self.cdr.started_at_ms);
+        let (queue, offered_to) = match &self.state {
+            State::Queued { queue } => (queue.clone(), None),
+            State::Offering { queue, agent, .. } => (queue.clone(), Some(agent.clone())),
+            _ => return,
+        };
+        self.outputs.push_back(CallOutput::Enqueue {
+            queue,
+            priority: self.priority,
+            enqueued_at_ms,
+            offered_to,
+        });
+    }
+
+    /// Records a takeover in the CDR.
+    pub fn note_failover(&mut self, mark: FailoverMark) {
+        self.cdr.failovers.push(mark);
+    }
+
+    /// The recording part the last takeover's owner writes, and its offset from the bridge.
+    pub fn set_failover_recording(&mut self, id: Option<String>, offset_ms: u64) {
+        if let Some(mark) = self.cdr.failovers.last_mut() {
+            mark.recording_id = id;
+            mark.recording_offset_ms = offset_ms;
+        }
+    }
+
+    pub fn route(&self) -> &Route {
+        &self.setup.route
+    }
+
+    /// The media gap of the last takeover, once the customer's media is back.
+    pub fn set_failover_gap(&mut self, gap_ms: u64) {
+        if let Some(mark) = self.cdr.failovers.last_mut() {
+            mark.gap_ms = gap_ms;
         }
     }
 
@@ -299,7 +480,7 @@ impl CallMachine {
                                 None => self.fail(now_ms, "flow missing"),
                             }
                         }
-                        Entry::Queue(queue) => self.enqueue(now_ms, queue),
+                        Entry::Queue(queue) => self.enqueue(now_ms, queue, PRIORITY_DEFAULT),
                     }
                 }
             }
@@ -463,13 +644,13 @@ impl CallMachine {
                     repeat: false,
                 });
             }
-            FlowNode::Queue { queue } => {
+            FlowNode::Queue { queue, priority } => {
                 self.cdr.ivr.push(IvrStep {
                     node: name.to_string(),
                     key: None,
                     at_ms: now_ms,
                 });
-                self.enqueue(now_ms, queue);
+                self.enqueue(now_ms, queue, priority);
             }
             FlowNode::Hangup { prompt } => {
                 self.cdr.ivr.push(IvrStep {
@@ -482,27 +663,13 @@ impl CallMachine {
         }
     }
 
-    fn enqueue(&mut self, now_ms: u64, queue: QueueId) {
-        let Some(config) = self.setup.queues.get(&queue).cloned() else {
+    fn enqueue(&mut self, now_ms: u64, queue: QueueId, priority: u8) {
+        if !self.setup.queues.contains_key(&queue) {
             return self.fail(now_ms, "queue missing");
-        };
+        }
         self.cdr.queue = Some(queue.clone());
         self.cdr.enqueued_at_ms = Some(now_ms);
-        self.max_wait_deadline = Some(now_ms + config.max_wait_ms);
-        self.state = State::Queued {
-            queue: queue.clone(),
-        };
-        if let Some(music) = config.music_prompt {
-            self.outputs.push_back(CallOutput::Play {
-                prompt: music,
-                repeat: true,
-            });
-        }
-        self.outputs.push_back(CallOutput::Enqueue {
-            queue,
-            priority: PRIORITY_DEFAULT,
-            enqueued_at_ms: now_ms,
-        });
+        self.resume_queued(queue, priority, now_ms, None);
     }
 
     fn offer_failed(

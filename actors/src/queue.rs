@@ -18,11 +18,16 @@ pub const RESERVE_REPLY_TIMEOUT_MS: u64 = 3_000;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum QueueInput {
+    /// Idempotent: a call already waiting keeps its place (only its node is updated, after
+    /// a takeover). `offered_to`: the call is ringing that agent for this queue (a queue
+    /// rebuilt on a new owner learns it from the call).
     Enqueue {
         call: CallId,
         call_node: NodeId,
         priority: u8,
         enqueued_at_ms: u64,
+        #[serde(default)]
+        offered_to: Option<AgentId>,
     },
     /// The call left the queue (caller hung up, max wait, answered elsewhere).
     Remove {
@@ -197,8 +202,14 @@ impl QueueMachine {
                 call_node,
                 priority,
                 enqueued_at_ms,
-            } => {
-                if !self.positions.contains_key(&call) {
+                offered_to,
+            } => match self.positions.get(&call) {
+                Some(position) => {
+                    if let Some(w) = self.waiting.get_mut(position) {
+                        w.call_node = call_node;
+                    }
+                }
+                None => {
                     self.seq += 1;
                     let position = (Reverse(priority), enqueued_at_ms, self.seq);
                     self.positions.insert(call.clone(), position);
@@ -208,12 +219,12 @@ impl QueueMachine {
                             call,
                             call_node,
                             enqueued_at_ms,
-                            offered_to: None,
-                            offered: false,
+                            offered: offered_to.is_some(),
+                            offered_to,
                         },
                     );
                 }
-            }
+            },
             QueueInput::Remove { call } => {
                 if let Some(position) = self.positions.remove(&call) {
                     if let Some(w) = self.waiting.remove(&position) {
@@ -450,6 +461,7 @@ mod tests {
                 call_node: 1,
                 priority,
                 enqueued_at_ms: at,
+                offered_to: None,
             },
         );
     }
@@ -598,5 +610,51 @@ mod tests {
             reply(&mut q, "1001", "c1"),
             vec![("1001".into(), "c2".into())]
         );
+    }
+
+    #[test]
+    fn a_rebuilt_queue_keeps_a_ringing_call_until_its_offer_settles() {
+        // A queue rebuilt on a new owner learns from the call that it rings agent 1001.
+        let mut q = QueueMachine::new();
+        q.handle(
+            10,
+            QueueInput::Enqueue {
+                call: CallId("a".into()),
+                call_node: 1,
+                priority: 0,
+                enqueued_at_ms: 5,
+                offered_to: Some("1001".parse().unwrap()),
+            },
+        );
+        enqueue(&mut q, "b", 0, 8);
+        available(&mut q, "1002", 1, 11);
+        assert_eq!(
+            reserves(&mut q),
+            vec![("1002".into(), "b".into())],
+            "the ringing call is not offered twice"
+        );
+        // The same call re-joins from its new node: same place, new node.
+        q.handle(
+            12,
+            QueueInput::Enqueue {
+                call: CallId("a".into()),
+                call_node: 3,
+                priority: 0,
+                enqueued_at_ms: 5,
+                offered_to: Some("1001".parse().unwrap()),
+            },
+        );
+        assert_eq!(q.waiting_calls().len(), 2);
+        // The ring failed: the call is first in line again.
+        q.handle(
+            13,
+            QueueInput::OfferDone {
+                call: CallId("a".into()),
+                agent: "1001".parse().unwrap(),
+                answered: false,
+            },
+        );
+        available(&mut q, "1003", 2, 14);
+        assert_eq!(reserves(&mut q), vec![("1003".into(), "a".into())]);
     }
 }

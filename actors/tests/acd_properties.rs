@@ -251,6 +251,7 @@ impl World {
                     call_node: 1,
                     priority,
                     enqueued_at_ms: self.now,
+                    offered_to: None,
                 };
                 self.queues[q].handle(self.now, input);
             }

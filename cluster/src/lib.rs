@@ -13,6 +13,8 @@
 //!   builds, persists and installs snapshots, and publishes `Applied` events.
 //! - `network`: Raft RPCs over TCP with length-prefixed JSON frames, plus a `FaultTable`.
 //! - `types`: openraft's `TypeConfig` and `NodeInfo`.
+//! - `liveness`: leases (heartbeats committed through Raft) and the leader's failure
+//!   detector, which commits `NodeDown` for a silent voter.
 //!
 //! Call order: `Cluster::start` -> `wait_ready` -> any of `write`/`read`/`subscribe`/`status`
 //! -> `shutdown`. Drop every `Arc<Cluster>` clone after `shutdown` before starting a node on
@@ -28,6 +30,7 @@
 
 pub mod config;
 mod error;
+pub mod liveness;
 pub mod log_store;
 pub mod network;
 mod node;
@@ -36,6 +39,7 @@ pub mod types;
 
 pub use config::ClusterConfig;
 pub use error::ClusterError;
+pub use liveness::{LeaseConfig, Liveness};
 pub use node::{Cluster, ClusterStatus, WRITE_TIMEOUT};
 pub use state_machine::{Applied, APPLIED_CHANNEL_CAPACITY};
 pub use types::{NodeInfo, TypeConfig};

@@ -30,8 +30,12 @@ pub enum FlowNode {
         timeout_ms: u64,
         default: String,
     },
-    /// Hand the call to a skill queue.
-    Queue { queue: QueueId },
+    /// Hand the call to a skill queue, at `priority` (0-254, higher is served first, R3.7).
+    Queue {
+        queue: QueueId,
+        #[serde(default)]
+        priority: u8,
+    },
     /// Play an optional prompt and hang up.
     Hangup { prompt: Option<PromptId> },
 }
@@ -98,7 +102,7 @@ impl Flow {
                 FlowNode::Play { prompt, .. } | FlowNode::Menu { prompt, .. } => {
                     prompts.push(prompt)
                 }
-                FlowNode::Queue { queue } => queues.push(queue),
+                FlowNode::Queue { queue, .. } => queues.push(queue),
                 FlowNode::Hangup { prompt } => prompts.extend(prompt.iter()),
             }
         }

@@ -78,6 +78,9 @@ pub struct AgentSession {
     pub owner: NodeId,
     /// Monotonic per agent; a checkpoint older than the stored one is ignored.
     pub version: u64,
+    /// The owner that wrote it (absent in records older than failover).
+    #[serde(default)]
+    pub fence: Option<Fence>,
 }
 
 /// Why a call ended the way it did (R8.3).
@@ -146,4 +149,124 @@ pub struct Cdr {
     pub disposition: Disposition,
     pub reason: Option<String>,
     pub recording_id: Option<String>,
+    /// One mark per takeover of the call by another node (I3): where it moved, the media
+    /// gap, and the recording part the new node wrote.
+    #[serde(default)]
+    pub failovers: Vec<FailoverMark>,
+}
+
+/// A call moved to another node because its node was declared down.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailoverMark {
+    pub from_node: NodeId,
+    pub to_node: NodeId,
+    /// When the new owner took the call over.
+    pub at_ms: u64,
+    /// Media silence: from the old node's last heartbeat (the last moment it is known to have
+    /// been alive) to the new node's re-INVITE being answered by the customer.
+    pub gap_ms: u64,
+    /// The recording part written by the new node (its id names the node), and where it
+    /// starts in the call's recording timeline (from the bridge).
+    pub recording_id: Option<String>,
+    pub recording_offset_ms: u64,
+}
+
+/// Who writes a checkpoint: a node at an epoch. The state machine refuses writes from a node
+/// that is declared down, or from an older epoch of it, so an owner that lost its actors to
+/// another node can never overwrite the new owner's state (no split brain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub node: NodeId,
+    pub epoch: u64,
+}
+
+/// A node's liveness as the cluster decided it (through Raft).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeLiveness {
+    /// Bumped each time the node rejoins after being declared down.
+    pub epoch: u64,
+    pub down: bool,
+    /// The proposer's clock at the node's last committed heartbeat.
+    pub last_heartbeat_ms: u64,
+    /// When `down` last changed.
+    pub since_ms: u64,
+}
+
+/// One SIP dialog leg of a call, as checkpointed: enough to send in-dialog requests from
+/// another node (RFC 3261 12: Call-ID, tags, CSeq, route set, remote target).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LegCheckpoint {
+    pub sip_call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    /// Name-addrs without tags, as SIP text.
+    pub local_uri: String,
+    pub remote_uri: String,
+    pub local_seq: u32,
+    pub remote_seq: Option<u32>,
+    pub remote_target: String,
+    pub route_set: Vec<String>,
+    /// Where the peer's signalling came from (we send there: symmetric signalling).
+    pub peer: String,
+    pub transport: String,
+    /// The peer's last SDP, so media can be pointed at it before the re-INVITE's answer.
+    pub remote_sdp: Option<String>,
+}
+
+/// An outstanding INVITE to an agent phone (ringing), so a new owner can CANCEL it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingInvite {
+    pub sip_call_id: String,
+    /// The INVITE as sent (SIP text): a CANCEL copies its Via, From, To, Call-ID and URI.
+    pub invite: String,
+    pub dest: String,
+    pub transport: String,
+}
+
+/// Where a call stands, as far as a new owner needs to resume it (DESIGN.md "Failover").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum CallPhase {
+    /// Answered by the platform; the IVR has not started.
+    Setup,
+    /// In the IVR, at `node` (resumes there).
+    Ivr { node: String },
+    Queued {
+        queue: QueueId,
+        priority: u8,
+        enqueued_at_ms: u64,
+    },
+    /// Ringing `agent` for `queue` (offered again after a takeover).
+    Offering {
+        queue: QueueId,
+        priority: u8,
+        enqueued_at_ms: u64,
+        agent: AgentId,
+        extension: ExtensionId,
+    },
+    Talking {
+        queue: QueueId,
+        agent: AgentId,
+        bridged_at_ms: u64,
+    },
+    /// Playing a last prompt before the platform hangs up.
+    Releasing,
+}
+
+/// A call's compact checkpoint: replicated at key transitions, so any node can rebuild the
+/// CallActor exactly (I3). Removed by the call's CDR.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallCheckpoint {
+    pub call_id: CallId,
+    pub fence: Fence,
+    /// Monotonic per call across owners; an older checkpoint never replaces a newer one.
+    pub version: u64,
+    pub at_ms: u64,
+    pub route: crate::routing::Route,
+    pub phase: CallPhase,
+    /// The CDR so far (trail, times, failover marks).
+    pub cdr: Cdr,
+    pub customer: LegCheckpoint,
+    pub agent: Option<LegCheckpoint>,
+    pub ringing: Option<PendingInvite>,
 }

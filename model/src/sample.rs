@@ -214,7 +214,13 @@ pub fn sample_flow(tenant: &TenantId) -> Flow {
         },
     );
     for queue in QUEUES {
-        nodes.insert(format!("to_{queue}"), FlowNode::Queue { queue: id(queue) });
+        nodes.insert(
+            format!("to_{queue}"),
+            FlowNode::Queue {
+                queue: id(queue),
+                priority: 0,
+            },
+        );
     }
     Flow {
         tenant: tenant.clone(),

@@ -41,8 +41,34 @@ pub enum Command {
     PutAgentSession {
         session: AgentSession,
     },
+    /// The call's final record; removes its checkpoint. `fence`: the writing owner.
     RecordCdr {
         cdr: Box<Cdr>,
+        #[serde(default)]
+        fence: Option<Fence>,
+    },
+    /// A call's checkpoint (newer version wins; refused after the call's CDR or from a fenced
+    /// owner).
+    PutCall {
+        checkpoint: Box<CallCheckpoint>,
+    },
+    /// A node proves it reaches a quorum (its lease, DESIGN.md "Placement and ownership").
+    /// Ignored unless `epoch` is the node's current epoch and it is up.
+    Heartbeat {
+        node: NodeId,
+        epoch: u64,
+        at_ms: u64,
+    },
+    /// The leader declares a node down after it missed heartbeats: its actors move.
+    NodeDown {
+        node: NodeId,
+        epoch: u64,
+        at_ms: u64,
+    },
+    /// A node that was declared down and dropped its actors comes back, at a new epoch.
+    NodeUp {
+        node: NodeId,
+        at_ms: u64,
     },
     Batch {
         commands: Vec<Command>,
@@ -84,6 +110,12 @@ pub struct ReplicatedState {
     pub bindings: BTreeMap<String, Vec<Binding>>,
     pub agent_sessions: BTreeMap<String, AgentSession>,
     pub cdrs: BTreeMap<String, Cdr>,
+    /// Live calls' checkpoints, by call id.
+    #[serde(default)]
+    pub calls: BTreeMap<String, CallCheckpoint>,
+    /// Liveness of the nodes that ever sent a heartbeat.
+    #[serde(default)]
+    pub nodes: BTreeMap<NodeId, NodeLiveness>,
     /// Bumped on every configuration change; actors compare it to notice new config.
     pub config_version: u64,
 }
@@ -111,6 +143,14 @@ impl ReplicatedState {
                 Ok(())
             }
             Command::PutAgentSession { session } => {
+                if session.fence.is_some_and(|f| self.fenced_out(f)) {
+                    return Outcome {
+                        error: Some(ApplyError::Invalid(format!(
+                            "agent {} checkpoint from a fenced owner",
+                            session.agent
+                        ))),
+                    };
+                }
                 let k = key(&session.tenant, session.agent.as_str());
                 let newer = self
                     .agent_sessions
@@ -121,14 +161,60 @@ impl ReplicatedState {
                 }
                 Ok(())
             }
-            Command::RecordCdr { cdr } => {
+            Command::RecordCdr { cdr, fence } => {
+                if fence.is_some_and(|f| self.fenced_out(f)) {
+                    return Outcome {
+                        error: Some(ApplyError::Invalid(format!(
+                            "CDR of {} from a fenced owner",
+                            cdr.call_id
+                        ))),
+                    };
+                }
                 // Idempotent by call id (I2: exactly one CDR per call, even if the proposer
                 // retries after a timeout).
+                self.calls.remove(cdr.call_id.as_str());
                 self.cdrs
                     .entry(cdr.call_id.0.clone())
                     .or_insert_with(|| (**cdr).clone());
                 Ok(())
             }
+            Command::PutCall { checkpoint } => self.put_call(checkpoint),
+            Command::Heartbeat { node, epoch, at_ms } => {
+                let entry = self.nodes.entry(*node).or_insert(NodeLiveness {
+                    epoch: *epoch,
+                    down: false,
+                    last_heartbeat_ms: *at_ms,
+                    since_ms: *at_ms,
+                });
+                if entry.epoch == *epoch && !entry.down {
+                    entry.last_heartbeat_ms = entry.last_heartbeat_ms.max(*at_ms);
+                    Ok(())
+                } else {
+                    Err(ApplyError::Invalid(format!(
+                        "heartbeat of node {node} at a stale epoch or while down"
+                    )))
+                }
+            }
+            Command::NodeDown { node, epoch, at_ms } => match self.nodes.get_mut(node) {
+                Some(n) if n.epoch == *epoch && !n.down => {
+                    n.down = true;
+                    n.since_ms = *at_ms;
+                    Ok(())
+                }
+                _ => Err(ApplyError::Invalid(format!(
+                    "node {node} is not up at epoch {epoch}"
+                ))),
+            },
+            Command::NodeUp { node, at_ms } => match self.nodes.get_mut(node) {
+                Some(n) if n.down => {
+                    n.down = false;
+                    n.epoch += 1;
+                    n.since_ms = *at_ms;
+                    n.last_heartbeat_ms = *at_ms;
+                    Ok(())
+                }
+                _ => Err(ApplyError::Invalid(format!("node {node} is not down"))),
+            },
             Command::Batch { commands } => {
                 let mut first_error = None;
                 for c in commands {
@@ -438,6 +524,44 @@ impl ReplicatedState {
             .unwrap_or_default();
         live.sort_by_key(|b| std::cmp::Reverse(b.expires_at_ms));
         live
+    }
+
+    /// True when `fence` names a node that is down, or an epoch it has left.
+    pub fn fenced_out(&self, fence: Fence) -> bool {
+        self.nodes
+            .get(&fence.node)
+            .is_some_and(|n| n.down || n.epoch != fence.epoch)
+    }
+
+    /// True when the cluster declared `node` down.
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).is_some_and(|n| n.down)
+    }
+
+    /// The node's current epoch (0 before its first heartbeat).
+    pub fn epoch(&self, node: NodeId) -> u64 {
+        self.nodes.get(&node).map_or(0, |n| n.epoch)
+    }
+
+    fn put_call(&mut self, checkpoint: &CallCheckpoint) -> Result<(), ApplyError> {
+        let id = checkpoint.call_id.as_str();
+        if self.fenced_out(checkpoint.fence) {
+            return Err(ApplyError::Invalid(format!(
+                "checkpoint of {id} from a fenced owner"
+            )));
+        }
+        if self.cdrs.contains_key(id) {
+            // The call has ended; a late checkpoint must not resurrect it.
+            return Ok(());
+        }
+        let newer = self
+            .calls
+            .get(id)
+            .is_none_or(|old| old.version < checkpoint.version);
+        if newer {
+            self.calls.insert(id.to_string(), checkpoint.clone());
+        }
+        Ok(())
     }
 
     pub fn queue(&self, tenant: &TenantId, id: &QueueId) -> Option<&Queue> {

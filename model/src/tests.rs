@@ -143,6 +143,7 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         calls_answered: 0,
         owner: 1,
         version,
+        fence: None,
     };
     state.apply(&Command::PutAgentSession {
         session: session(2, AgentStatus::Ready),
@@ -182,15 +183,18 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         disposition: Disposition::Abandoned,
         reason: None,
         recording_id: None,
+        failovers: vec![],
     };
     state.apply(&Command::RecordCdr {
         cdr: Box::new(cdr.clone()),
+        fence: None,
     });
     state.apply(&Command::RecordCdr {
         cdr: Box::new(Cdr {
             ended_at_ms: 99,
             ..cdr
         }),
+        fence: None,
     });
     assert_eq!(state.cdrs.len(), 1);
     assert_eq!(
@@ -212,4 +216,166 @@ fn passwords_follow_policy() {
     assert!(validate_password("abc").is_err());
     assert!(validate_password("abcdefgh1").is_err());
     assert!(validate_password("abcdefg1!").is_ok());
+}
+
+fn checkpoint(call: &str, fence: Fence, version: u64, cdr: &Cdr) -> CallCheckpoint {
+    let leg = LegCheckpoint {
+        sip_call_id: "abc".into(),
+        local_tag: "l".into(),
+        remote_tag: "r".into(),
+        local_uri: "<sip:95598@x>".into(),
+        remote_uri: "<sip:138@y>".into(),
+        local_seq: 0,
+        remote_seq: Some(1),
+        remote_target: "sip:138@127.0.0.1:5000".into(),
+        route_set: vec![],
+        peer: "127.0.0.1:5000".into(),
+        transport: "udp".into(),
+        remote_sdp: None,
+    };
+    CallCheckpoint {
+        call_id: CallId(call.into()),
+        fence,
+        version,
+        at_ms: version,
+        route: crate::routing::Route {
+            tenant: "gd".parse().unwrap(),
+            access_code: "95598".into(),
+            landing_code: None,
+            entry: Entry::Queue("billing".parse().unwrap()),
+        },
+        phase: CallPhase::Setup,
+        cdr: Cdr {
+            call_id: CallId(call.into()),
+            ..cdr.clone()
+        },
+        customer: leg,
+        agent: None,
+        ringing: None,
+    }
+}
+
+#[test]
+fn liveness_epochs_fence_a_node_declared_down() {
+    let (mut state, _) = sample_state();
+    let hb = |node, epoch, at_ms| Command::Heartbeat { node, epoch, at_ms };
+    assert!(state.apply(&hb(2, 0, 10)).error.is_none());
+    assert!(!state.is_down(2));
+    // A down declaration for a stale epoch is refused.
+    assert!(state
+        .apply(&Command::NodeDown {
+            node: 2,
+            epoch: 7,
+            at_ms: 20
+        })
+        .error
+        .is_some());
+    assert!(state
+        .apply(&Command::NodeDown {
+            node: 2,
+            epoch: 0,
+            at_ms: 20
+        })
+        .error
+        .is_none());
+    assert!(state.is_down(2));
+    let old = Fence { node: 2, epoch: 0 };
+    assert!(state.fenced_out(old));
+    // Heartbeats of the old epoch no longer count; the node must rejoin.
+    assert!(state.apply(&hb(2, 0, 30)).error.is_some());
+    assert!(state
+        .apply(&Command::NodeUp { node: 2, at_ms: 40 })
+        .error
+        .is_none());
+    assert_eq!(state.epoch(2), 1);
+    assert!(!state.is_down(2));
+    assert!(
+        state.fenced_out(old),
+        "the old epoch stays fenced after rejoining"
+    );
+    assert!(!state.fenced_out(Fence { node: 2, epoch: 1 }));
+    // A node never heard of is not fenced (first start).
+    assert!(!state.fenced_out(Fence { node: 9, epoch: 0 }));
+}
+
+#[test]
+fn call_checkpoints_version_fence_and_end_with_the_cdr() {
+    let (mut state, _) = sample_state();
+    let cdr = sample_cdr();
+    let f1 = Fence { node: 1, epoch: 0 };
+    let put = |c: CallCheckpoint| Command::PutCall {
+        checkpoint: Box::new(c),
+    };
+    state.apply(&put(checkpoint("1-9-a", f1, 2, &cdr)));
+    state.apply(&put(checkpoint("1-9-a", f1, 1, &cdr)));
+    assert_eq!(
+        state.calls["1-9-a"].version, 2,
+        "an older checkpoint never wins"
+    );
+    // The owner is declared down: its late checkpoints are refused, the new owner's apply.
+    state.apply(&Command::Heartbeat {
+        node: 1,
+        epoch: 0,
+        at_ms: 1,
+    });
+    state.apply(&Command::NodeDown {
+        node: 1,
+        epoch: 0,
+        at_ms: 5,
+    });
+    assert!(state
+        .apply(&put(checkpoint("1-9-a", f1, 9, &cdr)))
+        .error
+        .is_some());
+    let f2 = Fence { node: 2, epoch: 0 };
+    state.apply(&put(checkpoint("1-9-a", f2, 3, &cdr)));
+    assert_eq!(state.calls["1-9-a"].fence, f2);
+    // A fenced CDR is refused; the owner's CDR ends the call and removes its checkpoint.
+    let end = |fence| Command::RecordCdr {
+        cdr: Box::new(Cdr {
+            call_id: CallId("1-9-a".into()),
+            ..cdr.clone()
+        }),
+        fence: Some(fence),
+    };
+    assert!(state.apply(&end(f1)).error.is_some());
+    assert!(state.calls.contains_key("1-9-a"));
+    assert!(state.apply(&end(f2)).error.is_none());
+    assert!(!state.calls.contains_key("1-9-a"));
+    // A late checkpoint after the CDR does not resurrect the call.
+    state.apply(&put(checkpoint("1-9-a", f2, 4, &cdr)));
+    assert!(!state.calls.contains_key("1-9-a"));
+}
+
+fn sample_cdr() -> Cdr {
+    Cdr {
+        call_id: CallId("x".into()),
+        tenant: Some("gd".parse().unwrap()),
+        entry_node: 1,
+        access_code: None,
+        landing_code: None,
+        caller: "1".into(),
+        dialled: "2".into(),
+        trunk: None,
+        started_at_ms: 0,
+        answered_at_ms: None,
+        ended_at_ms: 1,
+        ivr: vec![],
+        queue: None,
+        enqueued_at_ms: None,
+        wait_ms: 0,
+        agent: None,
+        extension: None,
+        agent_node: None,
+        offered_at_ms: None,
+        ring_started_at_ms: None,
+        agent_answered_at_ms: None,
+        ring_ms: 0,
+        talk_ms: 0,
+        hangup_by: HangupBy::Caller,
+        disposition: Disposition::Abandoned,
+        reason: None,
+        recording_id: None,
+        failovers: vec![],
+    }
 }

@@ -50,6 +50,14 @@ pub struct NodeFileConfig {
     pub election_timeout_min_ms: u64,
     #[serde(default = "default_election_max_ms")]
     pub election_timeout_max_ms: u64,
+    /// Lease heartbeat through Raft (failure detection), the lease, and the silence after
+    /// which the leader declares a node down (must exceed the lease).
+    #[serde(default = "default_lease_heartbeat_ms")]
+    pub lease_heartbeat_ms: u64,
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    #[serde(default = "default_down_after_ms")]
+    pub down_after_ms: u64,
 }
 
 /// How to reach one peer.
@@ -96,6 +104,16 @@ mod peer_keys {
     }
 }
 
+fn default_lease_heartbeat_ms() -> u64 {
+    cluster::LeaseConfig::default().heartbeat_ms
+}
+fn default_lease_ms() -> u64 {
+    cluster::LeaseConfig::default().lease_ms
+}
+fn default_down_after_ms() -> u64 {
+    cluster::LeaseConfig::default().down_after_ms
+}
+
 fn default_heartbeat_ms() -> u64 {
     100
 }
@@ -129,6 +147,14 @@ impl NodeFileConfig {
     }
 
     /// This node as `cluster::NodeInfo`.
+    pub fn lease(&self) -> cluster::LeaseConfig {
+        cluster::LeaseConfig {
+            heartbeat_ms: self.lease_heartbeat_ms,
+            lease_ms: self.lease_ms,
+            down_after_ms: self.down_after_ms,
+        }
+    }
+
     pub fn self_info(&self) -> cluster::NodeInfo {
         cluster::NodeInfo {
             site: self.site.clone(),
@@ -194,6 +220,12 @@ impl NodeFileConfig {
         check_secret("admin_token", &self.admin_token)?;
         check_secret("mesh_cookie", &self.mesh_cookie)?;
         check_secret("secret", &self.secret)?;
+        if let Err(why) = self.lease().validate() {
+            return Err((
+                format!("lease timings are inconsistent: {why}"),
+                "use lease_ms >= 2 * lease_heartbeat_ms and down_after_ms > lease_ms",
+            ));
+        }
         if self.heartbeat_ms == 0
             || self.election_timeout_min_ms <= self.heartbeat_ms
             || self.election_timeout_max_ms <= self.election_timeout_min_ms
@@ -356,6 +388,9 @@ mod tests {
             heartbeat_ms: 100,
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
+            lease_heartbeat_ms: 150,
+            lease_ms: 500,
+            down_after_ms: 700,
         }
     }
 

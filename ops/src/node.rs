@@ -123,6 +123,7 @@ fn node_config(config: &NodeFileConfig) -> actors::node::NodeConfig {
         data_dir: config.data_dir.clone(),
         secret: config.secret.clone(),
         peers: config.peer_infos(),
+        lease: config.lease(),
     }
 }
 

@@ -11,16 +11,8 @@ fn setup() -> CallSetup {
     }
     let route = model::routing::resolve(&state, "075595598").unwrap();
     let tenant = route.tenant.clone();
-    let flow = match &route.entry {
-        Entry::Flow(f) => state.flow(&tenant, f).cloned(),
-        Entry::Queue(_) => None,
-    };
-    let queues = state
-        .queues
-        .values()
-        .filter(|q| q.tenant == tenant)
-        .map(|q| (q.id.clone(), q.clone()))
-        .collect();
+    let _ = &tenant;
+    let (flow, queues) = flow_and_queues(&state, &route);
     CallSetup {
         call_id: CallId("1-1".into()),
         entry_node: 1,
@@ -62,7 +54,8 @@ fn ivr_menu_key_queues_the_call_then_an_answered_call_has_a_full_trail() {
     assert!(out.contains(&CallOutput::Enqueue {
         queue: "billing".parse().unwrap(),
         priority: 0,
-        enqueued_at_ms: 4_000
+        enqueued_at_ms: 4_000,
+        offered_to: None,
     }));
     m.handle(
         5_000,
@@ -203,4 +196,144 @@ fn ring_timeout_requeues_and_frees_the_agent() {
         notice: AgentNotice::Failed { no_answer: true }
     }));
     assert_eq!(m.state_name(), "queued");
+}
+
+fn offer_to(m: &mut CallMachine, at: u64, agent: &str) {
+    m.handle(
+        at,
+        CallInput::Offer {
+            queue: "billing".parse().unwrap(),
+            agent: agent.parse().unwrap(),
+            agent_node: 2,
+            extension: agent.parse().unwrap(),
+        },
+    );
+}
+
+/// Restores `m` from its own checkpointable phase and CDR, as a new owner would.
+fn restored(m: &CallMachine, now: u64) -> (CallMachine, Vec<CallOutput>) {
+    let phase = m.phase().expect("a live call");
+    let mut r = CallMachine::restore(setup(), &phase, m.cdr_so_far().clone(), now);
+    let out = drain(&mut r);
+    (r, out)
+}
+
+#[test]
+fn a_queued_call_restored_elsewhere_rejoins_at_its_original_place_with_music() {
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let (r, out) = restored(&m, 9_000);
+    assert_eq!(r.state_name(), "queued");
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Play { repeat: true, .. })));
+    assert!(out.contains(&CallOutput::Enqueue {
+        queue: "billing".parse().unwrap(),
+        priority: 0,
+        enqueued_at_ms: 4_000,
+        offered_to: None,
+    }));
+    // Max wait still counts from the original enqueue time.
+    assert_eq!(r.poll_timeout(), m.poll_timeout());
+}
+
+#[test]
+fn a_ringing_call_restored_elsewhere_frees_the_agent_and_waits_to_be_offered_again() {
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '2');
+    offer_to(&mut m, 5_000, "1001");
+    drain(&mut m);
+    assert_eq!(m.state_name(), "ringing_agent");
+    let (mut r, out) = restored(&m, 9_000);
+    assert_eq!(r.state_name(), "queued");
+    assert!(out.contains(&CallOutput::Agent {
+        agent: "1001".parse().unwrap(),
+        agent_node: 0,
+        notice: AgentNotice::Failed { no_answer: false },
+    }));
+    assert!(out.contains(&CallOutput::OfferDone {
+        queue: "billing".parse().unwrap(),
+        agent: "1001".parse().unwrap(),
+        answered: false,
+    }));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        CallOutput::Enqueue {
+            enqueued_at_ms: 4_000,
+            ..
+        }
+    )));
+    // It can be offered again, to anyone.
+    offer_to(&mut r, 9_500, "1002");
+    assert!(drain(&mut r)
+        .iter()
+        .any(|o| matches!(o, CallOutput::DialAgent { .. })));
+}
+
+#[test]
+fn a_talking_call_restored_elsewhere_bridges_again_and_its_cdr_carries_the_failover() {
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '2');
+    offer_to(&mut m, 5_000, "1001");
+    m.handle(6_000, CallInput::AgentAnswered);
+    m.handle(6_000, CallInput::Recording { id: "1-1".into() });
+    drain(&mut m);
+    let (mut r, out) = restored(&m, 20_000);
+    assert_eq!(r.state_name(), "talking");
+    assert_eq!(out, vec![CallOutput::Bridge]);
+    r.note_failover(FailoverMark {
+        from_node: 1,
+        to_node: 2,
+        at_ms: 20_000,
+        gap_ms: 0,
+        recording_id: None,
+        recording_offset_ms: 0,
+    });
+    r.set_failover_recording(Some("2-f1-1-1".into()), 14_000);
+    r.set_failover_gap(900);
+    r.handle(30_000, CallInput::CustomerHangup);
+    let cdr = cdr_of(&drain(&mut r));
+    assert_eq!(cdr.disposition, Disposition::Answered);
+    assert_eq!(cdr.talk_ms, 24_000, "talk time spans both owners");
+    assert_eq!(cdr.recording_id.as_deref(), Some("1-1"));
+    assert_eq!(cdr.failovers.len(), 1);
+    assert_eq!(cdr.failovers[0].gap_ms, 900);
+    assert_eq!(cdr.failovers[0].recording_id.as_deref(), Some("2-f1-1-1"));
+}
+
+#[test]
+fn an_ivr_call_restored_elsewhere_replays_its_node() {
+    let mut m = CallMachine::new(setup());
+    m.handle(100, CallInput::CustomerAnswered);
+    drain(&mut m);
+    let (r, out) = restored(&m, 1_000);
+    assert_eq!(r.state_name(), "ivr");
+    assert_eq!(r.phase(), m.phase());
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Play { repeat: false, .. })));
+}
+
+#[test]
+fn resync_restates_the_place_of_a_waiting_or_ringing_call_only() {
+    let mut m = CallMachine::new(setup());
+    m.handle(100, CallInput::CustomerAnswered);
+    drain(&mut m);
+    m.resync();
+    assert!(drain(&mut m).is_empty(), "not queued yet");
+    m.handle(3_000, CallInput::PlayDone);
+    m.handle(4_000, CallInput::Digit('2'));
+    offer_to(&mut m, 5_000, "1001");
+    drain(&mut m);
+    m.resync();
+    assert_eq!(
+        drain(&mut m),
+        vec![CallOutput::Enqueue {
+            queue: "billing".parse().unwrap(),
+            priority: 0,
+            enqueued_at_ms: 4_000,
+            offered_to: Some("1001".parse().unwrap()),
+        }]
+    );
 }

@@ -109,6 +109,22 @@ impl Actor for AgentActor {
             }
             AgentMsg::Mesh(envelope) => {
                 let input = match envelope {
+                    AgentEnvelope::Reserve { call, queue } if !rt.holds_lease() => {
+                        // Without a lease another node may own this agent by now: never
+                        // promise it (I1). The queue tries again or elsewhere.
+                        let s = machine.session();
+                        rt.send_queue(
+                            &s.tenant,
+                            &queue,
+                            QueueInput::ReserveReply {
+                                agent: s.agent.clone(),
+                                call,
+                                accepted: false,
+                                extension: None,
+                            },
+                        );
+                        None
+                    }
                     AgentEnvelope::Reserve { call, queue } => {
                         Some(AgentInput::Reserve { call, queue })
                     }

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use media::sdp::MediaDescription;
 use media::session::{CallMediaHandle, LegId, MediaEvent};
 use media::Codec;
-use model::{CallId, Cdr};
+use model::{CallCheckpoint, CallId, CallPhase, Cdr, FailoverMark, LegCheckpoint};
 use sip::message::{Method, Request, Response};
 use sip::transaction::{TransactionKey, Transport};
 use sip::SipMessage;
@@ -23,7 +23,7 @@ use super::api::LiveCall;
 use super::mesh::{AgentEnvelope, CallEnvelope};
 use super::sip_legs::{AgentLeg, CustomerLeg};
 use super::Runtime;
-use crate::call::{CallInput, CallMachine, CallOutput, CallSetup};
+use crate::call::{flow_and_queues, CallInput, CallMachine, CallOutput, CallSetup};
 use crate::queue::QueueInput;
 
 /// What the SIP endpoint hands a call actor.
@@ -56,13 +56,39 @@ pub enum CallMsg {
     Retransmit2xx {
         attempt: u32,
     },
+    /// The call's queue may have a new owner: tell it where the call waits.
+    Resync,
+    /// This node was declared down and the call belongs to another node now: stop without
+    /// a word to the legs (the new owner re-INVITEs them) and without a CDR.
+    Abandon,
+    /// Carry out the outputs a restored machine queued.
+    Resume,
 }
 
-/// Everything the endpoint resolved before spawning the actor.
-pub struct CallArgs {
-    pub setup: CallSetup,
-    pub customer: CustomerLeg,
-    pub offer: MediaDescription,
+pub enum CallArgs {
+    /// A new call: everything the endpoint resolved before spawning the actor.
+    New {
+        setup: CallSetup,
+        customer: CustomerLeg,
+        offer: MediaDescription,
+    },
+    /// A call whose node was declared down, rebuilt here from its checkpoint.
+    Takeover {
+        checkpoint: Box<CallCheckpoint>,
+        /// The dead node's last committed heartbeat (wall clock): the start of the gap.
+        dead_since_ms: u64,
+    },
+}
+
+/// What a checkpoint says, without its version and time: a new one is written when it
+/// changes.
+#[derive(PartialEq)]
+struct CheckpointKey {
+    phase: CallPhase,
+    customer: Option<LegCheckpoint>,
+    agent: Option<LegCheckpoint>,
+    ringing: bool,
+    failovers: usize,
 }
 
 pub struct CallActor {
@@ -79,6 +105,13 @@ pub struct CallState {
     pending_cdr: Option<Box<Cdr>>,
     queue: Option<model::QueueId>,
     timer: Option<ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<CallMsg>>>>,
+    /// Checkpoint version (continues across owners) and what was last checkpointed.
+    version: u64,
+    checkpointed: Option<CheckpointKey>,
+    /// Set when this node took the call over: the start of the media gap (wall clock ms).
+    takeover_since_ms: Option<u64>,
+    /// Stopped by `Abandon`: no BYE, no CDR.
+    abandoned: bool,
 }
 
 pub fn recording_dir(rt: &Runtime) -> PathBuf {
@@ -105,66 +138,24 @@ impl Actor for CallActor {
         myself: ActorRef<CallMsg>,
         args: CallArgs,
     ) -> Result<CallState, ActorProcessingErr> {
-        let rt = &self.runtime;
-        let CallArgs {
-            setup,
-            mut customer,
-            offer,
-        } = args;
-        let call_id = setup.call_id.clone();
-        rt.register_call(call_id.clone(), myself.clone());
-        rt.endpoint().bind(&customer.sip_call_id, myself.clone());
-        let tenant = setup.route.tenant.clone();
-        let domain = rt
-            .cluster
-            .read(|s| s.tenants.get(tenant.as_str()).map(|t| t.domain.clone()))
-            .unwrap_or_default();
-
-        let (media, mut events) =
-            media::session::CallMedia::spawn(rt.config.media_ip, &rt.media_ports)?;
-        let forward = myself.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                if forward.cast(CallMsg::Media(event)).is_err() {
-                    break;
-                }
+        match args {
+            CallArgs::New {
+                setup,
+                customer,
+                offer,
+            } => start_new(&self.runtime, myself, setup, customer, offer).await,
+            CallArgs::Takeover {
+                checkpoint,
+                dead_since_ms,
+            } => {
+                let call = checkpoint.call_id.clone();
+                let state = take_over(&self.runtime, myself.clone(), *checkpoint, dead_since_ms)
+                    .await
+                    .inspect_err(|_| self.runtime.unregister_call(&call))?;
+                let _ = myself.cast(CallMsg::Resume);
+                Ok(state)
             }
-        });
-        let Some((codec, dtmf)) = media::sdp::negotiate(&offer, &[Codec::Pcma, Codec::Pcmu]) else {
-            customer.reject(rt, 488, "Not Acceptable Here");
-            rt.unregister_call(&call_id);
-            return Err("no common codec".into());
-        };
-        let port = media.add_leg(LegId::Customer).await?;
-        media
-            .set_remote(LegId::Customer, offer.clone(), codec, dtmf)
-            .await?;
-        let answer = local_description(rt, port, vec![codec], dtmf);
-        customer.answer(rt, &answer);
-        drop(
-            myself.send_after(Duration::from_millis(500), || CallMsg::Retransmit2xx {
-                attempt: 1,
-            }),
-        );
-
-        metrics::counter!("callgrid_calls_offered_total", "tenant" => tenant.to_string())
-            .increment(1);
-        metrics::gauge!("callgrid_calls_active").increment(1.0);
-        info!(call = %call_id, tenant = %tenant, "call answered by the platform");
-        let machine = CallMachine::new(setup);
-        let state = CallState {
-            machine,
-            customer,
-            agent: None,
-            media,
-            tenant,
-            domain,
-            pending_cdr: None,
-            queue: None,
-            timer: None,
-        };
-        update_live(rt, &state);
-        Ok(state)
+        }
     }
 
     async fn handle(
@@ -185,6 +176,11 @@ impl Actor for CallActor {
                 MediaEvent::PlayDone {
                     leg: LegId::Customer,
                 } => state.machine.handle(now, CallInput::PlayDone),
+                MediaEvent::RtpTimeout { .. } if !rt.holds_lease() => {
+                    // Without a lease this node may be losing the call to another node,
+                    // which has re-INVITEd the legs: silence here proves nothing.
+                    debug!(call = %state.machine.call_id(), "RTP timeout ignored without a lease");
+                }
                 MediaEvent::RtpTimeout { leg } => {
                     warn!(call = %state.machine.call_id(), ?leg, "no RTP for too long; ending the call");
                     let input = if leg == LegId::Customer {
@@ -217,6 +213,14 @@ impl Actor for CallActor {
                 );
             }
             CallMsg::Tick => state.machine.handle_timeout(now),
+            CallMsg::Resync => state.machine.resync(),
+            CallMsg::Resume => {}
+            CallMsg::Abandon => {
+                info!(call = %state.machine.call_id(), "call left to its new owner");
+                state.abandoned = true;
+                myself.stop(None);
+                return Ok(());
+            }
             CallMsg::Retransmit2xx { attempt } => {
                 if state.customer.retransmit_2xx(rt) && attempt < 7 {
                     // T1 doubling, capped at T2 (RFC 3261 13.3.1.4).
@@ -244,13 +248,255 @@ impl Actor for CallActor {
         if let Some(agent) = &state.agent {
             rt.endpoint().unbind(&agent.sip_call_id);
         }
-        if !state.machine.is_ended() {
-            // Stopped from outside (node shutdown): the media stops with the node.
+        if !state.machine.is_ended() || state.abandoned {
+            // Stopped from outside (node shutdown, or the call moved to another node).
             let _ = state.media.stop().await;
+        }
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
         }
         metrics::gauge!("callgrid_calls_active").decrement(1.0);
         Ok(())
     }
+}
+
+async fn start_new(
+    rt: &Arc<Runtime>,
+    myself: ActorRef<CallMsg>,
+    setup: CallSetup,
+    mut customer: CustomerLeg,
+    offer: MediaDescription,
+) -> Result<CallState, ActorProcessingErr> {
+    let call_id = setup.call_id.clone();
+    rt.register_call(call_id.clone(), myself.clone());
+    rt.endpoint().bind(&customer.sip_call_id, myself.clone());
+    let tenant = setup.route.tenant.clone();
+    let domain = rt
+        .cluster
+        .read(|s| s.tenants.get(tenant.as_str()).map(|t| t.domain.clone()))
+        .unwrap_or_default();
+
+    let media = spawn_media(rt, &myself)?;
+    let Some((codec, dtmf)) = media::sdp::negotiate(&offer, &[Codec::Pcma, Codec::Pcmu]) else {
+        customer.reject(rt, 488, "Not Acceptable Here");
+        rt.unregister_call(&call_id);
+        return Err("no common codec".into());
+    };
+    let port = media.add_leg(LegId::Customer).await?;
+    media
+        .set_remote(LegId::Customer, offer.clone(), codec, dtmf)
+        .await?;
+    let answer = local_description(rt, port, vec![codec], dtmf);
+    customer.answer(rt, &answer);
+    drop(
+        myself.send_after(Duration::from_millis(500), || CallMsg::Retransmit2xx {
+            attempt: 1,
+        }),
+    );
+
+    metrics::counter!("callgrid_calls_offered_total", "tenant" => tenant.to_string()).increment(1);
+    metrics::gauge!("callgrid_calls_active").increment(1.0);
+    info!(call = %call_id, tenant = %tenant, "call answered by the platform");
+    let machine = CallMachine::new(setup);
+    let state = CallState {
+        machine,
+        customer,
+        agent: None,
+        media,
+        tenant,
+        domain,
+        pending_cdr: None,
+        queue: None,
+        timer: None,
+        version: 0,
+        checkpointed: None,
+        takeover_since_ms: None,
+        abandoned: false,
+    };
+    update_live(rt, &state);
+    Ok(state)
+}
+
+/// Starts the call's media session on this node, its events going to the actor.
+fn spawn_media(
+    rt: &Runtime,
+    myself: &ActorRef<CallMsg>,
+) -> Result<CallMediaHandle, ActorProcessingErr> {
+    let (media, mut events) =
+        media::session::CallMedia::spawn(rt.config.media_ip, &rt.media_ports)?;
+    let forward = myself.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if forward.cast(CallMsg::Media(event)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(media)
+}
+
+/// Points a media leg at the peer's checkpointed SDP and returns our new description for
+/// the re-INVITE (the codec the call already uses).
+async fn resume_leg_media(
+    rt: &Runtime,
+    media: &CallMediaHandle,
+    leg: LegId,
+    remote_sdp: Option<&str>,
+) -> Result<MediaDescription, ActorProcessingErr> {
+    let port = media.add_leg(leg).await?;
+    let remote = remote_sdp.and_then(|t| media::sdp::parse_sdp(t).ok());
+    let (codec, dtmf) = remote
+        .as_ref()
+        .and_then(|r| media::sdp::negotiate(r, &[Codec::Pcma, Codec::Pcmu]))
+        .unwrap_or((Codec::Pcma, Some(media::sdp::DEFAULT_DTMF_PAYLOAD_TYPE)));
+    if let Some(remote) = remote {
+        media.set_remote(leg, remote, codec, dtmf).await?;
+    }
+    Ok(local_description(rt, port, vec![codec], dtmf))
+}
+
+/// Rebuilds a call whose node was declared down (DESIGN.md "Failover"): the legs' dialogs
+/// and the machine come from the checkpoint; every leg gets a re-INVITE with this node's SDP
+/// and Contact, so its media and later requests come here.
+async fn take_over(
+    rt: &Arc<Runtime>,
+    myself: ActorRef<CallMsg>,
+    checkpoint: CallCheckpoint,
+    dead_since_ms: u64,
+) -> Result<CallState, ActorProcessingErr> {
+    let call_id = checkpoint.call_id.clone();
+    rt.register_call(call_id.clone(), myself.clone());
+    let tenant = checkpoint.route.tenant.clone();
+    let (domain, (flow, queues)) = rt.cluster.read(|s| {
+        (
+            s.tenants
+                .get(tenant.as_str())
+                .map(|t| t.domain.clone())
+                .unwrap_or_default(),
+            flow_and_queues(s, &checkpoint.route),
+        )
+    });
+    let mut customer = CustomerLeg::restore(&checkpoint.customer)
+        .ok_or("the customer leg's checkpoint is unusable")?;
+    rt.endpoint().bind(&customer.sip_call_id, myself.clone());
+    let media = spawn_media(rt, &myself)?;
+    let local = resume_leg_media(
+        rt,
+        &media,
+        LegId::Customer,
+        checkpoint.customer.remote_sdp.as_deref(),
+    )
+    .await?;
+    customer.reinvite(rt, myself.clone(), &local);
+
+    let mut agent = None;
+    match (&checkpoint.phase, &checkpoint.agent, &checkpoint.ringing) {
+        (CallPhase::Talking { .. }, Some(leg), _) => {
+            if let Some(mut leg_state) = AgentLeg::restore(leg) {
+                rt.endpoint().bind(&leg_state.sip_call_id, myself.clone());
+                let local =
+                    resume_leg_media(rt, &media, LegId::Agent, leg.remote_sdp.as_deref()).await?;
+                leg_state.reinvite(rt, myself.clone(), &local);
+                agent = Some(leg_state);
+            }
+        }
+        (CallPhase::Offering { .. }, _, Some(ringing)) => AgentLeg::cancel_stale(rt, ringing),
+        _ => {}
+    }
+
+    let now = rt.now_ms();
+    let setup = CallSetup {
+        call_id: call_id.clone(),
+        entry_node: checkpoint.cdr.entry_node,
+        route: checkpoint.route.clone(),
+        caller: checkpoint.cdr.caller.clone(),
+        dialled: checkpoint.cdr.dialled.clone(),
+        trunk: checkpoint.cdr.trunk.clone(),
+        started_at_ms: checkpoint.cdr.started_at_ms,
+        flow,
+        queues,
+    };
+    let mut machine = CallMachine::restore(setup, &checkpoint.phase, checkpoint.cdr.clone(), now);
+    machine.note_failover(FailoverMark {
+        from_node: checkpoint.fence.node,
+        to_node: rt.node_id(),
+        at_ms: now,
+        gap_ms: now.saturating_sub(dead_since_ms),
+        recording_id: None,
+        recording_offset_ms: 0,
+    });
+    metrics::counter!("callgrid_calls_taken_over_total").increment(1);
+    metrics::gauge!("callgrid_calls_active").increment(1.0);
+    info!(call = %call_id, from = checkpoint.fence.node, phase = ?checkpoint.phase, "call taken over");
+    let queue = match &checkpoint.phase {
+        CallPhase::Queued { queue, .. }
+        | CallPhase::Offering { queue, .. }
+        | CallPhase::Talking { queue, .. } => Some(queue.clone()),
+        _ => None,
+    };
+    let state = CallState {
+        machine,
+        customer,
+        agent,
+        media,
+        tenant,
+        domain,
+        pending_cdr: None,
+        queue,
+        timer: None,
+        version: checkpoint.version,
+        checkpointed: None,
+        takeover_since_ms: Some(dead_since_ms),
+        abandoned: false,
+    };
+    update_live(rt, &state);
+    Ok(state)
+}
+
+/// Replicates the call's checkpoint when what a new owner would need has changed.
+fn checkpoint(rt: &Arc<Runtime>, state: &mut CallState) {
+    let Some(phase) = state.machine.phase() else {
+        return;
+    };
+    let Some(customer) = state.customer.checkpoint() else {
+        return; // Not answered yet: nothing another node could resume.
+    };
+    let agent = match phase {
+        CallPhase::Talking { .. } => state.agent.as_ref().and_then(AgentLeg::checkpoint),
+        _ => None,
+    };
+    let ringing = match phase {
+        CallPhase::Offering { .. } => state.agent.as_ref().and_then(AgentLeg::pending_invite),
+        _ => None,
+    };
+    let key = CheckpointKey {
+        phase: phase.clone(),
+        customer: Some(customer.clone()),
+        agent: agent.clone(),
+        ringing: ringing.is_some(),
+        failovers: state.machine.cdr_so_far().failovers.len(),
+    };
+    if state.checkpointed.as_ref() == Some(&key) {
+        return;
+    }
+    state.version += 1;
+    let cdr = state.machine.cdr_so_far();
+    let checkpoint = CallCheckpoint {
+        call_id: cdr.call_id.clone(),
+        fence: rt.fence(),
+        version: state.version,
+        at_ms: rt.now_ms(),
+        route: state.machine.route().clone(),
+        phase,
+        cdr: cdr.clone(),
+        customer,
+        agent,
+        ringing,
+    };
+    rt.checkpoints.submit(model::Command::PutCall {
+        checkpoint: Box::new(checkpoint),
+    });
+    state.checkpointed = Some(key);
 }
 
 async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEvent) {
@@ -317,15 +563,22 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
             }
         }
         SipEvent::Response { response } => {
+            let method = response.cseq().map(|(_, m)| m);
+            if method != Some(Method::Invite) {
+                return;
+            }
+            let cseq = response.cseq().map(|(n, _)| n);
+            if response.call_id() == Some(state.customer.sip_call_id.as_str()) {
+                return on_reinvite_response(rt, state, now, LegId::Customer, &response).await;
+            }
             let Some(agent) = state.agent.as_mut() else {
                 return;
             };
             if response.call_id() != Some(agent.sip_call_id.as_str()) {
                 return;
             }
-            let method = response.cseq().map(|(_, m)| m);
-            if method != Some(Method::Invite) {
-                return;
+            if agent.reinvite.is_some() && agent.reinvite == cseq {
+                return on_reinvite_response(rt, state, now, LegId::Agent, &response).await;
             }
             match response.status {
                 100 => {}
@@ -382,6 +635,23 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
         SipEvent::Timeout {
             sip_call_id,
             method,
+        } if method == Method::Invite
+            && (sip_call_id == state.customer.sip_call_id && state.customer.reinvite.is_some()
+                || state
+                    .agent
+                    .as_ref()
+                    .is_some_and(|a| a.sip_call_id == sip_call_id && a.reinvite.is_some())) =>
+        {
+            let leg = if sip_call_id == state.customer.sip_call_id {
+                LegId::Customer
+            } else {
+                LegId::Agent
+            };
+            reinvite_failed(rt, state, now, leg, "no answer to the re-INVITE");
+        }
+        SipEvent::Timeout {
+            sip_call_id,
+            method,
         } => {
             let agent_invite = state
                 .agent
@@ -397,6 +667,72 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
                     },
                 );
             }
+        }
+    }
+}
+
+/// The answer to a re-INVITE this node sent after taking the call over.
+async fn on_reinvite_response(
+    rt: &Arc<Runtime>,
+    state: &mut CallState,
+    now: u64,
+    leg: LegId,
+    response: &Response,
+) {
+    match response.status {
+        100..=199 => {}
+        200..=299 => {
+            let first = match leg {
+                LegId::Customer => state.customer.on_reinvite_2xx(rt, response),
+                _ => state
+                    .agent
+                    .as_mut()
+                    .is_some_and(|a| a.on_reinvite_2xx(rt, response)),
+            };
+            if !first {
+                return;
+            }
+            if let Some(description) = response_sdp(response) {
+                if let Some((codec, dtmf)) =
+                    media::sdp::negotiate(&description, &[Codec::Pcma, Codec::Pcmu])
+                {
+                    if let Err(error) = state.media.set_remote(leg, description, codec, dtmf).await
+                    {
+                        warn!(%error, ?leg, "media after the re-INVITE");
+                    }
+                }
+            }
+            if leg == LegId::Customer {
+                if let Some(since) = state.takeover_since_ms {
+                    let gap = now.saturating_sub(since);
+                    state.machine.set_failover_gap(gap);
+                    metrics::histogram!("callgrid_failover_media_gap_ms").record(gap as f64);
+                }
+            }
+            info!(call = %state.machine.call_id(), ?leg, "leg follows the new owner");
+        }
+        status => {
+            reinvite_failed(rt, state, now, leg, &format!("re-INVITE answered {status}"));
+        }
+    }
+}
+
+/// A leg refused to follow this node: it is gone, and so is the call.
+fn reinvite_failed(rt: &Arc<Runtime>, state: &mut CallState, now: u64, leg: LegId, why: &str) {
+    warn!(call = %state.machine.call_id(), ?leg, why, "leg lost in the takeover");
+    match leg {
+        LegId::Customer => {
+            state.customer.reinvite = None;
+            state.customer.closed = true;
+            state.machine.handle(now, CallInput::CustomerHangup);
+        }
+        _ => {
+            if let Some(agent) = state.agent.as_mut() {
+                agent.reinvite = None;
+                agent.bye(rt);
+                agent.closed = true;
+            }
+            state.machine.handle(now, CallInput::AgentHangup);
         }
     }
 }
@@ -431,6 +767,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 queue,
                 priority,
                 enqueued_at_ms,
+                offered_to,
             } => {
                 state.queue = Some(queue.clone());
                 rt.send_queue(
@@ -441,6 +778,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                         call_node: rt.node_id(),
                         priority,
                         enqueued_at_ms,
+                        offered_to,
                     },
                 );
             }
@@ -543,6 +881,32 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                     agent.cancel_or_bye(rt);
                 }
             }
+            CallOutput::Bridge if state.takeover_since_ms.is_some() => {
+                // The recording goes on in a new part on this node; the CDR's failover mark
+                // names it and where it starts in the call's timeline (the gap is silence).
+                let part = format!(
+                    "{}-f{}-{call_id}",
+                    rt.node_id(),
+                    state.machine.cdr_so_far().failovers.len()
+                );
+                let dir = recording_dir(rt);
+                let recorded = std::fs::create_dir_all(&dir).is_ok()
+                    && state
+                        .media
+                        .bridge(Some(dir.join(format!("{part}.wav"))))
+                        .await
+                        .is_ok();
+                if !recorded {
+                    warn!(call = %call_id, "recording unavailable after the takeover");
+                    let _ = state.media.bridge(None).await;
+                }
+                let offset = rt
+                    .now_ms()
+                    .saturating_sub(state.machine.cdr_so_far().agent_answered_at_ms.unwrap_or(0));
+                state
+                    .machine
+                    .set_failover_recording(recorded.then_some(part), offset);
+            }
             CallOutput::Bridge => {
                 let dir = recording_dir(rt);
                 let path = dir.join(format!("{call_id}.wav"));
@@ -577,13 +941,17 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                     if cdr.disposition == model::Disposition::Abandoned {
                         metrics::counter!("callgrid_calls_abandoned_total", "tenant" => state.tenant.to_string()).increment(1);
                     }
-                    write_cdr(rt, cdr);
+                    rt.checkpoints.submit(model::Command::RecordCdr {
+                        cdr,
+                        fence: Some(rt.fence()),
+                    });
                 }
                 myself.stop(None);
                 return;
             }
         }
     }
+    checkpoint(rt, state);
     update_live(rt, state);
     // One pending timer per call: a new deadline replaces the old one.
     if let Some(old) = state.timer.take() {
@@ -595,27 +963,6 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
             || CallMsg::Tick,
         ));
     }
-}
-
-fn write_cdr(rt: &Arc<Runtime>, cdr: Box<Cdr>) {
-    let rt = Arc::clone(rt);
-    tokio::spawn(async move {
-        // Idempotent by call id in the state machine, so retrying is safe (I2).
-        for attempt in 0..10u32 {
-            match rt
-                .cluster
-                .write(model::Command::RecordCdr { cdr: cdr.clone() })
-                .await
-            {
-                Ok(_) => return,
-                Err(error) => {
-                    warn!(%error, attempt, call = %cdr.call_id, "CDR write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200u64 << attempt.min(5))).await;
-                }
-            }
-        }
-        tracing::error!(call = %cdr.call_id, "CDR could not be written");
-    });
 }
 
 fn update_live(rt: &Runtime, state: &CallState) {

@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use model::routing::{resolve, RouteError};
-use model::Entry;
 use sip::message::{Method, Request, Response};
 use sip::transaction::{TransactionKey, TransactionLayer, TransactionOutput, Transport};
 use sip::transport::{Inbound, SipTransport};
@@ -383,19 +382,7 @@ impl Endpoint {
             // We answer with an offer-less INVITE nowhere yet: late offer is not supported.
             return reply(self, 488, "Not Acceptable Here");
         };
-        let (flow, queues) = state.read(|s| {
-            let flow = match &route.entry {
-                Entry::Flow(f) => s.flow(&route.tenant, f).cloned(),
-                Entry::Queue(_) => None,
-            };
-            let queues = s
-                .queues
-                .values()
-                .filter(|q| q.tenant == route.tenant)
-                .map(|q| (q.id.clone(), q.clone()))
-                .collect();
-            (flow, queues)
-        });
+        let (flow, queues) = state.read(|s| crate::call::flow_and_queues(s, &route));
         let caller = request
             .from()
             .and_then(|f| f.uri.user.clone())
@@ -419,7 +406,7 @@ impl Endpoint {
             if let Err(error) = Actor::spawn(
                 None,
                 actor,
-                CallArgs {
+                CallArgs::New {
                     setup,
                     customer,
                     offer,

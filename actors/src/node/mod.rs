@@ -15,6 +15,7 @@
 pub mod agent_actor;
 pub mod api;
 pub mod call_actor;
+pub mod checkpoints;
 pub mod endpoint;
 pub mod mesh;
 pub mod placement;
@@ -33,8 +34,8 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-use cluster::{Cluster, NodeInfo};
-use model::{AgentId, AgentSession, CallId, NodeId, QueueId, TenantId};
+use cluster::{Cluster, LeaseConfig, Liveness, NodeInfo};
+use model::{AgentId, AgentSession, CallCheckpoint, CallId, Fence, NodeId, QueueId, TenantId};
 
 use agent_actor::{AgentActor, AgentArgs, AgentMsg};
 pub use api::*;
@@ -61,6 +62,8 @@ pub struct NodeConfig {
     /// Shared by all nodes: digest nonces minted on one node validate on another.
     pub secret: String,
     pub peers: BTreeMap<NodeId, NodeInfo>,
+    /// Lease and failure-detection timings.
+    pub lease: LeaseConfig,
 }
 
 /// What all drivers of a node share.
@@ -79,6 +82,11 @@ pub struct Runtime {
     dispatch: tokio::sync::mpsc::UnboundedSender<Envelope>,
     pub media_ports: media::session::PortAllocator,
     call_counter: std::sync::atomic::AtomicU64,
+    pub liveness: Arc<Liveness>,
+    pub checkpoints: Arc<checkpoints::Checkpointer>,
+    /// After this node rejoins, it serves queue and agent actors it gains only once the
+    /// previous owners' leases have run out (no two live owners).
+    serve_after: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Runtime {
@@ -91,14 +99,44 @@ impl Runtime {
         model::unix_ms(std::time::SystemTime::now())
     }
 
-    /// The voting nodes placement hashes over (from the replicated membership).
+    /// The live voting nodes placement hashes over: the replicated membership minus the
+    /// nodes the cluster declared down.
     pub fn voters(&self) -> Vec<NodeId> {
-        let voters: Vec<NodeId> = self.cluster.status().voters.keys().copied().collect();
+        let mut voters: Vec<NodeId> = self.cluster.status().voters.keys().copied().collect();
         if voters.is_empty() {
-            self.config.peers.keys().copied().collect()
-        } else {
-            voters
+            voters = self.config.peers.keys().copied().collect();
         }
+        let down: Vec<NodeId> = self.cluster.read(|s| {
+            s.nodes
+                .iter()
+                .filter(|(_, n)| n.down)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        voters.retain(|n| !down.contains(n));
+        voters
+    }
+
+    /// True while this node holds its lease (it may host queue and agent actors).
+    pub fn holds_lease(&self) -> bool {
+        self.liveness.lease_valid()
+    }
+
+    /// This node at its current epoch: the fence on everything it checkpoints.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            node: self.node_id(),
+            epoch: self.cluster.read(|s| s.epoch(self.node_id())),
+        }
+    }
+
+    /// Where a call lives: `hint` (its node) while that node is up, else the node that takes
+    /// it over (rendezvous over the live voters, the same answer on every node).
+    pub fn call_owner(&self, call: &CallId, hint: NodeId) -> NodeId {
+        if !self.cluster.read(|s| s.is_down(hint)) {
+            return hint;
+        }
+        placement::owner(&placement::call_key(call), self.voters()).unwrap_or(self.node_id())
     }
 
     pub fn queue_owner(&self, tenant: &TenantId, queue: &QueueId) -> NodeId {
@@ -160,7 +198,7 @@ impl Runtime {
 
     pub fn send_call(self: &Arc<Self>, node: NodeId, call: &CallId, input: CallEnvelope) {
         self.send(
-            node,
+            self.call_owner(call, node),
             Envelope::Call {
                 call: call.clone(),
                 input,
@@ -186,27 +224,13 @@ impl Runtime {
         let _ = self.events.send(event);
     }
 
-    /// Replicates an agent session. Fire and forget with retries: versions make late or
-    /// repeated writes harmless.
-    pub fn checkpoint_agent(self: &Arc<Self>, session: AgentSession) {
-        let rt = Arc::clone(self);
-        tokio::spawn(async move {
-            for attempt in 0..5u32 {
-                match rt
-                    .cluster
-                    .write(model::Command::PutAgentSession {
-                        session: session.clone(),
-                    })
-                    .await
-                {
-                    Ok(_) => return,
-                    Err(error) => {
-                        warn!(%error, attempt, agent = %session.agent, "agent checkpoint failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    }
-                }
-            }
-        });
+    /// Replicates an agent session through the node's checkpoint writer (batched, kept while
+    /// Raft has no quorum): versions make late or repeated writes harmless, and the fence
+    /// refuses them once this node has lost the agent to another.
+    pub fn checkpoint_agent(self: &Arc<Self>, mut session: AgentSession) {
+        session.fence = Some(self.fence());
+        self.checkpoints
+            .submit(model::Command::PutAgentSession { session });
     }
 
     async fn queue_actor(
@@ -334,6 +358,13 @@ impl Runtime {
     /// node's one dispatcher task, so envelopes keep their order: an Enqueue is never overtaken
     /// by the Remove that follows it.
     async fn route(self: Arc<Self>, envelope: Envelope) {
+        if matches!(envelope, Envelope::Queue { .. } | Envelope::Agent { .. }) {
+            let serve_after = *self.serve_after.lock().expect("serve lock");
+            if let Some(at) = serve_after {
+                // Rejoined: wait out the leases of the nodes that held our actors meanwhile.
+                tokio::time::sleep_until(at).await;
+            }
+        }
         match envelope {
             Envelope::Queue {
                 tenant,
@@ -363,12 +394,16 @@ impl Runtime {
                 }
             }
             Envelope::Call { call, input } => {
-                let actor = self
+                let mut actor = self
                     .calls
                     .lock()
                     .expect("registry lock")
                     .get(&call)
                     .cloned();
+                if actor.is_none() {
+                    // Its node may be down with the takeover not yet started here.
+                    actor = self.take_over_call(&call).await;
+                }
                 match (actor, input) {
                     (Some(actor), input) => drop(actor.cast(CallMsg::Mesh(input))),
                     (
@@ -420,6 +455,180 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Rebuilds the call here if its checkpoint's owner is down and this node is the one to
+    /// take it over (the same rendezvous answer on every node).
+    async fn take_over_call(self: &Arc<Self>, call: &CallId) -> Option<ActorRef<CallMsg>> {
+        let (checkpoint, dead_since) = self.cluster.read(|s| {
+            let c = s.calls.get(call.as_str())?;
+            let owner = s.nodes.get(&c.fence.node)?;
+            owner.down.then(|| (c.clone(), owner.last_heartbeat_ms))
+        })?;
+        if self.call_owner(call, checkpoint.fence.node) != self.node_id() {
+            return None;
+        }
+        self.spawn_takeover(checkpoint, dead_since).await
+    }
+
+    async fn spawn_takeover(
+        self: &Arc<Self>,
+        checkpoint: CallCheckpoint,
+        dead_since_ms: u64,
+    ) -> Option<ActorRef<CallMsg>> {
+        let call = checkpoint.call_id.clone();
+        if let Some(actor) = self.calls.lock().expect("registry lock").get(&call) {
+            return Some(actor.clone());
+        }
+        let actor = call_actor::CallActor {
+            runtime: Arc::clone(self),
+        };
+        match Actor::spawn(
+            None,
+            actor,
+            call_actor::CallArgs::Takeover {
+                checkpoint: Box::new(checkpoint),
+                dead_since_ms,
+            },
+        )
+        .await
+        {
+            Ok((actor, _)) => Some(actor),
+            Err(error) => {
+                warn!(%call, %error, "takeover failed");
+                None
+            }
+        }
+    }
+
+    /// A node was declared down: take over the calls, agents and queues placement now gives
+    /// this node, and tell every local queued call to re-join its queue (its owner may have
+    /// changed). Runs on every node, each taking its share.
+    async fn on_node_down(self: &Arc<Self>, dead: NodeId) {
+        if dead == self.node_id() {
+            return self.on_declared_down().await;
+        }
+        let me = self.node_id();
+        let (calls, dead_since, sessions, queues) = self.cluster.read(|s| {
+            let calls: Vec<CallCheckpoint> = s
+                .calls
+                .values()
+                .filter(|c| c.fence.node == dead)
+                .cloned()
+                .collect();
+            let since = s.nodes.get(&dead).map_or(0, |n| n.last_heartbeat_ms);
+            let sessions: Vec<(TenantId, AgentId)> = s
+                .agent_sessions
+                .values()
+                .filter(|a| a.status != model::AgentStatus::SignedOut)
+                .map(|a| (a.tenant.clone(), a.agent.clone()))
+                .collect();
+            let queues: Vec<(TenantId, QueueId)> = s
+                .queues
+                .values()
+                .map(|q| (q.tenant.clone(), q.id.clone()))
+                .collect();
+            (calls, since, sessions, queues)
+        });
+        info!(
+            dead,
+            calls = calls.len(),
+            "node down: taking over its share"
+        );
+        for c in calls {
+            if self.call_owner(&c.call_id, dead) == me {
+                self.spawn_takeover(c, dead_since).await;
+            }
+        }
+        for (tenant, agent) in sessions {
+            if self.agent_owner(&tenant, &agent) == me {
+                self.agent_actor(&tenant, &agent).await;
+            }
+        }
+        for (tenant, queue) in queues {
+            if self.queue_owner(&tenant, &queue) == me {
+                self.queue_actor(&tenant, &queue).await;
+            }
+        }
+        self.resync_calls();
+    }
+
+    /// Every local call re-states its queue place to the queue's (possibly new) owner.
+    fn resync_calls(&self) {
+        for call in self.call_actors() {
+            let _ = call.cast(CallMsg::Resync);
+        }
+    }
+
+    /// The cluster declared this node down (it was cut off or too slow): its calls, queues
+    /// and agents now belong to other nodes. Drop them without a word, then rejoin.
+    async fn on_declared_down(self: &Arc<Self>) {
+        warn!("this node was declared down: dropping its actors and rejoining");
+        for call in self.call_actors() {
+            let _ = call.cast(CallMsg::Abandon);
+        }
+        self.stop_actors_not_owned(true);
+        let rt = Arc::clone(self);
+        tokio::spawn(async move {
+            let me = rt.node_id();
+            let mut attempt = 0u32;
+            while rt.cluster.read(|s| s.is_down(me)) {
+                let at_ms = rt.now_ms();
+                match rt
+                    .cluster
+                    .write(model::Command::NodeUp { node: me, at_ms })
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(error) => debug!(%error, attempt, "rejoin not committed yet"),
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            info!("rejoined the cluster");
+        });
+    }
+
+    /// A node rejoined: hand it the queue and agent actors placement gives it back; if it is
+    /// this node, serve gained actors only after the others' leases ran out.
+    fn on_node_up(self: &Arc<Self>, node: NodeId) {
+        if node == self.node_id() {
+            let wait = Duration::from_millis(self.config.lease.lease_ms);
+            *self.serve_after.lock().expect("serve lock") =
+                Some(tokio::time::Instant::now() + wait);
+        }
+        self.stop_actors_not_owned(false);
+        self.resync_calls();
+    }
+
+    /// Stops local queue and agent actors this node no longer owns (all of them if `all`).
+    /// Their state lives in Raft (agent sessions, call checkpoints), so the new owner rebuilds
+    /// them.
+    fn stop_actors_not_owned(&self, all: bool) {
+        let me = self.node_id();
+        let voters = self.voters();
+        let owned = |key: &str| {
+            !all && placement::owner(key, voters.clone()).is_none_or(|owner| owner == me)
+        };
+        let mut queues = self.queues.lock().expect("registry lock");
+        queues.retain(|key, actor| {
+            let keep = owned(&format!("queue/{key}"));
+            if !keep {
+                actor.stop(Some("owner changed".into()));
+            }
+            keep
+        });
+        drop(queues);
+        let mut agents = self.agents.lock().expect("registry lock");
+        agents.retain(|key, actor| {
+            let keep = owned(&format!("agent/{key}"));
+            if !keep {
+                actor.stop(Some("owner changed".into()));
+            }
+            keep
+        });
+    }
+}
+
 impl Dispatch for Runtime {
     fn deliver(self: Arc<Self>, envelope: Envelope) {
         if self.dispatch.send(envelope).is_err() {
@@ -450,6 +659,9 @@ impl Node {
         let (dispatch, mut dispatched) = tokio::sync::mpsc::unbounded_channel();
         let media_ports =
             media::session::PortAllocator::new(config.rtp_port_min, config.rtp_port_max);
+        config.lease.validate().map_err(NodeError::Cluster)?;
+        let liveness = Liveness::start(Arc::clone(&cluster), config.lease);
+        let (checkpoints, checkpoint_task) = checkpoints::Checkpointer::start(Arc::clone(&cluster));
         let runtime = Arc::new(Runtime {
             mesh: MeshClient {
                 node_id: config.node_id,
@@ -465,8 +677,11 @@ impl Node {
             dispatch,
             media_ports,
             call_counter: std::sync::atomic::AtomicU64::new(1),
+            liveness,
+            checkpoints,
+            serve_after: Mutex::new(None),
         });
-        let mut tasks = Vec::new();
+        let mut tasks = vec![checkpoint_task];
         let dispatcher = Arc::downgrade(&runtime);
         tasks.push(tokio::spawn(async move {
             while let Some(envelope) = dispatched.recv().await {
@@ -694,6 +909,7 @@ impl Node {
     }
 
     pub async fn shutdown(&self) {
+        self.runtime.liveness.stop();
         for call in self.runtime.call_actors() {
             call.stop(Some("node shutting down".into()));
         }
@@ -725,12 +941,29 @@ async fn publish_applied(rt: Arc<Runtime>) {
     let mut applied = rt.cluster.subscribe();
     loop {
         match applied.recv().await {
-            Ok(a) => publish_command(&rt, &a.command),
+            Ok(a) => {
+                publish_command(&rt, &a.command);
+                react(&rt, &a.command).await;
+            }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 warn!(n, "event stream lagged behind Raft")
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Ownership changes committed through Raft, acted on in log order.
+async fn react(rt: &Arc<Runtime>, command: &model::Command) {
+    match command {
+        model::Command::NodeDown { node, .. } => rt.on_node_down(*node).await,
+        model::Command::NodeUp { node, .. } => rt.on_node_up(*node),
+        model::Command::Batch { commands } => {
+            for c in commands {
+                Box::pin(react(rt, c)).await;
+            }
+        }
+        _ => {}
     }
 }
 
@@ -743,7 +976,7 @@ fn publish_command(rt: &Runtime, command: &model::Command) {
             session: session.clone(),
             at_ms: session.since_ms,
         }),
-        model::Command::RecordCdr { cdr } => rt.publish(Event::CallEnded {
+        model::Command::RecordCdr { cdr, .. } => rt.publish(Event::CallEnded {
             call_id: cdr.call_id.clone(),
             tenant: cdr.tenant.clone(),
             disposition: cdr.disposition,

@@ -32,6 +32,10 @@ pub fn queue_key(tenant: &model::TenantId, queue: &model::QueueId) -> String {
 pub fn agent_key(tenant: &model::TenantId, agent: &model::AgentId) -> String {
     format!("agent/{tenant}/{agent}")
 }
+/// A call is placed only when its node dies: this picks the node that takes it over.
+pub fn call_key(call: &model::CallId) -> String {
+    format!("call/{call}")
+}
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,8 @@ pub enum QueueMsg {
     Input(QueueInput),
     Tick,
     Status(RpcReplyPort<(QueueStats, usize)>),
+    /// Process inputs held while this node had no lease.
+    Flush,
 }
 
 pub struct QueueActor {
@@ -27,6 +29,10 @@ pub struct QueueState {
     tenant: TenantId,
     queue: QueueId,
     machine: QueueMachine,
+    /// Inputs received while this node had no lease, in order (the queue distributes only
+    /// under a lease: no split brain).
+    held: std::collections::VecDeque<QueueInput>,
+    flush_armed: bool,
 }
 
 impl Actor for QueueActor {
@@ -36,7 +42,7 @@ impl Actor for QueueActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<QueueMsg>,
+        myself: ActorRef<QueueMsg>,
         (tenant, queue): (TenantId, QueueId),
     ) -> Result<QueueState, ActorProcessingErr> {
         // A queue that (re)starts knows no agents: ask every ready agent with this skill to
@@ -61,11 +67,50 @@ impl Actor for QueueActor {
                 },
             );
         }
-        Ok(QueueState {
+        // Rebuild the waiting line from the calls' checkpoints (a new owner after a node
+        // loss): every call at its original priority and enqueue time. The calls also re-join
+        // by themselves (idempotent), covering checkpoints still in flight.
+        let waiting: Vec<QueueInput> = self.runtime.cluster.read(|s| {
+            s.calls
+                .values()
+                .filter(|c| c.route.tenant == tenant)
+                .filter_map(|c| {
+                    match &c.phase {
+                        model::CallPhase::Queued {
+                            queue: q,
+                            priority,
+                            enqueued_at_ms,
+                        } if *q == queue => Some((*priority, *enqueued_at_ms, None)),
+                        model::CallPhase::Offering {
+                            queue: q,
+                            priority,
+                            enqueued_at_ms,
+                            agent,
+                            ..
+                        } if *q == queue => Some((*priority, *enqueued_at_ms, Some(agent.clone()))),
+                        _ => None,
+                    }
+                    .map(|(priority, enqueued_at_ms, offered_to)| {
+                        QueueInput::Enqueue {
+                            call: c.call_id.clone(),
+                            call_node: c.fence.node,
+                            priority,
+                            enqueued_at_ms,
+                            offered_to,
+                        }
+                    })
+                })
+                .collect()
+        });
+        let mut state = QueueState {
             tenant,
             queue,
             machine: QueueMachine::new(),
-        })
+            held: waiting.into(),
+            flush_armed: false,
+        };
+        arm_flush(&myself, &mut state);
+        Ok(state)
     }
 
     async fn handle(
@@ -77,11 +122,27 @@ impl Actor for QueueActor {
         let rt = &self.runtime;
         let now = rt.now_ms();
         match message {
-            QueueMsg::Input(input) => state.machine.handle(now, input),
-            QueueMsg::Tick => state.machine.handle_timeout(now),
             QueueMsg::Status(reply) => {
-                let _ = reply.send((state.machine.stats(), 0));
+                let _ = reply.send((state.machine.stats(), state.held.len()));
                 return Ok(());
+            }
+            QueueMsg::Input(input) if !state.held.is_empty() || !rt.holds_lease() => {
+                state.held.push_back(input);
+                arm_flush(&myself, state);
+                return Ok(());
+            }
+            QueueMsg::Input(input) => state.machine.handle(now, input),
+            QueueMsg::Tick | QueueMsg::Flush if !rt.holds_lease() => {
+                state.flush_armed = false;
+                arm_flush(&myself, state);
+                return Ok(());
+            }
+            QueueMsg::Tick => state.machine.handle_timeout(now),
+            QueueMsg::Flush => {
+                state.flush_armed = false;
+                while let Some(input) = state.held.pop_front() {
+                    state.machine.handle(now, input);
+                }
             }
         }
         while let Some(output) = state.machine.poll_output() {
@@ -151,5 +212,13 @@ impl Actor for QueueActor {
             ));
         }
         Ok(())
+    }
+}
+
+/// Retries held inputs shortly (once the lease is back).
+fn arm_flush(myself: &ActorRef<QueueMsg>, state: &mut QueueState) {
+    if !state.flush_armed {
+        state.flush_armed = true;
+        drop(myself.send_after(Duration::from_millis(50), || QueueMsg::Flush));
     }
 }

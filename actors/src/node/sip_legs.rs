@@ -9,7 +9,7 @@ use ractor::ActorRef;
 use tracing::warn;
 
 use media::sdp::MediaDescription;
-use model::{Binding, CallId, ExtensionId};
+use model::{Binding, CallId, ExtensionId, LegCheckpoint, PendingInvite};
 use sip::dialog::Dialog;
 use sip::message::{Method, Request, Response};
 use sip::name_addr::NameAddr;
@@ -36,16 +36,21 @@ fn sdp_text(description: &MediaDescription) -> String {
 /// The carrier side: we answered its INVITE.
 pub struct CustomerLeg {
     pub sip_call_id: String,
-    key: TransactionKey,
-    invite: Request,
+    /// The carrier's INVITE and its server transaction, until we answer it (None for a leg
+    /// rebuilt from a checkpoint).
+    pending: Option<(TransactionKey, Request)>,
     source: SocketAddr,
     transport: Transport,
     local_tag: String,
     dialog: Option<Dialog>,
     pub local_sdp: Option<String>,
+    /// The carrier's last SDP (the INVITE's offer, or a re-INVITE answer).
+    pub remote_sdp: Option<String>,
     ok_bytes: Option<Vec<u8>>,
     acked: bool,
     pub closed: bool,
+    /// CSeq of our outstanding re-INVITE (after a takeover).
+    pub reinvite: Option<u32>,
 }
 
 impl CustomerLeg {
@@ -57,8 +62,8 @@ impl CustomerLeg {
     ) -> Self {
         Self {
             sip_call_id: invite.call_id().unwrap_or_default().to_string(),
-            key,
-            invite,
+            remote_sdp: String::from_utf8(invite.body.clone()).ok(),
+            pending: Some((key, invite)),
             source,
             transport,
             local_tag: sip::message::new_tag(&mut rand::thread_rng()),
@@ -67,29 +72,95 @@ impl CustomerLeg {
             ok_bytes: None,
             acked: false,
             closed: false,
+            reinvite: None,
         }
     }
 
+    /// The leg as a new owner rebuilt it from a checkpoint: answered and acknowledged.
+    pub fn restore(checkpoint: &LegCheckpoint) -> Option<CustomerLeg> {
+        let (dialog, source, transport) = restore_dialog(checkpoint)?;
+        Some(CustomerLeg {
+            sip_call_id: checkpoint.sip_call_id.clone(),
+            pending: None,
+            source,
+            transport,
+            local_tag: checkpoint.local_tag.clone(),
+            dialog: Some(dialog),
+            local_sdp: None,
+            remote_sdp: checkpoint.remote_sdp.clone(),
+            ok_bytes: None,
+            acked: true,
+            closed: false,
+            reinvite: None,
+        })
+    }
+
+    /// What a new owner needs to resume the leg; None before the dialog exists.
+    pub fn checkpoint(&self) -> Option<LegCheckpoint> {
+        self.dialog
+            .as_ref()
+            .map(|d| leg_checkpoint(d, self.source, self.transport, self.remote_sdp.clone()))
+    }
+
     pub fn reject(&mut self, rt: &Runtime, status: u16, reason: &str) {
-        let response =
-            Response::for_request(&self.invite, status, reason).with_to_tag(&self.local_tag);
-        rt.endpoint().respond(self.key.clone(), response);
+        if let Some((key, invite)) = &self.pending {
+            let response =
+                Response::for_request(invite, status, reason).with_to_tag(&self.local_tag);
+            rt.endpoint().respond(key.clone(), response);
+        }
         self.closed = true;
     }
 
     /// Answers with our SDP: 200 OK with a To tag and our Contact (RFC 3261 13.3.1.4).
     pub fn answer(&mut self, rt: &Runtime, description: &MediaDescription) {
+        let Some((key, invite)) = &self.pending else {
+            return;
+        };
         let sdp = sdp_text(description);
-        let mut response =
-            Response::for_request(&self.invite, 200, "OK").with_to_tag(&self.local_tag);
+        let mut response = Response::for_request(invite, 200, "OK").with_to_tag(&self.local_tag);
         response
             .headers
             .set("Contact", format!("<{}>", contact_uri(rt)));
         let response = with_sdp(response, &sdp);
-        self.dialog = Dialog::uas_from_invite(&self.invite, &self.local_tag, &contact_uri(rt)).ok();
+        self.dialog = Dialog::uas_from_invite(invite, &self.local_tag, &contact_uri(rt)).ok();
         self.ok_bytes = Some(response.to_bytes());
         self.local_sdp = Some(sdp);
-        rt.endpoint().respond(self.key.clone(), response);
+        rt.endpoint().respond(key.clone(), response);
+    }
+
+    /// A target refresh from this node (after a takeover): re-INVITE with our SDP and
+    /// Contact, so the carrier's media and requests come here (RFC 3261 14).
+    pub fn reinvite(
+        &mut self,
+        rt: &Runtime,
+        owner: ActorRef<CallMsg>,
+        description: &MediaDescription,
+    ) {
+        let sdp = sdp_text(description);
+        if let Some(cseq) = send_reinvite(
+            rt,
+            owner,
+            &mut self.dialog,
+            self.source,
+            self.transport,
+            &sdp,
+        ) {
+            self.reinvite = Some(cseq);
+            self.local_sdp = Some(sdp);
+        }
+    }
+
+    /// A 2xx to our re-INVITE: ACK it; true for the first one.
+    pub fn on_reinvite_2xx(&mut self, rt: &Runtime, response: &Response) -> bool {
+        ack_reinvite(
+            rt,
+            &mut self.reinvite,
+            &mut self.dialog,
+            response,
+            self.source,
+            self.transport,
+            &mut self.remote_sdp,
+        )
     }
 
     /// Resends our 2xx if the ACK has not come (UDP only). False once there is nothing to do.
@@ -154,9 +225,13 @@ pub struct AgentLeg {
     transport: Transport,
     dialog: Option<Dialog>,
     pub local_sdp: Option<String>,
+    /// The phone's SDP answer.
+    pub remote_sdp: Option<String>,
     answered: bool,
     pub final_failure: bool,
     pub closed: bool,
+    /// CSeq of our outstanding re-INVITE (after a takeover).
+    pub reinvite: Option<u32>,
 }
 
 impl AgentLeg {
@@ -214,10 +289,92 @@ impl AgentLeg {
             transport,
             dialog: None,
             local_sdp: Some(sdp),
+            remote_sdp: None,
             answered: false,
             final_failure: false,
             closed: false,
+            reinvite: None,
         })
+    }
+
+    /// The answered leg as a new owner rebuilt it from a checkpoint.
+    pub fn restore(checkpoint: &LegCheckpoint) -> Option<AgentLeg> {
+        let (dialog, dest, transport) = restore_dialog(checkpoint)?;
+        // Only CANCEL reads `invite`, and an answered leg is never cancelled.
+        let invite = Request::new(Method::Invite, dialog.remote_target.clone());
+        Some(AgentLeg {
+            sip_call_id: checkpoint.sip_call_id.clone(),
+            invite,
+            dest,
+            transport,
+            dialog: Some(dialog),
+            local_sdp: None,
+            remote_sdp: checkpoint.remote_sdp.clone(),
+            answered: true,
+            final_failure: false,
+            closed: false,
+            reinvite: None,
+        })
+    }
+
+    /// The answered leg's dialog, for a checkpoint.
+    pub fn checkpoint(&self) -> Option<LegCheckpoint> {
+        self.dialog
+            .as_ref()
+            .map(|d| leg_checkpoint(d, self.dest, self.transport, self.remote_sdp.clone()))
+    }
+
+    /// The INVITE while it is still ringing, so a new owner can CANCEL it.
+    pub fn pending_invite(&self) -> Option<PendingInvite> {
+        (!self.answered && !self.closed && !self.final_failure).then(|| PendingInvite {
+            sip_call_id: self.sip_call_id.clone(),
+            invite: String::from_utf8_lossy(&self.invite.to_bytes()).into_owned(),
+            dest: self.dest.to_string(),
+            transport: self.transport.as_str().to_string(),
+        })
+    }
+
+    /// CANCELs an INVITE another node sent and can no longer withdraw (it died while the
+    /// phone rang). The phone matches the CANCEL to its transaction by the Via branch.
+    pub fn cancel_stale(rt: &Runtime, pending: &PendingInvite) {
+        let Ok(sip::Message::Request(invite)) = sip::parse_message(pending.invite.as_bytes())
+        else {
+            warn!("checkpointed INVITE does not parse; cannot CANCEL it");
+            return;
+        };
+        let Ok(dest) = pending.dest.parse() else {
+            return;
+        };
+        let cancel = cancel_for(&invite);
+        rt.endpoint()
+            .send_request(cancel, dest, parse_transport(&pending.transport), None);
+    }
+
+    pub fn reinvite(
+        &mut self,
+        rt: &Runtime,
+        owner: ActorRef<CallMsg>,
+        description: &MediaDescription,
+    ) {
+        let sdp = sdp_text(description);
+        if let Some(cseq) =
+            send_reinvite(rt, owner, &mut self.dialog, self.dest, self.transport, &sdp)
+        {
+            self.reinvite = Some(cseq);
+            self.local_sdp = Some(sdp);
+        }
+    }
+
+    pub fn on_reinvite_2xx(&mut self, rt: &Runtime, response: &Response) -> bool {
+        ack_reinvite(
+            rt,
+            &mut self.reinvite,
+            &mut self.dialog,
+            response,
+            self.dest,
+            self.transport,
+            &mut self.remote_sdp,
+        )
     }
 
     /// A 2xx to our INVITE: ACK it (every copy: retransmissions need their ACK too) and
@@ -229,6 +386,9 @@ impl AgentLeg {
             match Dialog::uac_from_response(&self.invite, response) {
                 Ok(dialog) => self.dialog = Some(dialog),
                 Err(error) => warn!(?error, "agent 2xx does not make a dialog"),
+            }
+            if !response.body.is_empty() {
+                self.remote_sdp = String::from_utf8(response.body.clone()).ok();
             }
         }
         if let Some(dialog) = &self.dialog {
@@ -263,15 +423,141 @@ impl AgentLeg {
         if self.final_failure || std::mem::replace(&mut self.closed, true) {
             return;
         }
-        let mut cancel = Request::new(Method::Cancel, self.invite.uri.clone());
-        for name in ["Via", "From", "To", "Call-ID"] {
-            if let Some(value) = self.invite.headers.get(name) {
-                cancel.headers.push(name, value.to_string());
-            }
-        }
-        cancel.headers.push("Max-Forwards", "70");
-        cancel.headers.push("CSeq", "1 CANCEL");
+        let cancel = cancel_for(&self.invite);
         rt.endpoint()
             .send_request(cancel, self.dest, self.transport, None);
     }
+}
+
+/// RFC 3261 9.1: a CANCEL copies the INVITE's Request-URI, top Via, From, To and Call-ID.
+fn cancel_for(invite: &Request) -> Request {
+    let mut cancel = Request::new(Method::Cancel, invite.uri.clone());
+    for name in ["Via", "From", "To", "Call-ID"] {
+        if let Some(value) = invite.headers.get(name) {
+            cancel.headers.push(name, value.to_string());
+        }
+    }
+    cancel.headers.push("Max-Forwards", "70");
+    let seq = invite.cseq().map_or(1, |(n, _)| n);
+    cancel.headers.push("CSeq", format!("{seq} CANCEL"));
+    cancel
+}
+
+fn parse_transport(name: &str) -> Transport {
+    if name.eq_ignore_ascii_case("tcp") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
+fn leg_checkpoint(
+    d: &Dialog,
+    peer: SocketAddr,
+    transport: Transport,
+    remote_sdp: Option<String>,
+) -> LegCheckpoint {
+    LegCheckpoint {
+        sip_call_id: d.call_id.clone(),
+        local_tag: d.local_tag.clone(),
+        remote_tag: d.remote_tag.clone(),
+        local_uri: d.local_uri.to_string(),
+        remote_uri: d.remote_uri.to_string(),
+        local_seq: d.local_seq,
+        remote_seq: d.remote_seq,
+        remote_target: d.remote_target.to_string(),
+        route_set: d.route_set.clone(),
+        peer: peer.to_string(),
+        transport: transport.as_str().to_string(),
+        remote_sdp,
+    }
+}
+
+fn restore_dialog(c: &LegCheckpoint) -> Option<(Dialog, SocketAddr, Transport)> {
+    let parse = || -> Result<Dialog, String> {
+        Ok(Dialog {
+            call_id: c.sip_call_id.clone(),
+            local_tag: c.local_tag.clone(),
+            remote_tag: c.remote_tag.clone(),
+            local_uri: NameAddr::parse(&c.local_uri).map_err(|e| format!("{e:?}"))?,
+            remote_uri: NameAddr::parse(&c.remote_uri).map_err(|e| format!("{e:?}"))?,
+            local_seq: c.local_seq,
+            remote_seq: c.remote_seq,
+            remote_target: Uri::parse(&c.remote_target).map_err(|e| format!("{e:?}"))?,
+            route_set: c.route_set.clone(),
+            secure: false,
+            local_target: Uri::sip(None, "invalid", None),
+        })
+    };
+    match (parse(), c.peer.parse()) {
+        (Ok(dialog), Ok(peer)) => Some((dialog, peer, parse_transport(&c.transport))),
+        (dialog, peer) => {
+            warn!(call = %c.sip_call_id, ?peer, ok = dialog.is_ok(), "checkpointed dialog unusable");
+            None
+        }
+    }
+}
+
+/// Sends a re-INVITE with `sdp` in the dialog; returns its CSeq.
+fn send_reinvite(
+    rt: &Runtime,
+    owner: ActorRef<CallMsg>,
+    dialog: &mut Option<Dialog>,
+    dest: SocketAddr,
+    transport: Transport,
+    sdp: &str,
+) -> Option<u32> {
+    let dialog = dialog.as_mut()?;
+    let branch = sip::message::new_branch(&mut rand::thread_rng());
+    let mut invite = dialog.new_request(
+        Method::Invite,
+        &contact_uri(rt),
+        &rt.config.sip_addr.to_string(),
+        &branch,
+    );
+    invite.headers.push("Content-Type", "application/sdp");
+    invite.body = sdp.as_bytes().to_vec();
+    let cseq = dialog.local_seq;
+    rt.endpoint()
+        .send_request(invite, dest, transport, Some(owner));
+    Some(cseq)
+}
+
+/// ACKs a 2xx to our re-INVITE (every copy); true for the first. Takes the 2xx's SDP as the
+/// peer's new description.
+fn ack_reinvite(
+    rt: &Runtime,
+    pending: &mut Option<u32>,
+    dialog: &mut Option<Dialog>,
+    response: &Response,
+    dest: SocketAddr,
+    transport: Transport,
+    remote_sdp: &mut Option<String>,
+) -> bool {
+    let Some(dialog) = dialog.as_mut() else {
+        return false;
+    };
+    let Some((cseq, _)) = response.cseq() else {
+        return false;
+    };
+    let branch = sip::message::new_branch(&mut rand::thread_rng());
+    let ack = dialog.ack_for_2xx(
+        cseq,
+        &contact_uri(rt),
+        &rt.config.sip_addr.to_string(),
+        &branch,
+    );
+    rt.endpoint().send_request(ack, dest, transport, None);
+    if *pending != Some(cseq) {
+        return false;
+    }
+    *pending = None;
+    // RFC 3261 12.2.1.2: a 2xx to a target refresh updates the remote target.
+    if let Some(contact) = response.contact() {
+        dialog.remote_target = contact.uri;
+    }
+    if !response.body.is_empty() {
+        *remote_sdp = String::from_utf8(response.body.clone()).ok();
+    }
+    true
 }

@@ -26,6 +26,14 @@ pub async fn health(State(state): State<Shared>) -> impl IntoResponse {
         "last_applied": status.last_applied.unwrap_or(0),
         "voters": status.voters.keys().collect::<Vec<_>>(),
         "live_calls": state.node.live_calls().len(),
+        // Failover: this node's lease, the nodes the cluster declared down, and checkpoints
+        // waiting for a quorum (degraded mode when non-zero and not draining).
+        "lease": state.node.runtime().holds_lease(),
+        "epoch": state.node.runtime().fence().epoch,
+        "down_nodes": state.cluster.read(|s| s.nodes.iter().filter(|(_, n)| n.down).map(|(id, _)| *id).collect::<Vec<_>>()),
+        "checkpoint_backlog": state.node.runtime().checkpoints.backlog(),
+        "degraded": state.node.runtime().checkpoints.degraded(),
+        "last_detection_ms": state.node.runtime().liveness.last_detection_ms(),
         // Lets `cluster up` tell its own node from another process on the same address.
         "pid": std::process::id(),
     });

@@ -177,6 +177,9 @@ pub fn generate_configs(dir: &Path, sites: &[&str]) -> Vec<NodeFileConfig> {
             heartbeat_ms: 100,
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
+            lease_heartbeat_ms: cluster::LeaseConfig::default().heartbeat_ms,
+            lease_ms: cluster::LeaseConfig::default().lease_ms,
+            down_after_ms: cluster::LeaseConfig::default().down_after_ms,
         })
         .collect()
 }

@@ -1,0 +1,302 @@
+//! Leases and failure detection (DESIGN.md "Placement and ownership").
+//!
+//! - **Lease**: every `heartbeat_ms` a node commits a `Heartbeat` through Raft. When the
+//!   write is committed *and applied on this node*, the node has heard from a quorum and is
+//!   caught up to that point: it holds a lease until `lease_ms` after it *sent* the
+//!   heartbeat. A node hosts queue and agent actors only while it holds a lease.
+//! - **Detection**: the leader notes (on its own clock) when it applied each node's last
+//!   heartbeat. A voter silent for `down_after_ms` is declared down with a `NodeDown`
+//!   command; placement then moves its actors and calls to the survivors.
+//! - **Why no actor has two live owners**: `down_after_ms > lease_ms`, and the leader's
+//!   silence clock starts no earlier than the dead node's last heartbeat was sent, so when
+//!   `NodeDown` commits the dead node's lease has expired (clock *rates* must agree, not
+//!   clocks). A new leader waits `down_after_ms` from its election before declaring anyone
+//!   down, since it did not watch the heartbeats before. Checkpoints carry a `Fence`, so a
+//!   node declared down can no longer write state even if it is still running.
+//! - **Rejoining**: a node that finds itself declared down does not heartbeat; its runtime
+//!   drops the actors and calls it hosted and then commits `NodeUp` (a new epoch).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::Cluster;
+
+/// Timings of leases and failure detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub heartbeat_ms: u64,
+    pub lease_ms: u64,
+    pub down_after_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    /// Detection within about 0.7 s of the last heartbeat, with room for a slow fsync.
+    fn default() -> Self {
+        LeaseConfig {
+            heartbeat_ms: 150,
+            lease_ms: 500,
+            down_after_ms: 700,
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// The timings must keep a dead node's lease shorter than the time to declare it down.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.lease_ms {
+            return Err(format!(
+                "lease_ms ({}) must be at least twice heartbeat_ms ({})",
+                self.lease_ms, self.heartbeat_ms
+            ));
+        }
+        if self.down_after_ms <= self.lease_ms {
+            return Err(format!(
+                "down_after_ms ({}) must exceed lease_ms ({}): a node is declared down only after its lease expired",
+                self.down_after_ms, self.lease_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// This node's lease and the leader-side failure detector.
+pub struct Liveness {
+    cluster: Arc<Cluster>,
+    config: LeaseConfig,
+    lease_until: Mutex<Option<Instant>>,
+    /// When this node (as leader) applied each node's last heartbeat.
+    heard: Mutex<HashMap<u64, Instant>>,
+    /// Measured detection: from the last heartbeat heard to the NodeDown commit (ms).
+    last_detection_ms: Mutex<Option<u64>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn unix_ms() -> u64 {
+    model::unix_ms(std::time::SystemTime::now())
+}
+
+impl Liveness {
+    pub fn start(cluster: Arc<Cluster>, config: LeaseConfig) -> Arc<Liveness> {
+        let liveness = Arc::new(Liveness {
+            cluster,
+            config,
+            lease_until: Mutex::new(None),
+            heard: Mutex::default(),
+            last_detection_ms: Mutex::new(None),
+            tasks: Mutex::default(),
+        });
+        let tasks = vec![
+            tokio::spawn(heartbeats(Arc::downgrade(&liveness))),
+            tokio::spawn(listen(Arc::downgrade(&liveness))),
+            tokio::spawn(detect(Arc::downgrade(&liveness))),
+        ];
+        *liveness.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        liveness
+    }
+
+    pub fn config(&self) -> LeaseConfig {
+        self.config
+    }
+
+    /// True while this node holds its lease.
+    pub fn lease_valid(&self) -> bool {
+        self.lease_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// How long the lease still runs (zero when none).
+    pub fn lease_remaining(&self) -> Duration {
+        self.lease_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(Duration::ZERO, |until| {
+                until.saturating_duration_since(Instant::now())
+            })
+    }
+
+    /// The detection time of the last node this node declared down, in ms.
+    pub fn last_detection_ms(&self) -> Option<u64> {
+        *self
+            .last_detection_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stop(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn me(&self) -> u64 {
+        self.cluster.node_id()
+    }
+
+    async fn beat(&self) {
+        let me = self.me();
+        let (epoch, down) = self.cluster.read(|s| (s.epoch(me), s.is_down(me)));
+        if down {
+            // Declared down: no lease until the runtime has dropped its actors and rejoined.
+            *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return;
+        }
+        let sent = Instant::now();
+        let at_ms = unix_ms();
+        let wait = Duration::from_millis(self.config.lease_ms);
+        let written = tokio::time::timeout(
+            wait,
+            self.cluster.write(model::Command::Heartbeat {
+                node: me,
+                epoch,
+                at_ms,
+            }),
+        )
+        .await;
+        match written {
+            Ok(Ok(outcome)) if outcome.error.is_none() => {}
+            Ok(Ok(outcome)) => {
+                debug!(error = ?outcome.error, "heartbeat refused");
+                return;
+            }
+            Ok(Err(error)) => {
+                debug!(%error, "heartbeat not committed");
+                return;
+            }
+            Err(_) => {
+                debug!("heartbeat timed out");
+                return;
+            }
+        }
+        // Committed; the lease also needs this node to have applied it (so it has seen every
+        // ownership change committed before it).
+        let applied = || {
+            self.cluster.read(|s| {
+                s.nodes
+                    .get(&me)
+                    .is_some_and(|n| n.epoch == epoch && n.last_heartbeat_ms >= at_ms)
+            })
+        };
+        let deadline = sent + wait;
+        while !applied() {
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(sent + wait);
+    }
+}
+
+async fn heartbeats(liveness: std::sync::Weak<Liveness>) {
+    let period = match liveness.upgrade() {
+        Some(l) => Duration::from_millis(l.config.heartbeat_ms),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(l) = liveness.upgrade() else { return };
+        l.beat().await;
+    }
+}
+
+/// Notes when each node's heartbeats are applied here (the detector's input).
+async fn listen(liveness: std::sync::Weak<Liveness>) {
+    let mut applied = match liveness.upgrade() {
+        Some(l) => l.cluster.subscribe(),
+        None => return,
+    };
+    loop {
+        match applied.recv().await {
+            Ok(a) => {
+                let Some(l) = liveness.upgrade() else { return };
+                note(&l, &a.command);
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn note(l: &Liveness, command: &model::Command) {
+    match command {
+        model::Command::Heartbeat { node, .. } | model::Command::NodeUp { node, .. } => {
+            l.heard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*node, Instant::now());
+        }
+        model::Command::Batch { commands } => commands.iter().for_each(|c| note(l, c)),
+        _ => {}
+    }
+}
+
+/// On the leader: declare voters down that have been silent for `down_after_ms`.
+async fn detect(liveness: std::sync::Weak<Liveness>) {
+    let mut leader_since: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(l) = liveness.upgrade() else { return };
+        let status = l.cluster.status();
+        let me = l.me();
+        if status.leader != Some(me) {
+            leader_since = None;
+            continue;
+        }
+        let now = Instant::now();
+        let since = *leader_since.get_or_insert(now);
+        let silence = Duration::from_millis(l.config.down_after_ms);
+        if now.duration_since(since) < silence {
+            continue;
+        }
+        let suspects: Vec<(u64, u64, Instant)> = {
+            let heard = l.heard.lock().unwrap_or_else(|p| p.into_inner());
+            l.cluster.read(|s| {
+                status
+                    .voters
+                    .keys()
+                    .filter(|id| **id != me && !s.is_down(**id))
+                    .filter_map(|id| {
+                        let last = heard.get(id).copied().unwrap_or(since).max(since);
+                        (now.duration_since(last) >= silence).then_some((*id, s.epoch(*id), last))
+                    })
+                    .collect()
+            })
+        };
+        for (node, epoch, last) in suspects {
+            let at_ms = unix_ms();
+            match l
+                .cluster
+                .write(model::Command::NodeDown { node, epoch, at_ms })
+                .await
+            {
+                Ok(outcome) if outcome.error.is_none() => {
+                    let detection = last.elapsed().as_millis() as u64;
+                    *l.last_detection_ms
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(detection);
+                    metrics::counter!("callgrid_nodes_declared_down_total").increment(1);
+                    info!(node, epoch, detection_ms = detection, "node declared down");
+                }
+                Ok(outcome) => debug!(node, error = ?outcome.error, "node-down refused"),
+                Err(error) => warn!(node, %error, "could not commit node-down"),
+            }
+        }
+    }
+}
