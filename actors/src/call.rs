@@ -189,6 +189,7 @@ impl CallMachine {
             ivr: Vec::new(),
             queue: None,
             enqueued_at_ms: None,
+            priority: PRIORITY_DEFAULT,
             wait_ms: 0,
             agent: None,
             extension: None,
@@ -277,6 +278,7 @@ impl CallMachine {
     ) {
         let config = self.setup.queues.get(&queue).cloned();
         self.priority = priority;
+        self.cdr.priority = priority;
         self.max_wait_deadline = config.as_ref().map(|q| enqueued_at_ms + q.max_wait_ms);
         self.state = State::Queued {
             queue: queue.clone(),

@@ -6,7 +6,7 @@
 //!
 //! - I1 `no_double_booking`: an agent's calls never overlap (from ring start to end).
 //! - I2 `one_cdr_per_call`: every call has exactly one CDR.
-//! - I4 `served_in_order`: within a queue and a priority, calls reach agents in arrival order.
+//! - I4 `served_in_order`: within a queue, calls reach agents by priority, then arrival.
 //! - R3.2 `longest_idle_first`: each offer went to the agent idle longest at that moment.
 
 use std::collections::{BTreeMap, HashMap};
@@ -98,13 +98,15 @@ pub fn no_double_booking(cdrs: &[Cdr]) -> Vec<Violation> {
     out
 }
 
-/// I4: within a queue, answered calls were offered in enqueue order (all calls here have the
-/// same priority; the CDR does not carry priority yet). A call offered more than `slack_ms`
-/// after a call that arrived more than `slack_ms` after it is a violation: the slack absorbs
-/// the stamps of different nodes and the signalling between two back-to-back offers (two
-/// calls that reach two nodes within it have no order anyone could observe).
+/// I4: within a queue, answered calls were offered in priority order, then arrival order.
+/// Call `j` had to be offered before call `i` when it was ahead in line while `i` was
+/// offered: a higher priority and already waiting (arrived more than `slack_ms` before `i`'s
+/// offer), or the same priority and arrived more than `slack_ms` before `i`. It is a
+/// violation if `j` was offered more than `slack_ms` after `i`. The slack absorbs the stamps
+/// of different nodes and the signalling between two back-to-back offers.
 pub fn served_in_order(cdrs: &[Cdr], slack_ms: u64) -> Vec<Violation> {
-    let mut by_queue: BTreeMap<String, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    // (priority, enqueued, offered, id) per queue.
+    let mut by_queue: BTreeMap<String, Vec<(u8, u64, u64, &str)>> = BTreeMap::new();
     for cdr in cdrs
         .iter()
         .filter(|c| c.disposition == Disposition::Answered)
@@ -119,23 +121,32 @@ pub fn served_in_order(cdrs: &[Cdr], slack_ms: u64) -> Vec<Violation> {
                 cdr.tenant.as_ref().map_or("", |t| t.as_str()),
                 queue
             );
-            by_queue
-                .entry(key)
-                .or_default()
-                .push((enqueued, offered, cdr.call_id.0.as_str()));
+            by_queue.entry(key).or_default().push((
+                cdr.priority,
+                enqueued,
+                offered,
+                cdr.call_id.0.as_str(),
+            ));
         }
     }
     let mut out = Vec::new();
-    for (queue, mut calls) in by_queue {
-        calls.sort();
-        for (i, (enqueued, offered, id)) in calls.iter().enumerate() {
-            let overtaken = calls[..i]
+    for (queue, calls) in by_queue {
+        for (p, enqueued, offered, id) in &calls {
+            let ahead = |(pj, ej, _, _): &&(u8, u64, u64, &str)| {
+                if pj > p {
+                    ej + slack_ms < *offered
+                } else {
+                    pj == p && ej + slack_ms < *enqueued
+                }
+            };
+            let overtaken = calls
                 .iter()
-                .find(|(e, o, _)| e + slack_ms < *enqueued && *o > offered + slack_ms);
-            if let Some((e, o, earlier)) = overtaken {
+                .filter(ahead)
+                .find(|(_, _, oj, _)| *oj > offered + slack_ms);
+            if let Some((pj, e, o, earlier)) = overtaken {
                 out.push(violation(
                     "I4",
-                    format!("in queue {queue}, call {id} (arrived {enqueued}, offered {offered}) overtook {earlier} (arrived {e}, offered {o})"),
+                    format!("in queue {queue}, call {id} (priority {p}, arrived {enqueued}, offered {offered}) overtook {earlier} (priority {pj}, arrived {e}, offered {o})"),
                 ));
             }
         }

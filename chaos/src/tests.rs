@@ -17,6 +17,7 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         ivr: vec![],
         queue: Some(queue.parse().unwrap()),
         enqueued_at_ms: Some(enqueued),
+        priority: 0,
         wait_ms: ring - enqueued,
         agent: Some(agent.parse().unwrap()),
         extension: Some(agent.parse().unwrap()),
@@ -30,7 +31,35 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         disposition: Disposition::Answered,
         reason: None,
         recording_id: None,
+        failovers: vec![],
     }
+}
+
+fn with_priority(mut c: Cdr, priority: u8) -> Cdr {
+    c.priority = priority;
+    c
+}
+
+#[test]
+fn priority_goes_first_but_only_once_it_waits() {
+    // b (priority 5) arrived at 100, before a (priority 0, arrived 0) was offered at 500:
+    // b had to go first.
+    let bad = vec![
+        cdr("a", "1001", "q", 0, 500, 900),
+        with_priority(cdr("b", "1002", "q", 100, 700, 900), 5),
+    ];
+    assert_eq!(served_in_order(&bad, 50).len(), 1);
+    let ok = vec![
+        cdr("a", "1001", "q", 0, 700, 900),
+        with_priority(cdr("b", "1002", "q", 100, 500, 900), 5),
+    ];
+    assert!(served_in_order(&ok, 50).is_empty());
+    // b arrived after a was offered: no claim on a's agent.
+    let later = vec![
+        cdr("a", "1001", "q", 0, 50, 900),
+        with_priority(cdr("b", "1002", "q", 100, 700, 900), 5),
+    ];
+    assert!(served_in_order(&later, 0).is_empty());
 }
 
 #[test]

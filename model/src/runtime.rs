@@ -132,6 +132,9 @@ pub struct Cdr {
     pub ivr: Vec<IvrStep>,
     pub queue: Option<QueueId>,
     pub enqueued_at_ms: Option<u64>,
+    /// The call's priority in its queue (higher first, then arrival: I4).
+    #[serde(default)]
+    pub priority: u8,
     pub wait_ms: u64,
     pub agent: Option<AgentId>,
     pub extension: Option<ExtensionId>,

@@ -58,6 +58,9 @@ pub struct NodeFileConfig {
     pub lease_ms: u64,
     #[serde(default = "default_down_after_ms")]
     pub down_after_ms: u64,
+    /// Lets drills inject faults through `/api/v1/faults` (off by default).
+    #[serde(default)]
+    pub fault_injection: bool,
 }
 
 /// How to reach one peer.
@@ -391,6 +394,7 @@ mod tests {
             lease_heartbeat_ms: 150,
             lease_ms: 500,
             down_after_ms: 700,
+            fault_injection: false,
         }
     }
 

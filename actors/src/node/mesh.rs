@@ -177,6 +177,8 @@ impl<D: Dispatch> Actor for MeshActor<D> {
 #[derive(Clone)]
 pub struct MeshClient {
     pub node_id: NodeId,
+    /// Drill faults (shared with the Raft transport): drop or delay traffic to a peer.
+    pub faults: cluster::network::FaultTable,
 }
 
 impl MeshClient {
@@ -190,12 +192,24 @@ impl MeshClient {
     /// Casts an envelope to `node`'s mesh actor. Returns false when the node is not connected
     /// (the sender's timeouts take over).
     pub fn cast(&self, node: NodeId, envelope: &Envelope) -> bool {
+        let fault = self.faults.get(node);
+        if fault == Some(cluster::network::Fault::Drop) {
+            metrics::counter!("callgrid_mesh_dropped_by_fault_total").increment(1);
+            return false;
+        }
         let Some(actor) = self.remote(node) else {
             debug!(node, "mesh: no route to node");
             metrics::counter!("callgrid_mesh_undeliverable_total").increment(1);
             return false;
         };
         let bytes = serde_json::to_vec(envelope).expect("envelopes serialise");
+        if let Some(cluster::network::Fault::Delay(delay)) = fault {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = actor.cast(MeshMsg::Deliver(bytes));
+            });
+            return true;
+        }
         actor.cast(MeshMsg::Deliver(bytes)).is_ok()
     }
 
@@ -205,6 +219,15 @@ impl MeshClient {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, NodeError> {
+        match self.faults.get(node) {
+            Some(cluster::network::Fault::Drop) => {
+                return Err(NodeError::Timeout(format!(
+                    "node {node} (cut off by fault injection)"
+                )))
+            }
+            Some(cluster::network::Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+            None => {}
+        }
         // A peer that just (re)started may not be connected yet: wait for the mesh, within
         // the same deadline, rather than failing an operator's request at once.
         let deadline = tokio::time::Instant::now() + timeout;

@@ -665,6 +665,7 @@ impl Node {
         let runtime = Arc::new(Runtime {
             mesh: MeshClient {
                 node_id: config.node_id,
+                faults: cluster.faults().clone(),
             },
             config,
             cluster,

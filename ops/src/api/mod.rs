@@ -13,6 +13,7 @@ mod config_items;
 pub mod error;
 mod events;
 mod extensions;
+mod faults;
 mod health;
 mod openapi;
 mod queues;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub peers: BTreeMap<u64, cluster::NodeInfo>,
     pub prometheus: Option<PrometheusHandle>,
     pub http: reqwest::Client,
+    /// Drills may inject faults through the API (config `fault_injection`).
+    pub fault_injection: bool,
 }
 
 pub type Shared = Arc<AppState>;
@@ -84,6 +87,7 @@ impl AppState {
             peers: config.peer_infos(),
             prometheus,
             http,
+            fault_injection: config.fault_injection,
         })
     }
 
@@ -137,6 +141,10 @@ pub fn router(state: Shared) -> Router {
         .merge(agents::routes())
         .merge(queues::routes())
         .route("/calls", get(calls::list))
+        .route(
+            "/faults",
+            get(faults::list).post(faults::set).delete(faults::clear),
+        )
         .route("/cdrs", get(cdrs::list))
         .route("/recordings/{id}", get(recordings::download))
         .route("/events", get(events::stream))

@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// Nodes per site a,b,dr: 1,1,1 (three nodes) or 2,2,1 (five).
     #[arg(long, default_value = "1,1,1")]
     pub layout: String,
+    /// Let drills inject faults through the API (`/api/v1/faults`, admin token).
+    #[arg(long)]
+    pub allow_faults: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -180,6 +183,7 @@ pub fn generate_configs(dir: &Path, sites: &[&str]) -> Vec<NodeFileConfig> {
             lease_heartbeat_ms: cluster::LeaseConfig::default().heartbeat_ms,
             lease_ms: cluster::LeaseConfig::default().lease_ms,
             down_after_ms: cluster::LeaseConfig::default().down_after_ms,
+            fault_injection: false,
         })
         .collect()
 }
@@ -274,14 +278,27 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let existing = read_cluster_file(&dir)?;
     let configs = match &existing {
-        Some(file) => file
-            .nodes
-            .iter()
-            .map(|n| config::load(&config_path(&dir, n.id)))
-            .collect::<anyhow::Result<Vec<_>>>()?,
+        Some(file) => {
+            let mut configs = file
+                .nodes
+                .iter()
+                .map(|n| config::load(&config_path(&dir, n.id)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if args.allow_faults {
+                for c in &mut configs {
+                    c.fault_injection = true;
+                    let path = config_path(&dir, c.node_id);
+                    fs::write(&path, config::to_toml(c)?).map_err(|e| io_err("write", &path, e))?;
+                }
+            }
+            configs
+        }
         None => {
             remove_stale_nodes(&dir)?;
-            let configs = generate_configs(&dir, &sites);
+            let mut configs = generate_configs(&dir, &sites);
+            for c in &mut configs {
+                c.fault_injection = args.allow_faults;
+            }
             for c in &configs {
                 let path = config_path(&dir, c.node_id);
                 fs::create_dir_all(node_dir(&dir, c.node_id))

@@ -134,6 +134,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
                 dir: dir.to_path_buf(),
                 sample: true,
                 layout: "1,1,1".into(),
+                allow_faults: false,
                 output: OutputFormat::Table,
             })))
         },
