@@ -1,5 +1,6 @@
-//! `FaultTable`: per-peer fault injection for the Raft transport, checked before every send.
-//! Empty in production; the chaos harness fills it to partition or slow down peers.
+//! `FaultTable`: per-peer fault injection for cluster traffic (the Raft transport, forwarded
+//! writes, and the actor mesh), checked before every send. Empty in production; drills fill
+//! it through the admin API (when the node allows it) to partition or slow down peers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -40,6 +41,19 @@ impl FaultTable {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+    }
+
+    /// Every fault set, by peer.
+    pub fn list(&self) -> Vec<(u64, Fault)> {
+        let mut all: Vec<(u64, Fault)> = self
+            .faults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        all.sort_by_key(|(k, _)| *k);
+        all
     }
 
     /// The fault for traffic to `peer`, if any.
