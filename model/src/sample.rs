@@ -200,6 +200,8 @@ pub fn sample_flow(tenant: &TenantId) -> Flow {
         ("2", "to_billing"),
         ("9", "to_complaint"),
         ("0", "to_general"),
+        // Priority line for the billing queue (R3.7): served before key 2's callers.
+        ("8", "to_billing_priority"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -222,6 +224,13 @@ pub fn sample_flow(tenant: &TenantId) -> Flow {
             },
         );
     }
+    nodes.insert(
+        "to_billing_priority".to_string(),
+        FlowNode::Queue {
+            queue: id("billing"),
+            priority: 5,
+        },
+    );
     Flow {
         tenant: tenant.clone(),
         id: id("main"),

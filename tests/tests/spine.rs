@@ -229,24 +229,8 @@ async fn two_hundred_calls() -> Result<()> {
     for car in carriers {
         let name = car.cmd.name.clone();
         let r = car.wait(Duration::from_secs(330)).await?;
-        // SIPp 3.6 cannot wait for a BYE without gaps (its talk loop listens in slices); a BYE
-        // landing between two slices is answered 200 by SIPp itself and the call "aborted" in
-        // its statistics, though the SIP exchange completed. Such calls count as completed
-        // here only when that is the *only* error; the CDR checks below still require every
-        // call answered with exactly one CDR.
-        let peer_artifacts = r
-            .errors
-            .lines()
-            .filter(|l| l.contains("Aborting call on an unexpected BYE"))
-            .count() as u64;
-        let other_errors = r
-            .errors
-            .lines()
-            .any(|l| !l.trim().is_empty() && !l.contains("Aborting call on an unexpected BYE"));
-        if other_errors || r.failed > peer_artifacts || (r.exit_code != 0 && r.failed == 0) {
-            carrier_failures.push(format!("{name}: {r:?}"));
-        } else if peer_artifacts > 0 {
-            eprintln!("{name}: {peer_artifacts} call(s) with a BYE between SIPp listening slices (answered 200 by SIPp)");
+        if let Err(why) = verdict::completed_calls(&r) {
+            carrier_failures.push(format!("{name}: {why}"));
         }
     }
     if !carrier_failures.is_empty() {

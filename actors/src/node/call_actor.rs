@@ -68,8 +68,8 @@ pub enum CallMsg {
 pub enum CallArgs {
     /// A new call: everything the endpoint resolved before spawning the actor.
     New {
-        setup: CallSetup,
-        customer: CustomerLeg,
+        setup: Box<CallSetup>,
+        customer: Box<CustomerLeg>,
         offer: MediaDescription,
     },
     /// A call whose node was declared down, rebuilt here from its checkpoint.
@@ -143,7 +143,7 @@ impl Actor for CallActor {
                 setup,
                 customer,
                 offer,
-            } => start_new(&self.runtime, myself, setup, customer, offer).await,
+            } => start_new(&self.runtime, myself, *setup, *customer, offer).await,
             CallArgs::Takeover {
                 checkpoint,
                 dead_since_ms,

@@ -407,8 +407,8 @@ impl Endpoint {
                 None,
                 actor,
                 CallArgs::New {
-                    setup,
-                    customer,
+                    setup: Box::new(setup),
+                    customer: Box::new(customer),
                     offer,
                 },
             )

@@ -3,6 +3,11 @@
 //! key (RFC 4733) after a delay, stays for a random total time and hangs up, or answers the
 //! node's BYE. What happened to the call inside the cluster (agent or not) is read from the
 //! CDR afterwards; the caller only knows its own side.
+//!
+//! During the call it answers in-dialog re-INVITEs (a surviving node taking the call over,
+//! see [`super::reinvite`]): 200 with its SDP, the remote target and the RTP move to the new
+//! node, and everything it sends afterwards (ACK copies, its BYE) goes there. Its report
+//! carries the media measurements a failover drill needs ([`MediaReport`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -13,16 +18,20 @@ use tokio::sync::watch;
 use sip::dialog::Dialog;
 use sip::message::{new_branch, new_call_id, new_tag, Method, Request, Response};
 use sip::name_addr::NameAddr;
+use sip::transaction::TransactionKey;
 use sip::uri::Uri;
 use sip::SipMessage;
 
-use super::media::{local_description, negotiate, sdp_body, RtpLeg};
+use super::media::{local_description, negotiate, sdp_body, Audio, MediaReport};
+use super::reinvite::{in_dialog, Reinvite, Reinvites};
 use super::ua::{target_addr, Ua, UaEvent};
 
 /// How long a BYE may take before we consider the call over anyway.
 const BYE_WAIT: Duration = Duration::from_secs(5);
 /// Timer B covers an unanswered INVITE; this bounds a call that rings forever (182s...).
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
+/// How often a BYE is sent again to a node that took the call over while it was out.
+const MAX_BYE_RETARGETS: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct CallPlan {
@@ -48,12 +57,18 @@ pub enum CallerEvent {
         call: String,
         setup_ms: u64,
     },
+    /// A node took the call over: its re-INVITE was accepted, the media moved to it.
+    Refreshed {
+        call: String,
+    },
     Ended {
         call: String,
         duration_ms: u64,
         rtp_in: u64,
         rtp_out: u64,
         by_me: bool,
+        /// Gaps and refresh counts for drills (`rtp_in`/`rtp_out` repeat its counts).
+        media: MediaReport,
     },
     Failed {
         call: String,
@@ -97,7 +112,7 @@ pub fn build_invite(plan: &CallPlan, local: SocketAddr, rtp_port: u16) -> Reques
     request
 }
 
-/// Places one call and runs it to the end; returns its events in order (at most two).
+/// Places one call and runs it to the end; returns its events in order.
 /// `stop` turning true shortens the stay: the caller hangs up at once.
 pub async fn run_call(
     plan: CallPlan,
@@ -108,14 +123,15 @@ pub async fn run_call(
     let limit_at = started + plan.limit;
     let mut ua = Ua::bind(plan.bind_ip).await?;
     let rtp_socket = UdpSocket::bind(SocketAddr::new(plan.bind_ip, 0)).await?;
-    let invite = build_invite(&plan, ua.local, rtp_socket.local_addr()?.port());
+    let audio = Audio::new(rtp_socket, 440.0)?;
+    let invite = build_invite(&plan, ua.local, audio.port());
     let call_id = invite.call_id().unwrap_or_default().to_string();
     let invite_cseq = 1;
     let invite_key = ua.send_request(invite.clone(), plan.node);
 
     // Setup: wait for a final response (RFC 3261 13.2.2).
     let setup_deadline = (started + SETUP_LIMIT).min(limit_at);
-    let (mut dialog, answer) = loop {
+    let (dialog, answer) = loop {
         match ua.next_event(Some(setup_deadline)).await {
             Some(UaEvent::Response { key, response }) if key == invite_key => match response.status
             {
@@ -185,104 +201,313 @@ pub async fn run_call(
     );
     let ack_bytes = ack.to_bytes();
     ua.transmit(dest, ack_bytes.clone()).await;
-    let media =
-        negotiate(&answer.body).map(|negotiated| RtpLeg::start(rtp_socket, negotiated, 440.0));
+    let mut call = Established {
+        ua,
+        dialog,
+        contact,
+        via,
+        // Our SDP for the whole call: the offer, and unchanged the answer to any re-INVITE.
+        local_sdp: String::from_utf8_lossy(&invite.body).into_owned(),
+        ack_bytes,
+        audio: Some(audio),
+        reinvites: Reinvites::default(),
+    };
+    if let (Some(negotiated), Some(audio)) = (negotiate(&answer.body), call.audio.as_mut()) {
+        audio.start(negotiated);
+    }
 
     let mut digit_at = plan.digit.map(|d| (d, answered_at + plan.digit_delay));
     let hangup_at = (answered_at + plan.stay).min(limit_at);
     let mut by_me = true;
+    let mut stop_gone = false;
     // The talk: until our hang-up time, the node's BYE, or a stop.
     loop {
         if *stop.borrow() {
+            break;
+        }
+        let now = Instant::now();
+        if let Some((key, at)) = digit_at {
+            if at <= now {
+                if let Some(audio) = call.audio.as_ref() {
+                    audio.dtmf(key);
+                }
+                digit_at = None;
+            }
+        }
+        if hangup_at <= now {
+            break;
+        }
+        if call.on_timers(now).await {
+            // RFC 3261 13.3.1.4: our 2xx to a re-INVITE was never acknowledged, so the
+            // session failed; end it with a BYE.
+            tracing::warn!(call = %call_id, "no ACK for our 2xx to a re-INVITE; hanging up");
             break;
         }
         let mut deadline = hangup_at;
         if let Some((_, at)) = digit_at {
             deadline = deadline.min(at);
         }
+        if let Some(at) = call.reinvites.poll_timeout() {
+            deadline = deadline.min(at);
+        }
         let event = tokio::select! {
-            event = ua.next_event(Some(deadline)) => event,
-            _ = stop.changed() => continue,
+            event = call.ua.next_event(Some(deadline)) => event,
+            changed = stop_changed(&mut stop, stop_gone) => {
+                // With the sender gone nobody can stop us; stop watching (no busy loop).
+                stop_gone |= changed.is_err();
+                continue;
+            }
         };
         match event {
-            Some(UaEvent::Request { key, request, .. })
-                if request.call_id() == Some(call_id.as_str()) =>
-            {
-                if request.method == Method::Bye {
-                    ua.respond(&key, Response::for_request(&request, 200, "OK"));
+            Some(UaEvent::Request {
+                key,
+                request,
+                source,
+            }) => match call.on_request(key, request, source) {
+                InCall::Ended => {
                     by_me = false;
                     break;
                 }
-                ua.respond(&key, Response::for_request(&request, 200, "OK"));
-            }
-            Some(UaEvent::Request { key, request, .. }) => {
-                ua.respond(
-                    &key,
-                    Response::for_request(&request, 481, "Call/Transaction Does Not Exist"),
-                );
-            }
+                InCall::Refreshed => report(CallerEvent::Refreshed {
+                    call: call_id.clone(),
+                }),
+                InCall::Continues => {}
+            },
+            Some(UaEvent::Ack { request }) => call.on_ack(&request),
             Some(UaEvent::Stray { response }) | Some(UaEvent::Response { response, .. })
                 if response.status >= 200
                     && response.status < 300
                     && response.call_id() == Some(call_id.as_str()) =>
             {
-                ua.transmit(dest, ack_bytes.clone()).await;
+                call.resend_ack().await;
             }
-            Some(_) => {}
-            None => {
-                let now = Instant::now();
-                if let Some((key, at)) = digit_at {
-                    if at <= now {
-                        if let Some(media) = media.as_ref() {
-                            media.dtmf(key);
-                        }
-                        digit_at = None;
-                    }
+            Some(_) | None => {}
+        }
+    }
+    // RFC 3261 15.1.1: the session is over as soon as we hang up (or the BYE came in).
+    let media = call
+        .audio
+        .take()
+        .map_or_else(MediaReport::default, |audio| audio.finish(Instant::now()));
+    if by_me {
+        call.hang_up().await;
+    }
+    // The 200 to the node's BYE (or a last answer during our own BYE) must leave before
+    // the UA is dropped.
+    call.ua.flush().await;
+    report(CallerEvent::Ended {
+        call: call_id,
+        duration_ms: ms(answered_at.elapsed()),
+        rtp_in: media.rtp_in,
+        rtp_out: media.rtp_out,
+        by_me,
+        media,
+    });
+    Ok(())
+}
+
+/// What a request did to an established call.
+enum InCall {
+    Continues,
+    /// A re-INVITE was accepted: new remote target, media moved.
+    Refreshed,
+    /// The far end's BYE.
+    Ended,
+}
+
+/// An answered call: the dialog and what is needed to act in it.
+struct Established {
+    ua: Ua,
+    dialog: Dialog,
+    contact: Uri,
+    via: String,
+    local_sdp: String,
+    /// The ACK for the INVITE's 2xx, resent on each copy of that 2xx (RFC 3261 13.2.2.4).
+    ack_bytes: Vec<u8>,
+    /// Until the call ends (then its report is taken).
+    audio: Option<Audio>,
+    reinvites: Reinvites,
+}
+
+impl Established {
+    /// Where in-dialog requests go now: the remote target, which each target refresh moves.
+    fn target(&self) -> Option<SocketAddr> {
+        target_addr(&self.dialog.remote_target)
+    }
+
+    /// A request during the call, from any source (after a takeover the new node writes from
+    /// an address we have never seen): the dialog decides whether it is ours.
+    fn on_request(&mut self, key: TransactionKey, request: Request, source: SocketAddr) -> InCall {
+        if !in_dialog(&self.dialog, &request) {
+            self.ua.respond(
+                &key,
+                Response::for_request(&request, 481, "Call/Transaction Does Not Exist"),
+            );
+            return InCall::Continues;
+        }
+        match request.method {
+            Method::Bye => {
+                self.ua
+                    .respond(&key, Response::for_request(&request, 200, "OK"));
+                InCall::Ended
+            }
+            Method::Invite => {
+                if self.on_reinvite(key, &request, source) {
+                    InCall::Refreshed
+                } else {
+                    InCall::Continues
                 }
-                if hangup_at <= now {
-                    break;
-                }
+            }
+            _ => {
+                self.ua
+                    .respond(&key, Response::for_request(&request, 200, "OK"));
+                InCall::Continues
             }
         }
     }
-    if by_me {
-        // RFC 3261 15.1.1: end the dialog; wait (bounded) for the final response.
-        let bye = dialog.new_request(
+
+    /// Answers a re-INVITE in the dialog; true when it was accepted (target refreshed).
+    fn on_reinvite(&mut self, key: TransactionKey, request: &Request, source: SocketAddr) -> bool {
+        let outcome = self.reinvites.on_reinvite(
+            Instant::now(),
+            &mut self.dialog,
+            request,
+            source,
+            &self.contact,
+            &self.local_sdp,
+        );
+        let accepted = match &outcome {
+            Reinvite::Accepted { media, .. } => {
+                tracing::info!(
+                    call = %self.dialog.call_id,
+                    target = %self.dialog.remote_target,
+                    media = ?media.map(|m| m.remote),
+                    "re-INVITE accepted: call taken over"
+                );
+                if let Some(audio) = self.audio.as_mut() {
+                    audio.refresh(*media);
+                }
+                true
+            }
+            Reinvite::Repeated { .. } => false,
+            Reinvite::Rejected { reason, .. } => {
+                tracing::warn!(call = %self.dialog.call_id, %source, %reason, "re-INVITE refused");
+                false
+            }
+        };
+        self.ua.respond(&key, outcome.into_response());
+        accepted
+    }
+
+    fn on_ack(&mut self, ack: &Request) {
+        if !in_dialog(&self.dialog, ack) {
+            return;
+        }
+        if let Some(negotiated) = self.reinvites.on_ack(ack) {
+            if let Some(audio) = self.audio.as_mut() {
+                audio.start(negotiated);
+            }
+        }
+    }
+
+    async fn resend_ack(&self) {
+        if let Some(dest) = self.target() {
+            self.ua.transmit(dest, self.ack_bytes.clone()).await;
+        }
+    }
+
+    /// Resends a due 2xx to a re-INVITE; true when one was never acknowledged.
+    async fn on_timers(&mut self, now: Instant) -> bool {
+        let due = self.reinvites.on_timeout(now);
+        for (dest, bytes) in due.transmits {
+            self.ua.transmit(dest, bytes).await;
+        }
+        due.ack_timeout
+    }
+
+    /// RFC 3261 15.1.1: a BYE to the current remote target, or `None` if it has no address.
+    fn send_bye(&mut self) -> Option<TransactionKey> {
+        let dest = self.target()?;
+        let bye = self.dialog.new_request(
             Method::Bye,
-            &contact,
-            &via,
+            &self.contact,
+            &self.via,
             &new_branch(&mut rand::thread_rng()),
         );
-        let bye_key = ua.send_request(bye, dest);
-        let wait_until = Instant::now() + BYE_WAIT;
-        while let Some(event) = ua.next_event(Some(wait_until)).await {
+        Some(self.ua.send_request(bye, dest))
+    }
+
+    /// Ends the dialog with a BYE and waits (bounded) for its final response.
+    ///
+    /// A node taking the call over while the BYE is out (the old node died with it) sends a
+    /// re-INVITE: we answer it and send the BYE again, to the new target, so the surviving
+    /// node learns the call is over (a few times at most, each with a fresh wait).
+    async fn hang_up(&mut self) {
+        let Some(mut bye_key) = self.send_bye() else {
+            return;
+        };
+        let mut wait_until = Instant::now() + BYE_WAIT;
+        let mut retargets = 0;
+        loop {
+            let deadline = self
+                .reinvites
+                .poll_timeout()
+                .map_or(wait_until, |at| at.min(wait_until));
+            let Some(event) = self.ua.next_event(Some(deadline)).await else {
+                if Instant::now() >= wait_until {
+                    return;
+                }
+                // Only 2xx retransmissions are due; an unacknowledged one changes nothing now.
+                self.on_timers(Instant::now()).await;
+                continue;
+            };
             match event {
                 UaEvent::Response { key, response } if key == bye_key && response.status >= 200 => {
-                    break
+                    return
                 }
-                UaEvent::Failed { key } if key == bye_key => break,
+                UaEvent::Failed { key } if key == bye_key => return,
+                UaEvent::Request {
+                    key,
+                    request,
+                    source,
+                } if request.method == Method::Invite && in_dialog(&self.dialog, &request) => {
+                    // Answered whatever happens next; only a takeover re-sends the BYE.
+                    let accepted = self.on_reinvite(key, &request, source);
+                    if accepted && retargets < MAX_BYE_RETARGETS {
+                        retargets += 1;
+                        match self.send_bye() {
+                            Some(key) => bye_key = key,
+                            None => return,
+                        }
+                        wait_until = Instant::now() + BYE_WAIT;
+                    }
+                }
                 UaEvent::Request { key, request, .. } => {
                     // The node's BYE crossed ours: answer it, the call is over either way.
-                    let status = if request.method == Method::Bye {
-                        200
-                    } else {
-                        481
-                    };
-                    ua.respond(&key, Response::for_request(&request, status, "OK"));
+                    let response =
+                        if request.method == Method::Bye && in_dialog(&self.dialog, &request) {
+                            Response::for_request(&request, 200, "OK")
+                        } else {
+                            Response::for_request(&request, 481, "Call/Transaction Does Not Exist")
+                        };
+                    self.ua.respond(&key, response);
                 }
+                UaEvent::Ack { request } => self.on_ack(&request),
                 _ => {}
             }
         }
     }
-    let (rtp_in, rtp_out) = media.map_or((0, 0), RtpLeg::stop);
-    report(CallerEvent::Ended {
-        call: call_id,
-        duration_ms: ms(answered_at.elapsed()),
-        rtp_in,
-        rtp_out,
-        by_me,
-    });
-    Ok(())
+}
+
+/// `stop.changed()`, or never once its sender is gone.
+async fn stop_changed(
+    stop: &mut watch::Receiver<bool>,
+    gone: bool,
+) -> Result<(), watch::error::RecvError> {
+    if gone {
+        std::future::pending::<()>().await;
+    }
+    stop.changed().await
 }
 
 fn ms(duration: Duration) -> u64 {

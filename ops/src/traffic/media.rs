@@ -1,11 +1,16 @@
 //! The synthetic endpoints' audio: one RTP leg over a tokio UDP socket that sends a tone in
 //! real-time 20 ms packets, counts what arrives, and can send an RFC 4733 key press. The
 //! server's `media::session::CallMedia` is far more than a phone needs.
+//!
+//! [`Audio`] is what the phone and the caller hold for one call. Besides counting packets it
+//! measures what a failover drill asks of the media path: the longest silence between two
+//! received packets, and what arrived before and after the last target refresh (the
+//! re-INVITE a surviving node sends when it takes a call over), so a drill can tell "audio
+//! came back within X ms" from "audio never came back".
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
@@ -47,71 +52,275 @@ pub struct Negotiated {
     pub dtmf_payload_type: Option<u8>,
 }
 
+/// Why a far end's SDP cannot be used; a re-INVITE carrying it is refused with
+/// [`OfferError::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferError {
+    /// Not SDP we can read (bad UTF-8, syntax, no audio stream or no IP `c=`).
+    Malformed(String),
+    /// Readable, but no codec in common, or the audio stream is disabled (port 0).
+    NotAcceptable(String),
+}
+
+impl OfferError {
+    /// 400 for what is broken, 488 (RFC 3261 13.3.1.1) for what we merely cannot do.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            OfferError::Malformed(_) => (400, "Bad Request"),
+            OfferError::NotAcceptable(_) => (488, "Not Acceptable Here"),
+        }
+    }
+}
+
+impl std::fmt::Display for OfferError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OfferError::Malformed(why) => write!(f, "malformed SDP: {why}"),
+            OfferError::NotAcceptable(why) => write!(f, "unacceptable SDP: {why}"),
+        }
+    }
+}
+
 /// Reads the far end's SDP (offer or answer) and picks the first codec we support.
 pub fn negotiate(body: &[u8]) -> Option<Negotiated> {
-    let text = std::str::from_utf8(body).ok()?;
-    let remote = media::sdp::parse_sdp(text).ok()?;
-    let (codec, dtmf_payload_type) = media::sdp::negotiate(&remote, &[Codec::Pcma, Codec::Pcmu])?;
-    Some(Negotiated {
+    negotiate_checked(body).ok()
+}
+
+/// [`negotiate`], telling a broken body from one we only cannot accept, so a re-INVITE can
+/// be answered with the right status.
+pub fn negotiate_checked(body: &[u8]) -> Result<Negotiated, OfferError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| OfferError::Malformed("body is not UTF-8".into()))?;
+    let remote =
+        media::sdp::parse_sdp(text).map_err(|error| OfferError::Malformed(error.to_string()))?;
+    if remote.port == 0 {
+        // RFC 3264 8.2: port 0 removes the stream; a call without audio is not one we play.
+        return Err(OfferError::NotAcceptable("audio stream disabled".into()));
+    }
+    let (codec, dtmf_payload_type) = media::sdp::negotiate(&remote, &[Codec::Pcma, Codec::Pcmu])
+        .ok_or_else(|| OfferError::NotAcceptable("no PCMA or PCMU".into()))?;
+    Ok(Negotiated {
         remote: SocketAddr::new(remote.addr, remote.port),
         codec,
         dtmf_payload_type,
     })
 }
 
+/// What one endpoint measured about a call's audio, reported when the call ends.
+///
+/// Each side only knows what it received; "both ways after the failover" is the caller's
+/// and the agent's `rtp_in_after_refresh` together (see `traffic::CallRecord`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MediaReport {
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+    /// The longest time without received RTP (ms): between two received packets, or from
+    /// the last one to the end of the call, so audio that never came back still shows. The
+    /// wait for the first packet is not counted (that is call setup, not an outage); if no
+    /// packet ever arrived it is the whole time media ran. 0 when no media ran at all.
+    pub max_gap_ms: u64,
+    /// Target refreshes (accepted re-INVITEs) during the call.
+    pub refreshes: u32,
+    /// When the last one was accepted, in Unix ms (to line up with a drill's own clock).
+    pub last_refresh_unix_ms: Option<u64>,
+    /// RTP received up to the last refresh, and after it.
+    pub rtp_in_before_refresh: u64,
+    pub rtp_in_after_refresh: u64,
+    /// RTP sent after the last refresh (to the new node, if it moved the media).
+    pub rtp_out_after_refresh: u64,
+}
+
+impl MediaReport {
+    pub fn refreshed(&self) -> bool {
+        self.refreshes > 0
+    }
+
+    /// This side's half of "RTP flows both ways after the takeover".
+    pub fn received_after_refresh(&self) -> bool {
+        self.refreshed() && self.rtp_in_after_refresh > 0
+    }
+}
+
+/// The counters at the moment of a target refresh.
+#[derive(Debug, Clone, Copy)]
+struct RefreshMark {
+    unix_ms: u64,
+    received: u64,
+    sent: u64,
+}
+
+/// Shared between [`Audio`] and its RTP task; plain arithmetic on instants passed in, so
+/// the gap logic is tested without sockets.
 #[derive(Debug, Default)]
-pub struct RtpCounters {
-    pub received: AtomicU64,
-    pub sent: AtomicU64,
+struct LegStats {
+    received: u64,
+    sent: u64,
+    /// When the RTP task started (the gap clock starts here if nothing ever arrives).
+    started: Option<Instant>,
+    last_received: Option<Instant>,
+    max_gap: Duration,
+    refreshes: u32,
+    last_refresh: Option<RefreshMark>,
+}
+
+impl LegStats {
+    fn on_received(&mut self, now: Instant) {
+        self.received += 1;
+        if let Some(last) = self.last_received {
+            self.max_gap = self.max_gap.max(now.saturating_duration_since(last));
+        }
+        self.last_received = Some(now);
+    }
+
+    fn on_refresh(&mut self, unix_ms: u64) {
+        self.refreshes = self.refreshes.saturating_add(1);
+        self.last_refresh = Some(RefreshMark {
+            unix_ms,
+            received: self.received,
+            sent: self.sent,
+        });
+    }
+
+    /// The report for a call whose audio ended at `end`.
+    fn report(&self, end: Instant) -> MediaReport {
+        let open_since = self.last_received.or(self.started);
+        let trailing = open_since.map_or(Duration::ZERO, |t| end.saturating_duration_since(t));
+        let refresh = self.last_refresh;
+        MediaReport {
+            rtp_in: self.received,
+            rtp_out: self.sent,
+            max_gap_ms: ms(self.max_gap.max(trailing)),
+            refreshes: self.refreshes,
+            last_refresh_unix_ms: refresh.map(|r| r.unix_ms),
+            rtp_in_before_refresh: refresh.map_or(0, |r| r.received),
+            rtp_in_after_refresh: refresh.map_or(0, |r| self.received.saturating_sub(r.received)),
+            rtp_out_after_refresh: refresh.map_or(0, |r| self.sent.saturating_sub(r.sent)),
+        }
+    }
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
+}
+
+/// The stats lock; a panic elsewhere must not take the measurements down with it.
+fn lock(stats: &Mutex<LegStats>) -> MutexGuard<'_, LegStats> {
+    stats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One call's audio: the RTP port (bound before the offer/answer so the SDP can name it)
+/// and, once the far end's SDP is known, the task that plays and counts.
+pub struct Audio {
+    port: u16,
+    tone_hz: f32,
+    /// Until the first negotiated SDP: the bound socket, waiting for its task.
+    socket: Option<UdpSocket>,
+    leg: Option<RtpLeg>,
+    stats: Arc<Mutex<LegStats>>,
+}
+
+impl Audio {
+    /// Wraps the call's RTP socket; nothing is sent until [`Audio::start`].
+    pub fn new(socket: UdpSocket, tone_hz: f32) -> std::io::Result<Audio> {
+        let port = socket.local_addr()?.port();
+        Ok(Audio {
+            port,
+            tone_hz,
+            socket: Some(socket),
+            leg: None,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Our RTP port, for every SDP of this call (it never changes, RFC 3264 8).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Plays to `negotiated.remote`: starts the task the first time, and moves it (new
+    /// address, possibly a new codec) afterwards.
+    pub fn start(&mut self, negotiated: Negotiated) {
+        if let Some(leg) = &self.leg {
+            leg.retarget(negotiated);
+            return;
+        }
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        lock(&self.stats).started = Some(Instant::now());
+        self.leg = Some(RtpLeg::start(
+            socket,
+            negotiated,
+            self.tone_hz,
+            Arc::clone(&self.stats),
+        ));
+    }
+
+    /// A target refresh was accepted: note it (the before/after counts split here) and move
+    /// the media to `negotiated`, or keep it where it is when the re-INVITE had no offer
+    /// (the answer then comes in the ACK, and [`Audio::start`] moves it).
+    pub fn refresh(&mut self, negotiated: Option<Negotiated>) {
+        lock(&self.stats).on_refresh(unix_ms_now());
+        if let Some(negotiated) = negotiated {
+            self.start(negotiated);
+        }
+    }
+
+    /// Sends one RFC 4733 key press (ignored if no telephone-event was negotiated).
+    pub fn dtmf(&self, key: char) {
+        if let Some(leg) = &self.leg {
+            leg.dtmf(key);
+        }
+    }
+
+    /// Stops the audio (the call is over at `end`: a hang-up, or the far end's BYE) and
+    /// returns what was measured.
+    pub fn finish(mut self, end: Instant) -> MediaReport {
+        if let Some(leg) = self.leg.take() {
+            leg.stop();
+        }
+        lock(&self.stats).report(end)
+    }
 }
 
 enum LegCommand {
     Dtmf(char),
+    Retarget(Negotiated),
 }
 
-/// A running RTP leg; dropping it (or `stop`) ends the task.
-pub struct RtpLeg {
-    counters: Arc<RtpCounters>,
+/// A running RTP task; dropping it (or `stop`) ends the task.
+struct RtpLeg {
     commands: mpsc::UnboundedSender<LegCommand>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RtpLeg {
     /// Starts sending `tone_hz` to `negotiated.remote` from `socket`, and counting input.
-    pub fn start(socket: UdpSocket, negotiated: Negotiated, tone_hz: f32) -> RtpLeg {
-        let counters = Arc::new(RtpCounters::default());
+    fn start(
+        socket: UdpSocket,
+        negotiated: Negotiated,
+        tone_hz: f32,
+        stats: Arc<Mutex<LegStats>>,
+    ) -> RtpLeg {
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_leg(
-            socket,
-            negotiated,
-            tone_hz,
-            Arc::clone(&counters),
-            rx,
-        ));
-        RtpLeg {
-            counters,
-            commands,
-            task,
-        }
+        let task = tokio::spawn(run_leg(socket, negotiated, tone_hz, stats, rx));
+        RtpLeg { commands, task }
     }
 
-    /// Sends one RFC 4733 key press (ignored if no telephone-event was negotiated).
-    pub fn dtmf(&self, key: char) {
+    fn dtmf(&self, key: char) {
         let _ = self.commands.send(LegCommand::Dtmf(key));
     }
 
-    /// (received, sent) so far.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.counters.received.load(Ordering::Relaxed),
-            self.counters.sent.load(Ordering::Relaxed),
-        )
+    fn retarget(&self, negotiated: Negotiated) {
+        let _ = self.commands.send(LegCommand::Retarget(negotiated));
     }
 
-    /// Stops the leg and returns (received, sent).
-    pub fn stop(self) -> (u64, u64) {
+    fn stop(self) {
         self.task.abort();
-        self.counts()
     }
 }
 
@@ -132,12 +341,14 @@ fn tone_payloads(codec: Codec, tone_hz: f32) -> Vec<Bytes> {
 
 async fn run_leg(
     socket: UdpSocket,
-    negotiated: Negotiated,
+    mut negotiated: Negotiated,
     tone_hz: f32,
-    counters: Arc<RtpCounters>,
+    stats: Arc<Mutex<LegStats>>,
     mut commands: mpsc::UnboundedReceiver<LegCommand>,
 ) {
-    let payloads = tone_payloads(negotiated.codec, tone_hz);
+    let mut payloads = tone_payloads(negotiated.codec, tone_hz);
+    // One RTP stream for the whole call: a new remote address does not restart SSRC,
+    // sequence or timestamp (the new node sees the stream continue, as a relay would).
     let mut sender = RtpSender::new(&mut rand::thread_rng());
     let mut ticker = tokio::time::interval(PACKET_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,14 +378,16 @@ async fn run_leg(
                 };
                 for packet in packets {
                     if socket.send_to(&packet.to_bytes(), negotiated.remote).await.is_ok() {
-                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                        lock(&stats).sent += 1;
                     }
                 }
             }
             received = socket.recv_from(&mut buf) => {
+                // From any source: after a takeover the new node's media comes from an
+                // address we have never seen, before or after its re-INVITE reaches us.
                 if let Ok((n, _)) = received {
                     if buf.get(..n).is_some_and(|d| RtpPacket::parse(d).is_ok()) {
-                        counters.received.fetch_add(1, Ordering::Relaxed);
+                        lock(&stats).on_received(Instant::now());
                     }
                 }
             }
@@ -185,6 +398,13 @@ async fn run_leg(
                     let Some(packets) = dtmf.packets(key, &mut sender) else { continue };
                     let start = tokio::time::Instant::now();
                     dtmf_queue.extend(dtmf_schedule(start, dtmf.duration_ms, packets));
+                }
+                Some(LegCommand::Retarget(next)) => {
+                    if next.codec != negotiated.codec {
+                        payloads = tone_payloads(next.codec, tone_hz);
+                    }
+                    tracing::debug!(from = %negotiated.remote, to = %next.remote, "RTP moved");
+                    negotiated = next;
                 }
                 None => return,
             },
@@ -242,5 +462,70 @@ mod tests {
             .collect();
         assert_eq!(offsets, vec![0, 50, 100, 120, 140]);
         assert!(schedule.iter().all(|(_, p)| p.payload_type == 101));
+    }
+
+    #[test]
+    fn gaps_count_between_packets_and_to_the_end_but_not_before_the_first() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut stats = LegStats {
+            started: Some(t0),
+            ..Default::default()
+        };
+        // Setup: the first packet 500 ms after the start is not an outage.
+        for t in [500, 520, 540] {
+            stats.on_received(at(t));
+        }
+        stats.sent = 30;
+        stats.on_refresh(1_700_000_000_000);
+        // 340 ms of silence across the takeover, then audio again.
+        for t in [880, 900, 920] {
+            stats.on_received(at(t));
+        }
+        stats.sent = 40;
+        let report = stats.report(at(950));
+        assert_eq!(report.max_gap_ms, 340);
+        assert_eq!(report.rtp_in, 6);
+        assert_eq!(report.refreshes, 1);
+        assert_eq!(report.last_refresh_unix_ms, Some(1_700_000_000_000));
+        assert_eq!(
+            (report.rtp_in_before_refresh, report.rtp_in_after_refresh),
+            (3, 3)
+        );
+        assert_eq!(report.rtp_out_after_refresh, 10);
+        assert!(report.received_after_refresh());
+        // Audio that never came back: the open gap up to the end counts.
+        assert_eq!(stats.report(at(2_920)).max_gap_ms, 2_000);
+        // Nothing ever arrived: the whole time media ran.
+        let silent = LegStats {
+            started: Some(t0),
+            ..Default::default()
+        };
+        assert_eq!(silent.report(at(700)).max_gap_ms, 700);
+        assert_eq!(LegStats::default().report(at(700)).max_gap_ms, 0);
+        assert!(!silent.report(at(700)).received_after_refresh());
+    }
+
+    #[test]
+    fn offers_we_cannot_use_say_why() {
+        assert!(matches!(
+            negotiate_checked(b"not sdp"),
+            Err(OfferError::Malformed(_))
+        ));
+        assert!(matches!(
+            negotiate_checked(&[0xff, 0xfe]),
+            Err(OfferError::Malformed(_))
+        ));
+        let g729 = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+        let error = negotiate_checked(g729.as_bytes()).expect_err("no common codec");
+        assert_eq!(error.status().0, 488);
+        let disabled = sdp_body(&local_description("127.0.0.1".parse().expect("ip"), 0));
+        assert_eq!(
+            negotiate_checked(disabled.as_bytes())
+                .expect_err("port 0")
+                .status()
+                .0,
+            488
+        );
     }
 }

@@ -9,19 +9,26 @@
 //! calls, each call within `call_limit`, generation stops after `duration` or on
 //! [`Traffic::stop_generating`], and [`Traffic::finish`] waits (bounded) for calls to end.
 //! Loopback only: every socket binds 127.0.0.1.
+//!
+//! Besides the counters ([`TrafficStats`]), every call gets a [`CallRecord`] in the
+//! [`CallLog`]: the caller's side and the agent legs that served it, with the media
+//! measurements a failover drill checks (largest RTP gap, whether a node took the call over
+//! with a re-INVITE, whether audio flowed both ways afterwards).
 
 pub mod caller;
 pub mod media;
 pub mod phone;
+pub mod reinvite;
 pub mod ua;
 
 #[cfg(test)]
 mod loopback_tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,6 +37,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
 use caller::{CallPlan, CallerEvent};
+use media::MediaReport;
 use phone::{PhoneConfig, PhoneEvent, PhoneReport};
 
 /// The sample trunk accepts only this source address.
@@ -119,6 +127,11 @@ pub struct TrafficStats {
     pub caller_rtp_in: u64,
     pub agent_rtp_in: u64,
     pub failures_by_status: BTreeMap<u16, u64>,
+    /// Ended calls whose carrier leg / agent leg was taken over by a node (re-INVITE).
+    pub refreshed_caller_legs: u64,
+    pub refreshed_agent_legs: u64,
+    /// The largest RTP gap any ended leg saw, either side (ms); see [`MediaReport`].
+    pub max_media_gap_ms: u64,
 }
 
 impl TrafficStats {
@@ -132,10 +145,15 @@ impl TrafficStats {
 
 enum Report {
     Started {
+        /// The generator's number for the call, which its later reports repeat.
+        seq: u64,
         node: u64,
         province: String,
+        /// The caller number (From user), unique within one run.
+        caller: String,
     },
     Caller {
+        seq: u64,
         node: u64,
         province: String,
         event: CallerEvent,
@@ -143,9 +161,218 @@ enum Report {
     Phone(PhoneReport),
 }
 
+/// One agent leg as its phone saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AgentLegRecord {
+    pub tenant: String,
+    pub extension: String,
+    /// The agent leg's SIP Call-ID (the node's, not the carrier leg's).
+    pub sip_call_id: String,
+    /// The cluster's call id, from the INVITE's `X-Callgrid-Call`: what CDRs and the REST
+    /// API call the call.
+    pub cluster_call: Option<String>,
+    /// The caller number the node put in the INVITE's From.
+    pub caller: String,
+    pub talk_ms: u64,
+    pub hung_up_by_agent: bool,
+    pub media: MediaReport,
+}
+
+/// One call the traffic placed: the caller's side, and the agent legs that served it.
+///
+/// The caller knows its SIP Call-ID and number; the phone knows the cluster's call id and
+/// the caller number the node passed on. The caller number ties them together (the
+/// generator never uses one twice in a run), and the CDR carries both the number and the
+/// cluster call id, so a drill can also go from here to the cluster's view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallRecord {
+    /// The generator's sequence number for the call.
+    pub seq: u64,
+    pub node: u64,
+    pub province: String,
+    pub caller: String,
+    /// The carrier leg's SIP Call-ID (empty if the call could not be placed).
+    pub sip_call_id: String,
+    pub setup_ms: Option<u64>,
+    /// The final status when setup failed.
+    pub failed_status: Option<u16>,
+    pub ended: bool,
+    pub hung_up_by_caller: bool,
+    /// The caller's measurements, once its call ended.
+    pub caller_media: Option<MediaReport>,
+    /// Agent legs whose INVITE named this caller (ended ones; usually one, more after a
+    /// re-queue).
+    pub agent_legs: Vec<AgentLegRecord>,
+    /// The largest RTP gap either side saw (ms).
+    pub media_gap_ms: u64,
+    /// Whether a node took either leg over (an accepted re-INVITE).
+    pub refreshed: bool,
+    /// After a takeover: whether the caller and an agent leg both took the refresh and each
+    /// received RTP after it. `None` without a refresh or without both sides' reports.
+    pub both_ways_after_refresh: Option<bool>,
+}
+
+impl CallRecord {
+    /// Fills the fields that combine the caller's and the agents' sides.
+    fn combine(&mut self) {
+        let caller = self.caller_media.as_ref();
+        let legs = self.agent_legs.iter().map(|leg| &leg.media);
+        self.media_gap_ms = caller
+            .into_iter()
+            .chain(legs.clone())
+            .map(|m| m.max_gap_ms)
+            .max()
+            .unwrap_or(0);
+        self.refreshed = caller
+            .into_iter()
+            .chain(legs.clone())
+            .any(MediaReport::refreshed);
+        self.both_ways_after_refresh = match caller {
+            Some(caller) if self.refreshed && !self.agent_legs.is_empty() => Some(
+                caller.received_after_refresh()
+                    && legs.clone().any(MediaReport::received_after_refresh),
+            ),
+            _ => None,
+        };
+    }
+}
+
+/// Per-call records, shared by the collector and whoever drives the traffic (a drill takes
+/// a handle before [`Traffic::finish`] and reads it afterwards). Kept out of
+/// [`TrafficStats`], which is cloned on every event.
+#[derive(Debug, Clone, Default)]
+pub struct CallLog {
+    inner: Arc<Mutex<CallBook>>,
+}
+
+#[derive(Debug, Default)]
+struct CallBook {
+    calls: BTreeMap<u64, CallRecord>,
+    agent_legs: Vec<AgentLegRecord>,
+}
+
+impl CallLog {
+    fn book(&self) -> std::sync::MutexGuard<'_, CallBook> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, report: &Report) {
+        let mut book = self.book();
+        match report {
+            Report::Started {
+                seq,
+                node,
+                province,
+                caller,
+            } => {
+                book.calls.insert(
+                    *seq,
+                    CallRecord {
+                        seq: *seq,
+                        node: *node,
+                        province: province.clone(),
+                        caller: caller.clone(),
+                        ..Default::default()
+                    },
+                );
+            }
+            Report::Caller { seq, event, .. } => {
+                let Some(record) = book.calls.get_mut(seq) else {
+                    return;
+                };
+                match event {
+                    CallerEvent::Answered { call, setup_ms } => {
+                        record.sip_call_id.clone_from(call);
+                        record.setup_ms = Some(*setup_ms);
+                    }
+                    CallerEvent::Refreshed { .. } => {}
+                    CallerEvent::Ended {
+                        call, by_me, media, ..
+                    } => {
+                        record.sip_call_id.clone_from(call);
+                        record.ended = true;
+                        record.hung_up_by_caller = *by_me;
+                        record.caller_media = Some(media.clone());
+                    }
+                    CallerEvent::Failed { call, status } => {
+                        record.sip_call_id.clone_from(call);
+                        record.failed_status = Some(*status);
+                    }
+                }
+            }
+            Report::Phone(PhoneReport {
+                tenant,
+                extension,
+                event:
+                    PhoneEvent::Ended {
+                        call,
+                        talk_ms,
+                        hung_up_by_me,
+                        caller,
+                        cluster_call,
+                        media,
+                        ..
+                    },
+            }) => book.agent_legs.push(AgentLegRecord {
+                tenant: tenant.clone(),
+                extension: extension.clone(),
+                sip_call_id: call.clone(),
+                cluster_call: cluster_call.clone(),
+                caller: caller.clone(),
+                talk_ms: *talk_ms,
+                hung_up_by_agent: *hung_up_by_me,
+                media: media.clone(),
+            }),
+            Report::Phone(_) => {}
+        }
+    }
+
+    /// Every call so far, in the order they were placed, with their agent legs attached and
+    /// the combined fields filled in.
+    pub fn records(&self) -> Vec<CallRecord> {
+        let book = self.book();
+        join_legs(book.calls.values().cloned().collect(), &book.agent_legs)
+    }
+
+    /// Every ended agent leg, matched to a call or not (a call from outside the traffic, or
+    /// a caller number the node rewrote).
+    #[allow(dead_code)] // Drills (issue 3) report unmatched legs; the demo does not.
+    pub fn agent_legs(&self) -> Vec<AgentLegRecord> {
+        self.book().agent_legs.clone()
+    }
+}
+
+/// Attaches each agent leg to the call with its caller number, when exactly one call has
+/// it, and combines the sides.
+fn join_legs(mut calls: Vec<CallRecord>, legs: &[AgentLegRecord]) -> Vec<CallRecord> {
+    let mut by_caller: HashMap<&str, Option<usize>> = HashMap::new();
+    for (i, call) in calls.iter().enumerate() {
+        by_caller
+            .entry(call.caller.as_str())
+            .and_modify(|slot| *slot = None)
+            .or_insert(Some(i));
+    }
+    let mut attach: Vec<(usize, &AgentLegRecord)> = Vec::new();
+    for leg in legs {
+        if let Some(Some(i)) = by_caller.get(leg.caller.as_str()) {
+            attach.push((*i, leg));
+        }
+    }
+    for (i, leg) in attach {
+        if let Some(call) = calls.get_mut(i) {
+            call.agent_legs.push(leg.clone());
+        }
+    }
+    for call in &mut calls {
+        call.combine();
+    }
+    calls
+}
+
 /// A running traffic generator.
 pub struct Traffic {
     stats: watch::Receiver<TrafficStats>,
+    calls: CallLog,
     stop_generating: watch::Sender<bool>,
     stop_phones: watch::Sender<bool>,
     generator: tokio::task::JoinHandle<()>,
@@ -239,7 +466,8 @@ impl Traffic {
                 }
             }
         });
-        let collector = tokio::spawn(collect(report_rx, stats, stats_tx));
+        let calls = CallLog::default();
+        let collector = tokio::spawn(collect(report_rx, stats, stats_tx, calls.clone()));
         let generator = tokio::spawn(generate(
             cluster.clone(),
             config,
@@ -249,6 +477,7 @@ impl Traffic {
         ));
         Ok(Traffic {
             stats: stats_rx,
+            calls,
             stop_generating,
             stop_phones,
             generator,
@@ -260,6 +489,12 @@ impl Traffic {
     /// The latest counters.
     pub fn stats(&self) -> TrafficStats {
         self.stats.borrow().clone()
+    }
+
+    /// The per-call records; the handle stays valid after [`Traffic::finish`].
+    #[allow(dead_code)] // Drills (issue 3) read it; the demo prints only the counters.
+    pub fn call_log(&self) -> CallLog {
+        self.calls.clone()
     }
 
     /// Whether the generator has stopped placing calls (duration or `max_calls` reached).
@@ -300,6 +535,18 @@ impl Traffic {
         self.generator.abort();
         let stats = self.stats.borrow().clone();
         self.collector.abort();
+        // Takeovers are rare and worth a line each (a demo with chaos, a drill's log).
+        for record in self.calls.records().iter().filter(|r| r.refreshed) {
+            tracing::info!(
+                seq = record.seq,
+                caller = %record.caller,
+                sip_call_id = %record.sip_call_id,
+                cluster_call = ?record.agent_legs.first().and_then(|l| l.cluster_call.as_deref()),
+                media_gap_ms = record.media_gap_ms,
+                both_ways_after_refresh = ?record.both_ways_after_refresh,
+                "call taken over by another node"
+            );
+        }
         stats
     }
 }
@@ -334,8 +581,10 @@ async fn collect(
     mut rx: mpsc::UnboundedReceiver<Report>,
     mut stats: TrafficStats,
     tx: watch::Sender<TrafficStats>,
+    calls: CallLog,
 ) {
     while let Some(report) = rx.recv().await {
+        calls.record(&report);
         apply(&mut stats, report);
         let _ = tx.send(stats.clone());
     }
@@ -343,7 +592,7 @@ async fn collect(
 
 fn apply(stats: &mut TrafficStats, report: Report) {
     match report {
-        Report::Started { node, province } => {
+        Report::Started { node, province, .. } => {
             for side in [
                 stats.per_node.entry(node).or_default(),
                 stats.per_province.entry(province).or_default(),
@@ -356,9 +605,12 @@ fn apply(stats: &mut TrafficStats, report: Report) {
             node,
             province,
             event,
+            ..
         } => {
-            if let CallerEvent::Ended { rtp_in, .. } = &event {
+            if let CallerEvent::Ended { rtp_in, media, .. } = &event {
                 stats.caller_rtp_in += rtp_in;
+                stats.refreshed_caller_legs += u64::from(media.refreshed());
+                stats.max_media_gap_ms = stats.max_media_gap_ms.max(media.max_gap_ms);
             }
             if let CallerEvent::Failed { status, .. } = &event {
                 *stats.failures_by_status.entry(*status).or_default() += 1;
@@ -369,6 +621,7 @@ fn apply(stats: &mut TrafficStats, report: Report) {
             ] {
                 match &event {
                     CallerEvent::Answered { .. } => side.answered += 1,
+                    CallerEvent::Refreshed { .. } => {}
                     CallerEvent::Ended { .. } => {
                         side.ended += 1;
                         side.in_progress = side.in_progress.saturating_sub(1);
@@ -385,16 +638,19 @@ fn apply(stats: &mut TrafficStats, report: Report) {
             PhoneEvent::Ended {
                 rtp_in,
                 hung_up_by_me,
+                media,
                 ..
             } => {
                 stats.agent_rtp_in += rtp_in;
+                stats.refreshed_agent_legs += u64::from(media.refreshed());
+                stats.max_media_gap_ms = stats.max_media_gap_ms.max(media.max_gap_ms);
                 if hung_up_by_me {
                     stats.agent_hangups += 1;
                 }
             }
             PhoneEvent::Registered => {}
             PhoneEvent::RegisterFailed { .. } => stats.phone_register_failures += 1,
-            PhoneEvent::Ringing { .. } => {}
+            PhoneEvent::Ringing { .. } | PhoneEvent::Refreshed { .. } => {}
         },
     }
 }
@@ -424,6 +680,8 @@ async fn generate(
         return;
     }
     let mut next_at = started;
+    // Caller numbers are how a call's two legs are paired (see `CallRecord`): never reuse one.
+    let mut used_callers: HashSet<String> = HashSet::new();
     for n in 0..config.max_calls {
         // Poisson arrivals: exponential gaps with mean 1/rate.
         let u: f64 = rng.gen_range(f64::EPSILON..1.0);
@@ -443,13 +701,20 @@ async fn generate(
             .clone();
         let landing = codes.choose(&mut rng).expect("codes is not empty").clone();
         let stay = phone::random_in(&config.caller_stay);
+        let mut caller = format!("139{:08}", rng.gen_range(0..100_000_000u32));
+        for _ in 0..64 {
+            if used_callers.insert(caller.clone()) {
+                break;
+            }
+            caller = format!("139{:08}", rng.gen_range(0..100_000_000u32));
+        }
         let plan = CallPlan {
             node: match sip_addr(node) {
                 Ok(addr) => addr,
                 Err(_) => continue,
             },
             bind_ip: LOOPBACK,
-            caller: format!("139{:08}", rng.gen_range(0..100_000_000u32)),
+            caller: caller.clone(),
             landing_code: landing,
             access_code: access,
             digit: MENU_KEYS.choose(&mut rng).copied(),
@@ -458,9 +723,12 @@ async fn generate(
             limit: config.call_limit,
         };
         let node_id = node.id;
+        let seq = n as u64;
         let _ = reports.send(Report::Started {
+            seq,
             node: node_id,
             province: province.clone(),
+            caller,
         });
         let tx = reports.clone();
         let call_stop = cut_short.clone();
@@ -471,6 +739,7 @@ async fn generate(
                 plan,
                 move |event| {
                     let _ = report_tx.send(Report::Caller {
+                        seq,
                         node: node_for_report,
                         province: province_for_report.clone(),
                         event,
@@ -486,6 +755,7 @@ async fn generate(
                     status: 0,
                 };
                 let _ = tx.send(Report::Caller {
+                    seq,
                     node: node_id,
                     province,
                     event,
@@ -614,27 +884,72 @@ mod tests {
         assert_eq!(info.tenants()[0].access_code, "95598");
     }
 
+    fn started(seq: u64, caller: &str) -> Report {
+        Report::Started {
+            seq,
+            node: 1,
+            province: "gd".into(),
+            caller: caller.into(),
+        }
+    }
+
+    fn caller_event(seq: u64, event: CallerEvent) -> Report {
+        Report::Caller {
+            seq,
+            node: 1,
+            province: "gd".into(),
+            event,
+        }
+    }
+
+    fn media(gap: u64, refreshes: u32, after: u64) -> MediaReport {
+        MediaReport {
+            rtp_in: 100,
+            rtp_out: 100,
+            max_gap_ms: gap,
+            refreshes,
+            last_refresh_unix_ms: (refreshes > 0).then_some(1_700_000_000_000),
+            rtp_in_before_refresh: if refreshes > 0 { 100 - after } else { 0 },
+            rtp_in_after_refresh: after,
+            rtp_out_after_refresh: after,
+        }
+    }
+
+    fn agent_ended(caller: &str, media: MediaReport) -> Report {
+        Report::Phone(PhoneReport {
+            tenant: "gd".into(),
+            extension: "1001".into(),
+            event: PhoneEvent::Ended {
+                call: format!("leg-{caller}"),
+                talk_ms: 2_000,
+                rtp_in: media.rtp_in,
+                rtp_out: media.rtp_out,
+                hung_up_by_me: false,
+                caller: caller.into(),
+                cluster_call: Some(format!("cluster-{caller}")),
+                media,
+            },
+        })
+    }
+
     #[test]
     fn counters_follow_a_call() {
         let mut stats = TrafficStats::default();
-        apply(
-            &mut stats,
-            Report::Started {
-                node: 1,
-                province: "gd".into(),
-            },
-        );
+        apply(&mut stats, started(0, "13900000001"));
         assert_eq!(stats.in_progress(), 1);
         apply(
             &mut stats,
-            Report::Caller {
-                node: 1,
-                province: "gd".into(),
-                event: CallerEvent::Answered {
+            caller_event(
+                0,
+                CallerEvent::Answered {
                     call: "c".into(),
                     setup_ms: 5,
                 },
-            },
+            ),
+        );
+        apply(
+            &mut stats,
+            caller_event(0, CallerEvent::Refreshed { call: "c".into() }),
         );
         let ended = CallerEvent::Ended {
             call: "c".into(),
@@ -642,17 +957,118 @@ mod tests {
             rtp_in: 7,
             rtp_out: 8,
             by_me: true,
+            media: media(340, 1, 50),
         };
-        apply(
-            &mut stats,
-            Report::Caller {
-                node: 1,
-                province: "gd".into(),
-                event: ended,
-            },
-        );
+        apply(&mut stats, caller_event(0, ended));
         assert_eq!(stats.in_progress(), 0);
         assert_eq!(stats.per_province["gd"].answered, 1);
         assert_eq!(stats.caller_rtp_in, 7);
+        assert_eq!(stats.refreshed_caller_legs, 1);
+        assert_eq!(stats.max_media_gap_ms, 340);
+        apply(&mut stats, agent_ended("13900000001", media(420, 1, 60)));
+        assert_eq!(stats.refreshed_agent_legs, 1);
+        assert_eq!(stats.max_media_gap_ms, 420);
+    }
+
+    #[test]
+    fn call_log_pairs_the_caller_with_its_agent_leg() {
+        let log = CallLog::default();
+        let reports = [
+            started(0, "13900000001"),
+            started(1, "13900000002"),
+            started(2, "13900000003"),
+            caller_event(
+                0,
+                CallerEvent::Answered {
+                    call: "sip-0".into(),
+                    setup_ms: 12,
+                },
+            ),
+            caller_event(
+                0,
+                CallerEvent::Ended {
+                    call: "sip-0".into(),
+                    duration_ms: 3_000,
+                    rtp_in: 100,
+                    rtp_out: 100,
+                    by_me: true,
+                    media: media(340, 1, 40),
+                },
+            ),
+            agent_ended("13900000001", media(380, 1, 30)),
+            // Call 1 was taken over, but the agent got no audio afterwards.
+            caller_event(
+                1,
+                CallerEvent::Ended {
+                    call: "sip-1".into(),
+                    duration_ms: 3_000,
+                    rtp_in: 100,
+                    rtp_out: 100,
+                    by_me: false,
+                    media: media(300, 1, 40),
+                },
+            ),
+            agent_ended("13900000002", media(2_500, 1, 0)),
+            caller_event(
+                2,
+                CallerEvent::Failed {
+                    call: "sip-2".into(),
+                    status: 503,
+                },
+            ),
+            // A leg for a caller the traffic never placed.
+            agent_ended("13800000000", media(20, 0, 0)),
+        ];
+        for report in &reports {
+            log.record(report);
+        }
+        let records = log.records();
+        assert_eq!(records.len(), 3);
+        let first = &records[0];
+        assert_eq!(first.sip_call_id, "sip-0");
+        assert_eq!(first.setup_ms, Some(12));
+        assert!(first.ended && first.hung_up_by_caller);
+        assert_eq!(first.agent_legs.len(), 1);
+        assert_eq!(
+            first.agent_legs[0].cluster_call.as_deref(),
+            Some("cluster-13900000001")
+        );
+        assert_eq!(first.media_gap_ms, 380);
+        assert!(first.refreshed);
+        assert_eq!(first.both_ways_after_refresh, Some(true));
+        let second = &records[1];
+        assert_eq!(second.media_gap_ms, 2_500);
+        assert_eq!(second.both_ways_after_refresh, Some(false));
+        let third = &records[2];
+        assert_eq!(third.failed_status, Some(503));
+        assert!(!third.refreshed && third.agent_legs.is_empty());
+        assert_eq!(third.both_ways_after_refresh, None);
+        assert_eq!(log.agent_legs().len(), 3);
+        // The records serialise for drill reports.
+        let json = serde_json::to_value(&records).expect("serialises");
+        assert_eq!(json[0]["media_gap_ms"], 380);
+        assert_eq!(json[0]["refreshed"], true);
+    }
+
+    #[test]
+    fn an_ambiguous_caller_number_pairs_nothing() {
+        let calls = vec![
+            CallRecord {
+                seq: 0,
+                caller: "139".into(),
+                ..Default::default()
+            },
+            CallRecord {
+                seq: 1,
+                caller: "139".into(),
+                ..Default::default()
+            },
+        ];
+        let leg = AgentLegRecord {
+            caller: "139".into(),
+            ..Default::default()
+        };
+        let joined = join_legs(calls, &[leg]);
+        assert!(joined.iter().all(|c| c.agent_legs.is_empty()));
     }
 }

@@ -5,6 +5,12 @@
 //!
 //! One tokio task per phone; it drives a [`Ua`] and keeps at most one call (an agent has
 //! one call at a time, DESIGN.md I1); a second INVITE gets 486.
+//!
+//! In an answered call it accepts re-INVITEs (a surviving node taking the call over, see
+//! [`super::reinvite`]): 200 with the same SDP, remote target and RTP moved to the new node,
+//! the BYE sent there. Each call's report names the caller number and the cluster's call id
+//! (`X-Callgrid-Call`) so a drill can pair it with the caller's side, and carries the media
+//! measurements ([`MediaReport`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -22,13 +28,18 @@ use sip::transaction::{Retransmit2xx, Retransmit2xxOutput, TransactionKey, Trans
 use sip::uri::Uri;
 use sip::SipMessage;
 
-use super::media::{local_description, negotiate, sdp_body, RtpLeg};
+use super::media::{local_description, negotiate, sdp_body, Audio, MediaReport};
+use super::reinvite::{has_to_tag, in_dialog, ok_with_sdp, Reinvite, Reinvites};
 use super::ua::{target_addr, Ua, UaEvent};
 
 /// Registration lifetime we ask for; the registrar's minimum is 60 s.
 pub const REGISTER_EXPIRES_SECS: u32 = 300;
 /// How long a BYE may take before the call is considered over anyway.
 const BYE_WAIT: Duration = Duration::from_secs(5);
+/// How often a BYE is sent again to a node that took the call over while it was out.
+const MAX_BYE_RETARGETS: u32 = 3;
+/// The header in which the cluster names its call on the agent leg (R4.2).
+pub const CLUSTER_CALL_HEADER: &str = "X-Callgrid-Call";
 
 #[derive(Debug, Clone)]
 pub struct PhoneConfig {
@@ -56,6 +67,14 @@ pub enum PhoneEvent {
     },
     Answered {
         call: String,
+        /// The caller number (the INVITE's From user, which the cluster passes through).
+        caller: String,
+        /// The cluster's call id, from `X-Callgrid-Call`.
+        cluster_call: Option<String>,
+    },
+    /// A node took the call over: its re-INVITE was accepted, the media moved to it.
+    Refreshed {
+        call: String,
     },
     Ended {
         call: String,
@@ -63,6 +82,10 @@ pub enum PhoneEvent {
         rtp_in: u64,
         rtp_out: u64,
         hung_up_by_me: bool,
+        caller: String,
+        cluster_call: Option<String>,
+        /// Gaps and refresh counts for drills (`rtp_in`/`rtp_out` repeat its counts).
+        media: MediaReport,
     },
 }
 
@@ -100,13 +123,32 @@ struct Call {
     invite: Request,
     source: SocketAddr,
     dialog: Dialog,
+    /// Who is calling and the cluster's name for the call, to pair this leg with the caller.
+    caller: String,
+    cluster_call: Option<String>,
+    /// Our SDP for this call: the answer to the INVITE and, unchanged, to any re-INVITE
+    /// (RFC 3264 8: same media, same `o=` version).
+    local_sdp: String,
     answer_at: Option<Instant>,
     answered_at: Option<Instant>,
     hangup_at: Option<Instant>,
     retransmit: Option<Retransmit2xx>,
-    media: Option<RtpLeg>,
-    rtp_socket: Option<UdpSocket>,
+    /// Until the call ends; then `media` holds what it measured.
+    audio: Option<Audio>,
+    media: Option<MediaReport>,
+    reinvites: Reinvites,
     bye: Option<(TransactionKey, Instant)>,
+    bye_retargets: u32,
+}
+
+impl Call {
+    /// Stops the audio (the session ends when we send or receive the BYE, RFC 3261 15)
+    /// and keeps its report.
+    fn finish_media(&mut self) {
+        if let Some(audio) = self.audio.take() {
+            self.media = Some(audio.finish(Instant::now()));
+        }
+    }
 }
 
 struct Phone {
@@ -150,6 +192,8 @@ impl Phone {
         loop {
             if *shutdown.borrow() {
                 self.hang_up().await;
+                // Answers given while hanging up must leave before the UA is dropped.
+                self.ua.flush().await;
                 return Ok(());
             }
             self.on_timers().await;
@@ -175,6 +219,7 @@ impl Phone {
                     .as_ref()
                     .and_then(Retransmit2xx::poll_timeout),
                 call.bye.as_ref().map(|(_, at)| *at),
+                call.reinvites.poll_timeout(),
             ];
             for at in timers.into_iter().flatten() {
                 deadline = deadline.min(at);
@@ -308,13 +353,22 @@ impl Phone {
                 source,
             } => self.on_request(key, request, source).await,
             UaEvent::Ack { request } => {
-                if let Some(call) = self
+                let Some(call) = self
                     .call
                     .as_mut()
-                    .filter(|c| Some(c.dialog.call_id.as_str()) == request.call_id())
-                {
+                    .filter(|c| in_dialog(&c.dialog, &request))
+                else {
+                    return;
+                };
+                let cseq = request.cseq().map(|(n, _)| n);
+                if cseq == call.invite.cseq().map(|(n, _)| n) {
                     if let Some(retransmit) = call.retransmit.as_mut() {
                         retransmit.handle_ack();
+                    }
+                } else if let Some(negotiated) = call.reinvites.on_ack(&request) {
+                    // The answer to the offer we put in a 200 to an offerless re-INVITE.
+                    if let Some(audio) = call.audio.as_mut() {
+                        audio.start(negotiated);
                     }
                 }
             }
@@ -342,6 +396,9 @@ impl Phone {
                             rtp_in: 0,
                             rtp_out: 0,
                             hung_up_by_me: false,
+                            caller: call.caller,
+                            cluster_call: call.cluster_call,
+                            media: MediaReport::default(),
                         });
                     }
                 }
@@ -351,17 +408,23 @@ impl Phone {
     }
 
     async fn on_request(&mut self, key: TransactionKey, request: Request, source: SocketAddr) {
-        let in_call = self
+        let same_call_id = self
             .call
             .as_ref()
             .is_some_and(|c| Some(c.dialog.call_id.as_str()) == request.call_id());
+        let in_call = self
+            .call
+            .as_ref()
+            .is_some_and(|c| in_dialog(&c.dialog, &request));
         match request.method {
-            Method::Invite if !in_call => self.on_invite(key, request, source).await,
-            Method::Invite => {
-                // A re-INVITE: keep the media as it is and answer with the same SDP.
-                let response = self.answer_response(&request);
-                self.ua.respond(&key, response);
+            Method::Invite if !same_call_id => self.on_invite(key, request, source).await,
+            Method::Invite if !has_to_tag(&request) => {
+                // RFC 3261 8.2.2.2: our call's INVITE again on a new transaction (merged or
+                // re-sent with a new branch); its own transaction is answered already.
+                self.ua
+                    .respond(&key, Response::for_request(&request, 482, "Loop Detected"));
             }
+            Method::Invite if in_call => self.on_reinvite(key, request, source),
             Method::Bye if in_call => {
                 self.ua
                     .respond(&key, Response::for_request(&request, 200, "OK"));
@@ -374,6 +437,64 @@ impl Phone {
                 &key,
                 Response::for_request(&request, 481, "Call/Transaction Does Not Exist"),
             ),
+        }
+    }
+
+    /// A re-INVITE in our call: typically a surviving node taking the call over.
+    fn on_reinvite(&mut self, key: TransactionKey, request: Request, source: SocketAddr) {
+        let contact = self.ua.contact(&self.config.extension);
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
+        if call.answered_at.is_none() {
+            // RFC 3261 14.2: our final response to the INVITE is not out yet.
+            let mut response = Response::for_request(&request, 500, "Server Internal Error")
+                .with_to_tag(&call.dialog.local_tag);
+            response.headers.push("Retry-After", "1");
+            self.ua.respond(&key, response);
+            return;
+        }
+        let outcome = call.reinvites.on_reinvite(
+            Instant::now(),
+            &mut call.dialog,
+            &request,
+            source,
+            &contact,
+            &call.local_sdp,
+        );
+        let accepted = match &outcome {
+            Reinvite::Accepted { media, .. } => {
+                tracing::info!(
+                    call = %call.dialog.call_id,
+                    target = %call.dialog.remote_target,
+                    media = ?media.map(|m| m.remote),
+                    "re-INVITE accepted: call taken over"
+                );
+                if let Some(audio) = call.audio.as_mut() {
+                    audio.refresh(*media);
+                }
+                true
+            }
+            Reinvite::Repeated { .. } => false,
+            Reinvite::Rejected { reason, .. } => {
+                tracing::warn!(call = %call.dialog.call_id, %source, %reason, "re-INVITE refused");
+                false
+            }
+        };
+        self.ua.respond(&key, outcome.into_response());
+        if !accepted {
+            return;
+        }
+        let id = call.dialog.call_id.clone();
+        // Our BYE went to the old node (which may be dead): tell the new one the call is over.
+        let resend_bye = call.bye.is_some() && call.bye_retargets < MAX_BYE_RETARGETS;
+        if resend_bye {
+            call.bye_retargets += 1;
+            call.bye = None;
+        }
+        self.report(PhoneEvent::Refreshed { call: id });
+        if resend_bye {
+            self.send_bye();
         }
     }
 
@@ -409,6 +530,26 @@ impl Phone {
                 return;
             }
         };
+        let audio = match Audio::new(rtp_socket, 660.0) {
+            Ok(audio) => audio,
+            Err(error) => {
+                tracing::warn!(%error, "no RTP port for a synthetic phone");
+                self.ua.respond(
+                    &key,
+                    Response::for_request(&request, 503, "Service Unavailable"),
+                );
+                return;
+            }
+        };
+        let local_sdp = sdp_body(&local_description(self.config.bind_ip, audio.port()));
+        let caller = request
+            .from()
+            .and_then(|from| from.uri.user)
+            .unwrap_or_default();
+        let cluster_call = request
+            .headers
+            .get(CLUSTER_CALL_HEADER)
+            .map(|value| value.trim().to_string());
         let mut ringing = Response::for_request(&request, 180, "Ringing").with_to_tag(&local_tag);
         ringing.headers.set("Contact", format!("<{contact}>"));
         self.ua.respond(&key, ringing);
@@ -420,29 +561,19 @@ impl Phone {
             invite: request,
             source,
             dialog,
+            caller,
+            cluster_call,
+            local_sdp,
             answer_at: Some(Instant::now() + self.config.ring_time),
             answered_at: None,
             hangup_at: None,
             retransmit: None,
+            audio: Some(audio),
             media: None,
-            rtp_socket: Some(rtp_socket),
+            reinvites: Reinvites::default(),
             bye: None,
+            bye_retargets: 0,
         });
-    }
-
-    fn answer_response(&self, request: &Request) -> Response {
-        let call = self.call.as_ref();
-        let tag = call.map(|c| c.dialog.local_tag.clone()).unwrap_or_default();
-        let port = call
-            .and_then(|c| c.rtp_socket.as_ref().and_then(|s| s.local_addr().ok()))
-            .map_or(0, |a| a.port());
-        answer_with_sdp(
-            request,
-            &tag,
-            &self.ua.contact(&self.config.extension),
-            self.config.bind_ip,
-            port,
-        )
     }
 
     async fn on_timers(&mut self) {
@@ -485,6 +616,19 @@ impl Phone {
         let Some(call) = self.call.as_mut() else {
             return;
         };
+        let due = call.reinvites.on_timeout(now);
+        for (dest, bytes) in due.transmits {
+            self.ua.transmit(dest, bytes).await;
+        }
+        if due.ack_timeout {
+            // RFC 3261 13.3.1.4: our 2xx to a re-INVITE was never acknowledged.
+            tracing::warn!("no ACK for our 2xx to a re-INVITE; hanging up");
+            self.send_bye();
+            return;
+        }
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
         if call.hangup_at.is_some_and(|at| at <= now) {
             call.hangup_at = None;
             self.send_bye();
@@ -495,10 +639,16 @@ impl Phone {
 
     /// 200 OK with our SDP, start the tone, and draw the talk time.
     async fn answer(&mut self) {
+        let contact = self.ua.contact(&self.config.extension);
         let Some(call) = self.call.as_ref() else {
             return;
         };
-        let response = self.answer_response(&call.invite);
+        let response = ok_with_sdp(
+            &call.invite,
+            &call.dialog.local_tag,
+            &contact,
+            &call.local_sdp,
+        );
         let bytes = response.to_bytes();
         let invite_key = call.invite_key.clone();
         let remote_sdp = negotiate(&call.invite.body);
@@ -518,11 +668,15 @@ impl Phone {
         let now = Instant::now();
         call.answered_at = Some(now);
         call.hangup_at = Some(now + talk);
-        if let (Some(negotiated), Some(socket)) = (remote_sdp, call.rtp_socket.take()) {
-            call.media = Some(RtpLeg::start(socket, negotiated, 660.0));
+        if let (Some(negotiated), Some(audio)) = (remote_sdp, call.audio.as_mut()) {
+            audio.start(negotiated);
         }
-        let id = call.dialog.call_id.clone();
-        self.report(PhoneEvent::Answered { call: id });
+        let event = PhoneEvent::Answered {
+            call: call.dialog.call_id.clone(),
+            caller: call.caller.clone(),
+            cluster_call: call.cluster_call.clone(),
+        };
+        self.report(event);
     }
 
     /// RFC 3261 15.1.1: end the dialog with a BYE; the call ends on its final response.
@@ -539,6 +693,7 @@ impl Phone {
             self.end_call(true);
             return;
         };
+        call.finish_media();
         let branch = new_branch(&mut rand::thread_rng());
         let bye = call
             .dialog
@@ -550,17 +705,23 @@ impl Phone {
     }
 
     fn end_call(&mut self, hung_up_by_me: bool) {
-        let Some(call) = self.call.take() else { return };
+        let Some(mut call) = self.call.take() else {
+            return;
+        };
         let talk_ms = call
             .answered_at
             .map_or(0, |at| at.elapsed().as_millis() as u64);
-        let (rtp_in, rtp_out) = call.media.map_or((0, 0), RtpLeg::stop);
+        call.finish_media();
+        let media = call.media.unwrap_or_default();
         self.report(PhoneEvent::Ended {
             call: call.dialog.call_id,
             talk_ms,
-            rtp_in,
-            rtp_out,
+            rtp_in: media.rtp_in,
+            rtp_out: media.rtp_out,
             hung_up_by_me,
+            caller: call.caller,
+            cluster_call: call.cluster_call,
+            media,
         });
     }
 
@@ -578,21 +739,6 @@ impl Phone {
         }
         self.end_call(true);
     }
-}
-
-/// 200 OK to an INVITE with our tag, Contact and an SDP answer (PCMA/PCMU + 101).
-pub fn answer_with_sdp(
-    request: &Request,
-    local_tag: &str,
-    contact: &Uri,
-    ip: IpAddr,
-    rtp_port: u16,
-) -> Response {
-    let mut response = Response::for_request(request, 200, "OK").with_to_tag(local_tag);
-    response.headers.set("Contact", format!("<{contact}>"));
-    response.headers.set("Content-Type", "application/sdp");
-    response.body = sdp_body(&local_description(ip, rtp_port)).into_bytes();
-    response
 }
 
 /// The strongest challenge we can answer: SHA-256 before MD5 (RFC 8760 2.4).
@@ -664,13 +810,8 @@ mod tests {
     #[test]
     fn answer_carries_tag_contact_and_sdp() {
         let contact = Uri::sip(Some("1001"), "127.0.0.1", Some(5070));
-        let response = answer_with_sdp(
-            &invite(),
-            "t9",
-            &contact,
-            "127.0.0.1".parse().expect("ip"),
-            41_000,
-        );
+        let sdp = sdp_body(&local_description("127.0.0.1".parse().expect("ip"), 41_000));
+        let response = ok_with_sdp(&invite(), "t9", &contact, &sdp);
         assert_eq!(response.status, 200);
         assert_eq!(
             response

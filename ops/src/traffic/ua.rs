@@ -132,6 +132,13 @@ impl Ua {
         }
     }
 
+    /// Sends what the transaction layer has queued (a response just given to `respond`)
+    /// without waiting for an event: for a UA about to be dropped, whose last answer (the
+    /// 200 to the far end's BYE) would otherwise never leave.
+    pub async fn flush(&mut self) {
+        self.drain().await;
+    }
+
     async fn drain(&mut self) {
         while let Some(output) = self.layer.poll_output() {
             let event = match output {
