@@ -57,6 +57,9 @@ pub enum Command {
     /// Start a local three-node cluster with the sample centers, drive synthetic callers and
     /// agent phones, show live figures, print a summary, and tear the cluster down.
     Demo(DemoArgs),
+    /// Failover drills against a cluster from `cluster up --sample`: kill a node or a site,
+    /// partition a node; prints one JSON report.
+    Drill(crate::drill::DrillArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Flow(c) => admin::run_flow(c).await,
         Command::Prompt(c) => admin::run_prompt(c).await,
         Command::Demo(args) => run_demo(args).await,
+        Command::Drill(args) => crate::drill::run(args).await,
     }
 }
 

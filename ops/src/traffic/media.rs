@@ -128,6 +128,9 @@ pub struct MediaReport {
     pub rtp_in_after_refresh: u64,
     /// RTP sent after the last refresh (to the new node, if it moved the media).
     pub rtp_out_after_refresh: u64,
+    /// The outage a takeover caused: from the last packet received before the last refresh
+    /// to the first one after it (None without a refresh, or if media never came back).
+    pub refresh_gap_ms: Option<u64>,
 }
 
 impl MediaReport {
@@ -147,6 +150,9 @@ struct RefreshMark {
     unix_ms: u64,
     received: u64,
     sent: u64,
+    /// The last packet before the refresh, and the gap to the first one after it.
+    last_received: Option<Instant>,
+    gap: Option<Duration>,
 }
 
 /// Shared between [`Audio`] and its RTP task; plain arithmetic on instants passed in, so
@@ -169,6 +175,13 @@ impl LegStats {
         if let Some(last) = self.last_received {
             self.max_gap = self.max_gap.max(now.saturating_duration_since(last));
         }
+        if let Some(mark) = self.last_refresh.as_mut() {
+            if mark.gap.is_none() {
+                mark.gap = mark
+                    .last_received
+                    .map(|before| now.saturating_duration_since(before));
+            }
+        }
         self.last_received = Some(now);
     }
 
@@ -178,6 +191,8 @@ impl LegStats {
             unix_ms,
             received: self.received,
             sent: self.sent,
+            last_received: self.last_received,
+            gap: None,
         });
     }
 
@@ -195,6 +210,7 @@ impl LegStats {
             rtp_in_before_refresh: refresh.map_or(0, |r| r.received),
             rtp_in_after_refresh: refresh.map_or(0, |r| self.received.saturating_sub(r.received)),
             rtp_out_after_refresh: refresh.map_or(0, |r| self.sent.saturating_sub(r.sent)),
+            refresh_gap_ms: refresh.and_then(|r| r.gap).map(ms),
         }
     }
 }

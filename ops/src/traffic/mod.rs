@@ -207,6 +207,8 @@ pub struct CallRecord {
     pub media_gap_ms: u64,
     /// Whether a node took either leg over (an accepted re-INVITE).
     pub refreshed: bool,
+    /// The takeover's outage: the larger of the two sides' gap around their refresh.
+    pub refresh_gap_ms: Option<u64>,
     /// After a takeover: whether the caller and an agent leg both took the refresh and each
     /// received RTP after it. `None` without a refresh or without both sides' reports.
     pub both_ways_after_refresh: Option<bool>,
@@ -227,6 +229,11 @@ impl CallRecord {
             .into_iter()
             .chain(legs.clone())
             .any(MediaReport::refreshed);
+        self.refresh_gap_ms = caller
+            .into_iter()
+            .chain(legs.clone())
+            .filter_map(|m| m.refresh_gap_ms)
+            .max();
         self.both_ways_after_refresh = match caller {
             Some(caller) if self.refreshed && !self.agent_legs.is_empty() => Some(
                 caller.received_after_refresh()
