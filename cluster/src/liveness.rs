@@ -10,8 +10,9 @@
 //! - **Why no actor has two live owners**: `down_after_ms > lease_ms`, and the leader's
 //!   silence clock starts no earlier than the dead node's last heartbeat was sent, so when
 //!   `NodeDown` commits the dead node's lease has expired (clock *rates* must agree, not
-//!   clocks). A new leader waits `down_after_ms` from its election before declaring anyone
-//!   down, since it did not watch the heartbeats before. Checkpoints carry a `Fence`, so a
+//!   clocks). A new leader declares nodes
+//!   down by the heartbeats it applied as a follower, after a grace of three heartbeat
+//!   periods so the survivors reach it after the election. Checkpoints carry a `Fence`, so a
 //!   node declared down can no longer write state even if it is still running.
 //! - **Rejoining**: a node that finds itself declared down does not heartbeat; its runtime
 //!   drops the actors and calls it hosted and then commits `NodeUp` (a new epoch).
@@ -262,7 +263,12 @@ async fn detect(liveness: std::sync::Weak<Liveness>) {
         let now = Instant::now();
         let since = *leader_since.get_or_insert(now);
         let silence = Duration::from_millis(l.config.down_after_ms);
-        if now.duration_since(since) < silence {
+        // A new leader judges by the heartbeats it applied as a follower (declaring a node
+        // down at `applied + down_after` is safe whoever applied it: the lease started before
+        // the commit). It first gives every node a few heartbeat periods to reach it, since
+        // nobody could commit during the election.
+        let grace = Duration::from_millis(3 * l.config.heartbeat_ms).min(silence);
+        if now.duration_since(since) < grace {
             continue;
         }
         let suspects: Vec<(u64, u64, Instant)> = {
@@ -273,7 +279,7 @@ async fn detect(liveness: std::sync::Weak<Liveness>) {
                     .keys()
                     .filter(|id| **id != me && !s.is_down(**id))
                     .filter_map(|id| {
-                        let last = heard.get(id).copied().unwrap_or(since).max(since);
+                        let last = heard.get(id).copied().unwrap_or(since);
                         (now.duration_since(last) >= silence).then_some((*id, s.epoch(*id), last))
                     })
                     .collect()

@@ -3,6 +3,10 @@
 //!
 //! Tests never sleep for a fixed time: they poll for the event with [`wait_until`].
 
+pub mod nodes;
+pub mod probe;
+pub mod verdict;
+
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::future::Future;
@@ -819,6 +823,111 @@ impl AgentPhone {
     }
 }
 
+/// Registers `agent`'s extension with its own digest credentials from 127.0.0.1:`port`
+/// (Contact on that port), as [`AgentPhone::start`] does.
+pub async fn register_agent(
+    workdir: &Path,
+    port: u16,
+    registrar: &str,
+    domain: &str,
+    agent: &SampleAgent,
+    how: Register,
+) -> Result<()> {
+    match how {
+        Register::Sipp => {
+            let csv = workdir.join(format!("agent_{}_{port}.csv", agent.extension));
+            std::fs::write(
+                &csv,
+                format!(
+                    "SEQUENTIAL\n{};{};{};\n",
+                    agent.extension, agent.password, domain
+                ),
+            )?;
+            let reg = Sipp::new(
+                "agent_register.xml",
+                workdir,
+                &format!("register_{}_{port}", agent.extension),
+            )
+            .port(port)
+            .remote(registrar)
+            .inf(&csv)
+            .auth(&agent.extension, &agent.password)
+            .timeout(15);
+            let r = reg.clone().run(Duration::from_secs(30)).await?;
+            if r.exit_code != 0 {
+                bail!(
+                    "REGISTER of {} via {registrar} failed: {r:?}: {}",
+                    agent.extension,
+                    sipp_errors(&reg)
+                );
+            }
+            Ok(())
+        }
+        Register::Digest(alg) => {
+            sip_register(
+                port,
+                registrar,
+                domain,
+                &agent.extension,
+                &agent.password,
+                alg,
+            )
+            .await
+        }
+    }
+}
+
+/// Several agent phones in ONE SIPp UAS process (`agent_phone_failover.xml`): every agent's
+/// extension is registered (each with its own digest credentials) with the same Contact port,
+/// then SIPp serves that port. Media is the harness's [`probe::RtpProbe`]: `probe_csv` (from
+/// [`probe::RtpProbe::csv`]) is SIPp's `-inf`, so the i-th call the process receives (whatever
+/// the extension) answers with the i-th probe port (the file wraps around after its last line).
+pub struct AgentPhones {
+    pub run: SippRun,
+    pub port: u16,
+    pub extensions: Vec<String>,
+}
+
+impl AgentPhones {
+    /// `calls` bounds the SIPp run (`-m`; `None`: until [`SippRun::stop`] or its 600 s
+    /// timeout). `hangup_ms`: `Some(ms > 0)`: the phone hangs up ms after the (last) re-INVITE
+    /// toward that re-INVITE's Contact; `None`: it waits for the node's BYE.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        workdir: &Path,
+        registrar: &str,
+        domain: &str,
+        agents: &[SampleAgent],
+        how: Register,
+        probe_csv: &Path,
+        calls: Option<u32>,
+        hangup_ms: Option<u32>,
+    ) -> Result<AgentPhones> {
+        std::fs::create_dir_all(workdir)?;
+        let port = free_port();
+        for agent in agents {
+            register_agent(workdir, port, registrar, domain, agent, how).await?;
+        }
+        let mut uas = Sipp::new(
+            "agent_phone_failover.xml",
+            workdir,
+            &format!("phones_{port}"),
+        )
+        .port(port)
+        .inf(probe_csv)
+        .calls(calls)
+        .timeout(600);
+        if let Some(ms) = hangup_ms {
+            uas = uas.set("hangup_ms", &ms.to_string());
+        }
+        Ok(AgentPhones {
+            run: uas.spawn()?,
+            port,
+            extensions: agents.iter().map(|a| a.extension.clone()).collect(),
+        })
+    }
+}
+
 fn digest_hash(alg: &str, data: &str) -> String {
     use sha2::Digest as _;
     if alg.eq_ignore_ascii_case("SHA-256") {
@@ -859,10 +968,11 @@ pub async fn sip_register(
     let uri = format!("sip:{domain}");
     let msg = |cseq: u32, auth: &str| {
         format!(
-            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK-{cseq}-{call_id_hash};rport\r\n\
+            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK-{cseq}-{call_id_hash}-{user};rport\r\n\
              From: <sip:{user}@{domain}>;tag=r{local_port}\r\nTo: <sip:{user}@{domain}>\r\nCall-ID: {call_id}\r\n\
              CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{local_port};transport=udp>\r\nExpires: 3600\r\n\
              Max-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n",
+            // Unique per transaction: several users register from one port (AgentPhones).
             call_id_hash = local_port
         )
     };

@@ -91,6 +91,9 @@ struct CheckpointKey {
     failovers: usize,
 }
 
+/// How long a new call's 200 waits for its first checkpoint to commit.
+const FIRST_CHECKPOINT_BOUND: Duration = Duration::from_millis(300);
+
 pub struct CallActor {
     pub runtime: Arc<Runtime>,
 }
@@ -287,18 +290,12 @@ async fn start_new(
         .set_remote(LegId::Customer, offer.clone(), codec, dtmf)
         .await?;
     let answer = local_description(rt, port, vec![codec], dtmf);
-    customer.answer(rt, &answer);
-    drop(
-        myself.send_after(Duration::from_millis(500), || CallMsg::Retransmit2xx {
-            attempt: 1,
-        }),
-    );
+    customer.prepare_answer(rt, &answer);
 
     metrics::counter!("callgrid_calls_offered_total", "tenant" => tenant.to_string()).increment(1);
     metrics::gauge!("callgrid_calls_active").increment(1.0);
-    info!(call = %call_id, tenant = %tenant, "call answered by the platform");
     let machine = CallMachine::new(setup);
-    let state = CallState {
+    let mut state = CallState {
         machine,
         customer,
         agent: None,
@@ -313,6 +310,26 @@ async fn start_new(
         takeover_since_ms: None,
         abandoned: false,
     };
+    // The carrier gets our 200 only once the call's first checkpoint is committed (within a
+    // short bound): a call the carrier believes answered can always be taken over, and ends
+    // with a CDR even if this node dies right after (I2). Without a quorum the call is
+    // answered anyway after the bound (degraded mode) and checkpointed later.
+    if let Some(committed) = checkpoint(rt, &mut state, true) {
+        if tokio::time::timeout(FIRST_CHECKPOINT_BOUND, committed)
+            .await
+            .is_err()
+        {
+            metrics::counter!("callgrid_calls_answered_uncheckpointed_total").increment(1);
+            debug!(call = %call_id, "answering before the first checkpoint committed");
+        }
+    }
+    state.customer.send_answer(rt);
+    drop(
+        myself.send_after(Duration::from_millis(500), || CallMsg::Retransmit2xx {
+            attempt: 1,
+        }),
+    );
+    info!(call = %call_id, tenant = %state.tenant, "call answered by the platform");
     update_live(rt, &state);
     Ok(state)
 }
@@ -404,6 +421,15 @@ async fn take_over(
         _ => {}
     }
 
+    if matches!(checkpoint.phase, CallPhase::Talking { .. }) {
+        // Send media at once on both legs: phones behind NAT, or that follow the source of
+        // the RTP they receive (symmetric RTP), find this node before (or without) taking the
+        // re-INVITE's SDP into account. The bridge relays from then on.
+        let silence = media::prompt::Prompt::from_samples("takeover-silence", vec![0; 2_400]);
+        for leg in [LegId::Customer, LegId::Agent] {
+            let _ = media.play(leg, silence.clone(), false).await;
+        }
+    }
     let now = rt.now_ms();
     let setup = CallSetup {
         call_id: call_id.clone(),
@@ -453,14 +479,16 @@ async fn take_over(
     Ok(state)
 }
 
-/// Replicates the call's checkpoint when what a new owner would need has changed.
-fn checkpoint(rt: &Arc<Runtime>, state: &mut CallState) {
-    let Some(phase) = state.machine.phase() else {
-        return;
-    };
-    let Some(customer) = state.customer.checkpoint() else {
-        return; // Not answered yet: nothing another node could resume.
-    };
+/// Replicates the call's checkpoint when what a new owner would need has changed; with
+/// `wait`, returns a receiver that completes when it is committed.
+fn checkpoint(
+    rt: &Arc<Runtime>,
+    state: &mut CallState,
+    wait: bool,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    let phase = state.machine.phase()?;
+    // Not answered yet: nothing another node could resume.
+    let customer = state.customer.checkpoint()?;
     let agent = match phase {
         CallPhase::Talking { .. } => state.agent.as_ref().and_then(AgentLeg::checkpoint),
         _ => None,
@@ -477,7 +505,7 @@ fn checkpoint(rt: &Arc<Runtime>, state: &mut CallState) {
         failovers: state.machine.cdr_so_far().failovers.len(),
     };
     if state.checkpointed.as_ref() == Some(&key) {
-        return;
+        return None;
     }
     state.version += 1;
     let cdr = state.machine.cdr_so_far();
@@ -493,10 +521,16 @@ fn checkpoint(rt: &Arc<Runtime>, state: &mut CallState) {
         agent,
         ringing,
     };
-    rt.checkpoints.submit(model::Command::PutCall {
+    let command = model::Command::PutCall {
         checkpoint: Box::new(checkpoint),
-    });
+    };
     state.checkpointed = Some(key);
+    if wait {
+        Some(rt.checkpoints.submit_waiting(command))
+    } else {
+        rt.checkpoints.submit(command);
+        None
+    }
 }
 
 async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEvent) {
@@ -951,7 +985,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
             }
         }
     }
-    checkpoint(rt, state);
+    checkpoint(rt, state, false);
     update_live(rt, state);
     // One pending timer per call: a new deadline replaces the old one.
     if let Some(old) = state.timer.take() {

@@ -23,9 +23,13 @@ pub const MAX_PENDING: usize = 50_000;
 /// Most commands in one Raft entry.
 pub const MAX_BATCH: usize = 512;
 
+/// Told when the checkpoint (or a newer one of its key) is committed.
+type Waiter = tokio::sync::oneshot::Sender<()>;
+
 #[derive(Default)]
 struct Pending {
     by_key: BTreeMap<String, Command>,
+    waiters: BTreeMap<String, Vec<Waiter>>,
     /// Keys in arrival order of their first pending write (oldest first).
     order: Vec<String>,
 }
@@ -63,6 +67,18 @@ impl Checkpointer {
     /// Queues a checkpoint. False when the backlog is full (the checkpoint is lost and
     /// counted; the previous one of the same key, if any, stays).
     pub fn submit(&self, command: Command) -> bool {
+        self.submit_inner(command, None)
+    }
+
+    /// Like `submit`, and the receiver completes once this checkpoint (or a newer one of the
+    /// same key) is committed. Dropped unanswered if the checkpoint is refused.
+    pub fn submit_waiting(&self, command: Command) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit_inner(command, Some(tx));
+        rx
+    }
+
+    fn submit_inner(&self, command: Command, waiter: Option<Waiter>) -> bool {
         let Some(key) = key_of(&command) else {
             warn!("not a checkpoint command; ignored");
             return false;
@@ -79,6 +95,9 @@ impl Checkpointer {
                 return false;
             }
             pending.order.push(key.clone());
+        }
+        if let Some(waiter) = waiter {
+            pending.waiters.entry(key.clone()).or_default().push(waiter);
         }
         pending.by_key.insert(key, command);
         let backlog = pending.by_key.len();
@@ -105,6 +124,20 @@ impl Checkpointer {
         keys.into_iter()
             .filter_map(|k| pending.by_key.remove(&k).map(|c| (k, c)))
             .collect()
+    }
+
+    /// The batch is committed: wake whoever waits on its keys (unless a newer checkpoint of
+    /// the key is pending again: they wait for that one).
+    fn committed(&self, batch: &[(String, Command)]) {
+        let mut pending = self.pending.lock().expect("checkpoint lock");
+        for (key, _) in batch {
+            if pending.by_key.contains_key(key) {
+                continue;
+            }
+            for waiter in pending.waiters.remove(key).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
+        }
     }
 
     /// Puts a failed batch back, unless a newer checkpoint of the same key arrived meanwhile.
@@ -150,6 +183,7 @@ async fn run(me: std::sync::Weak<Checkpointer>, cluster: Arc<Cluster>) {
                     debug!(%error, "a checkpoint in the batch was refused");
                 }
                 failures = 0;
+                cp.committed(&batch);
                 cp.degraded
                     .store(false, std::sync::atomic::Ordering::Relaxed);
                 metrics::counter!("callgrid_checkpoints_committed_total").increment(count as u64);

@@ -508,14 +508,17 @@ impl Runtime {
             return self.on_declared_down().await;
         }
         let me = self.node_id();
-        let (calls, dead_since, sessions, queues) = self.cluster.read(|s| {
-            let calls: Vec<CallCheckpoint> = s
+        // Every call whose owner is down, not only the dead node's: when several nodes die
+        // (a site), a call placed on a node declared down a moment later must move again.
+        let (calls, sessions, queues) = self.cluster.read(|s| {
+            let calls: Vec<(CallCheckpoint, u64)> = s
                 .calls
                 .values()
-                .filter(|c| c.fence.node == dead)
-                .cloned()
+                .filter_map(|c| {
+                    let owner = s.nodes.get(&c.fence.node)?;
+                    owner.down.then(|| (c.clone(), owner.last_heartbeat_ms))
+                })
                 .collect();
-            let since = s.nodes.get(&dead).map_or(0, |n| n.last_heartbeat_ms);
             let sessions: Vec<(TenantId, AgentId)> = s
                 .agent_sessions
                 .values()
@@ -527,15 +530,15 @@ impl Runtime {
                 .values()
                 .map(|q| (q.tenant.clone(), q.id.clone()))
                 .collect();
-            (calls, since, sessions, queues)
+            (calls, sessions, queues)
         });
         info!(
             dead,
-            calls = calls.len(),
-            "node down: taking over its share"
+            orphaned_calls = calls.len(),
+            "node down: taking over this node's share"
         );
-        for c in calls {
-            if self.call_owner(&c.call_id, dead) == me {
+        for (c, dead_since) in calls {
+            if self.call_owner(&c.call_id, c.fence.node) == me {
                 self.spawn_takeover(c, dead_since).await;
             }
         }

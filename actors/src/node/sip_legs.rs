@@ -47,6 +47,8 @@ pub struct CustomerLeg {
     /// The carrier's last SDP (the INVITE's offer, or a re-INVITE answer).
     pub remote_sdp: Option<String>,
     ok_bytes: Option<Vec<u8>>,
+    /// The 2xx built by `prepare_answer`, until `send_answer`.
+    answer: Option<Response>,
     acked: bool,
     pub closed: bool,
     /// CSeq of our outstanding re-INVITE (after a takeover).
@@ -70,6 +72,7 @@ impl CustomerLeg {
             dialog: None,
             local_sdp: None,
             ok_bytes: None,
+            answer: None,
             acked: false,
             closed: false,
             reinvite: None,
@@ -89,6 +92,7 @@ impl CustomerLeg {
             local_sdp: None,
             remote_sdp: checkpoint.remote_sdp.clone(),
             ok_bytes: None,
+            answer: None,
             acked: true,
             closed: false,
             reinvite: None,
@@ -111,9 +115,10 @@ impl CustomerLeg {
         self.closed = true;
     }
 
-    /// Answers with our SDP: 200 OK with a To tag and our Contact (RFC 3261 13.3.1.4).
-    pub fn answer(&mut self, rt: &Runtime, description: &MediaDescription) {
-        let Some((key, invite)) = &self.pending else {
+    /// Builds our answer: 200 OK with our SDP, a To tag and our Contact (RFC 3261
+    /// 13.3.1.4), and the dialog it makes; `send_answer` sends it.
+    pub fn prepare_answer(&mut self, rt: &Runtime, description: &MediaDescription) {
+        let Some((_, invite)) = &self.pending else {
             return;
         };
         let sdp = sdp_text(description);
@@ -125,7 +130,13 @@ impl CustomerLeg {
         self.dialog = Dialog::uas_from_invite(invite, &self.local_tag, &contact_uri(rt)).ok();
         self.ok_bytes = Some(response.to_bytes());
         self.local_sdp = Some(sdp);
-        rt.endpoint().respond(key.clone(), response);
+        self.answer = Some(response);
+    }
+
+    pub fn send_answer(&mut self, rt: &Runtime) {
+        if let (Some((key, _)), Some(response)) = (&self.pending, self.answer.take()) {
+            rt.endpoint().respond(key.clone(), response);
+        }
     }
 
     /// A target refresh from this node (after a takeover): re-INVITE with our SDP and

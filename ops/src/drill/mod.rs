@@ -53,7 +53,7 @@ pub struct DrillArgs {
     #[arg(long, default_value = "a")]
     pub site: String,
     /// Seconds of traffic after the fault before the drill stops and checks.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     pub settle: u64,
     /// Seed of the traffic.
     #[arg(long)]
@@ -213,8 +213,7 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
     };
     let moved = |b: &Before| victims.contains(&b.node);
     let mut moved_detail = Vec::new();
-    let cdr_of: BTreeMap<&str, &model::Cdr> =
-        cdrs.iter().map(|c| (c.caller.as_str(), c)).collect();
+    let cdr_of: BTreeMap<&str, &model::Cdr> = cdrs.iter().map(|c| (c.caller.as_str(), c)).collect();
     for (caller, before) in &live {
         let record = by_caller.get(caller.as_str());
         // Up until the drill ended it (its CDR ends after that), or answered in the end.
@@ -268,7 +267,9 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
             _ => {}
         }
     }
-    report.extra.insert("moved_calls".into(), json!(moved_detail));
+    report
+        .extra
+        .insert("moved_calls".into(), json!(moved_detail));
     report.new_calls_answered = records
         .iter()
         .filter(|r| r.seq >= started_before && !r.agent_legs.is_empty())
@@ -284,10 +285,18 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
     for cdr in &cdrs {
         *per_caller.entry(cdr.caller.as_str()).or_default() += 1;
     }
+    let missing: Vec<Value> = records
+        .iter()
+        .filter(|r| r.setup_ms.is_some() && !per_caller.contains_key(r.caller.as_str()))
+        .map(|r| json!({"caller": r.caller, "node": r.node, "seq": r.seq, "sip_call_id": r.sip_call_id}))
+        .collect();
     report.cdr_missing = reached
         .iter()
         .filter(|c| !per_caller.contains_key(*c))
         .count() as u64;
+    report
+        .extra
+        .insert("cdr_missing_calls".into(), json!(missing));
     report.cdr_duplicated = per_caller.values().filter(|n| **n > 1).count() as u64;
     report
         .invariants
@@ -514,7 +523,10 @@ async fn wait_cdrs(
                 .await
             {
                 if let Ok(list) = serde_json::from_value::<Vec<model::Cdr>>(v) {
-                    cdrs.extend(list.into_iter().filter(|c| callers.contains(c.caller.as_str())));
+                    cdrs.extend(
+                        list.into_iter()
+                            .filter(|c| callers.contains(c.caller.as_str())),
+                    );
                 }
             }
         }

@@ -666,6 +666,47 @@ fn apply(stats: &mut TrafficStats, report: Report) {
 ///
 /// Callers keep their planned stay when generation stops; `cut_short` (the phones' stop
 /// signal, sent when `finish` runs out of grace) makes them hang up at once.
+/// The nodes that failed their last health checks (polled every 250 ms, 300 ms timeout; two
+/// misses in a row mark a node down, one answer brings it back), as a carrier's SBC keeps
+/// track of its destinations. Stops with the generator (when the receiver is dropped).
+fn watch_nodes(cluster: &ClusterInfo) -> watch::Receiver<HashSet<u64>> {
+    let (tx, rx) = watch::channel(HashSet::new());
+    let nodes: Vec<(u64, String)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, format!("{}/health", n.api.trim_end_matches('/'))))
+        .collect();
+    tokio::spawn(async move {
+        let Ok(http) = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+        else {
+            return;
+        };
+        let mut misses: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        while !tx.is_closed() {
+            tick.tick().await;
+            for (id, url) in &nodes {
+                let ok = http.get(url).send().await.is_ok();
+                let m = misses.entry(*id).or_default();
+                *m = if ok { 0 } else { *m + 1 };
+            }
+            let down: HashSet<u64> = misses
+                .iter()
+                .filter(|(_, m)| **m >= 2)
+                .map(|(id, _)| *id)
+                .collect();
+            tx.send_if_modified(|d| {
+                let changed = *d != down;
+                *d = down.clone();
+                changed
+            });
+        }
+    });
+    rx
+}
+
 async fn generate(
     cluster: ClusterInfo,
     config: TrafficConfig,
@@ -687,6 +728,7 @@ async fn generate(
         return;
     }
     let mut next_at = started;
+    let down = watch_nodes(&cluster);
     // Caller numbers are how a call's two legs are paired (see `CallRecord`): never reuse one.
     let mut used_callers: HashSet<String> = HashSet::new();
     for n in 0..config.max_calls {
@@ -701,7 +743,12 @@ async fn generate(
             () = tokio::time::sleep_until(next_at) => {}
             _ = wait_stop.changed() => return,
         }
-        let node = &cluster.nodes[n % cluster.nodes.len()];
+        // Like a carrier's SBC with OPTIONS pings, skip nodes that stopped answering.
+        let skip = down.borrow().clone();
+        let node = (0..cluster.nodes.len())
+            .map(|k| &cluster.nodes[(n + k) % cluster.nodes.len()])
+            .find(|node| !skip.contains(&node.id))
+            .unwrap_or(&cluster.nodes[n % cluster.nodes.len()]);
         let (province, codes, access) = provinces
             .choose(&mut rng)
             .expect("provinces is not empty")

@@ -53,5 +53,8 @@ sleep 0.5
 (cd $W && sipp -sf $C/uac_node_call_wait_bye.xml -p 47074 -mp 47220 -key rtp_sink 47209 $common 127.0.0.1:47073 >/dev/null 2>&1); ok $? "selfcheck/uac_node_call_wait_bye.xml"
 wait; ok "$(cat $W/ph2.rc)" "agent_phone_hangup.xml"
 
+# Failover: carrier_failover.xml and agent_phone_failover.xml against two stand-in nodes.
+sh $C/failover.sh || fail=1
+
 [ $fail -eq 0 ] && rm -rf "$W" || echo "logs in $W"
 exit $fail
