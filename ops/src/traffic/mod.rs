@@ -966,6 +966,7 @@ mod tests {
             rtp_in_before_refresh: if refreshes > 0 { 100 - after } else { 0 },
             rtp_in_after_refresh: after,
             rtp_out_after_refresh: after,
+            refresh_gap_ms: (refreshes > 0).then_some(gap),
         }
     }
 
