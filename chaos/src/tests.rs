@@ -116,3 +116,34 @@ fn detects_a_younger_idle_agent_chosen() {
     let ok = vec![cdr("a", "1001", "q", 1900, 2000, 3000)];
     assert!(longest_idle_first(&ok, &ready, 0, 100).is_empty());
 }
+
+#[test]
+fn agent_state_stream_catches_a_second_call_while_engaged() {
+    use model::{AgentSession, AgentStatus};
+    let at = |status: AgentStatus, since_ms: u64| AgentSession {
+        tenant: "gd".parse().unwrap(),
+        agent: "1001".parse().unwrap(),
+        extension: "1001".parse().unwrap(),
+        status,
+        since_ms,
+        idle_since_ms: 0,
+        calls_answered: 0,
+        owner: 1,
+        version: since_ms,
+        fence: None,
+    };
+    let call = |c: &str| CallId(c.into());
+    let ok = vec![
+        at(AgentStatus::Reserved { call: call("a") }, 1),
+        at(AgentStatus::Ringing { call: call("b") }, 2),
+        at(AgentStatus::Talking { call: call("b") }, 3),
+        at(AgentStatus::AfterCallWork { until_ms: 9 }, 4),
+        at(AgentStatus::Ringing { call: call("c") }, 10),
+    ];
+    assert!(agent_states_never_double_booked(&ok).is_empty());
+    let bad = vec![
+        at(AgentStatus::Talking { call: call("a") }, 1),
+        at(AgentStatus::Ringing { call: call("b") }, 2),
+    ];
+    assert_eq!(agent_states_never_double_booked(&bad).len(), 1);
+}

@@ -70,6 +70,14 @@ pub enum Command {
         node: NodeId,
         at_ms: u64,
     },
+    /// DR takeover: the first entry of a new cluster lineage carries the DR node's last
+    /// applied state; the nodes left behind (`down`) are marked down so their calls, queues
+    /// and agents move to the new members.
+    Restore {
+        state: Box<ReplicatedState>,
+        down: Vec<NodeId>,
+        at_ms: u64,
+    },
     Batch {
         commands: Vec<Command>,
     },
@@ -113,11 +121,34 @@ pub struct ReplicatedState {
     /// Live calls' checkpoints, by call id.
     #[serde(default)]
     pub calls: BTreeMap<String, CallCheckpoint>,
-    /// Liveness of the nodes that ever sent a heartbeat.
-    #[serde(default)]
+    /// Liveness of the nodes that ever sent a heartbeat. Serialised as a list of pairs:
+    /// inside an internally tagged `Command` (`Restore`) serde cannot read integer map keys
+    /// back from JSON strings.
+    #[serde(default, with = "node_map")]
     pub nodes: BTreeMap<NodeId, NodeLiveness>,
     /// Bumped on every configuration change; actors compare it to notice new config.
     pub config_version: u64,
+}
+
+mod node_map {
+    use super::{NodeId, NodeLiveness};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<NodeId, NodeLiveness>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        map.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<NodeId, NodeLiveness>, D::Error> {
+        Ok(Vec::<(NodeId, NodeLiveness)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
 }
 
 /// `tenant/id`, the key of every per-tenant map.
@@ -179,6 +210,20 @@ impl ReplicatedState {
                 Ok(())
             }
             Command::PutCall { checkpoint } => self.put_call(checkpoint),
+            Command::Restore { state, down, at_ms } => {
+                *self = (**state).clone();
+                for node in down {
+                    let n = self.nodes.entry(*node).or_insert(NodeLiveness {
+                        epoch: 0,
+                        down: true,
+                        last_heartbeat_ms: *at_ms,
+                        since_ms: *at_ms,
+                    });
+                    n.down = true;
+                    n.since_ms = *at_ms;
+                }
+                Ok(())
+            }
             Command::Heartbeat { node, epoch, at_ms } => {
                 let entry = self.nodes.entry(*node).or_insert(NodeLiveness {
                     epoch: *epoch,

@@ -355,3 +355,25 @@ fn sample_cdr() -> Cdr {
         failovers: vec![],
     }
 }
+
+#[test]
+fn a_restore_command_round_trips_through_json() {
+    let (mut state, _) = sample_state();
+    state.apply(&Command::Heartbeat {
+        node: 2,
+        epoch: 0,
+        at_ms: 5,
+    });
+    let command = Command::Restore {
+        state: Box::new(state.clone()),
+        down: vec![1, 2],
+        at_ms: 9,
+    };
+    let text = serde_json::to_string(&command).unwrap();
+    let back: Command = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, command);
+    let mut restored = ReplicatedState::default();
+    restored.apply(&back);
+    assert!(restored.is_down(1) && restored.is_down(2));
+    assert_eq!(restored.tenants, state.tenants);
+}

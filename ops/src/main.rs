@@ -12,6 +12,7 @@ mod api;
 mod cli;
 mod config;
 mod demo;
+mod dr;
 mod drill;
 mod error;
 mod metrics_catalog;

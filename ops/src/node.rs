@@ -43,6 +43,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             )
         })?;
     info!(node = config.node_id, site = %config.site, api = %config.api_addr, "node starting");
+    let seed = crate::dr::prepare_lineage(&config.data_dir).map_err(|e| {
+        ops_err(
+            "E-DR-SEED",
+            format!("{e:#}"),
+            "remove data_dir/dr-seed.json to start on the old lineage",
+        )
+    })?;
 
     let cluster = cluster::Cluster::start(cluster_config(&config))
         .await
@@ -64,6 +71,17 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             ));
         }
     };
+    // One DR node (the new lineage's initializer) restores the state; the others catch up
+    // from it through Raft.
+    let initializer = config.peers.keys().next() == Some(&config.node_id);
+    if let Some(seed) = seed.filter(|_| initializer) {
+        let (cluster, data_dir) = (Arc::clone(&cluster), config.data_dir.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::dr::restore(cluster, data_dir, seed).await {
+                error!(error = %e, "DR restore failed; the node runs without the old state");
+            }
+        });
+    }
     let gauges = tokio::spawn(metrics_catalog::run_gauges(
         Arc::clone(&cluster),
         Duration::from_secs(2),

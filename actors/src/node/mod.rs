@@ -507,14 +507,34 @@ impl Runtime {
         if dead == self.node_id() {
             return self.on_declared_down().await;
         }
+        info!(dead, "node down");
+        self.take_over_orphans().await;
+    }
+
+    /// Takes over this node's share of everything whose owner is down: calls (from their
+    /// checkpoints), signed-in agents and queues (spawned, so their timers run), and has every
+    /// local call re-state its queue place. After a node-down, and after a DR restore.
+    pub(crate) async fn take_over_orphans(self: &Arc<Self>) {
         let me = self.node_id();
         // Every call whose owner is down, not only the dead node's: when several nodes die
         // (a site), a call placed on a node declared down a moment later must move again.
+        let hosted: std::collections::HashSet<CallId> = self
+            .calls
+            .lock()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect();
         let (calls, sessions, queues) = self.cluster.read(|s| {
             let calls: Vec<(CallCheckpoint, u64)> = s
                 .calls
                 .values()
                 .filter_map(|c| {
+                    // Ours but not running here: this process restarted (a restart, or a DR
+                    // takeover's new lineage) and the call is still checkpointed as ours.
+                    if c.fence.node == me && !hosted.contains(&c.call_id) {
+                        return Some((c.clone(), c.at_ms));
+                    }
                     let owner = s.nodes.get(&c.fence.node)?;
                     owner.down.then(|| (c.clone(), owner.last_heartbeat_ms))
                 })
@@ -533,9 +553,8 @@ impl Runtime {
             (calls, sessions, queues)
         });
         info!(
-            dead,
             orphaned_calls = calls.len(),
-            "node down: taking over this node's share"
+            "taking over this node's share"
         );
         for (c, dead_since) in calls {
             if self.call_owner(&c.call_id, c.fence.node) == me {
@@ -734,6 +753,18 @@ impl Node {
 
         // Agent-state events come from Raft, so every node streams every agent's changes.
         tasks.push(tokio::spawn(publish_applied(Arc::clone(&runtime))));
+        // After a restart, the calls still checkpointed as this node's are resumed here.
+        let resume = Arc::clone(&runtime);
+        tasks.push(tokio::spawn(async move {
+            if resume
+                .cluster
+                .wait_ready(Duration::from_secs(60))
+                .await
+                .is_ok()
+            {
+                resume.take_over_orphans().await;
+            }
+        }));
         info!(node = runtime.node_id(), sip = %runtime.config.sip_addr, "node runtime started");
         Ok(Arc::new(Node {
             runtime,
@@ -962,6 +993,7 @@ async fn react(rt: &Arc<Runtime>, command: &model::Command) {
     match command {
         model::Command::NodeDown { node, .. } => rt.on_node_down(*node).await,
         model::Command::NodeUp { node, .. } => rt.on_node_up(*node),
+        model::Command::Restore { .. } => rt.take_over_orphans().await,
         model::Command::Batch { commands } => {
             for c in commands {
                 Box::pin(react(rt, c)).await;

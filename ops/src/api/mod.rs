@@ -10,6 +10,7 @@ mod calls;
 mod cdrs;
 mod commands;
 mod config_items;
+mod dr;
 pub mod error;
 mod events;
 mod extensions;
@@ -56,6 +57,7 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Drills may inject faults through the API (config `fault_injection`).
     pub fault_injection: bool,
+    pub data_dir: std::path::PathBuf,
 }
 
 pub type Shared = Arc<AppState>;
@@ -88,6 +90,7 @@ impl AppState {
             prometheus,
             http,
             fault_injection: config.fault_injection,
+            data_dir: config.data_dir.clone(),
         })
     }
 
@@ -141,6 +144,7 @@ pub fn router(state: Shared) -> Router {
         .merge(agents::routes())
         .merge(queues::routes())
         .route("/calls", get(calls::list))
+        .route("/dr/seed", post(dr::seed))
         .route(
             "/faults",
             get(faults::list).post(faults::set).delete(faults::clear),

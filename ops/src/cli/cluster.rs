@@ -694,3 +694,142 @@ mod tests {
         assert_eq!(configs[4].sip_addr.to_string(), "127.0.0.15:5060");
     }
 }
+
+/// `callgrid dr takeover` (see `crate::dr`): the DR site's nodes save their last applied
+/// state, restart as a new cluster of their own, and restore it. Returns the report.
+pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let dir = dir.canonicalize().map_err(|e| io_err("open", dir, e))?;
+    let file = read_cluster_file(&dir)?.ok_or_else(|| {
+        ops_err(
+            "E-NO-CLUSTER",
+            format!("no cluster.json in {}", dir.display()),
+            "run `callgrid cluster up --dir DIR` first",
+        )
+    })?;
+    let dr: Vec<&ClusterNode> = file.nodes.iter().filter(|n| n.site == "dr").collect();
+    if dr.is_empty() {
+        return Err(ops_err(
+            "E-DR-NO-SITE",
+            "the cluster has no node in site dr",
+            "use a layout with a dr site (1,1,1 or 2,2,1)",
+        ));
+    }
+    let dr_ids: Vec<u64> = dr.iter().map(|n| n.id).collect();
+    let left_behind: Vec<u64> = file
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| !dr_ids.contains(id))
+        .collect();
+    let http = http_client(Duration::from_secs(5))?;
+    // Right after the active sites die the dr node may still hold its lease (under a
+    // second): give it that long to notice before asking.
+    if !force {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for n in &dr {
+            while Instant::now() < deadline {
+                let lease = match http.get(format!("{}/health", n.api)).send().await {
+                    Ok(r) => r
+                        .json::<Value>()
+                        .await
+                        .ok()
+                        .and_then(|h| h["lease"].as_bool()),
+                    Err(_) => None,
+                };
+                if lease != Some(true) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let mut seeds = Vec::new();
+    for n in &dr {
+        let response = http
+            .post(format!("{}/api/v1/dr/seed", n.api))
+            .bearer_auth(&file.token)
+            .json(&serde_json::json!({"left_behind": left_behind, "force": force}))
+            .send()
+            .await
+            .map_err(|e| {
+                ops_err(
+                    "E-DR-UNREACHABLE",
+                    format!("dr node {} does not answer: {e}", n.id),
+                    "the DR node must be running to take over",
+                )
+            })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(ops_err(
+                "E-DR-REFUSED",
+                format!("dr node {} refused: {body}", n.id),
+                "see the message; --force overrides the quorum check",
+            ));
+        }
+        seeds.push(body);
+    }
+    // Stop the DR nodes, rewrite their membership to the DR site alone, start them again.
+    let pids = read_pids(&dir)?;
+    for id in &dr_ids {
+        if let Some(pid) = pids.nodes.get(id) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while node_alive(*pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if node_alive(*pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+    let mut configs = Vec::new();
+    for id in &dr_ids {
+        let mut c = config::load(&config_path(&dir, *id))?;
+        c.peers.retain(|peer, _| dr_ids.contains(peer));
+        let path = config_path(&dir, *id);
+        fs::write(&path, config::to_toml(&c)?).map_err(|e| io_err("write", &path, e))?;
+        configs.push(c);
+    }
+    let mut children = spawn_nodes(&dir, &configs)?;
+    let mut merged = pids.clone();
+    for (id, child) in &children {
+        merged.nodes.insert(*id, child.id());
+    }
+    for id in &left_behind {
+        merged.nodes.remove(id);
+    }
+    write_json(&dir.join("pids.json"), &merged)?;
+    let apis: Vec<(u64, String)> = dr.iter().map(|n| (n.id, n.api.clone())).collect();
+    if let Err(e) = wait_healthy(&apis, &mut children).await {
+        eprintln!("{}", log_tails(&dir, &configs));
+        return Err(e);
+    }
+    for (_, child) in children {
+        drop(child);
+    }
+    let last_applied = seeds
+        .iter()
+        .filter_map(|s| s["last_applied"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let last_log = seeds
+        .iter()
+        .filter_map(|s| s["last_log"].as_u64())
+        .max()
+        .unwrap_or(0);
+    Ok(serde_json::json!({
+        "dr_nodes": dr_ids,
+        "left_behind": left_behind,
+        "last_applied": last_applied,
+        "last_log": last_log,
+        // Entries that reached the DR node but were not applied there (not known committed).
+        "unapplied_at_dr": last_log.saturating_sub(last_applied),
+        "takeover_ms": started.elapsed().as_millis() as u64,
+    }))
+}

@@ -60,6 +60,22 @@ pub enum Command {
     /// Failover drills against a cluster from `cluster up --sample`: kill a node or a site,
     /// partition a node; prints one JSON report.
     Drill(crate::drill::DrillArgs),
+    /// Disaster recovery: turn the dr site into the cluster when both active sites are lost.
+    #[command(subcommand)]
+    Dr(DrCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrCommand {
+    /// The dr site's nodes restart as a new cluster from their last applied state; prints a
+    /// JSON report (last applied index, entries not applied at dr, time taken).
+    Takeover {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Take over even though the dr node still reaches a quorum.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +128,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prompt(c) => admin::run_prompt(c).await,
         Command::Demo(args) => run_demo(args).await,
         Command::Drill(args) => crate::drill::run(args).await,
+        Command::Dr(DrCommand::Takeover { dir, force }) => {
+            let report = cluster::dr_takeover(&dir, force).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
     }
 }
 

@@ -86,6 +86,9 @@ pub struct TrafficConfig {
     pub call_limit: Duration,
     /// Seed for arrivals, node, province and key choices.
     pub seed: u64,
+    /// Place at most this many calls until [`Traffic::allow_more`] raises it (a drill holds
+    /// back calls to place after its fault). `None`: up to `max_calls` right away.
+    pub initial_calls: Option<usize>,
 }
 
 impl Default for TrafficConfig {
@@ -101,6 +104,7 @@ impl Default for TrafficConfig {
             agent_ring: Duration::from_millis(500),
             call_limit: Duration::from_secs(90),
             seed: rand::random(),
+            initial_calls: None,
         }
     }
 }
@@ -380,6 +384,7 @@ fn join_legs(mut calls: Vec<CallRecord>, legs: &[AgentLegRecord]) -> Vec<CallRec
 pub struct Traffic {
     stats: watch::Receiver<TrafficStats>,
     calls: CallLog,
+    allowed: watch::Sender<usize>,
     stop_generating: watch::Sender<bool>,
     stop_phones: watch::Sender<bool>,
     generator: tokio::task::JoinHandle<()>,
@@ -403,6 +408,8 @@ impl Traffic {
         let (stats_tx, stats_rx) = watch::channel(TrafficStats::default());
         let (stop_phones, phones_stop_rx) = watch::channel(false);
         let (stop_generating, generating_stop_rx) = watch::channel(false);
+        let (allowed, allowed_rx) =
+            watch::channel(config.initial_calls.unwrap_or(config.max_calls));
 
         // Phones, registering round-robin across the nodes.
         let (phone_tx, mut phone_rx) = mpsc::unbounded_channel::<PhoneReport>();
@@ -481,10 +488,12 @@ impl Traffic {
             report_tx,
             generating_stop_rx,
             phones_stop_rx,
+            allowed_rx,
         ));
         Ok(Traffic {
             stats: stats_rx,
             calls,
+            allowed,
             stop_generating,
             stop_phones,
             generator,
@@ -508,6 +517,12 @@ impl Traffic {
     #[allow(dead_code)] // Drills (issue 3) poll it; the demo only stops generation.
     pub fn generating(&self) -> bool {
         !self.generator.is_finished()
+    }
+
+    /// Lets the generator place `more` calls beyond those allowed so far (see
+    /// `TrafficConfig::initial_calls`).
+    pub fn allow_more(&self, more: usize) {
+        self.allowed.send_modify(|n| *n = n.saturating_add(more));
     }
 
     pub fn stop_generating(&self) {
@@ -713,6 +728,7 @@ async fn generate(
     reports: mpsc::UnboundedSender<Report>,
     stop: watch::Receiver<bool>,
     cut_short: watch::Receiver<bool>,
+    mut allowed: watch::Receiver<usize>,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let started = tokio::time::Instant::now();
@@ -732,6 +748,15 @@ async fn generate(
     // Caller numbers are how a call's two legs are paired (see `CallRecord`): never reuse one.
     let mut used_callers: HashSet<String> = HashSet::new();
     for n in 0..config.max_calls {
+        // Held back until the driver allows more calls (the arrival clock restarts then).
+        if n >= *allowed.borrow() {
+            let mut wait_stop = stop.clone();
+            tokio::select! {
+                _ = allowed.wait_for(|a| n < *a) => {}
+                _ = wait_stop.changed() => return,
+            }
+            next_at = next_at.max(tokio::time::Instant::now());
+        }
         // Poisson arrivals: exponential gaps with mean 1/rate.
         let u: f64 = rng.gen_range(f64::EPSILON..1.0);
         next_at += Duration::from_secs_f64(-u.ln() / config.rate_cps);

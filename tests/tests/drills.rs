@@ -1,0 +1,152 @@
+//! Issue 3 acceptance through `callgrid drill` (its own callers and agent phones, RTP both
+//! ways): losing a whole active site of a five-node cluster, and a partition that cuts one
+//! node off and heals. The drill's JSON report is the contract checked here.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use callgrid_tests::*;
+use serde_json::Value;
+
+fn drill(c: &ClusterGuard, args: &[&str]) -> Result<(bool, Value)> {
+    let out = Command::new(callgrid_bin())
+        .arg("drill")
+        .args(args)
+        .arg("--dir")
+        .arg(c.work())
+        .output()
+        .context("running callgrid drill")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_str(&stdout)
+        .with_context(|| format!("drill report is not JSON: {stdout}"))?;
+    Ok((out.status.success(), report))
+}
+
+fn check_kept(report: &Value) -> Result<()> {
+    let invariants = report["invariants"]
+        .as_object()
+        .context("invariants")?
+        .clone();
+    ensure!(
+        invariants.values().all(|v| v.as_bool() == Some(true)),
+        "invariants: {report:#}"
+    );
+    ensure!(n(report, "calls_before") > 0, "{report:#}");
+    ensure!(
+        n(report, "survived") == n(report, "calls_before") && n(report, "dropped") == 0,
+        "every established call kept: {report:#}"
+    );
+    ensure!(
+        n(report, "queued_kept") == n(report, "queued_before"),
+        "every queued call kept: {report:#}"
+    );
+    ensure!(
+        n(report, "cdr_missing") == 0 && n(report, "cdr_duplicated") == 0,
+        "{report:#}"
+    );
+    Ok(())
+}
+
+/// Five nodes (two per active site, one at dr); both nodes of site a die under traffic: every
+/// established and queued call is kept, new calls are answered by b and dr, one CDR per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_site_a_keeps_every_call() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up_with(true, "2,2,1", true)?;
+    let (ok, report) = drill(&c, &["kill-site", "--site", "a", "--calls", "30"])?;
+    check_kept(&report)?;
+    ensure!(ok, "drill exit status: {report:#}");
+    ensure!(
+        n(&report, "new_calls_answered") > 0,
+        "new calls answered after the loss: {report:#}"
+    );
+    ensure!(
+        report["victims"].as_array().map(Vec::len) == Some(2),
+        "{report:#}"
+    );
+    Ok(())
+}
+
+/// One node is cut off (both directions, Raft and mesh) under traffic, then the partition
+/// heals: no agent is ever offered two calls (I1, from the CDRs and from the agents' state
+/// stream), and the node rejoins by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_never_double_books_and_the_node_rejoins() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up_with(true, "1,1,1", true)?;
+    let events = EventLog::connect(&c.api(0)).await?;
+    let (ok, report) = drill(
+        &c,
+        &[
+            "partition",
+            "--node",
+            "3",
+            "--calls",
+            "20",
+            "--settle",
+            "12",
+        ],
+    )?;
+    check_kept(&report)?;
+    ensure!(ok, "drill exit status: {report:#}");
+    ensure!(
+        report["rejoin_ms"].as_u64().is_some(),
+        "the isolated node rejoined: {report:#}"
+    );
+    let h = wait_until(
+        Duration::from_secs(15),
+        "node 3 back with a lease",
+        || async {
+            let h = c.api(2).health().await.ok()?;
+            (h["lease"].as_bool() == Some(true)).then_some(h)
+        },
+    )
+    .await?;
+    ensure!(n(&h, "epoch") >= 1, "rejoined at a new epoch: {h}");
+    let sessions: Vec<model::AgentSession> = events
+        .snapshot()
+        .iter()
+        .filter(|e| s(e, "type") == "agent_state")
+        .filter_map(|e| serde_json::from_value(e["session"].clone()).ok())
+        .collect();
+    ensure!(!sessions.is_empty(), "no agent events seen");
+    let violations = chaos::agent_states_never_double_booked(&sessions);
+    ensure!(violations.is_empty(), "{violations:?}");
+    Ok(())
+}
+
+/// Both active sites die; `callgrid dr takeover` (run by the drill) turns the dr node into the
+/// cluster from its last applied state: it answers new inbound calls, and the report gives
+/// the data loss window and the time to the first answered call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dr_takeover_answers_new_calls() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up_with(true, "1,1,1", true)?;
+    let (ok, report) = drill(&c, &["dr-takeover", "--calls", "15"])?;
+    ensure!(ok, "drill exit status: {report:#}");
+    ensure!(
+        report["first_answer_after_takeover_ms"].as_u64().is_some(),
+        "dr answered a new call: {report:#}"
+    );
+    ensure!(n(&report, "new_calls_answered") > 0, "{report:#}");
+    ensure!(
+        report["data_loss_window"]["applied_at_dr"]
+            .as_u64()
+            .is_some()
+            && report["data_loss_entries"].as_u64().is_some(),
+        "the data loss window is reported: {report:#}"
+    );
+    ensure!(
+        n(&report, "cdr_missing") == 0 && n(&report, "cdr_duplicated") == 0,
+        "{report:#}"
+    );
+    // The dr node now leads a cluster of its own.
+    let h = c.api(2).health().await?;
+    ensure!(
+        h["voters"].as_array().map(Vec::len) == Some(1) && n(&h, "leader") == 3,
+        "{h}"
+    );
+    Ok(())
+}
