@@ -6,6 +6,8 @@
 //! what went wrong.
 //!
 //! - I1 `no_double_booking`: an agent's calls never overlap (from ring start to end).
+//! - I1 `agent_states_never_double_booked`: in the agents' state stream, an agent ringing or
+//!   talking for one call never rings or talks for another before it left the first.
 //! - I2 `one_cdr_per_call`: every call has exactly one CDR.
 //! - I4 `served_in_order`: within a queue, calls reach agents by priority, then arrival.
 //! - R3.2 `longest_idle_first`: each offer went to the agent idle longest at that moment.

@@ -1,0 +1,432 @@
+//! Calls on a node (`call_actor.rs` without SIP and RTP), the timers of every local actor,
+//! and the checkpoint writer (`checkpoints.rs`).
+
+use super::*;
+
+impl SimNode {
+    // ---- calls (call_actor.rs) ---------------------------------------------------------
+
+    pub(super) fn new_call(&mut self, ctx: &mut Ctx, call: CallId, route: Route) -> bool {
+        // Like `routing::resolve`: an access code the replica does not know yet is a 404.
+        let Some((flow, queues)) = self.replica.read(|s| {
+            s.tenants
+                .get(route.tenant.as_str())
+                .is_some_and(|t| t.access_codes.iter().any(|a| a.code == route.access_code))
+                .then(|| flow_and_queues(s, &route))
+        }) else {
+            return false;
+        };
+        let setup = CallSetup {
+            call_id: call.clone(),
+            entry_node: self.id,
+            route: route.clone(),
+            caller: "5551000".into(),
+            dialled: route.access_code.clone(),
+            trunk: None,
+            started_at_ms: ctx.now,
+            flow,
+            queues,
+        };
+        let tenant = route.tenant.clone();
+        self.calls.insert(
+            call.clone(),
+            CallHost {
+                machine: CallMachine::new(setup),
+                tenant,
+                version: 0,
+                checkpointed: None,
+                answer_by: Some(ctx.now + FIRST_CHECKPOINT_BOUND_MS),
+                pending_cdr: None,
+                play_done_at: None,
+                dial: 0,
+            },
+        );
+        ctx.trace
+            .push(format!("n{} takes new call {call}", self.id));
+        // The 200 waits for the first checkpoint (within a bound).
+        self.checkpoint_call(ctx, &call);
+        self.first_waiters.insert(format!("call:{call}"), call);
+        true
+    }
+
+    pub(super) fn answer(&mut self, ctx: &mut Ctx, call: &CallId, checkpointed: bool) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        if c.answer_by.take().is_none() {
+            return;
+        }
+        ctx.events.push((
+            self.id,
+            Event::Answered {
+                call: call.clone(),
+                checkpointed,
+            },
+        ));
+        // The customer's ACK: the IVR may start.
+        self.call_input(ctx, call, CallInput::CustomerAnswered);
+    }
+
+    pub(super) fn take_over_call(&mut self, ctx: &mut Ctx, call: &CallId) -> bool {
+        let found = self.replica.read(|s| {
+            let c = s.calls.get(call.as_str())?;
+            let owner = s.nodes.get(&c.fence.node)?;
+            owner.down.then(|| (c.clone(), owner.last_heartbeat_ms))
+        });
+        let Some((checkpoint, dead_since)) = found else {
+            return false;
+        };
+        if self.call_owner(call, checkpoint.fence.node) != self.id {
+            return false;
+        }
+        self.take_over(ctx, checkpoint, dead_since);
+        true
+    }
+
+    pub(super) fn take_over(
+        &mut self,
+        ctx: &mut Ctx,
+        checkpoint: CallCheckpoint,
+        dead_since_ms: u64,
+    ) {
+        let call = checkpoint.call_id.clone();
+        if self.calls.contains_key(&call) {
+            return;
+        }
+        let (flow, queues) = self.replica.read(|s| flow_and_queues(s, &checkpoint.route));
+        let setup = CallSetup {
+            call_id: call.clone(),
+            entry_node: checkpoint.cdr.entry_node,
+            route: checkpoint.route.clone(),
+            caller: checkpoint.cdr.caller.clone(),
+            dialled: checkpoint.cdr.dialled.clone(),
+            trunk: checkpoint.cdr.trunk.clone(),
+            started_at_ms: checkpoint.cdr.started_at_ms,
+            flow,
+            queues,
+        };
+        let talking = matches!(checkpoint.phase, CallPhase::Talking { .. });
+        if matches!(checkpoint.phase, CallPhase::Offering { .. }) {
+            // cancel_stale: the old owner's INVITE to the phone is cancelled.
+            ctx.events
+                .push((self.id, Event::CancelAgent { call: call.clone() }));
+        }
+        let mut machine =
+            CallMachine::restore(setup, &checkpoint.phase, checkpoint.cdr.clone(), ctx.now);
+        machine.note_failover(FailoverMark {
+            from_node: checkpoint.fence.node,
+            to_node: self.id,
+            at_ms: ctx.now,
+            gap_ms: ctx.now.saturating_sub(dead_since_ms),
+            recording_id: None,
+            recording_offset_ms: 0,
+        });
+        ctx.trace.push(format!(
+            "n{} takes over {call} from n{} in {:?}",
+            self.id, checkpoint.fence.node, checkpoint.phase
+        ));
+        ctx.events.push((
+            self.id,
+            Event::ReInvite {
+                call: call.clone(),
+                agent: talking,
+            },
+        ));
+        self.calls.insert(
+            call.clone(),
+            CallHost {
+                machine,
+                tenant: checkpoint.route.tenant.clone(),
+                version: checkpoint.version,
+                checkpointed: None,
+                answer_by: None,
+                pending_cdr: None,
+                play_done_at: None,
+                dial: 0,
+            },
+        );
+        self.drive_call(ctx, &call);
+    }
+
+    pub(super) fn call_input(&mut self, ctx: &mut Ctx, call: &CallId, input: CallInput) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        let was_talking = c.machine.state_name() == "talking";
+        if let CallInput::Offer { queue, agent, .. } = &input {
+            if c.machine.state_name() == "queued" {
+                ctx.events.push((
+                    self.id,
+                    Event::Offered {
+                        call: call.clone(),
+                        queue: queue.clone(),
+                        agent: agent.clone(),
+                    },
+                ));
+            }
+        }
+        c.machine.handle(ctx.now, input);
+        if !was_talking && c.machine.state_name() == "talking" {
+            ctx.events
+                .push((self.id, Event::Established { call: call.clone() }));
+        }
+        self.drive_call(ctx, call);
+    }
+
+    pub(super) fn drive_call(&mut self, ctx: &mut Ctx, call: &CallId) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        let tenant = c.tenant.clone();
+        let mut outputs = VecDeque::new();
+        while let Some(o) = c.machine.poll_output() {
+            outputs.push_back(o);
+        }
+        let me = self.id;
+        let mut finished = false;
+        while let Some(output) = outputs.pop_front() {
+            match output {
+                CallOutput::Play { repeat, .. } => {
+                    if !repeat {
+                        if let Some(c) = self.calls.get_mut(call) {
+                            c.play_done_at = Some(ctx.now + 100);
+                        }
+                    }
+                }
+                CallOutput::StopPlay | CallOutput::Bridge => {}
+                CallOutput::Enqueue {
+                    queue,
+                    priority,
+                    enqueued_at_ms,
+                    offered_to,
+                } => self.send_queue(
+                    ctx,
+                    &tenant,
+                    &queue,
+                    QueueInput::Enqueue {
+                        call: call.clone(),
+                        call_node: me,
+                        priority,
+                        enqueued_at_ms,
+                        offered_to,
+                    },
+                ),
+                CallOutput::Dequeue { queue } => self.send_queue(
+                    ctx,
+                    &tenant,
+                    &queue,
+                    QueueInput::Remove { call: call.clone() },
+                ),
+                CallOutput::OfferDone {
+                    queue,
+                    agent,
+                    answered,
+                } => self.send_queue(
+                    ctx,
+                    &tenant,
+                    &queue,
+                    QueueInput::OfferDone {
+                        call: call.clone(),
+                        agent,
+                        answered,
+                    },
+                ),
+                CallOutput::Agent { agent, notice, .. } => self.send_agent(
+                    ctx,
+                    &tenant,
+                    &agent,
+                    AgentEnvelope::Notice {
+                        call: call.clone(),
+                        notice,
+                    },
+                ),
+                CallOutput::DialAgent { .. } => {
+                    if let Some(c) = self.calls.get_mut(call) {
+                        c.dial += 1;
+                        let agent = match c.machine.phase() {
+                            Some(CallPhase::Offering { agent, .. }) => agent,
+                            _ => continue,
+                        };
+                        ctx.events.push((
+                            me,
+                            Event::Dial {
+                                call: call.clone(),
+                                agent,
+                                dial: c.dial,
+                            },
+                        ));
+                    }
+                }
+                CallOutput::CancelAgent => ctx
+                    .events
+                    .push((me, Event::CancelAgent { call: call.clone() })),
+                CallOutput::HangupCustomer => ctx
+                    .events
+                    .push((me, Event::HangupCustomer { call: call.clone() })),
+                CallOutput::HangupAgent => ctx
+                    .events
+                    .push((me, Event::HangupAgent { call: call.clone() })),
+                CallOutput::Cdr(cdr) => {
+                    if let Some(c) = self.calls.get_mut(call) {
+                        c.pending_cdr = Some(cdr);
+                    }
+                }
+                CallOutput::Finished => {
+                    let cdr = self.calls.get_mut(call).and_then(|c| c.pending_cdr.take());
+                    self.calls.remove(call);
+                    self.first_waiters.remove(&format!("call:{call}"));
+                    if let Some(cdr) = cdr {
+                        ctx.trace.push(format!(
+                            "n{me} call {call} ends: {:?} by {:?}",
+                            cdr.disposition, cdr.hangup_by
+                        ));
+                        ctx.events.push((me, Event::Finished { cdr: cdr.clone() }));
+                        let fence = Some(self.fence());
+                        self.submit(ctx, Command::RecordCdr { cdr, fence });
+                    }
+                    finished = true;
+                }
+            }
+        }
+        if !finished {
+            self.checkpoint_call(ctx, call);
+        }
+    }
+
+    pub(super) fn checkpoint_call(&mut self, ctx: &mut Ctx, call: &CallId) {
+        let fence = self.fence();
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        let Some(phase) = c.machine.phase() else {
+            return;
+        };
+        let failovers = c.machine.cdr_so_far().failovers.len();
+        let key = (phase.clone(), failovers);
+        if c.checkpointed.as_ref() == Some(&key) {
+            return;
+        }
+        c.version += 1;
+        let cdr = c.machine.cdr_so_far().clone();
+        let checkpoint = CallCheckpoint {
+            call_id: call.clone(),
+            fence,
+            version: c.version,
+            at_ms: ctx.now,
+            route: c.machine.route().clone(),
+            phase,
+            cdr,
+            customer: leg(call),
+            agent: None,
+            ringing: None,
+        };
+        c.checkpointed = Some(key);
+        self.submit(
+            ctx,
+            Command::PutCall {
+                checkpoint: Box::new(checkpoint),
+            },
+        );
+    }
+
+    // ---- timers --------------------------------------------------------------------------
+
+    pub(super) fn timers(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now;
+        self.rejoin(ctx);
+        let lease = self.holds_lease(now);
+        let keys: Vec<String> = self.queues.keys().cloned().collect();
+        for key in keys {
+            let Some(q) = self.queues.get_mut(&key) else {
+                continue;
+            };
+            if q.flush_at.is_some_and(|at| now >= at) {
+                if lease {
+                    q.flush_at = None;
+                    while let Some(input) = q.held.pop_front() {
+                        q.machine.handle(now, input);
+                    }
+                } else {
+                    q.flush_at = Some(now + 50);
+                }
+            }
+            if lease && q.machine.poll_timeout().is_some_and(|at| now >= at) {
+                q.machine.handle_timeout(now);
+            }
+            self.drive_queue(ctx, &key);
+        }
+        let keys: Vec<String> = self.agents.keys().cloned().collect();
+        for key in keys {
+            if let Some(m) = self.agents.get_mut(&key) {
+                if m.poll_timeout().is_some_and(|at| now >= at) {
+                    m.handle_timeout(now);
+                }
+            }
+            self.drive_agent(ctx, &key);
+        }
+        let ids: Vec<CallId> = self.calls.keys().cloned().collect();
+        for id in ids {
+            let Some(c) = self.calls.get_mut(&id) else {
+                continue;
+            };
+            if c.answer_by.is_some_and(|at| now >= at) {
+                // Answered without the checkpoint committed (degraded mode).
+                ctx.trace.push(format!(
+                    "n{} answers {id} before its first checkpoint committed",
+                    self.id
+                ));
+                self.first_waiters.remove(&format!("call:{id}"));
+                self.answer(ctx, &id, false);
+                continue;
+            }
+            if c.play_done_at.is_some_and(|at| now >= at) {
+                c.play_done_at = None;
+                self.call_input(ctx, &id, CallInput::PlayDone);
+                continue;
+            }
+            if c.machine.poll_timeout().is_some_and(|at| now >= at) {
+                c.machine.handle_timeout(now);
+                self.drive_call(ctx, &id);
+            }
+        }
+    }
+
+    // ---- the checkpoint writer (checkpoints.rs) -------------------------------------
+
+    pub(super) fn submit(&mut self, _ctx: &mut Ctx, command: Command) {
+        let Some(key) = key_of(&command) else {
+            return;
+        };
+        let cdr_pending = matches!(self.pending.get(&key), Some(Command::RecordCdr { .. }));
+        if cdr_pending && matches!(command, Command::PutCall { .. }) {
+            return;
+        }
+        if !self.pending.contains_key(&key) {
+            self.order.push_back(key.clone());
+        }
+        self.pending.insert(key, command);
+    }
+
+    pub(super) fn write_checkpoints(&mut self, _ctx: &mut Ctx) {
+        if self.batch_busy || self.pending.is_empty() || _ctx.now < self.batch_retry_at {
+            return;
+        }
+        let n = self.order.len().min(MAX_BATCH);
+        let batch: Vec<(String, Command)> = self
+            .order
+            .drain(..n)
+            .filter_map(|k| self.pending.remove(&k).map(|c| (k, c)))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        let commands: Vec<Command> = batch.iter().map(|(_, c)| c.clone()).collect();
+        let command = if commands.len() == 1 {
+            commands.into_iter().next().expect("one command")
+        } else {
+            Command::Batch { commands }
+        };
+        self.batch_busy = true;
+        self.spawn_write(WriteKind::Batch(batch), command);
+    }
+}
