@@ -207,6 +207,12 @@ impl QueueMachine {
                 Some(position) => {
                     if let Some(w) = self.waiting.get_mut(position) {
                         w.call_node = call_node;
+                        // The call says nobody rings it: an offer we made was lost (its node
+                        // died with the offer in flight). Put it back in line.
+                        if offered_to.is_none() && w.offered {
+                            w.offered = false;
+                            w.offered_to = None;
+                        }
                     }
                 }
                 None => {

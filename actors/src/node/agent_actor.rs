@@ -52,6 +52,42 @@ impl Actor for AgentActor {
                 s.agent_session(&args.tenant, &args.agent).cloned(),
             )
         });
+        // The session may lag behind the calls (its checkpoint was in flight when the old
+        // owner died): a call checkpointed as talking to, or ringing, this agent wins, so the
+        // agent is never offered a second call meanwhile (I1).
+        let engaged = rt.cluster.read(|s| {
+            s.calls
+                .values()
+                .filter(|c| c.route.tenant == args.tenant)
+                .filter_map(|c| match &c.phase {
+                    model::CallPhase::Talking { agent, .. } if *agent == args.agent => Some((
+                        c.at_ms,
+                        model::AgentStatus::Talking {
+                            call: c.call_id.clone(),
+                        },
+                    )),
+                    model::CallPhase::Offering { agent, .. } if *agent == args.agent => Some((
+                        c.at_ms,
+                        model::AgentStatus::Ringing {
+                            call: c.call_id.clone(),
+                        },
+                    )),
+                    _ => None,
+                })
+                .max_by_key(|(at, _)| *at)
+        });
+        let session = session.map(|mut session| {
+            if let Some((at_ms, status)) = engaged {
+                let behind = session.status.call() != status.call()
+                    && session.status.call().is_none()
+                    && session.since_ms <= at_ms;
+                if behind {
+                    session.status = status;
+                    session.since_ms = at_ms;
+                }
+            }
+            session
+        });
         let mut machine = match session {
             // Rebuilt from the last checkpoint: same state, same idle-since (DESIGN.md).
             Some(session) => AgentMachine::restore(&session, rt.node_id(), skills.clone()),

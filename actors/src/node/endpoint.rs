@@ -357,6 +357,15 @@ impl Endpoint {
         let reply = |endpoint: &mut Endpoint, status: u16, reason: &str| {
             endpoint.respond(&key, Response::for_request(&request, status, reason));
         };
+        let me = self.rt.node_id();
+        if self.rt.cluster.read(|s| s.is_down(me)) {
+            // Declared down and not yet rejoined: calls taken now could not be checkpointed.
+            let mut response = Response::for_request(&request, 503, "Service Unavailable");
+            response.headers.set("Retry-After", "1");
+            metrics::counter!("callgrid_calls_rejected_total", "reason" => "node_down")
+                .increment(1);
+            return self.respond(&key, response);
+        }
         if self.rt.call_count() >= MAX_CALLS_PER_NODE {
             let mut response = Response::for_request(&request, 503, "Service Unavailable");
             response.headers.set("Retry-After", "5");

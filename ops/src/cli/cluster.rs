@@ -666,35 +666,6 @@ async fn status(args: &DirArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layouts() {
-        assert_eq!(parse_layout("1,1,1").unwrap(), vec!["a", "b", "dr"]);
-        assert_eq!(
-            parse_layout("2,2,1").unwrap(),
-            vec!["a", "a", "b", "b", "dr"]
-        );
-        assert!(parse_layout("1,1").is_err());
-        assert!(parse_layout("x").is_err());
-        assert!(parse_layout("0,0,0").is_err());
-        assert!(parse_layout("5,5,5").is_err());
-    }
-
-    #[test]
-    fn generated_configs_validate() {
-        let configs = generate_configs(Path::new("/tmp/cg"), &parse_layout("2,2,1").unwrap());
-        assert_eq!(configs.len(), 5);
-        for c in &configs {
-            let text = config::to_toml(c).unwrap();
-            assert_eq!(&config::parse(&text).unwrap(), c);
-        }
-        assert_eq!(configs[4].sip_addr.to_string(), "127.0.0.15:5060");
-    }
-}
-
 /// `callgrid dr takeover` (see `crate::dr`): the DR site's nodes save their last applied
 /// state, restart as a new cluster of their own, and restore it. Returns the report.
 pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
@@ -832,4 +803,33 @@ pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
         "unapplied_at_dr": last_log.saturating_sub(last_applied),
         "takeover_ms": started.elapsed().as_millis() as u64,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(parse_layout("1,1,1").unwrap(), vec!["a", "b", "dr"]);
+        assert_eq!(
+            parse_layout("2,2,1").unwrap(),
+            vec!["a", "a", "b", "b", "dr"]
+        );
+        assert!(parse_layout("1,1").is_err());
+        assert!(parse_layout("x").is_err());
+        assert!(parse_layout("0,0,0").is_err());
+        assert!(parse_layout("5,5,5").is_err());
+    }
+
+    #[test]
+    fn generated_configs_validate() {
+        let configs = generate_configs(Path::new("/tmp/cg"), &parse_layout("2,2,1").unwrap());
+        assert_eq!(configs.len(), 5);
+        for c in &configs {
+            let text = config::to_toml(c).unwrap();
+            assert_eq!(&config::parse(&text).unwrap(), c);
+        }
+        assert_eq!(configs[4].sip_addr.to_string(), "127.0.0.15:5060");
+    }
 }
