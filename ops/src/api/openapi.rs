@@ -143,6 +143,21 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "/api/v1/faults",
+        &[
+            ("get", "Faults injected on this node's cluster traffic (drills; needs fault_injection)"),
+            ("post", "Drop or delay this node's cluster traffic to peers: {faults:[{peer, fault: drop|delay, delay_ms}]}"),
+            ("delete", "Clear every fault on this node"),
+        ],
+    ),
+    (
+        "/api/v1/dr/seed",
+        &[(
+            "post",
+            "DR takeover, first step: save this node's last applied state for a new lineage ({left_behind:[ids], force})",
+        )],
+    ),
+    (
         "/api/v1/calls",
         &[(
             "get",
