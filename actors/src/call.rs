@@ -195,6 +195,7 @@ impl CallMachine {
             extension: None,
             agent_node: None,
             offered_at_ms: None,
+            first_offered_at_ms: None,
             ring_started_at_ms: None,
             agent_answered_at_ms: None,
             ring_ms: 0,
@@ -540,6 +541,7 @@ impl CallMachine {
                         .get(&queue)
                         .map_or(15_000, |q| q.ring_timeout_ms);
                     self.cdr.offered_at_ms = Some(now_ms);
+                    self.cdr.first_offered_at_ms.get_or_insert(now_ms);
                     self.state = State::Offering {
                         queue,
                         agent,

@@ -129,7 +129,9 @@ pub fn served_in_order(cdrs: &[Cdr], slack_ms: u64) -> Vec<Violation> {
         if let (Some(queue), Some(enqueued), Some(offered)) = (
             &cdr.queue,
             cdr.enqueued_at_ms,
-            cdr.offered_at_ms.or(cdr.ring_started_at_ms),
+            cdr.first_offered_at_ms
+                .or(cdr.offered_at_ms)
+                .or(cdr.ring_started_at_ms),
         ) {
             let key = format!(
                 "{}/{}",

@@ -23,6 +23,7 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         extension: Some(agent.parse().unwrap()),
         agent_node: Some(2),
         offered_at_ms: Some(ring),
+        first_offered_at_ms: None,
         ring_started_at_ms: Some(ring),
         agent_answered_at_ms: Some(ring + 100),
         ring_ms: 100,

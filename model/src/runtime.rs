@@ -143,6 +143,10 @@ pub struct Cdr {
     /// the order of offers within a queue is read from this (I4).
     #[serde(default)]
     pub offered_at_ms: Option<u64>,
+    /// When the queue first handed the call an agent: a call offered, then put back (the
+    /// agent did not answer, or its node died), keeps its turn from here (I4).
+    #[serde(default)]
+    pub first_offered_at_ms: Option<u64>,
     /// When the agent's phone started ringing and when it answered.
     pub ring_started_at_ms: Option<u64>,
     pub agent_answered_at_ms: Option<u64>,

@@ -344,6 +344,7 @@ fn sample_cdr() -> Cdr {
         extension: None,
         agent_node: None,
         offered_at_ms: None,
+        first_offered_at_ms: None,
         ring_started_at_ms: None,
         agent_answered_at_ms: None,
         ring_ms: 0,

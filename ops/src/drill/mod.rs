@@ -353,9 +353,17 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
             report.dropped == 0 && report.queued_kept == report.queued_before,
         );
     }
-    report
-        .invariants
-        .insert("I4".into(), chaos::served_in_order(&cdrs, 200).is_empty());
+    let order = chaos::served_in_order(&cdrs, 200);
+    report.invariants.insert("I4".into(), order.is_empty());
+    let double = chaos::no_double_booking(&cdrs);
+    report.extra.insert(
+        "violations".into(),
+        json!(order
+            .iter()
+            .chain(double.iter())
+            .map(|v| format!("{v:?}"))
+            .collect::<Vec<_>>()),
+    );
     // I6: nothing committed is lost while a quorum survives; a DR takeover may lose the
     // tail that had not reached dr, which the report states (data_loss_entries).
     let quorum_survived = args.kind != DrillKind::DrTakeover;
