@@ -115,6 +115,9 @@ pub struct CallState {
     takeover_since_ms: Option<u64>,
     /// Stopped by `Abandon`: no BYE, no CDR.
     abandoned: bool,
+    /// The agent's 2xx waits for its ACK until the Talking checkpoint is committed.
+    ack_pending: bool,
+    commit_wait: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 pub fn recording_dir(rt: &Runtime) -> PathBuf {
@@ -235,6 +238,19 @@ impl Actor for CallActor {
             }
         }
         drive(rt, &myself, state).await;
+        if std::mem::take(&mut state.ack_pending) {
+            if let Some(committed) = state.commit_wait.take() {
+                if tokio::time::timeout(FIRST_CHECKPOINT_BOUND, committed)
+                    .await
+                    .is_err()
+                {
+                    debug!(call = %state.machine.call_id(), "ACKing the agent before the Talking checkpoint committed");
+                }
+            }
+            if let Some(agent) = &state.agent {
+                agent.ack(rt);
+            }
+        }
         Ok(())
     }
 
@@ -309,6 +325,8 @@ async fn start_new(
         checkpointed: None,
         takeover_since_ms: None,
         abandoned: false,
+        ack_pending: false,
+        commit_wait: None,
     };
     // The carrier gets our 200 only once the call's first checkpoint is committed (within a
     // short bound): a call the carrier believes answered can always be taken over, and ends
@@ -474,6 +492,8 @@ async fn take_over(
         checkpointed: None,
         takeover_since_ms: Some(dead_since_ms),
         abandoned: false,
+        ack_pending: false,
+        commit_wait: None,
     };
     update_live(rt, &state);
     Ok(state)
@@ -618,12 +638,15 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
                 100 => {}
                 101..=199 => state.machine.handle(now, CallInput::AgentRinging),
                 200..=299 => {
-                    let first = agent.on_2xx(rt, &response);
+                    // The first 2xx is ACKed once the Talking checkpoint is committed (see
+                    // `handle`): a new owner then always knows the call is established (I3).
+                    let first = agent.on_2xx(rt, &response, false);
                     if !first {
                         return;
                     }
                     if state.machine.state_name() != "ringing_agent" {
                         // The offer was withdrawn while the phone answered: hang it up.
+                        agent.ack(rt);
                         agent.bye(rt);
                         return;
                     }
@@ -640,8 +663,10 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
                                 warn!(%error, "agent media");
                             }
                             state.machine.handle(now, CallInput::AgentAnswered);
+                            state.ack_pending = true;
                         }
                         None => {
+                            agent.ack(rt);
                             agent.bye(rt);
                             state.machine.handle(
                                 now,
@@ -985,7 +1010,9 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
             }
         }
     }
-    checkpoint(rt, state, false);
+    if let Some(committed) = checkpoint(rt, state, state.ack_pending) {
+        state.commit_wait = Some(committed);
+    }
     update_live(rt, state);
     // One pending timer per call: a new deadline replaces the old one.
     if let Some(old) = state.timer.take() {

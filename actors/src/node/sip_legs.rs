@@ -390,7 +390,10 @@ impl AgentLeg {
 
     /// A 2xx to our INVITE: ACK it (every copy: retransmissions need their ACK too) and
     /// set up the dialog. True for the first 2xx.
-    pub fn on_2xx(&mut self, rt: &Runtime, response: &Response) -> bool {
+    /// A 2xx to our INVITE: set up the dialog (first one) and ACK it — every retransmission
+    /// at once, the first only when `ack_first` (the caller may ACK it later with `ack`, once
+    /// the call's Talking checkpoint is committed). True for the first 2xx.
+    pub fn on_2xx(&mut self, rt: &Runtime, response: &Response, ack_first: bool) -> bool {
         let first = !self.answered;
         if first {
             self.answered = true;
@@ -402,6 +405,14 @@ impl AgentLeg {
                 self.remote_sdp = String::from_utf8(response.body.clone()).ok();
             }
         }
+        if !first || ack_first {
+            self.ack(rt);
+        }
+        first
+    }
+
+    /// ACKs the 2xx to our INVITE (RFC 3261 13.2.2.4).
+    pub fn ack(&self, rt: &Runtime) {
         if let Some(dialog) = &self.dialog {
             let branch = sip::message::new_branch(&mut rand::thread_rng());
             let ack = dialog.ack_for_2xx(
@@ -413,7 +424,6 @@ impl AgentLeg {
             rt.endpoint()
                 .send_request(ack, self.dest, self.transport, None);
         }
-        first
     }
 
     pub fn bye(&mut self, rt: &Runtime) {
