@@ -805,6 +805,36 @@ pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
     }))
 }
 
+/// Restarts node `id` of the local cluster in `dir` (SIGTERM, then the same config again)
+/// and waits until it answers healthy; updates `pids.json`. For the rolling-restart drill.
+pub async fn restart_node(dir: &Path, id: u64) -> anyhow::Result<()> {
+    let pids = read_pids(dir)?;
+    if let Some(pid) = pids.nodes.get(&id) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while node_alive(*pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if node_alive(*pid) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+    let config = config::load(&config_path(dir, id))?;
+    let mut children = spawn_nodes(dir, std::slice::from_ref(&config))?;
+    let mut merged = pids.clone();
+    for (node, child) in &children {
+        merged.nodes.insert(*node, child.id());
+    }
+    write_json(&dir.join("pids.json"), &merged)?;
+    let apis = vec![(id, format!("http://{}", config.api_addr))];
+    wait_healthy(&apis, &mut children).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
