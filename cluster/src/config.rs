@@ -27,6 +27,9 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     /// Election timeout range (min, max), randomized by openraft in between.
     pub election_timeout_ms: (u64, u64),
+    /// Never initialize: this node joins a running cluster, whose leader adds it (DR
+    /// failback). A fresh store then waits to be added as a learner.
+    pub join: bool,
 }
 
 impl ClusterConfig {
@@ -44,6 +47,7 @@ impl ClusterConfig {
             peers,
             heartbeat_ms: 100,
             election_timeout_ms: (300, 600),
+            join: false,
         }
     }
 
@@ -66,6 +70,6 @@ impl ClusterConfig {
     /// True when this node must initialize a fresh cluster: it has the lowest id among the
     /// initial voters (so exactly one node proposes the initial membership).
     pub fn is_initializer(&self) -> bool {
-        self.peers.keys().next() == Some(&self.node_id)
+        !self.join && self.peers.keys().next() == Some(&self.node_id)
     }
 }

@@ -1,7 +1,7 @@
 //! `Cluster`: the handle the rest of callgrid uses to write through Raft and read the
 //! replicated state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -289,6 +289,38 @@ impl Cluster {
             tracing::error!(node = self.node_id, error = %e, "raft shutdown failed");
         }
         tracing::info!(node = self.node_id, "raft node stopped");
+    }
+
+    /// Every member (voters and learners) with its addresses, from the committed membership.
+    pub fn members(&self) -> BTreeMap<u64, NodeInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect()
+    }
+
+    /// Adds `id` as a learner and waits until it has caught up with the log as it was when
+    /// added (openraft's blocking `add_learner`). Leader only. Returns the index it reached.
+    pub async fn add_learner(&self, id: u64, info: NodeInfo) -> Result<u64, ClusterError> {
+        let response = self
+            .raft
+            .add_learner(id, info, true)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        Ok(response.log_id.index)
+    }
+
+    /// Makes `voters` the voting membership (joint consensus inside openraft); every voter
+    /// must already be a member. Members left out stay learners. Leader only.
+    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), ClusterError> {
+        self.raft
+            .change_membership(voters, true)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        Ok(())
     }
 
     /// The openraft handle, for membership changes and metrics.

@@ -61,6 +61,16 @@ pub struct NodeFileConfig {
     /// Lets drills inject faults through `/api/v1/faults` (off by default).
     #[serde(default)]
     pub fault_injection: bool,
+    /// This node joins a running cluster (DR failback): a fresh Raft store never initializes
+    /// a cluster of its own; the leader adds it as a learner.
+    #[serde(default)]
+    pub join_existing: bool,
+    /// Opt-in automatic DR takeover, for nodes of the dr site only: after this long without
+    /// a lease while no node of the active sites answers at all, the node takes over as
+    /// `callgrid dr takeover` would. A partition that hides live active sites from the dr
+    /// site looks the same, so this trades split-brain risk for unattended recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dr_auto_takeover_after_ms: Option<u64>,
 }
 
 /// How to reach one peer.
@@ -238,6 +248,23 @@ impl NodeFileConfig {
                 "use heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
             ));
         }
+        if let Some(after) = self.dr_auto_takeover_after_ms {
+            if self.site != "dr" {
+                return Err((
+                    format!(
+                        "dr_auto_takeover_after_ms is set on node {} of site {}",
+                        self.node_id, self.site
+                    ),
+                    "only nodes of the dr site may take over; remove the setting",
+                ));
+            }
+            if after < 3 * self.down_after_ms {
+                return Err((
+                    format!("dr_auto_takeover_after_ms {after} is shorter than three failure-detection periods"),
+                    "use at least 3 * down_after_ms (a few seconds; minutes in production)",
+                ));
+            }
+        }
         let Some(me) = self.peers.get(&self.node_id) else {
             return Err((
                 format!("node {} is not listed in [peers]", self.node_id),
@@ -395,6 +422,8 @@ mod tests {
             lease_ms: 500,
             down_after_ms: 700,
             fault_injection: false,
+            join_existing: false,
+            dr_auto_takeover_after_ms: None,
         }
     }
 

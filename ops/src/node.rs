@@ -43,7 +43,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             )
         })?;
     info!(node = config.node_id, site = %config.site, api = %config.api_addr, "node starting");
-    let seed = crate::dr::prepare_lineage(&config.data_dir).map_err(|e| {
+    // One DR node (the new lineage's initializer) restores the state; the others catch up
+    // from it through Raft.
+    let initializer = config.peers.keys().next() == Some(&config.node_id);
+    let seed = crate::dr::prepare_lineage(&config.data_dir, initializer).map_err(|e| {
         ops_err(
             "E-DR-SEED",
             format!("{e:#}"),
@@ -71,10 +74,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             ));
         }
     };
-    // One DR node (the new lineage's initializer) restores the state; the others catch up
-    // from it through Raft.
-    let initializer = config.peers.keys().next() == Some(&config.node_id);
-    if let Some(seed) = seed.filter(|_| initializer) {
+    if let Some(seed) = seed {
         let (cluster, data_dir) = (Arc::clone(&cluster), config.data_dir.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::dr::restore(cluster, data_dir, seed).await {
@@ -93,15 +93,47 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         prometheus,
     )?);
     let app = api::router(state);
+    // The opt-in automatic DR takeover ends this run once it has written the seed and the
+    // new membership; the process then re-executes itself (see `crate::dr`).
+    let takeover = {
+        let (cluster, node, path) = (Arc::clone(&cluster), Arc::clone(&node), path.to_path_buf());
+        let (data_dir, site, peers) = (
+            config.data_dir.clone(),
+            config.site.clone(),
+            config.peer_infos(),
+        );
+        let after = config.dr_auto_takeover_after_ms.map(Duration::from_millis);
+        async move {
+            match after {
+                Some(after) => {
+                    crate::dr::auto_takeover(cluster, node, path, data_dir, site, peers, after)
+                        .await
+                }
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+    let stop = async move {
+        let restart = tokio::select! {
+            _ = shutdown_signal() => false,
+            _ = takeover => true,
+        };
+        let _ = stop_tx.send(restart);
+    };
     info!(node = config.node_id, "node ready; serving the API");
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await;
+    let restart = stop_rx.await.unwrap_or(false);
 
-    info!(node = config.node_id, "shutting down");
+    info!(node = config.node_id, restart, "shutting down");
     gauges.abort();
     node.shutdown().await;
     cluster.shutdown().await;
+    if restart {
+        reexec();
+    }
     served.map_err(|e| {
         ops_err(
             "E-API-SERVER",
@@ -121,6 +153,7 @@ fn cluster_config(config: &NodeFileConfig) -> cluster::ClusterConfig {
         config.peer_infos(),
     );
     c.heartbeat_ms = config.heartbeat_ms;
+    c.join = config.join_existing;
     c.election_timeout_ms = (
         config.election_timeout_min_ms,
         config.election_timeout_max_ms,
@@ -143,6 +176,23 @@ fn node_config(config: &NodeFileConfig) -> actors::node::NodeConfig {
         peers: config.peer_infos(),
         lease: config.lease(),
     }
+}
+
+/// Replaces this process with a fresh run of the same command line (same pid, so
+/// `pids.json` stays true); sockets close on exec. Returns only if exec failed.
+fn reexec() {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            error!(error = %e, "cannot find this executable to restart; start the node again");
+            return;
+        }
+    };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    info!(exe = %exe.display(), "restarting on the new lineage");
+    let e = std::process::Command::new(&exe).args(&args).exec();
+    error!(error = %e, "restart failed; start the node again");
 }
 
 fn init_tracing() {

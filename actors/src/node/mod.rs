@@ -87,6 +87,8 @@ pub struct Runtime {
     /// After this node rejoins, it serves queue and agent actors it gains only once the
     /// previous owners' leases have run out (no two live owners).
     serve_after: Mutex<Option<tokio::time::Instant>>,
+    /// A rejoin (`NodeUp` retries) is running: a second trigger does not start another.
+    rejoining: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -589,6 +591,12 @@ impl Runtime {
             let _ = call.cast(CallMsg::Abandon);
         }
         self.stop_actors_not_owned(true);
+        if self
+            .rejoining
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         let rt = Arc::clone(self);
         tokio::spawn(async move {
             let me = rt.node_id();
@@ -606,6 +614,8 @@ impl Runtime {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            rt.rejoining
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             info!("rejoined the cluster");
         });
     }
@@ -703,6 +713,7 @@ impl Node {
             liveness,
             checkpoints,
             serve_after: Mutex::new(None),
+            rejoining: std::sync::atomic::AtomicBool::new(false),
         });
         let mut tasks = vec![checkpoint_task];
         let dispatcher = Arc::downgrade(&runtime);
@@ -753,17 +764,24 @@ impl Node {
 
         // Agent-state events come from Raft, so every node streams every agent's changes.
         tasks.push(tokio::spawn(publish_applied(Arc::clone(&runtime))));
-        // After a restart, the calls still checkpointed as this node's are resumed here.
+        // After a restart, the calls still checkpointed as this node's are resumed here; a
+        // node that finds itself declared down (while it was away, or a DR failback that
+        // re-added it) rejoins.
         let resume = Arc::clone(&runtime);
         tasks.push(tokio::spawn(async move {
-            if resume
-                .cluster
-                .wait_ready(Duration::from_secs(60))
-                .await
-                .is_ok()
-            {
-                resume.take_over_orphans().await;
+            loop {
+                match resume.cluster.wait_ready(Duration::from_secs(60)).await {
+                    Ok(()) => break,
+                    Err(cluster::ClusterError::Timeout { .. }) => {
+                        debug!("no leader yet: waiting to resume and rejoin")
+                    }
+                    Err(_) => return,
+                }
             }
+            if resume.cluster.read(|s| s.is_down(resume.node_id())) {
+                resume.on_declared_down().await;
+            }
+            resume.take_over_orphans().await;
         }));
         info!(node = runtime.node_id(), sip = %runtime.config.sip_addr, "node runtime started");
         Ok(Arc::new(Node {
@@ -955,12 +973,16 @@ impl Node {
     }
 }
 
-/// Keeps the mesh connected: dial every lower-id peer whose mesh group we cannot see.
+/// Keeps the mesh connected: dial every lower-id peer whose mesh group we cannot see. Peers
+/// are the committed Raft membership (voters and learners: a node re-added by DR failback
+/// is reached without restarting anyone) plus the configured initial voters.
 async fn dial_peers(rt: Arc<Runtime>, server: ActorRef<ractor_cluster::NodeServerMessage>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        for (id, info) in rt.config.peers.iter().filter(|(id, _)| **id < rt.node_id()) {
+        let mut peers = rt.config.peers.clone();
+        peers.extend(rt.cluster.members());
+        for (id, info) in peers.iter().filter(|(id, _)| **id < rt.node_id()) {
             if !ractor::pg::get_members(&mesh::group_name(*id)).is_empty() {
                 continue;
             }
@@ -993,6 +1015,11 @@ async fn react(rt: &Arc<Runtime>, command: &model::Command) {
     match command {
         model::Command::NodeDown { node, .. } => rt.on_node_down(*node).await,
         model::Command::NodeUp { node, .. } => rt.on_node_up(*node),
+        // A restore (DR takeover) marks the lost nodes down; one of them re-added by failback
+        // catches up with it and must rejoin.
+        model::Command::Restore { .. } if rt.cluster.read(|s| s.is_down(rt.node_id())) => {
+            rt.on_declared_down().await
+        }
         model::Command::Restore { .. } => rt.take_over_orphans().await,
         model::Command::Batch { commands } => {
             for c in commands {

@@ -28,7 +28,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
@@ -145,6 +145,8 @@ pub fn router(state: Shared) -> Router {
         .merge(queues::routes())
         .route("/calls", get(calls::list))
         .route("/dr/seed", post(dr::seed))
+        .route("/cluster/learners", post(dr::add_learner))
+        .route("/cluster/voters", put(dr::set_voters))
         .route(
             "/faults",
             get(faults::list).post(faults::set).delete(faults::clear),

@@ -158,6 +158,20 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
+        "/api/v1/cluster/learners",
+        &[(
+            "post",
+            "DR failback (leader only): add a recovered node as a learner and answer once it caught up ({node_id, site, raft_addr, api_addr, sip_addr, mesh_addr})",
+        )],
+    ),
+    (
+        "/api/v1/cluster/voters",
+        &[(
+            "put",
+            "DR failback (leader only): make these members the voters ({voters:[ids]})",
+        )],
+    ),
+    (
         "/api/v1/calls",
         &[(
             "get",

@@ -184,6 +184,8 @@ pub fn generate_configs(dir: &Path, sites: &[&str]) -> Vec<NodeFileConfig> {
             lease_ms: cluster::LeaseConfig::default().lease_ms,
             down_after_ms: cluster::LeaseConfig::default().down_after_ms,
             fault_injection: false,
+            join_existing: false,
+            dr_auto_takeover_after_ms: None,
         })
         .collect()
 }
@@ -745,27 +747,14 @@ pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
     let pids = read_pids(&dir)?;
     for id in &dr_ids {
         if let Some(pid) = pids.nodes.get(id) {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while node_alive(*pid) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            if node_alive(*pid) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
+            stop_node(*pid).await;
         }
     }
     let mut configs = Vec::new();
+    let keep: std::collections::BTreeSet<u64> = dr_ids.iter().copied().collect();
     for id in &dr_ids {
-        let mut c = config::load(&config_path(&dir, *id))?;
-        c.peers.retain(|peer, _| dr_ids.contains(peer));
-        let path = config_path(&dir, *id);
-        fs::write(&path, config::to_toml(&c)?).map_err(|e| io_err("write", &path, e))?;
-        configs.push(c);
+        crate::dr::rewrite_peers(&config_path(&dir, *id), &keep)?;
+        configs.push(config::load(&config_path(&dir, *id))?);
     }
     let mut children = spawn_nodes(&dir, &configs)?;
     let mut merged = pids.clone();
@@ -805,23 +794,281 @@ pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
     }))
 }
 
+/// Stops a node process: SIGTERM, then SIGKILL if it has not exited within 15 s.
+async fn stop_node(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if node_alive(pid) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+/// `callgrid dr failback` (see `crate::dr`): after a DR takeover, the recovered nodes of the
+/// active sites (`nodes`, default: every node of the cluster file that is not a member of the
+/// dr lineage) rejoin it. Each one's old log is moved aside and it starts in join mode; the
+/// leader adds it as a learner and waits for it to catch up; then the whole set votes again
+/// and every node must be ready with a lease. Returns the report.
+pub async fn dr_failback(dir: &Path, nodes: Option<Vec<u64>>) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let dir = dir.canonicalize().map_err(|e| io_err("open", dir, e))?;
+    let file = read_cluster_file(&dir)?.ok_or_else(|| {
+        ops_err(
+            "E-NO-CLUSTER",
+            format!("no cluster.json in {}", dir.display()),
+            "run `callgrid cluster up --dir DIR` first",
+        )
+    })?;
+    let http = http_client(Duration::from_secs(5))?;
+    // The running lineage: its leader and members, asked of any node that answers.
+    let mut leader = None;
+    let mut voters: Vec<u64> = Vec::new();
+    for n in &file.nodes {
+        let Ok(r) = http.get(format!("{}/health", n.api)).send().await else {
+            continue;
+        };
+        let h: Value = r.json().await.unwrap_or(Value::Null);
+        if h["lease"].as_bool() == Some(true) {
+            leader = h["leader"].as_u64();
+            voters = h["voters"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            break;
+        }
+    }
+    let (Some(leader), false) = (leader, voters.is_empty()) else {
+        return Err(ops_err(
+            "E-FAILBACK-NO-CLUSTER",
+            "no node of the cluster holds a lease",
+            "failback needs the running (dr) lineage; check `callgrid cluster status --dir DIR`",
+        ));
+    };
+    let leader_api = file
+        .nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .map(|n| n.api.clone())
+        .ok_or_else(|| {
+            ops_err(
+                "E-FAILBACK-NO-CLUSTER",
+                format!("the leader {leader} is not in cluster.json"),
+                "run failback against the cluster directory the nodes came from",
+            )
+        })?;
+    let recovered: Vec<u64> = match nodes {
+        Some(ids) => ids,
+        None => file
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| !voters.contains(id))
+            .collect(),
+    };
+    for id in &recovered {
+        if voters.contains(id) || !file.nodes.iter().any(|n| n.id == *id) {
+            return Err(ops_err(
+                "E-FAILBACK-NODE",
+                format!("node {id} is not a recovered node of this cluster (voters {voters:?})"),
+                "name nodes of cluster.json that are not members of the running lineage",
+            ));
+        }
+    }
+    if recovered.is_empty() {
+        return Err(ops_err(
+            "E-FAILBACK-NOTHING",
+            format!("every node of the cluster is already a voter ({voters:?})"),
+            "failback follows a DR takeover",
+        ));
+    }
+    // Stop any recovered node still running its old lineage, retire that log, and start it
+    // in join mode with the full membership in its config.
+    let at_ms = model::unix_ms(std::time::SystemTime::now());
+    let all: Vec<u64> = file.nodes.iter().map(|n| n.id).collect();
+    // Each node's config names itself exactly: together they are the full membership.
+    let mut every_peer = BTreeMap::new();
+    for id in &all {
+        let c = config::load(&config_path(&dir, *id))?;
+        if let Some(me) = c.peers.get(id) {
+            every_peer.insert(*id, me.clone());
+        }
+    }
+    let mut pids = read_pids(&dir)?;
+    let mut configs = Vec::new();
+    for id in &recovered {
+        if let Some(pid) = pids.nodes.get(id) {
+            stop_node(*pid).await;
+        }
+        let mut c = config::load(&config_path(&dir, *id))?;
+        crate::dr::retire_lineage(&c.data_dir, at_ms)?;
+        c.join_existing = true;
+        c.peers = every_peer.clone();
+        let path = config_path(&dir, *id);
+        fs::write(&path, config::to_toml(&c)?).map_err(|e| io_err("write", &path, e))?;
+        configs.push(c);
+    }
+    let mut children = spawn_nodes(&dir, &configs)?;
+    for (id, child) in &children {
+        pids.nodes.insert(*id, child.id());
+    }
+    write_json(&dir.join("pids.json"), &pids)?;
+    let token = file.token.clone();
+    let mut joined = Vec::new();
+    for c in &configs {
+        wait_answering(&format!("http://{}", c.api_addr), &mut children).await?;
+        let body = serde_json::json!({
+            "node_id": c.node_id,
+            "site": c.site,
+            "raft_addr": c.raft_addr.to_string(),
+            "api_addr": c.api_addr.to_string(),
+            "sip_addr": c.sip_addr.to_string(),
+            "mesh_addr": c.mesh_addr.to_string(),
+        });
+        let response = http_client(Duration::from_secs(120))?
+            .post(format!("{leader_api}/api/v1/cluster/learners"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                ops_err(
+                    "E-FAILBACK",
+                    format!("adding node {}: {e}", c.node_id),
+                    "see the leader's log",
+                )
+            })?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(ops_err(
+                "E-FAILBACK",
+                format!("the leader refused to add node {}: {answer}", c.node_id),
+                "see the message and the leader's log",
+            ));
+        }
+        joined.push(answer);
+    }
+    let mut new_voters: Vec<u64> = voters.clone();
+    new_voters.extend(&recovered);
+    new_voters.sort_unstable();
+    let response = http
+        .put(format!("{leader_api}/api/v1/cluster/voters"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "voters": new_voters }))
+        .send()
+        .await
+        .map_err(|e| {
+            ops_err(
+                "E-FAILBACK",
+                format!("changing the voters: {e}"),
+                "see the leader's log",
+            )
+        })?;
+    if !response.status().is_success() {
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        return Err(ops_err(
+            "E-FAILBACK",
+            format!("the leader refused the voters {new_voters:?}: {answer}"),
+            "see the message and the leader's log",
+        ));
+    }
+    // The recovered nodes' configs name every node again, and the dr nodes' too, so a later
+    // restart of any of them matches the membership; join mode stays off from now on.
+    for id in &all {
+        let path = config_path(&dir, *id);
+        let mut c = config::load(&path)?;
+        c.join_existing = false;
+        c.peers = every_peer.clone();
+        fs::write(&path, config::to_toml(&c)?).map_err(|e| io_err("write", &path, e))?;
+    }
+    let apis: Vec<(u64, String)> = recovered
+        .iter()
+        .filter_map(|id| file.nodes.iter().find(|n| n.id == *id))
+        .map(|n| (n.id, n.api.clone()))
+        .collect();
+    wait_healthy(&apis, &mut children).await?;
+    // Every node back: a lease, and no longer declared down.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut missing = Vec::new();
+        for n in &file.nodes {
+            let h: Value = match http.get(format!("{}/health", n.api)).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            let down = h["down_nodes"].as_array().is_some_and(|d| !d.is_empty());
+            if h["lease"].as_bool() != Some(true) || down {
+                missing.push(n.id);
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(ops_err(
+                "E-FAILBACK-NOT-BACK",
+                format!("nodes {missing:?} hold no lease or see nodes down 20 s after failback"),
+                "see their logs (DIR/node-<id>/node.log)",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (_, child) in children {
+        drop(child);
+    }
+    Ok(serde_json::json!({
+        "leader": leader,
+        "recovered": recovered,
+        "voters": new_voters,
+        "joined": joined,
+        "failback_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// Waits until the node at `api` answers `/health` at all (a joining node is not ready until
+/// the leader adds it).
+async fn wait_answering(
+    api: &str,
+    children: &mut [(u64, std::process::Child)],
+) -> anyhow::Result<()> {
+    let http = http_client(Duration::from_secs(2))?;
+    let deadline = Instant::now() + UP_DEADLINE;
+    loop {
+        for (id, child) in children.iter_mut() {
+            if let Ok(Some(exit)) = child.try_wait() {
+                return Err(ops_err(
+                    "E-NODE-EXITED",
+                    format!("node {id} exited during start-up ({exit})"),
+                    "read its log (DIR/node-<id>/node.log); a port may be in use",
+                ));
+            }
+        }
+        if http.get(format!("{api}/health")).send().await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ops_err(
+                "E-CLUSTER-NOT-READY",
+                format!("{api} does not answer"),
+                "read its log (DIR/node-<id>/node.log)",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Restarts node `id` of the local cluster in `dir` (SIGTERM, then the same config again)
 /// and waits until it answers healthy; updates `pids.json`. For the rolling-restart drill.
 pub async fn restart_node(dir: &Path, id: u64) -> anyhow::Result<()> {
     let pids = read_pids(dir)?;
     if let Some(pid) = pids.nodes.get(&id) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while node_alive(*pid) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if node_alive(*pid) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
+        stop_node(*pid).await;
     }
     let config = config::load(&config_path(dir, id))?;
     let mut children = spawn_nodes(dir, std::slice::from_ref(&config))?;

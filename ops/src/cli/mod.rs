@@ -76,6 +76,16 @@ pub enum DrCommand {
         #[arg(long)]
         force: bool,
     },
+    /// After a takeover, the recovered nodes of the active sites rejoin: each starts afresh
+    /// (its old log kept aside), is added as a learner, catches up, and votes again; prints
+    /// a JSON report.
+    Failback {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The recovered nodes (default: every node of DIR not in the running membership).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Option<Vec<u64>>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +140,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drill(args) => crate::drill::run(args).await,
         Command::Dr(DrCommand::Takeover { dir, force }) => {
             let report = cluster::dr_takeover(&dir, force).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Dr(DrCommand::Failback { dir, nodes }) => {
+            let report = cluster::dr_failback(&dir, nodes).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

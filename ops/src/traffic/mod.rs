@@ -875,6 +875,20 @@ impl ApiClient {
     /// POST with the bearer token; retried a few times on other nodes (a node may still be
     /// settling right after `cluster up`).
     pub async fn post(&self, n: usize, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+        match self.post_or_conflict(n, path, body).await? {
+            None => Ok(()),
+            Some(conflict) => Err(anyhow::anyhow!("POST {path}: 409 Conflict {conflict}")),
+        }
+    }
+
+    /// As `post`, but a 409 (the request conflicts with the resource's state, which no retry
+    /// on another node changes) is returned at once as `Some(body)`.
+    async fn post_or_conflict(
+        &self,
+        n: usize,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<Option<String>> {
         let mut last = None;
         for attempt in 0..6 {
             let url = format!("{}{path}", self.base(n + attempt));
@@ -886,7 +900,10 @@ impl ApiClient {
                 .send()
                 .await
             {
-                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status().is_success() => return Ok(None),
+                Ok(response) if response.status() == reqwest::StatusCode::CONFLICT => {
+                    return Ok(Some(response.text().await.unwrap_or_default()));
+                }
                 Ok(response) => {
                     let status = response.status();
                     let text = response.text().await.unwrap_or_default();
@@ -923,13 +940,26 @@ impl ApiClient {
         extension: &str,
     ) -> anyhow::Result<()> {
         let base = format!("/api/v1/tenants/{tenant}/agents/{agent}");
-        self.post(
-            n,
-            &format!("{base}/sign-in"),
-            serde_json::json!({ "extension": extension }),
-        )
-        .await
-        .with_context(|| format!("signing in agent {agent} of {tenant}"))?;
+        let sign_in_path = format!("{base}/sign-in");
+        let sign_in = || {
+            self.post_or_conflict(
+                n,
+                &sign_in_path,
+                serde_json::json!({ "extension": extension }),
+            )
+        };
+        let context = || format!("signing in agent {agent} of {tenant}");
+        if let Some(conflict) = sign_in().await.with_context(context)? {
+            // Left signed in by an earlier run (a drill that was interrupted, or one before a
+            // DR takeover): sign out, then in again at our phone.
+            tracing::info!(agent, tenant, %conflict, "agent already signed in: signing out first");
+            self.post(n, &format!("{base}/sign-out"), serde_json::json!({}))
+                .await
+                .with_context(context)?;
+            if let Some(conflict) = sign_in().await.with_context(context)? {
+                anyhow::bail!("{}: 409 Conflict {conflict}", context());
+            }
+        }
         self.post(n, &format!("{base}/ready"), serde_json::json!({}))
             .await
             .with_context(|| format!("making agent {agent} of {tenant} ready"))
