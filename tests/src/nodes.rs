@@ -12,17 +12,26 @@ use super::{callgrid_bin, wait_until, Api, ClusterGuard, ClusterInfo};
 impl ClusterGuard {
     /// `cluster up` with a layout ("1,1,1" or "2,2,1") and, for drills, fault injection.
     pub fn up_with(sample: bool, layout: &str, allow_faults: bool) -> Result<ClusterGuard> {
+        let faults: &[&str] = if allow_faults {
+            &["--allow-faults"]
+        } else {
+            &[]
+        };
+        Self::up_args(sample, layout, faults)
+    }
+
+    /// `cluster up` with a layout and further options (`--allow-faults`,
+    /// `--dr-auto-takeover-ms N`).
+    pub fn up_args(sample: bool, layout: &str, options: &[&str]) -> Result<ClusterGuard> {
         let dir = tempfile::Builder::new()
             .prefix("callgrid-test-")
             .tempdir()?;
         let mut cmd = Command::new(callgrid_bin());
         cmd.args(["cluster", "up", "--layout", layout, "--dir"])
-            .arg(dir.path());
+            .arg(dir.path())
+            .args(options);
         if sample {
             cmd.arg("--sample");
-        }
-        if allow_faults {
-            cmd.arg("--allow-faults");
         }
         let out = cmd.output().context("running cluster up")?;
         if !out.status.success() {

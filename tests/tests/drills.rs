@@ -149,6 +149,67 @@ async fn dr_takeover_answers_new_calls() -> Result<()> {
         h["voters"].as_array().map(Vec::len) == Some(1) && n(&h, "leader") == 3,
         "{h}"
     );
+
+    // Failback: the lost nodes come back empty-handed, catch up as learners and vote again.
+    let out = Command::new(callgrid_bin())
+        .args(["dr", "failback", "--dir"])
+        .arg(c.work())
+        .output()?;
+    let failback: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "failback report: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    ensure!(out.status.success(), "dr failback: {failback:#}");
+    ensure!(
+        failback["recovered"] == serde_json::json!([1, 2]),
+        "{failback:#}"
+    );
+    for i in 0..3 {
+        let h = c.api(i).health().await?;
+        ensure!(
+            h["voters"].as_array().map(Vec::len) == Some(3)
+                && h["lease"].as_bool() == Some(true)
+                && h["down_nodes"].as_array().is_some_and(Vec::is_empty),
+            "node {} after failback: {h}",
+            i + 1
+        );
+    }
+    // The restored cluster is whole: losing the dr node (its leader) now keeps every call,
+    // served by the recovered nodes.
+    let (ok, report) = drill(&c, &["kill-node", "--node", "3", "--calls", "8"])?;
+    check_kept(&report)?;
+    ensure!(ok, "drill exit status: {report:#}");
+    ensure!(n(&report, "new_calls_answered") > 0, "{report:#}");
+    Ok(())
+}
+
+/// The opt-in automatic DR takeover: with `--dr-auto-takeover-ms`, the dr node takes over
+/// by itself once both active sites are gone, and answers new calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dr_site_takes_over_by_itself_when_configured() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up_args(
+        true,
+        "1,1,1",
+        &["--allow-faults", "--dr-auto-takeover-ms", "3000"],
+    )?;
+    let (ok, report) = drill(&c, &["dr-takeover", "--auto", "--calls", "8"])?;
+    ensure!(ok, "drill exit status: {report:#}");
+    ensure!(report["dr"]["automatic"] == true, "{report:#}");
+    ensure!(
+        report["first_answer_after_takeover_ms"].as_u64().is_some()
+            && n(&report, "new_calls_answered") > 0,
+        "dr answered new calls: {report:#}"
+    );
+    ensure!(report["data_loss_entries"].as_u64().is_some(), "{report:#}");
+    let h = c.api(2).health().await?;
+    ensure!(
+        h["voters"].as_array().map(Vec::len) == Some(1) && n(&h, "leader") == 3,
+        "{h}"
+    );
     Ok(())
 }
 

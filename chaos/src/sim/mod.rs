@@ -41,6 +41,19 @@
 //! exactly one CDR, none failed, no checkpoint left: a run that does not drain fails I2),
 //! `no_double_booking` over the CDRs, I3 over the CDRs, and all replicas agree.
 //!
+//! The mirror follows the node's fixes since the simulation first ran (G2 503 and rejoin at
+//! start-up, G4 own calls resumed at start-up, G5 agents restored engaged, G6 via the real
+//! `QueueMachine`, G7 the agent ACKed once the Talking checkpoint commits or after 300 ms),
+//! and goes further where the simulation found the node wrong; each such place is marked
+//! `NOT IN THE NODE YET` and must be ported to `actors::node`/`cluster`: calls never
+//! checkpointed stay with a node declared down and are checkpointed again (re-fenced) once
+//! it rejoined (G1); a vanished call leaves its queue (G3); fenced-off checkpoints are
+//! taken over whatever the order of NodeDown and NodeUp; a deposed leader's NodeDown is not
+//! forwarded; a refused checkpoint wakes no waiter; a restarted node resumes its own calls
+//! only once it holds a lease; a node that installs a snapshot reconciles with it.
+//! What openraft re-applies inside `Raft::new` is not reacted to (the node subscribes
+//! later). The phones' I1 check ignores a dialog whose customer another node re-INVITEd.
+//!
 //! Limits: SIP and RTP are abstract (a leg is a caller or a phone that answers, hangs up,
 //! retransmits BYE and gives up on 481); the node logic mirrors `actors::node` and
 //! `cluster::liveness` rather than running their tokio/ractor drivers, so a change there must

@@ -193,6 +193,9 @@ pub struct Replica {
     pub last_applied: Arc<Mutex<u64>>,
     /// (index, hash of the command) of every entry applied, for the Raft safety check.
     pub hashes: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// Set when a snapshot from the leader replaced the state: the commands it covers were
+    /// never applied here one by one.
+    pub snapshot_installed: Arc<Mutex<bool>>,
 }
 
 impl Replica {
@@ -201,6 +204,10 @@ impl Replica {
     }
     pub fn last_applied(&self) -> u64 {
         *lock(&self.last_applied)
+    }
+    /// True once after a snapshot from the leader was installed.
+    pub fn take_snapshot_installed(&self) -> bool {
+        std::mem::take(&mut *lock(&self.snapshot_installed))
     }
     pub fn take_applied(&self) -> Vec<(u64, model::Command)> {
         lock(&self.applied).drain(..).collect()
@@ -348,6 +355,7 @@ impl RaftStateMachine<SimTypes> for StateMachine {
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         *lock(&self.replica.last_applied) = meta.last_log_id.map_or(0, |l| l.index);
+        *lock(&self.replica.snapshot_installed) = true;
         lock(&self.disk).snapshot = Some((meta.clone(), data));
         Ok(())
     }

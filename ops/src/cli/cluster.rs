@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// Let drills inject faults through the API (`/api/v1/faults`, admin token).
     #[arg(long)]
     pub allow_faults: bool,
+    /// Opt-in automatic DR takeover: the dr site's nodes take over by themselves after this
+    /// many milliseconds without a lease and without any reachable active-site node.
+    #[arg(long)]
+    pub dr_auto_takeover_ms: Option<u64>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -286,9 +290,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|n| config::load(&config_path(&dir, n.id)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            if args.allow_faults {
+            if args.allow_faults || args.dr_auto_takeover_ms.is_some() {
                 for c in &mut configs {
-                    c.fault_injection = true;
+                    c.fault_injection |= args.allow_faults;
+                    if c.site == "dr" && args.dr_auto_takeover_ms.is_some() {
+                        c.dr_auto_takeover_after_ms = args.dr_auto_takeover_ms;
+                    }
+                    check_config(c)?;
                     let path = config_path(&dir, c.node_id);
                     fs::write(&path, config::to_toml(c)?).map_err(|e| io_err("write", &path, e))?;
                 }
@@ -300,6 +308,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             let mut configs = generate_configs(&dir, &sites);
             for c in &mut configs {
                 c.fault_injection = args.allow_faults;
+                if c.site == "dr" {
+                    c.dr_auto_takeover_after_ms = args.dr_auto_takeover_ms;
+                }
+                check_config(c)?;
             }
             for c in &configs {
                 let path = config_path(&dir, c.node_id);
@@ -792,6 +804,13 @@ pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
         "unapplied_at_dr": last_log.saturating_sub(last_applied),
         "takeover_ms": started.elapsed().as_millis() as u64,
     }))
+}
+
+/// A generated config changed by options must still be valid (a too short automatic DR
+/// delay is refused before any node starts).
+fn check_config(c: &NodeFileConfig) -> anyhow::Result<()> {
+    c.validate()
+        .map_err(|(message, hint)| ops_err("E-CONFIG", message, hint))
 }
 
 /// Stops a node process: SIGTERM, then SIGKILL if it has not exited within 15 s.

@@ -175,6 +175,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
                 sample: true,
                 layout: "1,1,1".into(),
                 allow_faults: false,
+                dr_auto_takeover_ms: None,
                 output: OutputFormat::Table,
             })))
         },

@@ -58,6 +58,63 @@ pub struct DrillArgs {
     /// Seed of the traffic.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// dr-takeover: do not run `dr takeover`; wait for the dr site's automatic takeover
+    /// (a cluster from `cluster up --dr-auto-takeover-ms N`).
+    #[arg(long)]
+    pub auto: bool,
+}
+
+/// Waits for the dr site's automatic takeover (config `dr_auto_takeover_after_ms`): every dr
+/// node holds a lease in a membership of the dr site alone. Returns what `dr takeover` would
+/// report, the last applied index read from the seed the node saved.
+async fn wait_auto_takeover(
+    cluster: &ClusterInfo,
+    dir: &std::path::Path,
+    fault_at: Instant,
+) -> anyhow::Result<Value> {
+    let dr: Vec<_> = cluster.nodes.iter().filter(|n| n.site == "dr").collect();
+    let dr_ids: Vec<u64> = dr.iter().map(|n| n.id).collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut alone = true;
+        for n in &dr {
+            let h: Value = match http.get(format!("{}/health", n.api)).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            let voters: Vec<u64> = h["voters"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            alone &= h["lease"].as_bool() == Some(true) && voters == dr_ids;
+        }
+        if alone {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the dr site did not take over by itself within 180 s (is dr_auto_takeover_after_ms set?)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The seed the initializer saved (and retired once restored) holds its last applied index.
+    let data = dir.join(format!("node-{}", dr_ids[0])).join("data");
+    let mut last_applied = None;
+    for entry in std::fs::read_dir(&data)?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("dr-seed.applied-") {
+            let seed: Value = serde_json::from_slice(&std::fs::read(entry.path())?)?;
+            last_applied = seed["last_applied"].as_u64().max(last_applied);
+        }
+    }
+    Ok(json!({
+        "automatic": true,
+        "dr_nodes": dr_ids,
+        "last_applied": last_applied,
+        "takeover_ms": fault_at.elapsed().as_millis() as u64,
+    }))
 }
 
 /// What the drill saw of one call when the fault hit (from the cluster's live calls).
@@ -178,8 +235,12 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
             for n in &victims {
                 kill(&pids, *n)?;
             }
+            let dr = if args.auto {
+                wait_auto_takeover(&cluster, &args.dir, fault_at).await?
+            } else {
+                crate::cli::cluster::dr_takeover(&args.dir, false).await?
+            };
             let took = Instant::now();
-            let dr = crate::cli::cluster::dr_takeover(&args.dir, false).await?;
             detection_ms = Some(fault_at.elapsed().as_millis() as u64);
             let took_unix = model::unix_ms(std::time::SystemTime::now());
             traffic.allow_more(target);

@@ -7,6 +7,13 @@ impl SimNode {
     // ---- calls (call_actor.rs) ---------------------------------------------------------
 
     pub(super) fn new_call(&mut self, ctx: &mut Ctx, call: CallId, route: Route) -> bool {
+        if self.is_down(self.id) {
+            // endpoint.rs: declared down and not yet rejoined, the node answers 503 (its
+            // checkpoints would be fenced off) (G2).
+            ctx.trace
+                .push(format!("n{} answers 503 to {call}: declared down", self.id));
+            return false;
+        }
         // Like `routing::resolve`: an access code the replica does not know yet is a 404.
         let Some((flow, queues)) = self.replica.read(|s| {
             s.tenants
@@ -39,6 +46,7 @@ impl SimNode {
                 pending_cdr: None,
                 play_done_at: None,
                 dial: 0,
+                ack_by: None,
             },
         );
         ctx.trace
@@ -71,12 +79,13 @@ impl SimNode {
         let found = self.replica.read(|s| {
             let c = s.calls.get(call.as_str())?;
             let owner = s.nodes.get(&c.fence.node)?;
-            owner.down.then(|| (c.clone(), owner.last_heartbeat_ms))
+            s.fenced_out(c.fence)
+                .then(|| (c.clone(), owner.last_heartbeat_ms))
         });
         let Some((checkpoint, dead_since)) = found else {
             return false;
         };
-        if self.call_owner(call, checkpoint.fence.node) != self.id {
+        if self.orphan_owner(call, checkpoint.fence.node) != self.id {
             return false;
         }
         self.take_over(ctx, checkpoint, dead_since);
@@ -143,6 +152,7 @@ impl SimNode {
                 pending_cdr: None,
                 play_done_at: None,
                 dial: 0,
+                ack_by: None,
             },
         );
         self.drive_call(ctx, &call);
@@ -166,11 +176,36 @@ impl SimNode {
             }
         }
         c.machine.handle(ctx.now, input);
-        if !was_talking && c.machine.state_name() == "talking" {
+        let answered = !was_talking && c.machine.state_name() == "talking";
+        if answered {
+            // call_actor.rs: the agent's 200 is ACKed once the Talking checkpoint is
+            // committed, or after the bound (G7); the call is established from then on.
+            c.ack_by = Some(ctx.now + FIRST_CHECKPOINT_BOUND_MS);
+        }
+        self.drive_call(ctx, call);
+        if answered && self.calls.contains_key(call) {
+            let key = format!("call:{call}");
+            if self.pending.contains_key(&key) {
+                self.ack_waiters.insert(key, call.clone());
+            } else {
+                self.ack_agent(ctx, call);
+            }
+        }
+    }
+
+    /// The ACK to the agent's 200: the call is established.
+    pub(super) fn ack_agent(&mut self, ctx: &mut Ctx, call: &CallId) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        if c.ack_by.take().is_none() {
+            return;
+        }
+        self.ack_waiters.remove(&format!("call:{call}"));
+        if c.machine.state_name() == "talking" {
             ctx.events
                 .push((self.id, Event::Established { call: call.clone() }));
         }
-        self.drive_call(ctx, call);
     }
 
     pub(super) fn drive_call(&mut self, ctx: &mut Ctx, call: &CallId) {
@@ -275,6 +310,7 @@ impl SimNode {
                     let cdr = self.calls.get_mut(call).and_then(|c| c.pending_cdr.take());
                     self.calls.remove(call);
                     self.first_waiters.remove(&format!("call:{call}"));
+                    self.ack_waiters.remove(&format!("call:{call}"));
                     if let Some(cdr) = cdr {
                         ctx.trace.push(format!(
                             "n{me} call {call} ends: {:?} by {:?}",
@@ -379,6 +415,16 @@ impl SimNode {
                 self.answer(ctx, &id, false);
                 continue;
             }
+            if c.ack_by.is_some_and(|at| now >= at) {
+                ctx.trace.push(format!(
+                    "n{} ACKs the agent of {id} before the Talking checkpoint committed",
+                    self.id
+                ));
+                self.ack_agent(ctx, &id);
+            }
+            let Some(c) = self.calls.get_mut(&id) else {
+                continue;
+            };
             if c.play_done_at.is_some_and(|at| now >= at) {
                 c.play_done_at = None;
                 self.call_input(ctx, &id, CallInput::PlayDone);
@@ -411,6 +457,12 @@ impl SimNode {
         if self.batch_busy || self.pending.is_empty() || _ctx.now < self.batch_retry_at {
             return;
         }
+        if self.is_down(self.id) {
+            // NOT IN THE NODE YET (G1).
+            // Declared down: every write would be fenced off; keep them until the node has
+            // rejoined (checkpoints.rs `run`).
+            return;
+        }
         let n = self.order.len().min(MAX_BATCH);
         let batch: Vec<(String, Command)> = self
             .order
@@ -428,5 +480,87 @@ impl SimNode {
         };
         self.batch_busy = true;
         self.spawn_write(WriteKind::Batch(batch), command);
+    }
+}
+
+/// The fence a checkpoint command carries.
+fn fence_of(command: &Command) -> Option<Fence> {
+    match command {
+        Command::PutAgentSession { session } => session.fence,
+        Command::PutCall { checkpoint } => Some(checkpoint.fence),
+        Command::RecordCdr { fence, .. } => *fence,
+        _ => None,
+    }
+}
+
+fn set_fence(command: &mut Command, fence: Fence) {
+    match command {
+        Command::PutAgentSession { session } => session.fence = Some(fence),
+        Command::PutCall { checkpoint } => checkpoint.fence = fence,
+        Command::RecordCdr { fence: f, .. } => *f = Some(fence),
+        _ => {}
+    }
+}
+
+impl SimNode {
+    /// True when no node but this one could ever write `key`'s call: the cluster knows no
+    /// checkpoint and no CDR of it (a call answered before its first checkpoint committed).
+    fn unknown_call(&self, key: &str) -> bool {
+        key.strip_prefix("call:").is_some_and(|call| {
+            self.replica
+                .read(|s| !s.calls.contains_key(call) && !s.cdrs.contains_key(call))
+        })
+    }
+
+    /// Drops pending checkpoints for which `drop` holds (checkpoints.rs `forget`).
+    pub(super) fn forget_pending(&mut self, mut drop: impl FnMut(&str, &Command) -> bool) {
+        self.pending.retain(|k, c| !drop(k, c));
+        let pending = &self.pending;
+        self.order.retain(|k| pending.contains_key(k));
+    }
+
+    /// NOT IN THE NODE YET (G1, like `forget_pending` and `keep_refused`).
+    /// Once rejoined: the checkpoints kept while down carry the new fence; those of calls the
+    /// cluster knows belong to their new owners and are dropped (checkpoints.rs `refence`).
+    pub(super) fn refence_pending(&mut self, fence: Fence) {
+        let unknown: Vec<String> = self
+            .pending
+            .keys()
+            .filter(|k| self.unknown_call(k))
+            .cloned()
+            .collect();
+        self.forget_pending(|k, _| !unknown.iter().any(|u| u == k));
+        for command in self.pending.values_mut() {
+            set_fence(command, fence);
+        }
+    }
+
+    /// A batch came back with a refusal: the fence refuses what this node wrote at an epoch it
+    /// has left. What only this node can write (the checkpoints and CDRs of calls the
+    /// cluster does not know) goes back to the writer, to be written with the new fence
+    /// (checkpoints.rs `run`).
+    /// Returns the keys refused.
+    pub(super) fn keep_refused(&mut self, batch: Vec<(String, Command)>) -> Vec<String> {
+        let fence = self.fence();
+        let down = self.is_down(self.id);
+        let mut front = VecDeque::new();
+        let mut refused = Vec::new();
+        for (key, mut command) in batch {
+            let stale = down || fence_of(&command).is_some_and(|f| f != fence);
+            if stale {
+                refused.push(key.clone());
+            }
+            if !stale || !self.unknown_call(&key) || self.pending.contains_key(&key) {
+                continue;
+            }
+            if !down {
+                set_fence(&mut command, fence);
+            }
+            self.pending.insert(key.clone(), command);
+            front.push_back(key);
+        }
+        front.append(&mut self.order);
+        self.order = front;
+        refused
     }
 }

@@ -188,6 +188,43 @@ impl SimNode {
         }) else {
             return false;
         };
+        // agent_actor.rs `pre_start`: the session may lag behind the calls (its checkpoint
+        // was in flight when the old owner died): a call checkpointed as talking to, or
+        // ringing, this agent wins, so the agent is never offered a second call meanwhile
+        // (G5).
+        let engaged = self.replica.read(|s| {
+            s.calls
+                .values()
+                .filter(|c| &c.route.tenant == tenant)
+                .filter_map(|c| match &c.phase {
+                    CallPhase::Talking { agent: a, .. } if a == agent => Some((
+                        c.at_ms,
+                        AgentStatus::Talking {
+                            call: c.call_id.clone(),
+                        },
+                    )),
+                    CallPhase::Offering { agent: a, .. } if a == agent => Some((
+                        c.at_ms,
+                        AgentStatus::Ringing {
+                            call: c.call_id.clone(),
+                        },
+                    )),
+                    _ => None,
+                })
+                .max_by_key(|(at, _)| *at)
+        });
+        let session = session.map(|mut session| {
+            if let Some((at_ms, status)) = engaged {
+                let behind = session.status.call() != status.call()
+                    && session.status.call().is_none()
+                    && session.since_ms <= at_ms;
+                if behind {
+                    session.status = status;
+                    session.since_ms = at_ms;
+                }
+            }
+            session
+        });
         let mut machine = match &session {
             Some(session) => AgentMachine::restore(session, self.id, skills.clone()),
             None => AgentMachine::new(tenant.clone(), agent.clone(), self.id, skills.clone()),

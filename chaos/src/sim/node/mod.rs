@@ -178,6 +178,9 @@ struct CallHost {
     pending_cdr: Option<Box<Cdr>>,
     play_done_at: Option<u64>,
     dial: u64,
+    /// The agent's 200 waits for its ACK until the Talking checkpoint is committed (until
+    /// this time at most; call_actor.rs `ack_pending`, G7).
+    ack_by: Option<u64>,
 }
 
 pub struct SimNode {
@@ -216,6 +219,10 @@ pub struct SimNode {
     failures: u32,
     /// Calls waiting for their first checkpoint to commit, by checkpoint key.
     first_waiters: BTreeMap<String, CallId>,
+    /// Calls whose agent waits for the ACK until the Talking checkpoint commits, by key.
+    ack_waiters: BTreeMap<String, CallId>,
+    /// Start-up done: Raft had a leader and this node caught up (`Node::start`).
+    ready: bool,
 }
 
 /// Wall-clock stamps start here, so no time is ever zero.
@@ -289,9 +296,34 @@ pub async fn write(net: Net, raft: Raft, me: NodeId, command: Command) -> Writte
     }
 }
 
+/// NOT IN THE NODE YET: `liveness.rs` `detect` writes through `Cluster::write`, which
+/// forwards to whoever leads by then.
+/// Commits `command` only as the leader that decided it (cluster/src/liveness.rs `detect`):
+/// a `NodeDown` judged by a leader that has since been deposed (cut off, it heard nobody)
+/// must not be forwarded to the new leader, which would declare a live node down while its
+/// lease runs.
+pub async fn write_as_leader(raft: Raft, command: Command) -> Written {
+    let written = runtime::timeout(
+        Duration::from_millis(WRITE_TIMEOUT_MS),
+        raft.client_write(command),
+    )
+    .await
+    .map_err(|_| "write timed out".to_string())?;
+    match written {
+        Ok(r) => Ok((r.data, r.log_id.index)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl SimNode {
     pub fn new(id: NodeId, voters: Vec<NodeId>, raft: Raft, replica: Replica, net: Net) -> Self {
         let now = clock_ms();
+        // What openraft re-applied while it started (`Raft::new` re-applies the committed
+        // log) happened before the runtime subscribed to applied entries: the real node never
+        // reacts to it (`publish_applied` starts in `Node::start`, after `Cluster::start`).
+        // It acts on the state it finds once ready instead (`start_up`).
+        drop(replica.take_applied());
+        replica.take_snapshot_installed();
         SimNode {
             id,
             mutation: super::Mutation::None,
@@ -322,6 +354,8 @@ impl SimNode {
             batch_retry_at: now,
             failures: 0,
             first_waiters: BTreeMap::new(),
+            ack_waiters: BTreeMap::new(),
+            ready: false,
         }
     }
 
@@ -382,6 +416,18 @@ impl SimNode {
         placement::owner(&placement::call_key(call), self.live_voters()).unwrap_or(self.id)
     }
 
+    /// Who takes over a call whose checkpoint is fenced off (its owner is down, or rejoined
+    /// at a new epoch after dropping it): rendezvous over the live voters other than that
+    /// owner, so every node gives the same answer whether it reacts before or after the
+    /// owner rejoined.
+    fn orphan_owner(&self, call: &CallId, fenced: NodeId) -> NodeId {
+        let mut voters = self.live_voters();
+        if self.mutation != super::Mutation::PlacementIgnoresNodeDown {
+            voters.retain(|n| *n != fenced);
+        }
+        placement::owner(&placement::call_key(call), voters).unwrap_or(self.id)
+    }
+
     fn send(&mut self, ctx: &mut Ctx, to: NodeId, msg: Msg) {
         if to == self.id {
             self.inbox.push_back(msg);
@@ -433,7 +479,11 @@ impl SimNode {
         for (index, command) in self.replica.take_applied() {
             self.on_applied(ctx, index, &command);
         }
+        if self.replica.take_snapshot_installed() && self.ready {
+            self.on_snapshot_installed(ctx);
+        }
         self.liveness(ctx);
+        self.start_up(ctx);
         self.dispatch(ctx);
         self.timers(ctx);
         self.dispatch(ctx);
@@ -448,7 +498,10 @@ impl SimNode {
             Arc::clone(&self.mailbox),
         );
         runtime::spawn_owned(me, async move {
-            let result = write(net, raft, me, command).await;
+            let result = match kind {
+                WriteKind::NodeDown => write_as_leader(raft, command).await,
+                _ => write(net, raft, me, command).await,
+            };
             mailbox
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -474,14 +527,26 @@ impl SimNode {
                 WriteKind::Batch(batch) => {
                     self.batch_busy = false;
                     match result {
-                        Ok(_) => {
+                        Ok((outcome, _)) => {
                             self.failures = 0;
+                            let refused = if outcome.error.is_some() {
+                                self.keep_refused(batch.clone())
+                            } else {
+                                Vec::new()
+                            };
                             for (key, _) in &batch {
-                                if self.pending.contains_key(key) {
+                                // NOT IN THE NODE YET: `Checkpointer::committed` wakes them.
+                                // A checkpoint the fence refused is not committed: whoever
+                                // waits on it (the customer's 200, the agent's ACK) keeps
+                                // waiting (checkpoints.rs `committed`).
+                                if self.pending.contains_key(key) || refused.contains(key) {
                                     continue;
                                 }
                                 if let Some(call) = self.first_waiters.remove(key) {
                                     self.answer(ctx, &call, true);
+                                }
+                                if let Some(call) = self.ack_waiters.remove(key) {
+                                    self.ack_agent(ctx, &call);
                                 }
                             }
                         }
@@ -699,16 +764,22 @@ impl SimNode {
                             notice: AgentNotice::Failed { no_answer: false },
                         },
                     );
-                    self.send_queue(
-                        ctx,
-                        &tenant,
-                        &queue,
+                    // NOT IN THE NODE YET (G3): `Runtime::route` always answers OfferDone.
+                    // Runtime::route: a call the cluster has no checkpoint of and that is
+                    // not here has vanished (it ended, or its node died before checkpointing
+                    // it): it leaves the queue, which would otherwise offer it for ever (G3).
+                    // One that is checkpointed only has its offer refused.
+                    let vanished = self.replica.read(|s| !s.calls.contains_key(call.as_str()));
+                    let input = if vanished {
+                        QueueInput::Remove { call }
+                    } else {
                         QueueInput::OfferDone {
                             call,
                             agent,
                             answered: false,
-                        },
-                    );
+                        }
+                    };
+                    self.send_queue(ctx, &tenant, &queue, input);
                 }
             }
             Msg::Mesh(Envelope::QueueStats { .. }) => {}

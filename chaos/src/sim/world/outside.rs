@@ -369,10 +369,21 @@ impl World {
                 self.trace(format!("n{node} rings {agent} for {call}"));
                 let answer = (!self.rng.chance(1, 8)).then(|| clock + self.rng.range(200, 2_500));
                 let report = clock + self.rng.range(10, 100);
+                let callers = &self.callers;
                 let p = self.phones.get_mut(&agent).expect("known agent");
+                // The phone's dialog counts while it carries its customer: once another node
+                // took the call over and re-INVITEd the customer (back in line: the
+                // Talking checkpoint had not committed when the old node was cut off), the
+                // old node's dialog with the phone bridges nobody. The agent is then
+                // connected to no call, which I1 allows to be offered another; the phone
+                // hangs up that dialog by itself (RTP timeout).
+                let carries = |(c, node): &(CallId, NodeId)| {
+                    callers.get(c).is_none_or(|x| x.contact == Some(*node))
+                };
                 let busy = p
                     .connected
                     .as_ref()
+                    .filter(|c| carries(c))
                     .map(|(c, _)| c)
                     .or(p.ringing.as_ref().map(|r| &r.call))
                     .filter(|c| **c != call)
