@@ -287,9 +287,11 @@ async fn detect(liveness: std::sync::Weak<Liveness>) {
         };
         for (node, epoch, last) in suspects {
             let at_ms = unix_ms();
+            // As leader only: forwarded, a deposed leader's verdict (it heard nobody while cut
+            // off) would be committed by the new leader against live nodes.
             match l
                 .cluster
-                .write(model::Command::NodeDown { node, epoch, at_ms })
+                .write_as_leader(model::Command::NodeDown { node, epoch, at_ms })
                 .await
             {
                 Ok(outcome) if outcome.error.is_none() => {

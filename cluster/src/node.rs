@@ -117,6 +117,27 @@ impl Cluster {
         }))
     }
 
+    /// Commits `command` only if this node is the leader, never forwarding. For decisions
+    /// only a current leader may take (declaring a node down): a deposed leader that has not
+    /// noticed yet must not get its stale verdict committed by the new one.
+    pub async fn write_as_leader(
+        &self,
+        command: model::Command,
+    ) -> Result<model::Outcome, ClusterError> {
+        let written = timeout_at(
+            Instant::now() + WRITE_TIMEOUT,
+            self.raft.client_write(command),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout {
+            doing: "committing a write as leader",
+            after: WRITE_TIMEOUT,
+        })?;
+        written
+            .map(|response| response.data)
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
     /// Replicates `command` and returns its outcome once committed and applied on the leader.
     /// A rejected command is an `Ok(Outcome)` with an error; `Err` means it may not have been
     /// replicated (no leader, timeout, network).

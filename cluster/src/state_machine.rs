@@ -27,11 +27,14 @@ use crate::types::{
 /// (sees `RecvError::Lagged`) instead of slowing down the state machine.
 pub const APPLIED_CHANNEL_CAPACITY: usize = 4096;
 
-/// One normal entry this node has applied, in log order.
+/// One normal entry this node has applied, in log order; or a snapshot installed from the
+/// leader (`snapshot`, with an empty `Batch` as command), which replaced the state without
+/// per-command events: subscribers must re-read the state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Applied {
     pub index: u64,
     pub command: model::Command,
+    pub snapshot: bool,
 }
 
 /// What a snapshot's data holds (JSON).
@@ -202,6 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let _ = self.applied_tx.send(Applied {
                         index: log_id.index,
                         command,
+                        snapshot: false,
                     });
                 }
             }
@@ -250,6 +254,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.last_membership = meta.last_membership.clone();
         self.persist(meta, &data)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
+        let _ = self.applied_tx.send(Applied {
+            index: meta.last_log_id.map(|id| id.index).unwrap_or(0),
+            command: model::Command::Batch {
+                commands: Vec::new(),
+            },
+            snapshot: true,
+        });
         Ok(())
     }
 

@@ -63,6 +63,9 @@ pub enum CallMsg {
     Abandon,
     /// Carry out the outputs a restored machine queued.
     Resume,
+    /// This node rejoined at a new epoch: write the checkpoint again (the pending one carried
+    /// the old fence and is refused) and re-state the queue place.
+    Recheckpoint,
 }
 
 pub enum CallArgs {
@@ -93,6 +96,21 @@ struct CheckpointKey {
 
 /// How long a new call's 200 waits for its first checkpoint to commit.
 const FIRST_CHECKPOINT_BOUND: Duration = Duration::from_millis(300);
+
+/// Waits (at most `FIRST_CHECKPOINT_BOUND`) for a checkpoint to commit. A refused one (its
+/// receiver dropped: this node was fenced out) is no better than a timeout, so the rest of
+/// the bound is waited out as well. True when committed.
+async fn wait_committed(committed: tokio::sync::oneshot::Receiver<()>) -> bool {
+    let deadline = tokio::time::Instant::now() + FIRST_CHECKPOINT_BOUND;
+    match tokio::time::timeout_at(deadline, committed).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            tokio::time::sleep_until(deadline).await;
+            false
+        }
+        Err(_) => false,
+    }
+}
 
 pub struct CallActor {
     pub runtime: Arc<Runtime>,
@@ -221,6 +239,10 @@ impl Actor for CallActor {
             CallMsg::Tick => state.machine.handle_timeout(now),
             CallMsg::Resync => state.machine.resync(),
             CallMsg::Resume => {}
+            CallMsg::Recheckpoint => {
+                state.checkpointed = None;
+                state.machine.resync();
+            }
             CallMsg::Abandon => {
                 info!(call = %state.machine.call_id(), "call left to its new owner");
                 state.abandoned = true;
@@ -240,10 +262,7 @@ impl Actor for CallActor {
         drive(rt, &myself, state).await;
         if std::mem::take(&mut state.ack_pending) {
             if let Some(committed) = state.commit_wait.take() {
-                if tokio::time::timeout(FIRST_CHECKPOINT_BOUND, committed)
-                    .await
-                    .is_err()
-                {
+                if !wait_committed(committed).await {
                     debug!(call = %state.machine.call_id(), "ACKing the agent before the Talking checkpoint committed");
                 }
             }
@@ -333,10 +352,7 @@ async fn start_new(
     // with a CDR even if this node dies right after (I2). Without a quorum the call is
     // answered anyway after the bound (degraded mode) and checkpointed later.
     if let Some(committed) = checkpoint(rt, &mut state, true) {
-        if tokio::time::timeout(FIRST_CHECKPOINT_BOUND, committed)
-            .await
-            .is_err()
-        {
+        if !wait_committed(committed).await {
             metrics::counter!("callgrid_calls_answered_uncheckpointed_total").increment(1);
             debug!(call = %call_id, "answering before the first checkpoint committed");
         }

@@ -53,6 +53,16 @@ fn key_of(command: &Command) -> Option<String> {
     }
 }
 
+/// The writer's fence a checkpoint carries (the state machine refuses it once fenced out).
+fn fence_of(command: &Command) -> Option<model::Fence> {
+    match command {
+        Command::PutAgentSession { session } => session.fence,
+        Command::PutCall { checkpoint } => Some(checkpoint.fence),
+        Command::RecordCdr { fence, .. } => *fence,
+        _ => None,
+    }
+}
+
 impl Checkpointer {
     pub fn start(cluster: Arc<Cluster>) -> (Arc<Checkpointer>, tokio::task::JoinHandle<()>) {
         let me = Arc::new(Checkpointer {
@@ -140,6 +150,17 @@ impl Checkpointer {
         }
     }
 
+    /// These keys' checkpoints were refused: drop their waiters (unless a newer checkpoint
+    /// of the key is pending: they wait for that one).
+    fn refused(&self, keys: &[String]) {
+        let mut pending = self.pending.lock().expect("checkpoint lock");
+        for key in keys {
+            if !pending.by_key.contains_key(key) {
+                pending.waiters.remove(key);
+            }
+        }
+    }
+
     /// Puts a failed batch back, unless a newer checkpoint of the same key arrived meanwhile.
     fn restore(&self, batch: Vec<(String, Command)>) {
         let mut pending = self.pending.lock().expect("checkpoint lock");
@@ -178,9 +199,21 @@ async fn run(me: std::sync::Weak<Checkpointer>, cluster: Arc<Cluster>) {
         };
         match cluster.write(command).await {
             Ok(outcome) => {
+                let mut batch = batch;
                 if let Some(error) = outcome.error {
-                    // Independent checkpoints: a refused one (fenced, stale) is not retried.
+                    // Independent checkpoints: a refused one (fenced: this node was declared
+                    // down) is not retried, and whoever waits on it is not told "committed"
+                    // (its receiver is dropped instead).
                     debug!(%error, "a checkpoint in the batch was refused");
+                    let refused: Vec<String> = cluster.read(|s| {
+                        batch
+                            .iter()
+                            .filter(|(_, c)| fence_of(c).is_some_and(|f| s.fenced_out(f)))
+                            .map(|(k, _)| k.clone())
+                            .collect()
+                    });
+                    cp.refused(&refused);
+                    batch.retain(|(k, _)| !refused.contains(k));
                 }
                 failures = 0;
                 cp.committed(&batch);
@@ -251,6 +284,24 @@ mod tests {
             "the newest checkpoint is written"
         );
         assert_eq!(c.backlog(), 0);
+    }
+
+    #[test]
+    fn a_refused_checkpoint_is_not_reported_committed() {
+        let c = cp();
+        let mut refused = c.submit_waiting(session("1001", 1));
+        let mut accepted = c.submit_waiting(session("1002", 1));
+        let batch = c.take_batch();
+        c.refused(&["agent:gd/1001".to_string()]);
+        c.committed(&batch[1..]);
+        assert!(
+            matches!(
+                refused.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+            ),
+            "the waiter of a refused checkpoint is dropped, not told committed"
+        );
+        assert!(accepted.try_recv().is_ok());
     }
 
     #[test]

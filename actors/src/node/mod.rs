@@ -430,11 +430,15 @@ impl Runtime {
                             &tenant,
                             &queue,
                             crate::queue::QueueInput::OfferDone {
-                                call,
+                                call: call.clone(),
                                 agent,
                                 answered: false,
                             },
                         );
+                        // Nobody hosts it and no checkpoint rebuilds it: it will never answer
+                        // an offer, so it leaves the line (a call kept by a node declared down
+                        // re-joins itself once that node is back).
+                        self.send_queue(&tenant, &queue, crate::queue::QueueInput::Remove { call });
                     }
                 }
             }
@@ -461,15 +465,25 @@ impl Runtime {
     /// Rebuilds the call here if its checkpoint's owner is down and this node is the one to
     /// take it over (the same rendezvous answer on every node).
     async fn take_over_call(self: &Arc<Self>, call: &CallId) -> Option<ActorRef<CallMsg>> {
-        let (checkpoint, dead_since) = self.cluster.read(|s| {
+        let (checkpoint, dead_since, stale) = self.cluster.read(|s| {
             let c = s.calls.get(call.as_str())?;
-            let owner = s.nodes.get(&c.fence.node)?;
-            owner.down.then(|| (c.clone(), owner.last_heartbeat_ms))
+            orphaned(s, c).map(|(since, stale)| (c.clone(), since, stale))
         })?;
-        if self.call_owner(call, checkpoint.fence.node) != self.node_id() {
+        if self.orphan_taker(&checkpoint, stale) != Some(self.node_id()) {
             return None;
         }
         self.spawn_takeover(checkpoint, dead_since).await
+    }
+
+    /// The node that takes over an orphaned call: placement's answer while its owner is
+    /// down; if the owner rejoined (`stale` fence), one of the other live voters.
+    fn orphan_taker(&self, c: &CallCheckpoint, stale: bool) -> Option<NodeId> {
+        if stale {
+            let others = self.voters().into_iter().filter(|n| *n != c.fence.node);
+            placement::owner(&placement::call_key(&c.call_id), others)
+        } else {
+            Some(self.call_owner(&c.call_id, c.fence.node))
+        }
     }
 
     async fn spawn_takeover(
@@ -510,13 +524,21 @@ impl Runtime {
             return self.on_declared_down().await;
         }
         info!(dead, "node down");
-        self.take_over_orphans().await;
+        self.take_over_orphans(false).await;
     }
 
     /// Takes over this node's share of everything whose owner is down: calls (from their
     /// checkpoints), signed-in agents and queues (spawned, so their timers run), and has every
     /// local call re-state its queue place. After a node-down, and after a DR restore.
-    pub(crate) async fn take_over_orphans(self: &Arc<Self>) {
+    ///
+    /// A call is orphaned when its owner is down, or when its checkpoint is fenced with an
+    /// epoch its owner has since left (the owner was declared down, dropped it and rejoined
+    /// before this node reacted: the NodeDown alone would find the owner up again); such a
+    /// call goes to the live voters other than its old owner. With `include_own` (start-up
+    /// with a lease, DR restore) the calls still checkpointed as this node's that no actor
+    /// here runs are resumed too; never otherwise, since such a call may have just ended
+    /// with its CDR not yet committed.
+    pub(crate) async fn take_over_orphans(self: &Arc<Self>, include_own: bool) {
         let me = self.node_id();
         // Every call whose owner is down, not only the dead node's: when several nodes die
         // (a site), a call placed on a node declared down a moment later must move again.
@@ -528,17 +550,17 @@ impl Runtime {
             .cloned()
             .collect();
         let (calls, sessions, queues) = self.cluster.read(|s| {
-            let calls: Vec<(CallCheckpoint, u64)> = s
+            let calls: Vec<(CallCheckpoint, u64, bool)> = s
                 .calls
                 .values()
                 .filter_map(|c| {
+                    if let Some((since, stale)) = orphaned(s, c) {
+                        return Some((c.clone(), since, stale));
+                    }
                     // Ours but not running here: this process restarted (a restart, or a DR
                     // takeover's new lineage) and the call is still checkpointed as ours.
-                    if c.fence.node == me && !hosted.contains(&c.call_id) {
-                        return Some((c.clone(), c.at_ms));
-                    }
-                    let owner = s.nodes.get(&c.fence.node)?;
-                    owner.down.then(|| (c.clone(), owner.last_heartbeat_ms))
+                    (include_own && c.fence.node == me && !hosted.contains(&c.call_id))
+                        .then(|| (c.clone(), c.at_ms, false))
                 })
                 .collect();
             let sessions: Vec<(TenantId, AgentId)> = s
@@ -558,8 +580,8 @@ impl Runtime {
             orphaned_calls = calls.len(),
             "taking over this node's share"
         );
-        for (c, dead_since) in calls {
-            if self.call_owner(&c.call_id, c.fence.node) == me {
+        for (c, dead_since, stale) in calls {
+            if self.orphan_taker(&c, stale) == Some(me) && !hosted.contains(&c.call_id) {
                 self.spawn_takeover(c, dead_since).await;
             }
         }
@@ -586,9 +608,36 @@ impl Runtime {
     /// The cluster declared this node down (it was cut off or too slow): its calls, queues
     /// and agents now belong to other nodes. Drop them without a word, then rejoin.
     async fn on_declared_down(self: &Arc<Self>) {
-        warn!("this node was declared down: dropping its actors and rejoining");
-        for call in self.call_actors() {
-            let _ = call.cast(CallMsg::Abandon);
+        // Calls the cluster knows (a checkpoint or a CDR) are another node's now. A call no
+        // checkpoint of which was committed yet (answered a moment ago, or not answered) is
+        // known to nobody else: it stays here and is checkpointed again once this node has
+        // rejoined (its pending checkpoints carry the old epoch and are refused).
+        let hosted: Vec<(CallId, ActorRef<CallMsg>)> = self
+            .calls
+            .lock()
+            .expect("registry lock")
+            .iter()
+            .map(|(id, call)| (id.clone(), call.clone()))
+            .collect();
+        let known: std::collections::HashSet<CallId> = self.cluster.read(|s| {
+            hosted
+                .iter()
+                .filter(|(id, _)| {
+                    let key = id.to_string();
+                    s.calls.contains_key(&key) || s.cdrs.contains_key(&key)
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        warn!(
+            abandoned = known.len(),
+            kept = hosted.len() - known.len(),
+            "this node was declared down: dropping its actors and rejoining"
+        );
+        for (id, call) in &hosted {
+            if known.contains(id) {
+                let _ = call.cast(CallMsg::Abandon);
+            }
         }
         self.stop_actors_not_owned(true);
         if self
@@ -616,6 +665,11 @@ impl Runtime {
             }
             rt.rejoining
                 .store(false, std::sync::atomic::Ordering::SeqCst);
+            // The calls kept through the rejoin write their checkpoint again, now fenced
+            // with the new epoch, and re-state their queue place.
+            for call in rt.call_actors() {
+                let _ = call.cast(CallMsg::Recheckpoint);
+            }
             info!("rejoined the cluster");
         });
     }
@@ -630,6 +684,15 @@ impl Runtime {
         }
         self.stop_actors_not_owned(false);
         self.resync_calls();
+    }
+
+    /// After a snapshot from the leader (or a lagging event stream) replaced the state
+    /// without per-command events: act as at start-up on what it says.
+    async fn reconcile(self: &Arc<Self>) {
+        if self.cluster.read(|s| s.is_down(self.node_id())) {
+            self.on_declared_down().await;
+        }
+        self.take_over_orphans(false).await;
     }
 
     /// Stops local queue and agent actors this node no longer owns (all of them if `all`).
@@ -778,10 +841,20 @@ impl Node {
                     Err(_) => return,
                 }
             }
-            if resume.cluster.read(|s| s.is_down(resume.node_id())) {
-                resume.on_declared_down().await;
+            // Resume its own calls only under a lease: a restarted follower's view may be
+            // stale, and another node may have taken them over already.
+            loop {
+                if resume.cluster.read(|s| s.is_down(resume.node_id())) {
+                    resume.on_declared_down().await;
+                    resume.take_over_orphans(false).await;
+                    return;
+                }
+                if resume.holds_lease() {
+                    resume.take_over_orphans(true).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            resume.take_over_orphans().await;
         }));
         info!(node = runtime.node_id(), sip = %runtime.config.sip_addr, "node runtime started");
         Ok(Arc::new(Node {
@@ -973,6 +1046,18 @@ impl Node {
     }
 }
 
+/// Whether checkpointed call `c` has lost its owner: the owner is down, or it rejoined at a
+/// newer epoch than the checkpoint's fence (it dropped the call when declared down). Gives
+/// the start of the gap (the owner's last heartbeat) and whether the fence is stale.
+fn orphaned(s: &model::ReplicatedState, c: &CallCheckpoint) -> Option<(u64, bool)> {
+    let owner = s.nodes.get(&c.fence.node)?;
+    if owner.down {
+        return Some((owner.last_heartbeat_ms, false));
+    }
+    s.fenced_out(c.fence)
+        .then_some((owner.last_heartbeat_ms, true))
+}
+
 /// Keeps the mesh connected: dial every lower-id peer whose mesh group we cannot see. Peers
 /// are the committed Raft membership (voters and learners: a node re-added by DR failback
 /// is reached without restarting anyone) plus the configured initial voters.
@@ -998,12 +1083,14 @@ async fn publish_applied(rt: Arc<Runtime>) {
     let mut applied = rt.cluster.subscribe();
     loop {
         match applied.recv().await {
+            Ok(a) if a.snapshot => rt.reconcile().await,
             Ok(a) => {
                 publish_command(&rt, &a.command);
                 react(&rt, &a.command).await;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                warn!(n, "event stream lagged behind Raft")
+                warn!(n, "event stream lagged behind Raft: re-reading the state");
+                rt.reconcile().await;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -1014,13 +1101,19 @@ async fn publish_applied(rt: Arc<Runtime>) {
 async fn react(rt: &Arc<Runtime>, command: &model::Command) {
     match command {
         model::Command::NodeDown { node, .. } => rt.on_node_down(*node).await,
-        model::Command::NodeUp { node, .. } => rt.on_node_up(*node),
+        model::Command::NodeUp { node, .. } => {
+            rt.on_node_up(*node);
+            if *node != rt.node_id() {
+                // Its old calls, fenced out now, may have had no taker yet.
+                rt.take_over_orphans(false).await;
+            }
+        }
         // A restore (DR takeover) marks the lost nodes down; one of them re-added by failback
         // catches up with it and must rejoin.
         model::Command::Restore { .. } if rt.cluster.read(|s| s.is_down(rt.node_id())) => {
             rt.on_declared_down().await
         }
-        model::Command::Restore { .. } => rt.take_over_orphans().await,
+        model::Command::Restore { .. } => rt.take_over_orphans(true).await,
         model::Command::Batch { commands } => {
             for c in commands {
                 Box::pin(react(rt, c)).await;
