@@ -554,6 +554,20 @@ impl CallMachine {
                         ring_timeout_ms,
                     });
                 }
+                // Already ringing an agent for this queue (a re-Enqueue crossed the offer):
+                // the ring in progress settles the queue's view, so only the second agent is
+                // freed; an OfferDone here would let the queue offer the call yet again.
+                State::Offering {
+                    queue: q, agent: a, ..
+                } if q == queue => {
+                    if a != agent {
+                        self.outputs.push_back(CallOutput::Agent {
+                            agent,
+                            agent_node,
+                            notice: AgentNotice::Failed { no_answer: false },
+                        });
+                    }
+                }
                 _ => self.refuse_offer(queue, agent, agent_node),
             },
             CallInput::AgentRinging => {

@@ -271,6 +271,12 @@ async fn detect(liveness: std::sync::Weak<Liveness>) {
         if now.duration_since(since) < grace {
             continue;
         }
+        // Only a leader whose own heartbeats commit may judge others silent: an isolated
+        // leader (no new one elected yet) hears nobody, and its verdict would commit against
+        // healthy nodes once the isolation heals.
+        if !l.lease_valid() {
+            continue;
+        }
         let suspects: Vec<(u64, u64, Instant)> = {
             let heard = l.heard.lock().unwrap_or_else(|p| p.into_inner());
             l.cluster.read(|s| {

@@ -337,3 +337,28 @@ fn resync_restates_the_place_of_a_waiting_or_ringing_call_only() {
         }]
     );
 }
+
+#[test]
+fn a_second_offer_while_ringing_for_the_same_queue_frees_only_the_second_agent() {
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    offer_to(&mut m, 5_000, "1003");
+    drain(&mut m);
+    // A re-Enqueue crossed the first offer: the queue offers the call to another agent.
+    offer_to(&mut m, 5_100, "1004");
+    let out = drain(&mut m);
+    assert_eq!(
+        out,
+        vec![CallOutput::Agent {
+            agent: "1004".parse().unwrap(),
+            agent_node: 2,
+            notice: AgentNotice::Failed { no_answer: false }
+        }],
+        "no OfferDone: the queue keeps the call offered until the ring in progress settles"
+    );
+    // The same agent offered again is a duplicate: nothing to do.
+    offer_to(&mut m, 5_200, "1003");
+    assert!(drain(&mut m).is_empty());
+    assert_eq!(m.state_name(), "ringing_agent");
+}

@@ -58,6 +58,8 @@ pub enum CallMsg {
     },
     /// The call's queue may have a new owner: tell it where the call waits.
     Resync,
+    /// The periodic resync (`RESYNC_EVERY`).
+    ResyncTick,
     /// This node was declared down and the call belongs to another node now: stop without
     /// a word to the legs (the new owner re-INVITEs them) and without a CDR.
     Abandon,
@@ -93,6 +95,9 @@ struct CheckpointKey {
     ringing: bool,
     failovers: usize,
 }
+
+/// How often a queued or ringing call re-states its queue place.
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a new call's 200 waits for its first checkpoint to commit.
 const FIRST_CHECKPOINT_BOUND: Duration = Duration::from_millis(300);
@@ -162,6 +167,7 @@ impl Actor for CallActor {
         myself: ActorRef<CallMsg>,
         args: CallArgs,
     ) -> Result<CallState, ActorProcessingErr> {
+        drop(myself.send_after(RESYNC_EVERY, || CallMsg::ResyncTick));
         match args {
             CallArgs::New {
                 setup,
@@ -238,6 +244,13 @@ impl Actor for CallActor {
             }
             CallMsg::Tick => state.machine.handle_timeout(now),
             CallMsg::Resync => state.machine.resync(),
+            CallMsg::ResyncTick => {
+                // While queued or ringing an agent, re-state the place now and then (an
+                // idempotent Enqueue): one lost on a cut link between two live nodes, with no
+                // NodeDown to trigger a resync, is sent again.
+                state.machine.resync();
+                drop(myself.send_after(RESYNC_EVERY, || CallMsg::ResyncTick));
+            }
             CallMsg::Resume => {}
             CallMsg::Recheckpoint => {
                 state.checkpointed = None;

@@ -377,6 +377,19 @@ impl Runtime {
                     // Membership changed while the envelope travelled: pass it on.
                     return self.send_queue(&tenant, &queue, input);
                 }
+                if let crate::queue::QueueInput::Enqueue {
+                    call, call_node, ..
+                } = &input
+                {
+                    // From a node declared down that does not know it yet: its call is another
+                    // node's now (or re-joins once its node is back); this Enqueue would point
+                    // the queue back at the zombie and clear the new owner's offer.
+                    if *call_node != self.node_id() && self.cluster.read(|s| s.is_down(*call_node))
+                    {
+                        debug!(%call, call_node, "Enqueue from a node declared down dropped");
+                        return;
+                    }
+                }
                 match self.queue_actor(&tenant, &queue).await {
                     Some(actor) => drop(actor.cast(QueueMsg::Input(input))),
                     None => debug!(%tenant, %queue, "envelope for an unknown queue dropped"),
@@ -435,9 +448,10 @@ impl Runtime {
                                 answered: false,
                             },
                         );
-                        // Nobody hosts it and no checkpoint rebuilds it: it will never answer
-                        // an offer, so it leaves the line (a call kept by a node declared down
-                        // re-joins itself once that node is back).
+                        // Nobody hosts it here and no checkpoint rebuilds it (gone, or ended
+                        // with its CDR still pending): it will never answer an offer, so it
+                        // leaves the line. A live call elsewhere re-joins by its periodic
+                        // Enqueue (a call kept by a node declared down, once that node is back).
                         self.send_queue(&tenant, &queue, crate::queue::QueueInput::Remove { call });
                     }
                 }
