@@ -50,6 +50,12 @@ pub enum Envelope {
         stats: QueueStats,
         at_ms: u64,
     },
+    /// For node `node`, through this node: the sender cannot reach it directly (a cut link
+    /// between two live nodes that both still reach the others). One hop, never relayed on.
+    Relay {
+        node: NodeId,
+        envelope: Box<Envelope>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

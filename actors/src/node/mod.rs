@@ -217,7 +217,28 @@ impl Runtime {
     fn send(self: &Arc<Self>, node: NodeId, envelope: Envelope) {
         if node == self.node_id() {
             Arc::clone(self).deliver(envelope);
-        } else if !self.mesh.cast(node, &envelope) {
+            return;
+        }
+        if self.mesh.cast(node, &envelope) {
+            return;
+        }
+        // No direct route (the link between us is cut, or the node is gone): relay through
+        // another live voter that reaches it. Without this, a cut between two live nodes
+        // that both reach a quorum would stall every exchange between their actors (no
+        // NodeDown comes to move them).
+        let relay = Envelope::Relay {
+            node,
+            envelope: Box::new(envelope),
+        };
+        let me = self.node_id();
+        let relayed = self
+            .voters()
+            .into_iter()
+            .filter(|v| *v != me && *v != node)
+            .any(|via| self.mesh.cast(via, &relay));
+        if relayed {
+            metrics::counter!("callgrid_mesh_relayed_total").increment(1);
+        } else {
             warn!(node, "mesh: envelope for an unreachable node dropped");
         }
     }
@@ -471,6 +492,8 @@ impl Runtime {
                     at_ms,
                 });
             }
+            // Unwrapped (or passed on) in `deliver`, before dispatch.
+            Envelope::Relay { node, .. } => debug!(node, "relay envelope in dispatch ignored"),
         }
     }
 }
@@ -740,6 +763,18 @@ impl Runtime {
 
 impl Dispatch for Runtime {
     fn deliver(self: Arc<Self>, envelope: Envelope) {
+        let envelope = match envelope {
+            Envelope::Relay { node, envelope } if node == self.node_id() => *envelope,
+            Envelope::Relay { node, envelope } => {
+                // One hop only: a relay that cannot reach the node either drops it (the
+                // sender's timeouts and periodic resyncs take over).
+                if !self.mesh.cast(node, &envelope) {
+                    debug!(node, "mesh: relayed envelope undeliverable");
+                }
+                return;
+            }
+            envelope => envelope,
+        };
         if self.dispatch.send(envelope).is_err() {
             debug!("dispatcher stopped; envelope dropped");
         }

@@ -49,6 +49,10 @@ pub struct DrillArgs {
     /// kill-node / partition: the node (default: the one holding the most calls).
     #[arg(long)]
     pub node: Option<u64>,
+    /// partition: cut only the link between `--node` and this node (both keep reaching the
+    /// others) instead of isolating `--node`.
+    #[arg(long)]
+    pub link_to: Option<u64>,
     /// kill-site: the site (default: a).
     #[arg(long, default_value = "a")]
     pub site: String,
@@ -217,13 +221,21 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
         }
         DrillKind::Partition => {
             let node = args.node.unwrap_or_else(|| busiest(&live));
-            partition(&cluster, node, true).await?;
-            victims.push(node);
-            detection_ms = wait_down(&cluster, &victims, fault_at).await;
-            tokio::time::sleep(Duration::from_secs(args.settle / 2)).await;
-            partition(&cluster, node, false).await?;
-            let rejoined = wait_rejoined(&cluster, node, Instant::now()).await;
-            extra.insert("rejoin_ms".into(), json!(rejoined));
+            partition(&cluster, node, args.link_to, true).await?;
+            if let Some(other) = args.link_to {
+                // Only one link is cut: both nodes still reach the rest, nobody need go down.
+                extra.insert("link_cut".into(), json!([node, other]));
+                detection_ms = None;
+                tokio::time::sleep(Duration::from_secs(args.settle / 2)).await;
+                partition(&cluster, node, args.link_to, false).await?;
+            } else {
+                victims.push(node);
+                detection_ms = wait_down(&cluster, &victims, fault_at).await;
+                tokio::time::sleep(Duration::from_secs(args.settle / 2)).await;
+                partition(&cluster, node, None, false).await?;
+                let rejoined = wait_rejoined(&cluster, node, Instant::now()).await;
+                extra.insert("rejoin_ms".into(), json!(rejoined));
+            }
         }
         DrillKind::DrTakeover => {
             victims = cluster
@@ -576,18 +588,27 @@ async fn wait_rejoined(cluster: &ClusterInfo, node: u64, since: Instant) -> Opti
 }
 
 /// Isolates `node` (or heals it) by setting drop faults on both sides.
-async fn partition(cluster: &ClusterInfo, node: u64, cut: bool) -> anyhow::Result<()> {
+/// Cuts (or heals) `node` off from every other node, or with `link_to` only the link between
+/// `node` and that one (both still reach the rest).
+async fn partition(
+    cluster: &ClusterInfo,
+    node: u64,
+    link_to: Option<u64>,
+    cut: bool,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     for n in &cluster.nodes {
-        let peers: Vec<u64> = if n.id == node {
-            cluster
+        let peers: Vec<u64> = match link_to {
+            Some(other) if n.id == node => vec![other],
+            Some(other) if n.id == other => vec![node],
+            Some(_) => continue,
+            None if n.id == node => cluster
                 .nodes
                 .iter()
                 .map(|m| m.id)
                 .filter(|m| *m != node)
-                .collect()
-        } else {
-            vec![node]
+                .collect(),
+            None => vec![node],
         };
         let url = format!("{}/api/v1/faults", n.api.trim_end_matches('/'));
         let request = if cut {
