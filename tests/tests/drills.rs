@@ -1,7 +1,7 @@
 //! Issue 3 acceptance through `callgrid drill` (its own callers and agent phones, RTP both
 //! ways): losing a whole active site of a five-node cluster, and a partition that cuts one
-//! node off and heals, DR takeover, and a rolling restart. The drill's JSON report is the
-//! contract checked here.
+//! node off and heals, a single cut link, DR takeover and failback, and a rolling restart.
+//! The drill's JSON report is the contract checked here.
 
 use std::process::Command;
 use std::time::Duration;
@@ -231,5 +231,47 @@ async fn a_rolling_restart_keeps_every_call() -> Result<()> {
         let h = c.api(i).health().await?;
         ensure!(h["lease"].as_bool() == Some(true), "node {i}: {h}");
     }
+    Ok(())
+}
+
+/// Only the link between nodes 1 and 2 is cut (both still reach node 3), under traffic, then
+/// healed: every established and queued call is kept (the mesh relays through node 3; Raft
+/// may move its leader or declare one of the two down and take it back), one CDR per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_between_two_live_nodes_keeps_every_call() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up_with(true, "1,1,1", true)?;
+    let (ok, report) = drill(
+        &c,
+        &[
+            "partition",
+            "--node",
+            "1",
+            "--link-to",
+            "2",
+            "--calls",
+            "15",
+            "--settle",
+            "12",
+        ],
+    )?;
+    check_kept(&report)?;
+    ensure!(ok, "drill exit status: {report:#}");
+    ensure!(
+        report["link_cut"] == serde_json::json!([1, 2]),
+        "{report:#}"
+    );
+    // Healed: every node holds a lease again, nobody is left declared down.
+    wait_until(Duration::from_secs(20), "every node back", || async {
+        for i in 0..3 {
+            let h = c.api(i).health().await.ok()?;
+            let down = h["down_nodes"].as_array().is_some_and(|d| !d.is_empty());
+            if h["lease"].as_bool() != Some(true) || down {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
     Ok(())
 }
