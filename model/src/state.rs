@@ -578,6 +578,19 @@ impl ReplicatedState {
             .is_some_and(|n| n.down || n.epoch != fence.epoch)
     }
 
+    /// Whether checkpointed call `c` has lost its owner: the owner is down, or it rejoined
+    /// at a newer epoch than the checkpoint's fence (it dropped the call when declared down).
+    /// Gives the start of the media gap and whether the fence is stale: the owner's last
+    /// heartbeat while it is down; once it rejoined, the time it rejoined (it dropped the call
+    /// just before, when it learnt it had been declared down).
+    pub fn orphaned(&self, c: &CallCheckpoint) -> Option<(u64, bool)> {
+        let owner = self.nodes.get(&c.fence.node)?;
+        if owner.down {
+            return Some((owner.last_heartbeat_ms, false));
+        }
+        self.fenced_out(c.fence).then_some((owner.since_ms, true))
+    }
+
     /// True when the cluster declared `node` down.
     pub fn is_down(&self, node: NodeId) -> bool {
         self.nodes.get(&node).is_some_and(|n| n.down)

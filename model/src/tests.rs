@@ -271,6 +271,22 @@ fn liveness_epochs_fence_a_node_declared_down() {
     assert!(!state.fenced_out(Fence { node: 2, epoch: 1 }));
     // A node never heard of is not fenced (first start).
     assert!(!state.fenced_out(Fence { node: 9, epoch: 0 }));
+    // A call checkpointed under the old epoch is an orphan with a stale fence now (its node
+    // dropped it when declared down); one under the new epoch belongs to the node.
+    let cdr = sample_cdr();
+    assert_eq!(
+        state.orphaned(&checkpoint("c1", old, 1, &cdr)),
+        Some((40, true)),
+        "the gap starts when the node rejoined (NodeUp at 40)"
+    );
+    assert_eq!(
+        state.orphaned(&checkpoint("c1", Fence { node: 2, epoch: 1 }, 1, &cdr)),
+        None
+    );
+    assert_eq!(
+        state.orphaned(&checkpoint("c1", Fence { node: 9, epoch: 0 }, 1, &cdr)),
+        None
+    );
 }
 
 #[test]

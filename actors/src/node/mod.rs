@@ -504,7 +504,8 @@ impl Runtime {
     async fn take_over_call(self: &Arc<Self>, call: &CallId) -> Option<ActorRef<CallMsg>> {
         let (checkpoint, dead_since, stale) = self.cluster.read(|s| {
             let c = s.calls.get(call.as_str())?;
-            orphaned(s, c).map(|(since, stale)| (c.clone(), since, stale))
+            s.orphaned(c)
+                .map(|(since, stale)| (c.clone(), since, stale))
         })?;
         if self.orphan_taker(&checkpoint, stale) != Some(self.node_id()) {
             return None;
@@ -591,7 +592,7 @@ impl Runtime {
                 .calls
                 .values()
                 .filter_map(|c| {
-                    if let Some((since, stale)) = orphaned(s, c) {
+                    if let Some((since, stale)) = s.orphaned(c) {
                         return Some((c.clone(), since, stale));
                     }
                     // Ours but not running here: this process restarted (a restart, or a DR
@@ -1093,18 +1094,6 @@ impl Node {
         }
         self.mesh_server.stop(None);
     }
-}
-
-/// Whether checkpointed call `c` has lost its owner: the owner is down, or it rejoined at a
-/// newer epoch than the checkpoint's fence (it dropped the call when declared down). Gives
-/// the start of the gap (the owner's last heartbeat) and whether the fence is stale.
-fn orphaned(s: &model::ReplicatedState, c: &CallCheckpoint) -> Option<(u64, bool)> {
-    let owner = s.nodes.get(&c.fence.node)?;
-    if owner.down {
-        return Some((owner.last_heartbeat_ms, false));
-    }
-    s.fenced_out(c.fence)
-        .then_some((owner.last_heartbeat_ms, true))
 }
 
 /// Keeps the mesh connected: dial every lower-id peer whose mesh group we cannot see. Peers
