@@ -22,6 +22,7 @@
 //! (`sim::run_seed`; the test `tests/simulation.rs` prints the command that replays a failing
 //! seed). See `sim`'s module docs for what one seed covers.
 
+pub mod acd;
 pub mod sim;
 
 use std::collections::{BTreeMap, HashMap};
