@@ -6,7 +6,10 @@
 //! - I1: no agent is ever reserved, ringing or talking for two calls;
 //! - I4: each offer goes to its queue's best waiting call (priority, then arrival) not already
 //!   on offer;
-//! - no starvation: once everything settles, no call waits while an agent is ready.
+//! - no starvation: once everything settles, no call waits while an agent is ready;
+//! - counters add up: calls offered to the ACD = answered + abandoned + waiting, and each
+//!   queue's own count of waiting calls is the true one (no call lost or counted twice).
+//!   Release and transfer come with the per-queue rules.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -79,6 +82,8 @@ struct World {
     talking: VecDeque<(String, usize)>,
     next_call: u64,
     offers_made: usize,
+    answered: u64,
+    abandoned: u64,
 }
 
 impl World {
@@ -100,6 +105,8 @@ impl World {
             talking: VecDeque::new(),
             next_call: 0,
             offers_made: 0,
+            answered: 0,
+            abandoned: 0,
         };
         for a in &mut w.agents {
             a.handle(
@@ -276,6 +283,7 @@ impl World {
                     let id = CallId(call.clone());
                     if answer {
                         self.waiting.remove(&call);
+                        self.answered += 1;
                         self.agents[i]
                             .handle(self.now, AgentInput::Answered { call: id.clone() })
                             .expect("ok");
@@ -323,12 +331,32 @@ impl World {
                 {
                     let q = self.queue_of(&call);
                     self.waiting.remove(&call);
+                    self.abandoned += 1;
                     self.queues[q].handle(self.now, QueueInput::Remove { call: CallId(call) });
                 }
             }
         }
         self.pump();
         self.check_i1();
+        self.check_counters();
+    }
+
+    fn check_counters(&self) {
+        let waiting = self.waiting.len() as u64;
+        assert_eq!(
+            self.next_call,
+            self.answered + self.abandoned + waiting,
+            "offered = answered + abandoned + waiting"
+        );
+        for (q, queue) in self.queues.iter().enumerate() {
+            let truth = self.waiting.values().filter(|(wq, _, _)| *wq == q).count();
+            assert_eq!(
+                queue.stats().waiting,
+                truth,
+                "queue {q} counts its waiting calls right"
+            );
+            assert_eq!(queue.waiting_calls().len(), truth);
+        }
     }
 
     /// Resolves every offer as answered and ends every call, then checks nobody starves.
@@ -354,7 +382,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
 
     #[test]
     fn acd_never_double_books_and_serves_in_order(
