@@ -301,7 +301,15 @@ impl AgentMachine {
                 }
             }
             AgentInput::OfferFailed { call, no_answer } => {
-                if self.status.call() == Some(&call) {
+                // Only an offer in progress can fail: once the agent talks on the call, a
+                // failure notice for it is stale (a node declared down that does not know it
+                // yet gave up its own ring of a call another node took over and the agent
+                // answered there); it must not free an agent on a call.
+                let offered = matches!(
+                    &self.status,
+                    AgentStatus::Reserved { call: c } | AgentStatus::Ringing { call: c } if *c == call
+                );
+                if offered {
                     self.reserved_by = None;
                     if no_answer {
                         self.set_status(
@@ -512,5 +520,40 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(m.status(), AgentStatus::NotReady { .. }));
+    }
+
+    #[test]
+    fn a_failure_notice_for_the_call_the_agent_talks_on_is_ignored() {
+        let mut m = machine();
+        m.handle(
+            0,
+            AgentInput::SignIn {
+                extension: "1001".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        m.handle(10, AgentInput::Ready).unwrap();
+        m.handle(
+            20,
+            AgentInput::Reserve {
+                call: call("a"),
+                queue: "general".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        m.handle(30, AgentInput::Ringing { call: call("a") })
+            .unwrap();
+        m.handle(40, AgentInput::Answered { call: call("a") })
+            .unwrap();
+        // A stale ring of the same call (on a node declared down) gives up.
+        m.handle(
+            50,
+            AgentInput::OfferFailed {
+                call: call("a"),
+                no_answer: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(m.status(), &AgentStatus::Talking { call: call("a") });
     }
 }

@@ -457,6 +457,23 @@ impl CallMachine {
         }
     }
 
+    /// Gives up ringing the agent (CANCEL) and puts the call back in line, the agent freed:
+    /// the node lost its lease while the ring was known to nobody else (see the node's
+    /// lease check), so the agent's new owner may ring it for another call.
+    pub fn withdraw_offer(&mut self, now_ms: u64, reason: &str) {
+        if let State::Offering {
+            queue,
+            agent,
+            agent_node,
+            ..
+        } = self.state.clone()
+        {
+            self.outputs.push_back(CallOutput::CancelAgent);
+            self.cdr.reason = Some(reason.into());
+            self.offer_failed(now_ms, queue, agent, agent_node, false);
+        }
+    }
+
     pub fn handle(&mut self, now_ms: u64, input: CallInput) {
         if self.state == State::Ended {
             // A late offer must still be answered so the agent is freed.

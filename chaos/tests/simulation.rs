@@ -32,14 +32,18 @@ fn summary(r: &Report) -> String {
     )
 }
 
-// Open (issue 3): 26 of 200 seeds still fail (was 135 before the mirror caught up with the
-// node). The mirror (`chaos::sim::node`) now follows `actors::node`, and in places marked `NOT
-// IN THE NODE YET` does what the node must still be taught (see `chaos::sim`'s module docs).
-// What still fails: a queued call whose Enqueue was lost on a cut mesh link is never offered
-// (I4, no resync without a NodeDown), an agent answering on a node cut off before its Talking
-// checkpoint commits (I1/I3), and a few drain failures not yet analysed. Run it with `cargo
-// test -p chaos --test simulation -- --ignored` (about 20 s). Ignored so CI stays meaningful,
-// not because it passes.
+// Open (issue 3): 4 of 200 seeds still fail (135 before the mirror caught up with the node,
+// then 26, then 4; with the mirror following the node exactly as it is, 25). The mirror
+// (`chaos::sim::node`) follows `actors::node`, and in places marked `NOT IN THE NODE YET` does
+// what the node must still be taught (see `chaos::sim`'s module docs). What still fails (the
+// seeds move with any change): an offer lost because the call's node was cut off keeps its
+// agent reserved until the reservation expires (5 s), so a later call passes the taken-over
+// one (I4); a call established on a node declared down right after an election, before its
+// Talking checkpoint committed, goes back in line at the taker (I3); a call that ended on a
+// node cut off before its CDR committed overlaps the agent's next call in the CDRs (I1); an
+// agent whose phone is left busy by a takeover race (I2 drain). Run it with `cargo test -p
+// chaos --test simulation -- --ignored` (about 20 s). Ignored so CI stays meaningful, not
+// because it passes.
 #[test]
 #[ignore = "failover gaps found by the simulation are open (issue 3)"]
 fn every_seed_holds_the_invariants() {

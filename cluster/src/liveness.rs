@@ -285,7 +285,9 @@ async fn detect(liveness: std::sync::Weak<Liveness>) {
                     .keys()
                     .filter(|id| **id != me && !s.is_down(**id))
                     .filter_map(|id| {
-                        let last = heard.get(id).copied().unwrap_or(since);
+                        // Silence counts from when this node became leader at the
+                        // earliest: during the election nobody could commit a heartbeat.
+                        let last = heard.get(id).copied().unwrap_or(since).max(since);
                         (now.duration_since(last) >= silence).then_some((*id, s.epoch(*id), last))
                     })
                     .collect()

@@ -60,6 +60,8 @@ pub enum CallMsg {
     Resync,
     /// The periodic resync (`RESYNC_EVERY`).
     ResyncTick,
+    /// While ringing an agent: still under a lease, or is the ring known to the cluster?
+    LeaseCheck,
     /// This node was declared down and the call belongs to another node now: stop without
     /// a word to the legs (the new owner re-INVITEs them) and without a CDR.
     Abandon,
@@ -95,6 +97,10 @@ struct CheckpointKey {
     ringing: bool,
     failovers: usize,
 }
+
+/// How often a call ringing an agent checks it still holds a lease (well inside the time
+/// between losing the lease and being declared down).
+const LEASE_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// How often a queued or ringing call re-states its queue place.
 const RESYNC_EVERY: Duration = Duration::from_secs(1);
@@ -141,6 +147,8 @@ pub struct CallState {
     /// The agent's 2xx waits for its ACK until the Talking checkpoint is committed.
     ack_pending: bool,
     commit_wait: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// A `LeaseCheck` is scheduled (while ringing an agent).
+    lease_check_armed: bool,
 }
 
 pub fn recording_dir(rt: &Runtime) -> PathBuf {
@@ -244,6 +252,28 @@ impl Actor for CallActor {
             }
             CallMsg::Tick => state.machine.handle_timeout(now),
             CallMsg::Resync => state.machine.resync(),
+            CallMsg::LeaseCheck => {
+                state.lease_check_armed = false;
+                if let Some(phase @ CallPhase::Offering { .. }) = state.machine.phase() {
+                    if !rt.holds_lease() {
+                        let id = state.machine.call_id().to_string();
+                        let known = rt
+                            .cluster
+                            .read(|s| s.calls.get(&id).is_some_and(|c| c.phase == phase));
+                        if !known {
+                            // Cut off with a ring nobody else knows of: once this node is
+                            // declared down, the agent's new owner sees it free and may ring it
+                            // for another call (I1). Withdraw the ring before that can happen
+                            // (the lease lapses before a NodeDown can commit). A known ring is
+                            // safe: the taker cancels it and restores the agent as ringing.
+                            warn!(call = %id, "no lease while ringing an agent unknown to the cluster: withdrawing the offer");
+                            state
+                                .machine
+                                .withdraw_offer(now, "lease lost while ringing");
+                        }
+                    }
+                }
+            }
             CallMsg::ResyncTick => {
                 // While queued or ringing an agent, re-state the place now and then (an
                 // idempotent Enqueue): one lost on a cut link between two live nodes, with no
@@ -273,6 +303,12 @@ impl Actor for CallActor {
             }
         }
         drive(rt, &myself, state).await;
+        if !state.lease_check_armed
+            && matches!(state.machine.phase(), Some(CallPhase::Offering { .. }))
+        {
+            state.lease_check_armed = true;
+            drop(myself.send_after(LEASE_CHECK_EVERY, || CallMsg::LeaseCheck));
+        }
         if std::mem::take(&mut state.ack_pending) {
             if let Some(committed) = state.commit_wait.take() {
                 if !wait_committed(committed).await {
@@ -359,6 +395,7 @@ async fn start_new(
         abandoned: false,
         ack_pending: false,
         commit_wait: None,
+        lease_check_armed: false,
     };
     // The carrier gets our 200 only once the call's first checkpoint is committed (within a
     // short bound): a call the carrier believes answered can always be taken over, and ends
@@ -523,6 +560,7 @@ async fn take_over(
         abandoned: false,
         ack_pending: false,
         commit_wait: None,
+        lease_check_armed: false,
     };
     update_live(rt, &state);
     Ok(state)

@@ -63,6 +63,16 @@ fn fence_of(command: &Command) -> Option<model::Fence> {
     }
 }
 
+/// Replaces the fence a checkpoint carries.
+fn refence(command: &mut Command, fence: model::Fence) {
+    match command {
+        Command::PutAgentSession { session } => session.fence = Some(fence),
+        Command::PutCall { checkpoint } => checkpoint.fence = fence,
+        Command::RecordCdr { fence: f, .. } => *f = Some(fence),
+        _ => {}
+    }
+}
+
 impl Checkpointer {
     pub fn start(cluster: Arc<Cluster>) -> (Arc<Checkpointer>, tokio::task::JoinHandle<()>) {
         let me = Arc::new(Checkpointer {
@@ -180,9 +190,40 @@ impl Checkpointer {
 
 async fn run(me: std::sync::Weak<Checkpointer>, cluster: Arc<Cluster>) {
     let mut failures = 0u32;
+    let node = cluster.node_id();
     loop {
         let Some(cp) = me.upgrade() else { return };
-        let batch = cp.take_batch();
+        if cluster.read(|s| s.is_down(node)) {
+            // Declared down: anything written now is refused. Wait for the rejoin (the
+            // backlog is kept, and what belongs to calls this node keeps is re-fenced below).
+            drop(cp);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let mut batch = cp.take_batch();
+        // Calls the cluster has never heard of (no checkpoint, no CDR) are still this node's
+        // after a rejoin (kept through the NodeDown): their pending writes, fenced with the old
+        // epoch, get the current one; a known call's stay as they are and are refused.
+        let unknown: Vec<String> = cluster.read(|s| {
+            let current = model::Fence {
+                node,
+                epoch: s.epoch(node),
+            };
+            let mut unknown = Vec::new();
+            for (key, command) in &mut batch {
+                let Some(id) = key.strip_prefix("call:") else {
+                    continue;
+                };
+                if s.calls.contains_key(id) || s.cdrs.contains_key(id) {
+                    continue;
+                }
+                unknown.push(key.clone());
+                if fence_of(command).is_some_and(|f| f != current) {
+                    refence(command, current);
+                }
+            }
+            unknown
+        });
         if batch.is_empty() {
             let wake = Arc::clone(&cp.wake);
             drop(cp);
@@ -199,7 +240,6 @@ async fn run(me: std::sync::Weak<Checkpointer>, cluster: Arc<Cluster>) {
         };
         match cluster.write(command).await {
             Ok(outcome) => {
-                let mut batch = batch;
                 if let Some(error) = outcome.error {
                     // Independent checkpoints: a refused one (fenced: this node was declared
                     // down) is not retried, and whoever waits on it is not told "committed"
@@ -213,6 +253,16 @@ async fn run(me: std::sync::Weak<Checkpointer>, cluster: Arc<Cluster>) {
                             .collect()
                     });
                     cp.refused(&refused);
+                    // A call nobody else knows must not lose its checkpoint or CDR: it is
+                    // written again once this node has rejoined (re-fenced above).
+                    let retry: Vec<(String, Command)> = batch
+                        .iter()
+                        .filter(|(k, _)| refused.contains(k) && unknown.contains(k))
+                        .cloned()
+                        .collect();
+                    if !retry.is_empty() {
+                        cp.restore(retry);
+                    }
                     batch.retain(|(k, _)| !refused.contains(k));
                 }
                 failures = 0;

@@ -350,6 +350,12 @@ impl Runtime {
                 agent,
                 command,
             } => {
+                // Like a mesh envelope: a rejoined node serves an agent it gains only once the
+                // old owner's lease ran out, so its session is the last one committed.
+                let serve_after = *self.serve_after.lock().expect("serve lock");
+                if let Some(at) = serve_after {
+                    tokio::time::sleep_until(at).await;
+                }
                 let Some(actor) = self.agent_actor(&tenant, &agent).await else {
                     return Response::Agent(Err(format!("agent {tenant}/{agent} does not exist")));
                 };

@@ -29,10 +29,12 @@
 //! - Raft: at most one leader per term; every replica applies the same entry at an index;
 //! - I1: no agent's phone is rung for a call while it rings or talks for another; no agent is
 //!   bound to two calls on the nodes that hold a lease;
-//! - I3: a call established on a node no fault touched at that moment never goes back in
-//!   line (on a node the cluster has not declared down) and ends answered;
+//! - I3: a call established on a node no fault touched at that moment (and that the cluster
+//!   had not declared down) never goes back in line (on a node the cluster has not declared
+//!   down) and ends answered;
 //! - I4: when an offer passes a call of the same queue that was ahead of it (priority, then
-//!   arrival) and had waited visibly for 1.5 s, that call must be offered within 1.5 s;
+//!   the time it joined the queue) and had waited visibly for 1.5 s, that call must be
+//!   offered within 1.5 s;
 //! - I6: a replica that applied past a committed configuration write holds it (or a later
 //!   write of the same item);
 //! - liveness: a node's actors never message each other endlessly within one instant.
@@ -41,16 +43,19 @@
 //! exactly one CDR, none failed, no checkpoint left: a run that does not drain fails I2),
 //! `no_double_booking` over the CDRs, I3 over the CDRs, and all replicas agree.
 //!
-//! The mirror follows the node's fixes since the simulation first ran (G2 503 and rejoin at
-//! start-up, G4 own calls resumed at start-up, G5 agents restored engaged, G6 via the real
-//! `QueueMachine`, G7 the agent ACKed once the Talking checkpoint commits or after 300 ms),
-//! and goes further where the simulation found the node wrong; each such place is marked
-//! `NOT IN THE NODE YET` and must be ported to `actors::node`/`cluster`: calls never
-//! checkpointed stay with a node declared down and are checkpointed again (re-fenced) once
-//! it rejoined (G1); a vanished call leaves its queue (G3); fenced-off checkpoints are
-//! taken over whatever the order of NodeDown and NodeUp; a deposed leader's NodeDown is not
-//! forwarded; a refused checkpoint wakes no waiter; a restarted node resumes its own calls
-//! only once it holds a lease; a node that installs a snapshot reconciles with it.
+//! The mirror follows the node as it is (G1 calls nobody knows kept through a NodeDown and
+//! re-checkpointed after the rejoin, G2 503 and rejoin at start-up, G3 an offer for a call
+//! nobody hosts removes it from its queue, G4 own calls resumed at start-up under a lease,
+//! G5 agents restored engaged, G6 via the real `QueueMachine`, G7 the agent ACKed once the
+//! Talking checkpoint commits or after 300 ms; NodeDown only as leader and only under its
+//! own lease; stale-fenced checkpoints are orphans; reconcile after a snapshot install;
+//! periodic re-Enqueue; zombie Enqueues dropped; refused checkpoints dropped with their
+//! waiters; the mesh relays an envelope one hop through another live node when the direct
+//! link is cut; the checkpoint writer holds its backlog while the node is declared down,
+//! re-fences the checkpoints and CDRs of calls the cluster does not know and keeps them when
+//! refused; an agent API request on a rejoined node waits for `serve_after`; a call ringing
+//! an agent whose Offering checkpoint has not committed withdraws the ring once its node has
+//! no lease), each place citing the real function it mirrors.
 //! What openraft re-applies inside `Raft::new` is not reacted to (the node subscribes
 //! later). The phones' I1 check ignores a dialog whose customer another node re-INVITEd.
 //!

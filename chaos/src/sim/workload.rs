@@ -162,7 +162,6 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
 pub struct Caller {
     pub id: CallId,
     pub entry: usize,
-    pub arrived_at: u64,
     /// The node that answered it or last re-INVITEd it.
     pub contact: Option<NodeId>,
     /// It got a 200 (or a re-INVITE): the call reached the cluster (I2).

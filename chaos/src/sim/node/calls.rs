@@ -47,6 +47,7 @@ impl SimNode {
                 play_done_at: None,
                 dial: 0,
                 ack_by: None,
+                resync_at: ctx.now + RESYNC_EVERY_MS,
             },
         );
         ctx.trace
@@ -75,17 +76,18 @@ impl SimNode {
         self.call_input(ctx, call, CallInput::CustomerAnswered);
     }
 
+    /// Mirrors `actors::node::Runtime::take_over_call`: an envelope for a call not running
+    /// here rebuilds it if it is orphaned and this node is its taker.
     pub(super) fn take_over_call(&mut self, ctx: &mut Ctx, call: &CallId) -> bool {
         let found = self.replica.read(|s| {
             let c = s.calls.get(call.as_str())?;
-            let owner = s.nodes.get(&c.fence.node)?;
-            s.fenced_out(c.fence)
-                .then(|| (c.clone(), owner.last_heartbeat_ms))
+            s.orphaned(c)
+                .map(|(since, stale)| (c.clone(), since, stale))
         });
-        let Some((checkpoint, dead_since)) = found else {
+        let Some((checkpoint, dead_since, stale)) = found else {
             return false;
         };
-        if self.orphan_owner(call, checkpoint.fence.node) != self.id {
+        if self.orphan_taker(&checkpoint, stale) != Some(self.id) {
             return false;
         }
         self.take_over(ctx, checkpoint, dead_since);
@@ -153,6 +155,7 @@ impl SimNode {
                 play_done_at: None,
                 dial: 0,
                 ack_by: None,
+                resync_at: ctx.now + RESYNC_EVERY_MS,
             },
         );
         self.drive_call(ctx, &call);
@@ -164,13 +167,14 @@ impl SimNode {
         };
         let was_talking = c.machine.state_name() == "talking";
         if let CallInput::Offer { queue, agent, .. } = &input {
-            if c.machine.state_name() == "queued" {
+            if let Some(CallPhase::Queued { enqueued_at_ms, .. }) = c.machine.phase() {
                 ctx.events.push((
                     self.id,
                     Event::Offered {
                         call: call.clone(),
                         queue: queue.clone(),
                         agent: agent.clone(),
+                        enqueued_at_ms,
                     },
                 ));
             }
@@ -425,6 +429,42 @@ impl SimNode {
             let Some(c) = self.calls.get_mut(&id) else {
                 continue;
             };
+            let ring_unknown = || {
+                let phase = c.machine.phase();
+                self.replica.read(|s| {
+                    s.calls
+                        .get(id.as_str())
+                        .is_none_or(|k| Some(&k.phase) != phase.as_ref())
+                })
+            };
+            if !lease && c.machine.state_name() == "ringing_agent" && ring_unknown() {
+                // Mirrors `actors::node::call_actor` `CallMsg::LeaseCheck` (every 50 ms there,
+                // every step here) and `CallMachine::withdraw_offer`. The call rings an
+                // agent, but its Offering checkpoint has not committed (the node is cut off
+                // from the leader, or slow): once this node may be declared down, the agent's
+                // new owner rebuilds it from a session that does not say it rings (no
+                // checkpoint names it, G5), and offers it another call while this node still
+                // rings it (I1). So a node without a lease cancels such a ring, and the call
+                // goes back in line. A lease lapses before a NodeDown can commit
+                // (`down_after_ms` > `lease_ms`), so the CANCEL leaves first. A ring the
+                // cluster knows is safe: a taker cancels the stale INVITE and restores the
+                // agent as ringing.
+                ctx.trace
+                    .push(format!("n{} cancels the ring of {id}: no lease", self.id));
+                c.machine.handle(
+                    now,
+                    CallInput::AgentFailed {
+                        no_answer: false,
+                        reason: "ring cancelled: no lease".into(),
+                    },
+                );
+                // The agent leg's INVITE is cancelled (call_actor.rs would call
+                // `AgentLeg::cancel_or_bye`; `AgentFailed` itself assumes the phone failed).
+                ctx.events
+                    .push((self.id, Event::CancelAgent { call: id.clone() }));
+                self.drive_call(ctx, &id);
+                continue;
+            }
             if c.play_done_at.is_some_and(|at| now >= at) {
                 c.play_done_at = None;
                 self.call_input(ctx, &id, CallInput::PlayDone);
@@ -432,6 +472,15 @@ impl SimNode {
             }
             if c.machine.poll_timeout().is_some_and(|at| now >= at) {
                 c.machine.handle_timeout(now);
+                self.drive_call(ctx, &id);
+                continue;
+            }
+            if now >= c.resync_at {
+                // Mirrors `actors::node::call_actor` `CallMsg::ResyncTick`: every
+                // `RESYNC_EVERY` from the actor's start, `CallMachine::resync` (an Enqueue
+                // while the call is queued or rings an agent, nothing otherwise).
+                c.resync_at = now + RESYNC_EVERY_MS;
+                c.machine.resync();
                 self.drive_call(ctx, &id);
             }
         }
@@ -458,19 +507,31 @@ impl SimNode {
             return;
         }
         if self.is_down(self.id) {
-            // NOT IN THE NODE YET (G1).
-            // Declared down: every write would be fenced off; keep them until the node has
-            // rejoined (checkpoints.rs `run`).
+            // Mirrors `actors::node::checkpoints::run`. Declared down, every
+            // write would be refused by the fence: the writer holds its backlog until the
+            // node has rejoined (see `keep_refused`).
             return;
         }
         let n = self.order.len().min(MAX_BATCH);
-        let batch: Vec<(String, Command)> = self
+        let fence = self.fence();
+        let mut batch: Vec<(String, Command)> = self
             .order
             .drain(..n)
             .filter_map(|k| self.pending.remove(&k).map(|c| (k, c)))
             .collect();
         if batch.is_empty() {
             return;
+        }
+        // Mirrors `actors::node::checkpoints::run` (`refence`). The checkpoint or CDR of a
+        // call the cluster does not know (kept through a NodeDown, G1: no other node can
+        // have written it) that carries an epoch this node has left is written under the
+        // current one. Without this, a call kept through the NodeDown that ends before its
+        // node rejoined loses its CDR (nothing re-checkpoints a call that has ended).
+        for (key, command) in &mut batch {
+            let stale = fence_of(command).is_some_and(|f| f != fence);
+            if stale && self.unknown_call(key) {
+                set_fence(command, fence);
+            }
         }
         let commands: Vec<Command> = batch.iter().map(|(_, c)| c.clone()).collect();
         let command = if commands.len() == 1 {
@@ -512,55 +573,34 @@ impl SimNode {
         })
     }
 
-    /// Drops pending checkpoints for which `drop` holds (checkpoints.rs `forget`).
-    pub(super) fn forget_pending(&mut self, mut drop: impl FnMut(&str, &Command) -> bool) {
-        self.pending.retain(|k, c| !drop(k, c));
-        let pending = &self.pending;
-        self.order.retain(|k| pending.contains_key(k));
-    }
-
-    /// NOT IN THE NODE YET (G1, like `forget_pending` and `keep_refused`).
-    /// Once rejoined: the checkpoints kept while down carry the new fence; those of calls the
-    /// cluster knows belong to their new owners and are dropped (checkpoints.rs `refence`).
-    pub(super) fn refence_pending(&mut self, fence: Fence) {
-        let unknown: Vec<String> = self
-            .pending
-            .keys()
-            .filter(|k| self.unknown_call(k))
-            .cloned()
-            .collect();
-        self.forget_pending(|k, _| !unknown.iter().any(|u| u == k));
-        for command in self.pending.values_mut() {
-            set_fence(command, fence);
-        }
-    }
-
-    /// A batch came back with a refusal: the fence refuses what this node wrote at an epoch it
-    /// has left. What only this node can write (the checkpoints and CDRs of calls the
-    /// cluster does not know) goes back to the writer, to be written with the new fence
-    /// (checkpoints.rs `run`).
-    /// Returns the keys refused.
-    pub(super) fn keep_refused(&mut self, batch: Vec<(String, Command)>) -> Vec<String> {
-        let fence = self.fence();
-        let down = self.is_down(self.id);
+    /// Mirrors `actors::node::checkpoints::run` (refused, retried). Of a batch's refused keys,
+    /// those of calls the cluster does not know go back to the writer (unless a newer one
+    /// is pending): written again, under the new fence, once this node has rejoined.
+    pub(super) fn keep_refused(&mut self, batch: Vec<(String, Command)>, refused: &[String]) {
         let mut front = VecDeque::new();
-        let mut refused = Vec::new();
-        for (key, mut command) in batch {
-            let stale = down || fence_of(&command).is_some_and(|f| f != fence);
-            if stale {
-                refused.push(key.clone());
-            }
-            if !stale || !self.unknown_call(&key) || self.pending.contains_key(&key) {
+        for (key, command) in batch {
+            if !refused.contains(&key)
+                || !self.unknown_call(&key)
+                || self.pending.contains_key(&key)
+            {
                 continue;
-            }
-            if !down {
-                set_fence(&mut command, fence);
             }
             self.pending.insert(key.clone(), command);
             front.push_back(key);
         }
         front.append(&mut self.order);
         self.order = front;
-        refused
+    }
+
+    /// The keys of a written batch that the state machine refused by their fence (mirrors
+    /// `actors::node::checkpoints::run`: read from the state once the batch is applied).
+    pub(super) fn refused(&self, batch: &[(String, Command)]) -> Vec<String> {
+        self.replica.read(|s| {
+            batch
+                .iter()
+                .filter(|(_, c)| fence_of(c).is_some_and(|f| s.fenced_out(f)))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
     }
 }

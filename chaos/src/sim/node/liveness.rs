@@ -60,12 +60,21 @@ impl SimNode {
         if now - since < (3 * HEARTBEAT_MS).min(DOWN_AFTER_MS) {
             return;
         }
+        if !self.holds_lease(now) {
+            // Mirrors `cluster::liveness` `detect` (`lease_valid`): an isolated leader hears
+            // nobody and would find every other node silent; its NodeDown would stay in its
+            // log and commit once the cut heals, against nodes alive all along. Only a leader
+            // whose own heartbeats commit (it holds its lease) judges others silent.
+            return;
+        }
         let suspect = self.replica.read(|s| {
             self.voters
                 .iter()
                 .filter(|id| **id != me && !s.is_down(**id))
                 .find(|id| {
-                    let last = self.heard.get(id).copied().unwrap_or(since);
+                    // Mirrors `cluster::liveness::detect`: silence counts from becoming leader at
+                    // the earliest (nobody could commit a heartbeat during the election).
+                    let last = self.heard.get(id).copied().unwrap_or(since).max(since);
                     now - last >= DOWN_AFTER_MS
                 })
                 .map(|id| (*id, s.epoch(*id)))
@@ -106,16 +115,17 @@ impl SimNode {
             Command::NodeUp { node, .. } => {
                 ctx.trace
                     .push(format!("n{} applies NodeUp n{node} @{index}", self.id));
-                self.stop_actors_not_owned(false);
+                // Mirrors `actors::node::react` on `NodeUp`: `Runtime::on_node_up`, then, for
+                // another node, `take_over_orphans(false)` (its old calls, fenced out now,
+                // may have had no taker yet).
                 if *node == self.id {
                     self.on_rejoined(ctx);
-                } else {
-                    // The rejoined node dropped the calls the cluster knows; if this node
-                    // applied its NodeUp before reacting to its NodeDown, it takes its share
-                    // of them now.
+                }
+                self.stop_actors_not_owned(false);
+                self.resync_calls(ctx);
+                if *node != self.id {
                     self.take_over_orphans(ctx, false);
                 }
-                self.resync_calls(ctx);
             }
             Command::Batch { commands } => {
                 for c in commands {
@@ -126,61 +136,63 @@ impl SimNode {
         }
     }
 
-    /// `Node::start`'s resume task: once Raft has a leader and this node has caught up
-    /// (`Cluster::wait_ready`), a node the cluster declared down while it was away rejoins
-    /// (G2), and the node takes over its share of the orphans, its own calls still
-    /// checkpointed included (G4).
+    /// Mirrors `actors::node::Node::start`'s resume task: once Raft has a leader and this
+    /// node has caught up (`Cluster::wait_ready`), it polls every 50 ms: a node the cluster
+    /// declared down while it was away drops what others own and rejoins (G2), then takes
+    /// over its share of the orphans (`take_over_orphans(false)`); otherwise, once it holds
+    /// a lease, it takes over its share of the orphans, its own calls still checkpointed
+    /// included (G4, `take_over_orphans(true)`). A restarted follower may know a leader and
+    /// have applied its term from its own log while the cluster moved on; its lease proves
+    /// it caught up (its heartbeat, committed after everything before it, is applied here).
     pub(super) fn start_up(&mut self, ctx: &mut Ctx) {
-        if self.ready {
+        if self.ready || ctx.now < self.resume_poll_at {
             return;
         }
-        let m = self.raft.metrics().borrow().clone();
-        let applied_term = m.last_applied.map(|id| id.leader_id.term);
-        if m.current_leader.is_none() || applied_term != Some(m.current_term) {
-            return;
+        if !self.caught_up {
+            let m = self.raft.metrics().borrow().clone();
+            let applied_term = m.last_applied.map(|id| id.leader_id.term);
+            if m.current_leader.is_none() || applied_term != Some(m.current_term) {
+                return;
+            }
+            self.caught_up = true;
         }
-        // NOT IN THE NODE YET: `Node::start` resumes right after `wait_ready`.
-        // A restarted follower may know a leader and have applied its term from its own log
-        // while the cluster moved on (it may have been declared down, its calls taken over).
-        // Its lease proves it caught up: its heartbeat, committed after everything before
-        // it, is applied here. Without that wait it would re-INVITE the legs of calls
-        // another node runs by now.
-        let down = self.is_down(self.id);
-        if !down && !self.holds_lease(ctx.now) {
-            return;
-        }
-        self.ready = true;
-        ctx.trace.push(format!("n{} is ready", self.id));
-        if down {
+        if self.is_down(self.id) {
+            self.ready = true;
+            ctx.trace
+                .push(format!("n{} is ready, declared down", self.id));
             self.on_declared_down(ctx);
+            self.take_over_orphans(ctx, false);
+            return;
         }
-        self.take_over_orphans(ctx, true);
+        if self.holds_lease(ctx.now) {
+            self.ready = true;
+            ctx.trace.push(format!("n{} is ready", self.id));
+            self.take_over_orphans(ctx, true);
+            return;
+        }
+        self.resume_poll_at = ctx.now + RESUME_POLL_MS;
     }
 
     /// A snapshot from the leader replaced the state: the NodeDown and NodeUp commands it
-    /// covers were never applied here one by one, so the node reconciles with the state as
-    /// it is, the way it does at start-up. NOT IN THE NODE YET: `cluster`'s
-    /// `StateMachineStore::install_snapshot` publishes nothing, so `actors::node::react`
-    /// never learns of them (a node that misses its own NodeDown that way keeps its calls,
-    /// never rejoins and answers 503 for ever).
+    /// covers were never applied here one by one. Mirrors `actors::node::Runtime::reconcile`
+    /// (on the `snapshot` event `cluster`'s state machine publishes): a node that finds
+    /// itself down drops what others own and rejoins; then it takes over its share of the
+    /// orphans.
     pub(super) fn on_snapshot_installed(&mut self, ctx: &mut Ctx) {
         ctx.trace
             .push(format!("n{} installed a snapshot: reconciles", self.id));
         if self.is_down(self.id) {
             self.on_declared_down(ctx);
-        } else {
-            self.stop_actors_not_owned(false);
-            self.take_over_orphans(ctx, false);
         }
+        self.take_over_orphans(ctx, false);
     }
 
-    /// NOT IN THE NODE YET (G1): `Runtime::on_declared_down` abandons every call; this is
-    /// what ARCHITECTURE.md "Failover" describes and what the node must do.
-    /// `Runtime::on_declared_down`: the calls the cluster knows (a checkpoint or a CDR in
-    /// the replica, read once NodeDown is applied: later writes of ours are fenced off) are
-    /// taken over by other nodes, so they are dropped without a word, with their pending
-    /// checkpoints; the calls nobody else knows (never checkpointed) stay here and are
-    /// checkpointed again once the node has rejoined (G1). Queue and agent actors all go.
+    /// Mirrors `actors::node::Runtime::on_declared_down`: the calls the cluster knows (a
+    /// checkpoint or a CDR in the replica) are taken over by other nodes, so they are
+    /// abandoned without a word (`CallMsg::Abandon`); their pending checkpoints stay in the
+    /// writer, to be refused by the fence. The calls nobody else knows (never checkpointed)
+    /// stay here and are checkpointed again once the node has rejoined (G1,
+    /// `CallMsg::Recheckpoint`). Queue and agent actors all go; the rejoin loop starts.
     pub(super) fn on_declared_down(&mut self, ctx: &mut Ctx) {
         let known = |s: &model::ReplicatedState, call: &str| {
             s.calls.contains_key(call) || s.cdrs.contains_key(call)
@@ -205,42 +217,25 @@ impl SimNode {
             self.first_waiters.remove(&format!("call:{call}"));
             self.ack_waiters.remove(&format!("call:{call}"));
         }
-        let replica = self.replica.clone();
-        self.forget_pending(|key, _| {
-            key.strip_prefix("call:")
-                .is_none_or(|call| replica.read(|s| known(s, call)))
-        });
         self.stop_actors_not_owned(true);
         if !self.rejoin_busy && self.rejoin_at.is_none() {
             self.rejoin_at = Some(ctx.now);
         }
     }
 
-    /// NOT IN THE NODE YET (G1): `Runtime::on_node_up` only sets `serve_after`.
-    /// `Runtime::on_node_up` for this node: serve gained actors only after the others'
-    /// leases ran out; the checkpoints kept while down carry the new epoch, and every call
-    /// still here is checkpointed again (G1).
+    /// Mirrors `actors::node::Runtime::on_node_up` for this node: serve gained actors only
+    /// after the others' leases ran out (`serve_after`). The kept calls re-checkpoint later,
+    /// when the rejoin loop sees the node up (`rejoin`).
     pub(super) fn on_rejoined(&mut self, ctx: &mut Ctx) {
         self.serve_after = Some(ctx.now + LEASE_MS);
-        let fence = self.fence();
-        self.refence_pending(fence);
-        let ids: Vec<CallId> = self.calls.keys().cloned().collect();
-        for id in ids {
-            if let Some(c) = self.calls.get_mut(&id) {
-                c.checkpointed = None;
-            }
-            self.checkpoint_call(ctx, &id);
-        }
     }
 
-    /// NOT IN THE NODE YET, in part: the node takes over only calls whose owner is down (not
-    /// fenced-off ones of a node that rejoined before it reacted), hashes them over all live
-    /// voters (not those other than the fenced owner), includes its own calls at every
-    /// NodeDown (not only at start-up), and does not react to another node's NodeUp.
-    /// `Runtime::take_over_orphans`: this node's share of every call whose owner is down
-    /// and, at start-up only (`own`), of its own calls still checkpointed but not running
-    /// here; signed-in agents and queues placement gives it; then every local call re-states
-    /// its queue place.
+    /// Mirrors `actors::node::Runtime::take_over_orphans`: this node's share
+    /// (`orphan_taker`) of every orphaned call (`model::ReplicatedState::orphaned`: its owner
+    /// is down, or its checkpoint is fenced with an epoch its owner has left) and, with `own`
+    /// (start-up under a lease, DR restore), of its own calls still checkpointed but not
+    /// running here; signed-in agents and queues placement gives it; then every local call
+    /// re-states its queue place.
     pub(super) fn take_over_orphans(&mut self, ctx: &mut Ctx, own: bool) {
         let me = self.id;
         let hosted: Vec<CallId> = self.calls.keys().cloned().collect();
@@ -249,16 +244,13 @@ impl SimNode {
                 .calls
                 .values()
                 .filter_map(|c| {
-                    if !s.fenced_out(c.fence) {
-                        // Ours and not running here: this process restarted and the call is
-                        // still checkpointed as ours (start-up only, G4).
-                        let mine = own && c.fence.node == me && !hosted.contains(&c.call_id);
-                        return mine.then(|| (c.clone(), c.at_ms, true));
+                    if let Some((since, stale)) = s.orphaned(c) {
+                        return Some((c.clone(), since, stale));
                     }
-                    // Fenced off: its owner is down, or rejoined (new epoch) after dropping
-                    // it, possibly before this node reacted to the NodeDown.
-                    let owner = s.nodes.get(&c.fence.node)?;
-                    Some((c.clone(), owner.last_heartbeat_ms, false))
+                    // Ours but not running here: this process restarted and the call is
+                    // still checkpointed as ours.
+                    (own && c.fence.node == me && !hosted.contains(&c.call_id))
+                        .then(|| (c.clone(), c.at_ms, false))
                 })
                 .collect();
             let sessions: Vec<(TenantId, AgentId)> = s
@@ -274,13 +266,8 @@ impl SimNode {
                 .collect();
             (calls, sessions, queues)
         });
-        for (c, dead_since, mine) in calls {
-            let taker = if mine {
-                me
-            } else {
-                self.orphan_owner(&c.call_id, c.fence.node)
-            };
-            if taker == me {
+        for (c, dead_since, stale) in calls {
+            if self.orphan_taker(&c, stale) == Some(me) && !hosted.contains(&c.call_id) {
                 self.take_over(ctx, c, dead_since);
             }
         }
@@ -323,7 +310,21 @@ impl SimNode {
             return;
         }
         if !self.is_down(self.id) {
+            // Mirrors the rejoin loop of `actors::node::Runtime::on_declared_down`: once the
+            // node is up again, every call kept through the rejoin gets
+            // `CallMsg::Recheckpoint` (its pending checkpoints carried the old fence and were
+            // refused): checkpoint again under the new fence, and re-state its queue place.
             self.rejoin_at = None;
+            ctx.trace
+                .push(format!("n{} rejoined: its calls checkpoint again", self.id));
+            let ids: Vec<CallId> = self.calls.keys().cloned().collect();
+            for id in ids {
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.checkpointed = None;
+                    c.machine.resync();
+                }
+                self.drive_call(ctx, &id);
+            }
             return;
         }
         self.rejoin_busy = true;

@@ -50,6 +50,13 @@ const RETRY_PAUSE_MS: u64 = 50;
 const FIRST_CHECKPOINT_BOUND_MS: u64 = 300;
 /// Most commands in one checkpoint batch (checkpoints.rs).
 const MAX_BATCH: usize = 512;
+/// Mirrors `actors::node::call_actor::RESYNC_EVERY` (`CallMsg::ResyncTick`): a waiting or
+/// ringing call re-states its place in line this often (idempotent at the queue), so an
+/// Enqueue lost on a mesh link that broke between two live nodes (no NodeDown, so no resync)
+/// is made good.
+const RESYNC_EVERY_MS: u64 = 1_000;
+/// Mirrors `actors::node::Node::start`'s resume task: it polls for a lease this often.
+const RESUME_POLL_MS: u64 = 50;
 
 /// A message between nodes: a mesh envelope, or an API request for an agent's owner.
 #[derive(Clone, Debug)]
@@ -90,11 +97,13 @@ pub enum Event {
     HangupAgent {
         call: CallId,
     },
-    /// The call took an offer for `agent` (for the order check).
+    /// The call took an offer for `agent` (for the order check); `enqueued_at_ms`: when it
+    /// joined the queue (its place in line).
     Offered {
         call: CallId,
         queue: QueueId,
         agent: AgentId,
+        enqueued_at_ms: u64,
     },
     /// The agent answered: the call is established.
     Established {
@@ -181,6 +190,8 @@ struct CallHost {
     /// The agent's 200 waits for its ACK until the Talking checkpoint is committed (until
     /// this time at most; call_actor.rs `ack_pending`, G7).
     ack_by: Option<u64>,
+    /// When a waiting call next says again where it waits (`RESYNC_EVERY_MS`).
+    resync_at: u64,
 }
 
 pub struct SimNode {
@@ -223,6 +234,10 @@ pub struct SimNode {
     ack_waiters: BTreeMap<String, CallId>,
     /// Start-up done: Raft had a leader and this node caught up (`Node::start`).
     ready: bool,
+    /// `Cluster::wait_ready` returned (a leader, and this node applied its term).
+    caught_up: bool,
+    /// When the resume task next looks for a lease.
+    resume_poll_at: u64,
 }
 
 /// Wall-clock stamps start here, so no time is ever zero.
@@ -296,9 +311,8 @@ pub async fn write(net: Net, raft: Raft, me: NodeId, command: Command) -> Writte
     }
 }
 
-/// NOT IN THE NODE YET: `liveness.rs` `detect` writes through `Cluster::write`, which
-/// forwards to whoever leads by then.
-/// Commits `command` only as the leader that decided it (cluster/src/liveness.rs `detect`):
+/// Mirrors `cluster::Cluster::write_as_leader` (used by `cluster::liveness` `detect`).
+/// Commits `command` only as the leader that decided it:
 /// a `NodeDown` judged by a leader that has since been deposed (cut off, it heard nobody)
 /// must not be forwarded to the new leader, which would declare a live node down while its
 /// lease runs.
@@ -356,6 +370,8 @@ impl SimNode {
             first_waiters: BTreeMap::new(),
             ack_waiters: BTreeMap::new(),
             ready: false,
+            caught_up: false,
+            resume_poll_at: now,
         }
     }
 
@@ -416,24 +432,67 @@ impl SimNode {
         placement::owner(&placement::call_key(call), self.live_voters()).unwrap_or(self.id)
     }
 
-    /// Who takes over a call whose checkpoint is fenced off (its owner is down, or rejoined
-    /// at a new epoch after dropping it): rendezvous over the live voters other than that
-    /// owner, so every node gives the same answer whether it reacts before or after the
-    /// owner rejoined.
-    fn orphan_owner(&self, call: &CallId, fenced: NodeId) -> NodeId {
-        let mut voters = self.live_voters();
-        if self.mutation != super::Mutation::PlacementIgnoresNodeDown {
-            voters.retain(|n| *n != fenced);
+    /// Mirrors `actors::node::Runtime::orphan_taker`: placement's answer while the owner is
+    /// down; if the owner rejoined (`stale` fence), one of the other live voters.
+    fn orphan_taker(&self, c: &CallCheckpoint, stale: bool) -> Option<NodeId> {
+        if stale {
+            let others = self
+                .live_voters()
+                .into_iter()
+                .filter(|n| *n != c.fence.node);
+            placement::owner(&placement::call_key(&c.call_id), others)
+        } else {
+            Some(self.call_owner(&c.call_id, c.fence.node))
         }
-        placement::owner(&placement::call_key(call), voters).unwrap_or(self.id)
     }
 
+    /// Mirrors `actors::node::Runtime::send`: to this node, straight to the dispatcher; else
+    /// a direct cast if the mesh reaches the node; else, for a mesh envelope, wrapped in
+    /// `Envelope::Relay` and cast to the first other live voter the mesh reaches (one hop:
+    /// that node unwraps it or casts it on, see `deliver`); else dropped. (An API request
+    /// is a mesh `ask`, never relayed.)
     fn send(&mut self, ctx: &mut Ctx, to: NodeId, msg: Msg) {
         if to == self.id {
             self.inbox.push_back(msg);
-        } else {
-            ctx.out.push((self.id, to, msg));
+            return;
         }
+        if self.cast(ctx, to, msg.clone()) {
+            return;
+        }
+        let Msg::Mesh(envelope) = msg else {
+            return;
+        };
+        let relay = Msg::Mesh(Envelope::Relay {
+            node: to,
+            envelope: Box::new(envelope),
+        });
+        let me = self.id;
+        let via = self
+            .live_voters()
+            .into_iter()
+            .filter(|v| *v != me && *v != to)
+            .find(|v| self.net.link_up(me, *v));
+        match via {
+            Some(via) => {
+                ctx.trace
+                    .push(format!("n{me} relays for n{to} through n{via}"));
+                ctx.out.push((me, via, relay));
+            }
+            None => ctx
+                .trace
+                .push(format!("n{me} drops an envelope for n{to}: unreachable")),
+        }
+    }
+
+    /// Mirrors `MeshClient::cast`: false when the mesh does not reach `to` now (the link is
+    /// cut, or either process is not running); a message cast may still be lost if the link
+    /// breaks before it arrives (the world delivers it only under the same link generation).
+    fn cast(&self, ctx: &mut Ctx, to: NodeId, msg: Msg) -> bool {
+        if !self.net.link_up(self.id, to) {
+            return false;
+        }
+        ctx.out.push((self.id, to, msg));
+        true
     }
 
     fn send_queue(&mut self, ctx: &mut Ctx, tenant: &TenantId, queue: &QueueId, input: QueueInput) {
@@ -479,7 +538,7 @@ impl SimNode {
         for (index, command) in self.replica.take_applied() {
             self.on_applied(ctx, index, &command);
         }
-        if self.replica.take_snapshot_installed() && self.ready {
+        if self.replica.take_snapshot_installed() {
             self.on_snapshot_installed(ctx);
         }
         self.liveness(ctx);
@@ -529,16 +588,26 @@ impl SimNode {
                     match result {
                         Ok((outcome, _)) => {
                             self.failures = 0;
+                            // Mirrors `actors::node::checkpoints::run`: a checkpoint refused
+                            // by its fence (this node was declared down, or has rejoined at
+                            // a newer epoch) is dropped, not retried, and whoever waits on it
+                            // is not told "committed" (`Checkpointer::refused`; the customer's
+                            // 200 and the agent's ACK then wait out their bound,
+                            // call_actor.rs `wait_committed`); the others are
+                            // (`Checkpointer::committed`).
                             let refused = if outcome.error.is_some() {
-                                self.keep_refused(batch.clone())
+                                self.refused(&batch)
                             } else {
                                 Vec::new()
                             };
+                            for key in &refused {
+                                if !self.pending.contains_key(key) {
+                                    self.first_waiters.remove(key);
+                                    self.ack_waiters.remove(key);
+                                }
+                            }
+                            self.keep_refused(batch.clone(), &refused);
                             for (key, _) in &batch {
-                                // NOT IN THE NODE YET: `Checkpointer::committed` wakes them.
-                                // A checkpoint the fence refused is not committed: whoever
-                                // waits on it (the customer's 200, the agent's ACK) keeps
-                                // waiting (checkpoints.rs `committed`).
                                 if self.pending.contains_key(key) || refused.contains(key) {
                                     continue;
                                 }
@@ -657,19 +726,48 @@ impl SimNode {
         true
     }
 
-    /// Delivers a message from another node (or this one) to the dispatcher.
-    pub fn deliver(&mut self, msg: Msg) {
-        self.inbox.push_back(msg);
+    /// Delivers a message from another node to the dispatcher. Mirrors
+    /// `actors::node::Runtime::deliver`: a relayed envelope for this node is unwrapped; one
+    /// for another node is cast on to it once (dropped if the mesh does not reach it).
+    pub fn deliver(&mut self, ctx: &mut Ctx, msg: Msg) {
+        match msg {
+            Msg::Mesh(Envelope::Relay { node, envelope }) if node == self.id => {
+                self.inbox.push_back(Msg::Mesh(*envelope));
+            }
+            Msg::Mesh(Envelope::Relay { node, envelope }) => {
+                if !self.cast(ctx, node, Msg::Mesh(*envelope)) {
+                    ctx.trace.push(format!(
+                        "n{} drops a relayed envelope for n{node}: unreachable",
+                        self.id
+                    ));
+                }
+            }
+            msg => self.inbox.push_back(msg),
+        }
     }
 
     fn dispatch(&mut self, ctx: &mut Ctx) {
-        if self.serve_after.is_some_and(|at| ctx.now < at) {
-            // Rejoined: the dispatcher waits out the leases of the nodes that held our
-            // actors meanwhile (Runtime::route sleeps, holding everything behind it).
-            return;
-        }
         let mut budget = 10_000;
-        while let Some(msg) = self.inbox.pop_front() {
+        loop {
+            let serving = self.serve_after.is_none_or(|at| ctx.now >= at);
+            let held = matches!(
+                self.inbox.front(),
+                Some(Msg::Mesh(Envelope::Queue { .. } | Envelope::Agent { .. }))
+            );
+            // Mirrors `actors::node::Runtime::handle_request` (`Request::Agent`): an agent API
+            // request on a rejoined node waits for `serve_after` like the queue and agent
+            // envelopes, or it would spawn an agent actor it gains from a session the previous
+            // owner has not finished checkpointing, while that owner may still act on it.
+            let request = matches!(self.inbox.front(), Some(Msg::AgentRequest { .. }));
+            if (held || request) && !serving {
+                // Rejoined: a queue or agent envelope waits out the leases of the nodes that
+                // held our actors meanwhile; `Runtime::route` sleeps on the one dispatcher
+                // task, holding everything behind it.
+                return;
+            }
+            let Some(msg) = self.inbox.pop_front() else {
+                return;
+            };
             budget -= 1;
             if budget == 0 {
                 // Actors on this node keep messaging each other without time passing: in the
@@ -684,6 +782,8 @@ impl SimNode {
 
     fn route(&mut self, ctx: &mut Ctx, msg: Msg) {
         match msg {
+            // Unwrapped (or passed on) in `deliver`, before dispatch.
+            Msg::Mesh(Envelope::Relay { .. }) => {}
             Msg::AgentRequest {
                 tenant,
                 agent,
@@ -715,6 +815,23 @@ impl SimNode {
             }) => {
                 if self.queue_owner(&tenant, &queue) != self.id {
                     return self.send_queue(ctx, &tenant, &queue, input);
+                }
+                if let QueueInput::Enqueue {
+                    call, call_node, ..
+                } = &input
+                {
+                    if *call_node != self.id && self.is_down(*call_node) {
+                        // Mirrors `actors::node::Runtime::route` (zombie Enqueue): from a
+                        // node declared down that does not know it yet (cut off from the
+                        // leader, not from us); it would point the queue's offers back at
+                        // it and, saying nobody rings the call, wipe the new owner's offer.
+                        // Its calls that nobody else knows re-join once it has rejoined (G1).
+                        ctx.trace.push(format!(
+                            "n{} drops Enqueue of {call} from n{call_node}, declared down",
+                            self.id
+                        ));
+                        return;
+                    }
                 }
                 if self.queue_actor(ctx, &tenant, &queue) {
                     self.queue_input(ctx, &tenant, &queue, input);
@@ -764,22 +881,25 @@ impl SimNode {
                             notice: AgentNotice::Failed { no_answer: false },
                         },
                     );
-                    // NOT IN THE NODE YET (G3): `Runtime::route` always answers OfferDone.
-                    // Runtime::route: a call the cluster has no checkpoint of and that is
-                    // not here has vanished (it ended, or its node died before checkpointing
-                    // it): it leaves the queue, which would otherwise offer it for ever (G3).
-                    // One that is checkpointed only has its offer refused.
-                    let vanished = self.replica.read(|s| !s.calls.contains_key(call.as_str()));
-                    let input = if vanished {
-                        QueueInput::Remove { call }
-                    } else {
+                    self.send_queue(
+                        ctx,
+                        &tenant,
+                        &queue,
                         QueueInput::OfferDone {
-                            call,
+                            call: call.clone(),
                             agent,
                             answered: false,
-                        }
-                    };
-                    self.send_queue(ctx, &tenant, &queue, input);
+                        },
+                    );
+                    // Mirrors `actors::node::Runtime::route` (G3): nobody here hosts the call
+                    // and this node does not take it over: it leaves the line. It has
+                    // vanished (it ended, possibly here with its CDR not yet committed, or
+                    // its node died before checkpointing it), or it runs elsewhere and
+                    // re-joins from there (periodic re-Enqueue, a takeover's resync, a
+                    // rejoined node's own calls).
+                    // Left in line, a call that ended here would be offered again at once to
+                    // the agent just freed, endlessly when queue and agent live here too.
+                    self.send_queue(ctx, &tenant, &queue, QueueInput::Remove { call });
                 }
             }
             Msg::Mesh(Envelope::QueueStats { .. }) => {}

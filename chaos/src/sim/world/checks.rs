@@ -13,25 +13,31 @@ impl World {
         call: &CallId,
         queue: &model::QueueId,
         agent: &model::AgentId,
+        enqueued_at_ms: u64,
     ) {
         self.trace(format!("{call} offered {agent} from {queue}"));
         self.offered_at.insert(call.clone(), clock);
         let Some(me) = self.callers.get(call) else {
             return;
         };
+        // A call's place in line is its priority, then when it joined the queue (I4's
+        // "arrival"; what the queue orders by and a takeover keeps), not when it dialled: the
+        // customer's 200 waits for the first checkpoint (up to 300 ms), and only then does the
+        // call reach its queue, so a call that dialled a little earlier may rightly join
+        // after one whose first checkpoint committed sooner.
         let (_, q, p) = workload::ENTRIES[me.entry];
-        let mine = (std::cmp::Reverse(p), me.arrived_at);
+        let mine = (std::cmp::Reverse(p), enqueued_at_ms);
         let ahead: Vec<(CallId, u64)> = self
             .queued_since
             .iter()
-            .filter(|(id, since)| *id != call && clock >= **since + ORDER_SLACK_MS)
-            .filter(|(id, _)| {
+            .filter(|(id, (since, _))| *id != call && clock >= *since + ORDER_SLACK_MS)
+            .filter(|(id, (_, joined))| {
                 self.callers.get(*id).is_some_and(|o| {
                     let (_, oq, op) = workload::ENTRIES[o.entry];
-                    oq == q && !o.gone && (std::cmp::Reverse(op), o.arrived_at) < mine
+                    oq == q && !o.gone && (std::cmp::Reverse(op), *joined) < mine
                 })
             })
-            .map(|(id, since)| (id.clone(), *since))
+            .map(|(id, (since, _))| (id.clone(), *since))
             .collect();
         if !ahead.is_empty() {
             self.offers_to_judge
@@ -143,18 +149,10 @@ impl World {
         // declared down (in the most advanced replica) but that does not know it yet still
         // runs its old calls: they are zombies, fenced off and dropped once it learns, so
         // they do not count.
-        let Some(newest) = self.running().into_iter().max_by_key(|id| {
-            let n = self.slots[id].node.as_ref().expect("running");
-            (n.replica.last_applied(), *id)
-        }) else {
+        if self.running().is_empty() {
             return;
-        };
-        let down: Vec<NodeId> = self.slots[&newest]
-            .node
-            .as_ref()
-            .expect("running")
-            .replica
-            .read(|s| NODES.iter().copied().filter(|n| s.is_down(*n)).collect());
+        }
+        let down = self.declared_down();
         let mut hosted: BTreeMap<CallId, Vec<(NodeId, Option<CallPhase>)>> = BTreeMap::new();
         for id in self.running().into_iter().filter(|id| !down.contains(id)) {
             let node = self.slots[&id].node.as_ref().expect("running");
@@ -185,18 +183,20 @@ impl World {
             }
         }
         // I4 bookkeeping: since when each call waits visibly.
-        let queued: BTreeSet<CallId> = hosted
+        let queued: BTreeMap<CallId, u64> = hosted
             .iter()
-            .filter(|(_, hosts)| {
-                hosts
-                    .iter()
-                    .any(|(_, p)| matches!(p, Some(CallPhase::Queued { .. })))
+            .filter_map(|(c, hosts)| {
+                hosts.iter().find_map(|(_, p)| match p {
+                    Some(CallPhase::Queued { enqueued_at_ms, .. }) => {
+                        Some((c.clone(), *enqueued_at_ms))
+                    }
+                    _ => None,
+                })
             })
-            .map(|(c, _)| c.clone())
             .collect();
-        self.queued_since.retain(|c, _| queued.contains(c));
-        for c in queued {
-            self.queued_since.entry(c).or_insert(clock);
+        self.queued_since.retain(|c, _| queued.contains_key(c));
+        for (c, joined) in queued {
+            self.queued_since.entry(c).or_insert((clock, joined));
         }
         // I1 from the phones: at most one call per agent (a second one is flagged when it
         // rings); and from the agents' machines on nodes holding a lease: no agent bound to
@@ -225,6 +225,22 @@ impl World {
             }
         }
         let _ = now;
+    }
+
+    /// The nodes the cluster has declared down, in the most advanced running replica.
+    pub(super) fn declared_down(&self) -> Vec<NodeId> {
+        let newest = self.running().into_iter().max_by_key(|id| {
+            let n = self.slots[id].node.as_ref().expect("running");
+            (n.replica.last_applied(), *id)
+        });
+        newest.map_or_else(Vec::new, |id| {
+            self.slots[&id]
+                .node
+                .as_ref()
+                .expect("running")
+                .replica
+                .read(|s| NODES.iter().copied().filter(|n| s.is_down(*n)).collect())
+        })
     }
 
     /// Every caller is done and every replica agrees that every call that reached the cluster

@@ -86,12 +86,16 @@ pub struct World {
     leaders: BTreeMap<u64, NodeId>,
     applied: BTreeMap<u64, u64>,
     // I4.
-    queued_since: BTreeMap<CallId, u64>,
+    /// Since when each call waits visibly, and its place in line (when it joined the queue).
+    queued_since: BTreeMap<CallId, (u64, u64)>,
     /// Offers to judge once the slack has passed: (offered at, call, queue, calls that were
     /// ahead of it and waiting since at least the slack: (call, since)).
     offers_to_judge: Vec<OfferToJudge>,
     /// When each call last took an offer.
     offered_at: BTreeMap<CallId, u64>,
+    /// Re-INVITEs that found their leg gone, answered once the events of the instant that
+    /// sent them are handled.
+    leg_gone: Vec<(NodeId, Input)>,
     trace_hash: u64,
     trace_lines: usize,
     violations: Vec<Violation>,
@@ -182,6 +186,7 @@ impl World {
             queued_since: BTreeMap::new(),
             offers_to_judge: Vec::new(),
             offered_at: BTreeMap::new(),
+            leg_gone: Vec::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace_lines: 0,
             violations: Vec::new(),
@@ -321,7 +326,14 @@ impl World {
     fn step(&mut self, now: u64) {
         self.faults(now);
         let clock = clock_ms();
-        // The mesh: messages due now, in their order.
+        let mut ctx = Ctx {
+            now: clock,
+            out: Vec::new(),
+            events: Vec::new(),
+            trace: Vec::new(),
+        };
+        // The mesh: messages due now, in their order (a relay node casts what it passes on
+        // into `ctx`).
         let due: Vec<(u64, u64)> = self
             .flights
             .range(..=(clock, u64::MAX))
@@ -333,16 +345,10 @@ impl World {
                 self.net.link_up(f.from, f.to) && self.net.generation(f.from, f.to) == f.generation;
             if alive {
                 if let Some(node) = self.slots.get_mut(&f.to).and_then(|s| s.node.as_mut()) {
-                    node.deliver(f.msg);
+                    node.deliver(&mut ctx, f.msg);
                 }
             }
         }
-        let mut ctx = Ctx {
-            now: clock,
-            out: Vec::new(),
-            events: Vec::new(),
-            trace: Vec::new(),
-        };
         self.outside(&mut ctx, now);
         for id in NODES {
             if let Some(node) = self.slots.get_mut(&id).and_then(|s| s.node.as_mut()) {
@@ -386,6 +392,12 @@ impl World {
         }
         for (node, event) in events {
             self.on_event(now, node, event);
+        }
+        // A re-INVITE's failure (the leg had hung up) reaches the node after what it did in
+        // the same instant (a ring it started then is cancelled after it was sent, not
+        // before).
+        for (node, input) in std::mem::take(&mut self.leg_gone) {
+            self.with_node(node, now, |n, ctx| n.input(ctx, input));
         }
     }
 

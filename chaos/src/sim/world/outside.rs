@@ -71,7 +71,6 @@ impl World {
         let caller = Caller {
             id: id.clone(),
             entry,
-            arrived_at: clock,
             contact: Some(node),
             answered: false,
             degraded: false,
@@ -331,15 +330,13 @@ impl World {
                     c.answered = true;
                 }
                 if gone {
-                    self.with_node(node, clock, |n, ctx| {
-                        n.input(
-                            ctx,
-                            Input::LegGone {
-                                call: call.clone(),
-                                agent: false,
-                            },
-                        )
-                    });
+                    self.leg_gone.push((
+                        node,
+                        Input::LegGone {
+                            call: call.clone(),
+                            agent: false,
+                        },
+                    ));
                 }
                 if agent {
                     let on_it = self
@@ -351,17 +348,13 @@ impl World {
                             p.connected = Some((call.clone(), node));
                             p.orphan_since = None;
                         }
-                        None => {
-                            self.with_node(node, clock, |n, ctx| {
-                                n.input(
-                                    ctx,
-                                    Input::LegGone {
-                                        call: call.clone(),
-                                        agent: true,
-                                    },
-                                )
-                            });
-                        }
+                        None => self.leg_gone.push((
+                            node,
+                            Input::LegGone {
+                                call: call.clone(),
+                                agent: true,
+                            },
+                        )),
                     }
                 }
             }
@@ -424,7 +417,12 @@ impl World {
                     c.gone = true;
                 }
             }
-            Event::Offered { call, queue, agent } => self.check_order(clock, &call, &queue, &agent),
+            Event::Offered {
+                call,
+                queue,
+                agent,
+                enqueued_at_ms,
+            } => self.check_order(clock, &call, &queue, &agent, enqueued_at_ms),
             Event::Established { call } => {
                 self.trace(format!("{call} established on n{node}"));
                 let agent = self.phones.iter().find_map(|(a, p)| {
@@ -439,7 +437,11 @@ impl World {
                                 .map(|_| a.clone())
                         })
                 });
-                let impaired = self.impaired(node);
+                // A call established on a node the cluster has already declared down (it
+                // does not know yet: its Talking checkpoint is fenced off) was set up on a
+                // node already lost, not lost afterwards: I3 does not cover it, as it does
+                // not cover one set up on a node a fault touches.
+                let impaired = self.impaired(node) || self.declared_down().contains(&node);
                 if let Some(c) = self.callers.get_mut(&call) {
                     if c.established_at.is_none() {
                         c.protected = !impaired;
