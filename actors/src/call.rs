@@ -457,6 +457,19 @@ impl CallMachine {
         }
     }
 
+    /// A Talking call restored from its checkpoint had in fact ended on its old node, which
+    /// died (or was cut off) before its CDR committed: the agent's committed session moved on
+    /// at `ended_at_ms`. Record it as ended then (the agent's real busy time), without
+    /// bridging again; the customer gets a BYE in case its leg outlived the node.
+    pub fn ended_before_takeover(&mut self, ended_at_ms: u64) {
+        if matches!(self.state, State::Talking { .. }) {
+            // Nothing the restore queued (the bridge) is to be carried out.
+            self.outputs.clear();
+            self.cdr.reason = Some("ended on its node before the takeover".into());
+            self.finish(ended_at_ms, HangupBy::System, Disposition::Answered);
+        }
+    }
+
     /// Gives up ringing the agent (CANCEL) and puts the call back in line, the agent freed:
     /// the node lost its lease while the ring was known to nobody else (see the node's
     /// lease check), so the agent's new owner may ring it for another call.

@@ -95,6 +95,10 @@ struct Waiting {
     offered_to: Option<AgentId>,
     /// True once the call was offered (an agent accepted and the call was told).
     offered: bool,
+    /// The offer this queue made, while `offered`: the agent, its node and the call the
+    /// agent knows the reservation by (see `Slot::Reserving`). None for an offer learnt
+    /// from the call (a rebuilt queue).
+    offer: Option<(AgentId, NodeId, CallId)>,
 }
 
 #[derive(Clone, Debug)]
@@ -206,12 +210,31 @@ impl QueueMachine {
             } => match self.positions.get(&call) {
                 Some(position) => {
                     if let Some(w) = self.waiting.get_mut(position) {
+                        let moved = w.call_node != call_node;
                         w.call_node = call_node;
                         // The call says nobody rings it: an offer we made was lost (its node
                         // died with the offer in flight). Put it back in line.
                         if offered_to.is_none() && w.offered {
                             w.offered = false;
                             w.offered_to = None;
+                            let offer = w.offer.take();
+                            // The call moved (a takeover): the agent the lost offer held is
+                            // still reserved for it. Free it now rather than when the
+                            // reservation expires. The old node withdrew any ring it had not
+                            // confirmed before losing the call, and the taker cancels a ring
+                            // it knows of, so the agent is at most Reserved for this call (a
+                            // cancel then frees it) or rings it (the cancel is ignored). From
+                            // the same node this Enqueue may only have crossed the Offer in
+                            // flight: cancelling then could ring the agent twice.
+                            if moved {
+                                if let Some((agent, agent_node, agent_call)) = offer {
+                                    self.outputs.push_back(QueueOutput::CancelReservation {
+                                        agent,
+                                        agent_node,
+                                        call: agent_call,
+                                    });
+                                }
+                            }
                         }
                     }
                 }
@@ -227,6 +250,7 @@ impl QueueMachine {
                             enqueued_at_ms,
                             offered: offered_to.is_some(),
                             offered_to,
+                            offer: None,
                         },
                     );
                 }
@@ -336,6 +360,8 @@ impl QueueMachine {
                         let w = self.waiting.get_mut(&target).expect("target is waiting");
                         w.offered_to = Some(agent.clone());
                         w.offered = true;
+                        // The agent is reserved under the call it replied for.
+                        w.offer = Some((agent.clone(), entry.node, call));
                         // The agent leaves our idle pool until it announces itself again.
                         self.outputs.push_back(QueueOutput::Offer {
                             call: w.call.clone(),
@@ -381,6 +407,7 @@ impl QueueMachine {
         {
             w.offered_to = None;
             w.offered = false;
+            w.offer = None;
         }
     }
 
@@ -662,5 +689,129 @@ mod tests {
         );
         available(&mut q, "1003", 2, 14);
         assert_eq!(reserves(&mut q), vec![("1003".into(), "a".into())]);
+    }
+
+    /// Offers c1 (on node 1) to 1001 (on node 2), and drains the outputs.
+    fn offered(q: &mut QueueMachine) {
+        enqueue(q, "c1", 0, 10);
+        available(q, "1001", 0, 20);
+        assert_eq!(reserves(q), vec![("1001".into(), "c1".into())]);
+        q.handle(
+            30,
+            QueueInput::ReserveReply {
+                agent: "1001".parse().unwrap(),
+                call: CallId("c1".into()),
+                accepted: true,
+                extension: Some("1001".parse().unwrap()),
+            },
+        );
+        let offers = std::iter::from_fn(|| q.poll_output())
+            .filter(|o| matches!(o, QueueOutput::Offer { .. }))
+            .count();
+        assert_eq!(offers, 1);
+    }
+
+    fn rejoin(q: &mut QueueMachine, call_node: NodeId, now: u64) -> Vec<QueueOutput> {
+        q.handle(
+            now,
+            QueueInput::Enqueue {
+                call: CallId("c1".into()),
+                call_node,
+                priority: 0,
+                enqueued_at_ms: 10,
+                offered_to: None,
+            },
+        );
+        std::iter::from_fn(|| q.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_moved_call_frees_the_agent_its_lost_offer_held() {
+        let mut q = QueueMachine::new();
+        // 1001's pending reservation for c2 is handed to c1 (the earlier call): the agent
+        // knows it by c2.
+        available(&mut q, "1001", 0, 1);
+        available(&mut q, "1002", 5, 1);
+        enqueue(&mut q, "c1", 0, 10);
+        enqueue(&mut q, "c2", 0, 20);
+        assert_eq!(
+            reserves(&mut q),
+            vec![("1001".into(), "c1".into()), ("1002".into(), "c2".into())]
+        );
+        q.handle(
+            30,
+            QueueInput::ReserveReply {
+                agent: "1002".parse().unwrap(),
+                call: CallId("c2".into()),
+                accepted: true,
+                extension: Some("1002".parse().unwrap()),
+            },
+        );
+        let offers: Vec<_> = std::iter::from_fn(|| q.poll_output())
+            .filter_map(|o| match o {
+                QueueOutput::Offer { call, agent, .. } => Some((agent.to_string(), call.0)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offers, vec![("1002".into(), "c1".into())]);
+        // The offer to c1's node 1 is lost; node 3 takes c1 over and re-enqueues it.
+        let outputs = rejoin(&mut q, 3, 40);
+        let cancels: Vec<_> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                QueueOutput::CancelReservation {
+                    agent,
+                    agent_node,
+                    call,
+                } => Some((agent.to_string(), *agent_node, call.0.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cancels, vec![("1002".into(), 2, "c2".into())]);
+        // Once freed, the agent announces itself and c1 (first in line) gets it.
+        available(&mut q, "1002", 40, 41);
+        assert_eq!(reserves(&mut q), vec![("1002".into(), "c1".into())]);
+        // A second Enqueue from the new node cancels nothing more.
+        let outputs = rejoin(&mut q, 3, 42);
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, QueueOutput::CancelReservation { .. })));
+    }
+
+    #[test]
+    fn a_same_node_enqueue_without_agent_does_not_free_the_agent() {
+        let mut q = QueueMachine::new();
+        offered(&mut q);
+        // The periodic re-Enqueue crossed the Offer in flight: back in line, but the agent
+        // stays held (it may be about to ring).
+        let outputs = rejoin(&mut q, 1, 40);
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, QueueOutput::CancelReservation { .. })));
+        assert_eq!(q.stats().offering, 0);
+        // Nor does a later move: the offer was already given up.
+        let outputs = rejoin(&mut q, 3, 50);
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, QueueOutput::CancelReservation { .. })));
+    }
+
+    #[test]
+    fn a_moved_call_whose_offer_settled_frees_nobody() {
+        let mut q = QueueMachine::new();
+        offered(&mut q);
+        q.handle(
+            40,
+            QueueInput::OfferDone {
+                call: CallId("c1".into()),
+                agent: "1001".parse().unwrap(),
+                answered: false,
+            },
+        );
+        let _ = std::iter::from_fn(|| q.poll_output()).count();
+        let outputs = rejoin(&mut q, 3, 50);
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, QueueOutput::CancelReservation { .. })));
     }
 }

@@ -32,20 +32,11 @@ fn summary(r: &Report) -> String {
     )
 }
 
-// Open (issue 3): 4 of 200 seeds still fail (135 before the mirror caught up with the node,
-// then 26, then 4; with the mirror following the node exactly as it is, 25). The mirror
-// (`chaos::sim::node`) follows `actors::node`, and in places marked `NOT IN THE NODE YET` does
-// what the node must still be taught (see `chaos::sim`'s module docs). What still fails (the
-// seeds move with any change): an offer lost because the call's node was cut off keeps its
-// agent reserved until the reservation expires (5 s), so a later call passes the taken-over
-// one (I4); a call established on a node declared down right after an election, before its
-// Talking checkpoint committed, goes back in line at the taker (I3); a call that ended on a
-// node cut off before its CDR committed overlaps the agent's next call in the CDRs (I1); an
-// agent whose phone is left busy by a takeover race (I2 drain). Run it with `cargo test -p
-// chaos --test simulation -- --ignored` (about 20 s). Ignored so CI stays meaningful, not
-// because it passes.
+// 200 seeds (`CALLGRID_SIM_SEEDS` to change), about 20 s. History: 135 of 200 failed when the
+// mirror was first brought up to date with the node; the failures found real gaps, fixed in
+// the node and mirrored here (see `chaos::sim`'s module docs and ARCHITECTURE.md "What the
+// simulation taught"). `CALLGRID_SIM_KEEP_GOING=1` runs a seed past its first violation.
 #[test]
-#[ignore = "failover gaps found by the simulation are open (issue 3)"]
 fn every_seed_holds_the_invariants() {
     if let Ok(seed) = std::env::var("CALLGRID_SIM_SEED") {
         let seed: u64 = seed.parse().expect("CALLGRID_SIM_SEED is a number");
@@ -55,7 +46,7 @@ fn every_seed_holds_the_invariants() {
                 verbose: true,
                 mutation: mutation_from_env(),
                 faults: faults_from_env(),
-                keep_going: false,
+                keep_going: std::env::var("CALLGRID_SIM_KEEP_GOING").is_ok(),
             },
         );
         println!("{}", summary(&report));

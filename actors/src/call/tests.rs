@@ -362,3 +362,28 @@ fn a_second_offer_while_ringing_for_the_same_queue_frees_only_the_second_agent()
     assert!(drain(&mut m).is_empty());
     assert_eq!(m.state_name(), "ringing_agent");
 }
+
+#[test]
+fn a_talking_call_that_ended_before_its_takeover_is_only_recorded() {
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '2');
+    offer_to(&mut m, 5_000, "1001");
+    m.handle(6_000, CallInput::AgentAnswered);
+    drain(&mut m);
+    // The old node ended it at 9 s (the agent's session moved on then) and died before its
+    // CDR committed; the taker sees that at 20 s.
+    let (mut r, _) = restored(&m, 20_000);
+    r.ended_before_takeover(9_000);
+    let out = drain(&mut r);
+    assert!(!out.contains(&CallOutput::Bridge), "no bridge: {out:?}");
+    assert!(out.contains(&CallOutput::HangupCustomer));
+    let cdr = cdr_of(&out);
+    assert_eq!(cdr.disposition, Disposition::Answered);
+    assert_eq!(cdr.ended_at_ms, 9_000, "ended when the agent was freed");
+    assert_eq!(cdr.talk_ms, 3_000);
+    assert!(
+        cdr.failovers.is_empty(),
+        "no takeover mark: nothing was taken over"
+    );
+    assert_eq!(r.state_name(), "ended");
+}

@@ -477,10 +477,31 @@ async fn take_over(
             flow_and_queues(s, &checkpoint.route),
         )
     });
+    // A Talking call whose agent's committed session has moved on since the checkpoint ended
+    // on its old node before its CDR committed: nothing moves an agent off a call it talks
+    // on but the end of that call. It is only recorded, at the time the agent was freed.
+    let ended_at = match &checkpoint.phase {
+        CallPhase::Talking { agent, .. } => rt.cluster.read(|s| {
+            let session = s
+                .agent_sessions
+                .get(&model::state::key(&tenant, agent.as_str()))?;
+            // Freed at the latest when it became idle again, if it has since (its
+            // later states start after that); else when its present state began.
+            let freed = if session.idle_since_ms > checkpoint.at_ms {
+                session.idle_since_ms.min(session.since_ms)
+            } else {
+                session.since_ms
+            };
+            (session.status.call() != Some(&call_id) && session.since_ms > checkpoint.at_ms)
+                .then_some(freed)
+        }),
+        _ => None,
+    };
     let mut customer = CustomerLeg::restore(&checkpoint.customer)
         .ok_or("the customer leg's checkpoint is unusable")?;
     rt.endpoint().bind(&customer.sip_call_id, myself.clone());
     let media = spawn_media(rt, &myself)?;
+    let resumed = ended_at.is_none();
     let local = resume_leg_media(
         rt,
         &media,
@@ -488,10 +509,13 @@ async fn take_over(
         checkpoint.customer.remote_sdp.as_deref(),
     )
     .await?;
-    customer.reinvite(rt, myself.clone(), &local);
+    if resumed {
+        customer.reinvite(rt, myself.clone(), &local);
+    }
 
     let mut agent = None;
     match (&checkpoint.phase, &checkpoint.agent, &checkpoint.ringing) {
+        _ if !resumed => {}
         (CallPhase::Talking { .. }, Some(leg), _) => {
             if let Some(mut leg_state) = AgentLeg::restore(leg) {
                 rt.endpoint().bind(&leg_state.sip_call_id, myself.clone());
@@ -505,7 +529,7 @@ async fn take_over(
         _ => {}
     }
 
-    if matches!(checkpoint.phase, CallPhase::Talking { .. }) {
+    if resumed && matches!(checkpoint.phase, CallPhase::Talking { .. }) {
         // Send media at once on both legs: phones behind NAT, or that follow the source of
         // the RTP they receive (symmetric RTP), find this node before (or without) taking the
         // re-INVITE's SDP into account. The bridge relays from then on.
@@ -527,14 +551,19 @@ async fn take_over(
         queues,
     };
     let mut machine = CallMachine::restore(setup, &checkpoint.phase, checkpoint.cdr.clone(), now);
-    machine.note_failover(FailoverMark {
-        from_node: checkpoint.fence.node,
-        to_node: rt.node_id(),
-        at_ms: now,
-        gap_ms: now.saturating_sub(dead_since_ms),
-        recording_id: None,
-        recording_offset_ms: 0,
-    });
+    if let Some(ended_at) = ended_at {
+        info!(call = %call_id, ended_at, "taken over after it had ended: recording its CDR only");
+        machine.ended_before_takeover(ended_at);
+    } else {
+        machine.note_failover(FailoverMark {
+            from_node: checkpoint.fence.node,
+            to_node: rt.node_id(),
+            at_ms: now,
+            gap_ms: now.saturating_sub(dead_since_ms),
+            recording_id: None,
+            recording_offset_ms: 0,
+        });
+    }
     metrics::counter!("callgrid_calls_taken_over_total").increment(1);
     metrics::gauge!("callgrid_calls_active").increment(1.0);
     info!(call = %call_id, from = checkpoint.fence.node, phase = ?checkpoint.phase, "call taken over");

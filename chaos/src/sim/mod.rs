@@ -55,7 +55,12 @@
 //! re-fences the checkpoints and CDRs of calls the cluster does not know and keeps them when
 //! refused; an agent API request on a rejoined node waits for `serve_after`; a call ringing
 //! an agent whose Offering checkpoint has not committed withdraws the ring once its node has
-//! no lease), each place citing the real function it mirrors.
+//! no lease; the media session's RTP timeout: a leg that sent RTP to a node and fell silent
+//! for 30 s ends the call there, under a lease only; a Talking call whose agent's committed
+//! session moved on is only recorded, ended when the agent was freed; the queue frees the
+//! agent a lost offer held once the call re-joins from another node), each place citing the
+//! real function it mirrors. Callers send RTP to the node their dialog points at once answered, phones to the
+//! node they are connected to.
 //! What openraft re-applies inside `Raft::new` is not reacted to (the node subscribes
 //! later). The phones' I1 check ignores a dialog whose customer another node re-INVITEd.
 //!

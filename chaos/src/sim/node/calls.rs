@@ -48,6 +48,7 @@ impl SimNode {
                 dial: 0,
                 ack_by: None,
                 resync_at: ctx.now + RESYNC_EVERY_MS,
+                rtp: Default::default(),
             },
         );
         ctx.trace
@@ -117,6 +118,26 @@ impl SimNode {
             queues,
         };
         let talking = matches!(checkpoint.phase, CallPhase::Talking { .. });
+        // Mirrors `actors::node::call_actor::take_over`: a Talking call whose agent's
+        // committed session moved on after the checkpoint had ended on its old node; it is
+        // only recorded, ended when the agent was freed.
+        let ended_at = match &checkpoint.phase {
+            CallPhase::Talking { agent, .. } => self.replica.read(|s| {
+                let session = s
+                    .agent_sessions
+                    .get(&model::state::key(&checkpoint.route.tenant, agent.as_str()))?;
+                // Freed at the latest when it became idle again, if it has since (its
+                // later states start after that); else when its present state began.
+                let freed = if session.idle_since_ms > checkpoint.at_ms {
+                    session.idle_since_ms.min(session.since_ms)
+                } else {
+                    session.since_ms
+                };
+                (session.status.call() != Some(&call) && session.since_ms > checkpoint.at_ms)
+                    .then_some(freed)
+            }),
+            _ => None,
+        };
         if matches!(checkpoint.phase, CallPhase::Offering { .. }) {
             // cancel_stale: the old owner's INVITE to the phone is cancelled.
             ctx.events
@@ -124,25 +145,33 @@ impl SimNode {
         }
         let mut machine =
             CallMachine::restore(setup, &checkpoint.phase, checkpoint.cdr.clone(), ctx.now);
-        machine.note_failover(FailoverMark {
-            from_node: checkpoint.fence.node,
-            to_node: self.id,
-            at_ms: ctx.now,
-            gap_ms: ctx.now.saturating_sub(dead_since_ms),
-            recording_id: None,
-            recording_offset_ms: 0,
-        });
-        ctx.trace.push(format!(
-            "n{} takes over {call} from n{} in {:?}",
-            self.id, checkpoint.fence.node, checkpoint.phase
-        ));
-        ctx.events.push((
-            self.id,
-            Event::ReInvite {
-                call: call.clone(),
-                agent: talking,
-            },
-        ));
+        if let Some(ended_at) = ended_at {
+            ctx.trace.push(format!(
+                "n{} records {call} of n{}, ended at {ended_at} before the takeover",
+                self.id, checkpoint.fence.node
+            ));
+            machine.ended_before_takeover(ended_at);
+        } else {
+            machine.note_failover(FailoverMark {
+                from_node: checkpoint.fence.node,
+                to_node: self.id,
+                at_ms: ctx.now,
+                gap_ms: ctx.now.saturating_sub(dead_since_ms),
+                recording_id: None,
+                recording_offset_ms: 0,
+            });
+            ctx.trace.push(format!(
+                "n{} takes over {call} from n{} in {:?}",
+                self.id, checkpoint.fence.node, checkpoint.phase
+            ));
+            ctx.events.push((
+                self.id,
+                Event::ReInvite {
+                    call: call.clone(),
+                    agent: talking,
+                },
+            ));
+        }
         self.calls.insert(
             call.clone(),
             CallHost {
@@ -156,6 +185,7 @@ impl SimNode {
                 dial: 0,
                 ack_by: None,
                 resync_at: ctx.now + RESYNC_EVERY_MS,
+                rtp: Default::default(),
             },
         );
         self.drive_call(ctx, &call);
@@ -429,6 +459,46 @@ impl SimNode {
             let Some(c) = self.calls.get_mut(&id) else {
                 continue;
             };
+            // `MediaCore::handle_timeout`: a leg that sent RTP and then fell silent for
+            // `RTP_TIMEOUT_MS` is reported once (until it is heard again).
+            let silent = (0..2).find(|&i| {
+                let leg = &c.rtp[i];
+                !leg.timeout_reported
+                    && leg
+                        .last_packet_at
+                        .is_some_and(|last| now >= last + RTP_TIMEOUT_MS)
+            });
+            if let Some(i) = silent {
+                c.rtp[i].timeout_reported = true;
+                let agent = i == 1;
+                if !lease {
+                    // call_actor.rs `MediaEvent::RtpTimeout` without a lease: this node may
+                    // be losing the call to another one, which re-INVITEd the legs.
+                    ctx.trace.push(format!(
+                        "n{} ignores the RTP timeout of {id} without a lease",
+                        self.id
+                    ));
+                    continue;
+                }
+                // call_actor.rs `MediaEvent::RtpTimeout`: the silent leg hung up; a silent
+                // customer is sent a BYE as well.
+                ctx.trace.push(format!(
+                    "n{} hears no RTP from the {} of {id}: ends the call",
+                    self.id,
+                    if agent { "agent" } else { "customer" }
+                ));
+                let input = if agent {
+                    CallInput::AgentHangup
+                } else {
+                    CallInput::CustomerHangup
+                };
+                self.call_input(ctx, &id, input);
+                if !agent {
+                    ctx.events
+                        .push((self.id, Event::HangupCustomer { call: id.clone() }));
+                }
+                continue;
+            }
             let ring_unknown = || {
                 let phase = c.machine.phase();
                 self.replica.read(|s| {

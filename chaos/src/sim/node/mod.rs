@@ -55,6 +55,9 @@ const MAX_BATCH: usize = 512;
 /// Enqueue lost on a mesh link that broke between two live nodes (no NodeDown, so no resync)
 /// is made good.
 const RESYNC_EVERY_MS: u64 = 1_000;
+/// `media::session::MediaConfig::rtp_timeout` (the default the node runs with): a leg that
+/// has sent RTP and then falls silent this long is reported dead (`MediaEvent::RtpTimeout`).
+const RTP_TIMEOUT_MS: u64 = 30_000;
 /// Mirrors `actors::node::Node::start`'s resume task: it polls for a lease this often.
 const RESUME_POLL_MS: u64 = 50;
 
@@ -192,6 +195,16 @@ struct CallHost {
     ack_by: Option<u64>,
     /// When a waiting call next says again where it waits (`RESYNC_EVERY_MS`).
     resync_at: u64,
+    /// The media session's legs (`media::session::engine` `Leg`): the last RTP packet heard
+    /// and whether its timeout was reported; [customer, agent].
+    rtp: [LegMedia; 2],
+}
+
+/// `last_packet_at` and `timeout_reported` of a media leg.
+#[derive(Clone, Copy, Default)]
+struct LegMedia {
+    last_packet_at: Option<u64>,
+    timeout_reported: bool,
 }
 
 pub struct SimNode {
@@ -383,6 +396,16 @@ impl SimNode {
 
     pub fn hosted_calls(&self) -> impl Iterator<Item = (&CallId, &CallMachine)> {
         self.calls.iter().map(|(id, c)| (id, &c.machine))
+    }
+
+    /// An RTP packet from a leg of `call` reached this node (`MediaCore`: it stamps
+    /// `last_packet_at` and clears `timeout_reported`).
+    pub fn rtp_heard(&mut self, call: &CallId, agent: bool, now: u64) {
+        if let Some(c) = self.calls.get_mut(call) {
+            let leg = &mut c.rtp[usize::from(agent)];
+            leg.last_packet_at = Some(now);
+            leg.timeout_reported = false;
+        }
     }
 
     pub fn hosts_call(&self, call: &CallId) -> bool {

@@ -14,6 +14,7 @@ impl World {
         }
         self.callers_act(clock);
         self.phones_act(clock);
+        self.media(clock);
         if now >= TRAFFIC_START_MS - 1_000 {
             self.desks(clock);
         }
@@ -253,6 +254,28 @@ impl World {
                         self.trace(format!("agent {agent} hears no media on {call}: hangs up"));
                     }
                 }
+            }
+        }
+    }
+
+    /// RTP: a caller answered and not gone sends to the node its dialog points at (the last
+    /// one to answer or re-INVITE it); a phone sends to the node it is connected to. The
+    /// nodes time out a leg that falls silent (`SimNode::rtp_heard`).
+    pub(super) fn media(&mut self, clock: u64) {
+        let mut heard: Vec<(NodeId, CallId, bool)> = Vec::new();
+        for (id, c) in &self.callers {
+            if let (false, true, Some(node)) = (c.gone, c.answered, c.contact) {
+                heard.push((node, id.clone(), false));
+            }
+        }
+        for p in self.phones.values() {
+            if let Some((call, node)) = &p.connected {
+                heard.push((*node, call.clone(), true));
+            }
+        }
+        for (node, call, agent) in heard {
+            if let Some(n) = self.slots.get_mut(&node).and_then(|s| s.node.as_mut()) {
+                n.rtp_heard(&call, agent, clock);
             }
         }
     }
