@@ -40,6 +40,9 @@ pub enum FlowNode {
     Hangup { prompt: Option<PromptId> },
 }
 
+/// The highest customer priority (R3.7: up to 254 levels above the default 0).
+pub const MAX_PRIORITY: u8 = 254;
+
 impl Flow {
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.nodes.is_empty() || self.nodes.len() > 512 {
@@ -81,7 +84,16 @@ impl Flow {
                     }
                     options.values().chain(std::iter::once(default)).collect()
                 }
-                FlowNode::Queue { .. } | FlowNode::Hangup { .. } => vec![],
+                FlowNode::Queue { priority, .. } => {
+                    if *priority > MAX_PRIORITY {
+                        return Err(ModelError::Invalid {
+                            field: "priority",
+                            why: "0 to 254 (R3.7)",
+                        });
+                    }
+                    vec![]
+                }
+                FlowNode::Hangup { .. } => vec![],
             };
             if targets.into_iter().any(|t| !known(t)) {
                 return Err(ModelError::Invalid {

@@ -394,3 +394,25 @@ fn a_restore_command_round_trips_through_json() {
     assert!(restored.is_down(1) && restored.is_down(2));
     assert_eq!(restored.tenants, state.tenants);
 }
+
+#[test]
+fn a_queue_priority_above_254_is_refused() {
+    let (state, _) = sample_state();
+    let mut flow = state
+        .flows
+        .values()
+        .next()
+        .expect("the sample has flows")
+        .clone();
+    flow.validate().expect("the sample flow is valid");
+    for (priority, ok) in [(0u8, true), (254, true), (255, false)] {
+        flow.nodes.insert(
+            "to_vip".into(),
+            crate::flow::FlowNode::Queue {
+                queue: "billing".parse().unwrap(),
+                priority,
+            },
+        );
+        assert_eq!(flow.validate().is_ok(), ok, "priority {priority}");
+    }
+}
