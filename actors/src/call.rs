@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use model::routing::Route;
+use model::RuleAction;
 use model::{
     AgentId, CallId, CallPhase, Cdr, Disposition, Entry, ExtensionId, FailoverMark, Flow, FlowNode,
     HangupBy, IvrStep, NodeId, PromptId, Queue, QueueId, ReplicatedState, TrunkId,
@@ -73,6 +74,10 @@ pub enum CallInput {
     AgentFailed {
         no_answer: bool,
         reason: String,
+    },
+    /// The queue the call asked to join is full (R3.5): its `on_max_queued` rule applies.
+    QueueFull {
+        queue: QueueId,
     },
     CustomerHangup,
     AgentHangup,
@@ -167,6 +172,8 @@ pub struct CallMachine {
     max_wait_deadline: Option<u64>,
     /// The queue priority of the call (from the flow's Queue node; 0 for a direct entry).
     priority: u8,
+    /// Queues that turned this call away as full (R3.5), so overflow never loops.
+    overflowed_from: Vec<QueueId>,
     outputs: VecDeque<CallOutput>,
 }
 
@@ -212,6 +219,7 @@ impl CallMachine {
             cdr,
             max_wait_deadline: None,
             priority: PRIORITY_DEFAULT,
+            overflowed_from: Vec::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -663,6 +671,15 @@ impl CallMachine {
                     self.offer_failed(now_ms, queue, agent, agent_node, no_answer);
                 }
             }
+            CallInput::QueueFull { queue } => {
+                if self.state
+                    == (State::Queued {
+                        queue: queue.clone(),
+                    })
+                {
+                    self.queue_full(now_ms, queue);
+                }
+            }
             CallInput::CustomerHangup => self.hangup(now_ms, HangupBy::Caller),
             CallInput::AgentHangup => {
                 if matches!(self.state, State::Talking { .. }) {
@@ -718,6 +735,36 @@ impl CallMachine {
         self.cdr.queue = Some(queue.clone());
         self.cdr.enqueued_at_ms = Some(now_ms);
         self.resume_queued(queue, priority, now_ms, None);
+    }
+
+    /// R3.5: the queue turned the call away. Release (with the rule's prompt) or transfer to
+    /// the rule's queue; a call never overflows back into a queue it already left (a loop of
+    /// full queues ends in a release).
+    fn queue_full(&mut self, now_ms: u64, queue: QueueId) {
+        let action = self
+            .setup
+            .queues
+            .get(&queue)
+            .and_then(|q| q.on_max_queued.clone())
+            .unwrap_or(RuleAction::Release { prompt: None });
+        self.overflowed_from.push(queue.clone());
+        match action {
+            RuleAction::TransferQueue { queue: next }
+                if !self.overflowed_from.contains(&next)
+                    && self.setup.queues.contains_key(&next) =>
+            {
+                self.outputs.push_back(CallOutput::StopPlay);
+                self.enqueue(now_ms, next, self.priority);
+            }
+            RuleAction::TransferQueue { .. } => {
+                self.cdr.reason = Some("max_queued".into());
+                self.release(now_ms, None, Disposition::Released);
+            }
+            RuleAction::Release { prompt } => {
+                self.cdr.reason = Some("max_queued".into());
+                self.release(now_ms, prompt, Disposition::Released);
+            }
+        }
     }
 
     fn offer_failed(

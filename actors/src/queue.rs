@@ -74,6 +74,8 @@ pub enum QueueOutput {
         agent_node: NodeId,
         extension: ExtensionId,
     },
+    /// The queue is full (R3.5): `call` was not taken into the line; its own rule decides.
+    Full { call: CallId, call_node: NodeId },
     /// The queue's figures changed (for the wallboard, metrics and events).
     Stats(QueueStats),
 }
@@ -130,11 +132,29 @@ pub struct QueueMachine {
     seq: u64,
     outputs: VecDeque<QueueOutput>,
     last_stats: Option<QueueStats>,
+    /// The most calls that may wait (R3.5), from the queue's config.
+    max_queued: Option<usize>,
+    /// When this machine started: a call that joined its line before (it re-joins a queue
+    /// rebuilt after a node loss) is never turned away as over the limit.
+    started_at_ms: u64,
 }
 
 impl QueueMachine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A machine started at `now_ms` (see `started_at_ms`).
+    pub fn started_at(now_ms: u64) -> Self {
+        QueueMachine {
+            started_at_ms: now_ms,
+            ..Self::default()
+        }
+    }
+
+    /// The most calls that may wait (R3.5); `None` for no limit. Calls already waiting stay.
+    pub fn set_max_queued(&mut self, max: Option<u32>) {
+        self.max_queued = max.map(|m| m as usize);
     }
 
     #[must_use]
@@ -237,6 +257,12 @@ impl QueueMachine {
                             }
                         }
                     }
+                }
+                None if self.max_queued.is_some_and(|max| self.waiting.len() >= max)
+                    && enqueued_at_ms >= self.started_at_ms =>
+                {
+                    self.outputs
+                        .push_back(QueueOutput::Full { call, call_node });
                 }
                 None => {
                     self.seq += 1;
@@ -498,6 +524,43 @@ mod tests {
             },
         );
     }
+    fn fulls(q: &mut QueueMachine) -> Vec<String> {
+        std::iter::from_fn(|| q.poll_output())
+            .filter_map(|o| match o {
+                QueueOutput::Full { call, .. } => Some(call.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_queue_turns_new_calls_away_but_keeps_rejoining_ones() {
+        let mut q = QueueMachine::started_at(1_000);
+        q.set_max_queued(Some(2));
+        enqueue(&mut q, "c1", 0, 1_100);
+        enqueue(&mut q, "c2", 0, 1_200);
+        assert!(fulls(&mut q).is_empty());
+        enqueue(&mut q, "c3", 9, 1_300);
+        assert_eq!(
+            fulls(&mut q),
+            vec!["c3"],
+            "the limit holds whatever the priority"
+        );
+        assert_eq!(q.stats().waiting, 2);
+        // A call that joined before this queue started (rebuilt after a node loss) re-joins.
+        enqueue(&mut q, "c0", 0, 900);
+        assert!(fulls(&mut q).is_empty());
+        assert_eq!(q.stats().waiting, 3);
+        // A call already waiting re-states its place: never turned away.
+        enqueue(&mut q, "c1", 0, 1_100);
+        assert!(fulls(&mut q).is_empty());
+        // The limit lifted: new calls join again.
+        q.set_max_queued(None);
+        enqueue(&mut q, "c4", 0, 1_400);
+        assert!(fulls(&mut q).is_empty());
+        assert_eq!(q.stats().waiting, 4);
+    }
+
     fn available(q: &mut QueueMachine, agent: &str, idle: u64, now: u64) {
         q.handle(
             now,

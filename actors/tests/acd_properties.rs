@@ -7,9 +7,9 @@
 //! - I4: each offer goes to its queue's best waiting call (priority, then arrival) not already
 //!   on offer;
 //! - no starvation: once everything settles, no call waits while an agent is ready;
-//! - counters add up: calls offered to the ACD = answered + abandoned + waiting, and each
-//!   queue's own count of waiting calls is the true one (no call lost or counted twice).
-//!   Release and transfer come with the per-queue rules.
+//! - counters add up: calls offered to the ACD = answered + abandoned + released (turned away
+//!   by a full queue, R3.5) + waiting, and each queue's own count of waiting calls is the true
+//!   one (no call lost or counted twice), never above its limit.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -84,17 +84,30 @@ struct World {
     offers_made: usize,
     answered: u64,
     abandoned: u64,
+    released: u64,
+    max_queued: Option<u32>,
 }
 
 impl World {
     fn new(agents: usize, queues: usize) -> Self {
+        Self::with_limit(agents, queues, None)
+    }
+
+    /// With `max_queued` set on every queue (R3.5).
+    fn with_limit(agents: usize, queues: usize, max_queued: Option<u32>) -> Self {
         let skills: Vec<model::QueueId> = QUEUES[..queues]
             .iter()
             .map(|q| q.parse().expect("valid"))
             .collect();
         let mut w = World {
             now: 1,
-            queues: (0..queues).map(|_| QueueMachine::new()).collect(),
+            queues: (0..queues)
+                .map(|_| {
+                    let mut q = QueueMachine::new();
+                    q.set_max_queued(max_queued);
+                    q
+                })
+                .collect(),
             agents: (0..agents)
                 .map(|i| {
                     AgentMachine::new("gd".parse().expect("valid"), agent_id(i), 1, skills.clone())
@@ -107,6 +120,8 @@ impl World {
             offers_made: 0,
             answered: 0,
             abandoned: 0,
+            released: 0,
+            max_queued,
         };
         for a in &mut w.agents {
             a.handle(
@@ -213,6 +228,15 @@ impl World {
                     .expect("ok");
                 self.offers.push_back((call.0, i));
                 self.offers_made += 1;
+            }
+            QueueOutput::Full { call, .. } => {
+                // R3.5: turned away (released by the call's rule); never a call already waiting.
+                let entry = self.waiting.remove(&call.0);
+                assert!(
+                    entry.is_some_and(|(wq, _, _)| wq == q),
+                    "a full notice names a call that asked to join queue {q}"
+                );
+                self.released += 1;
             }
             QueueOutput::Stats(_) => {}
         }
@@ -345,11 +369,17 @@ impl World {
         let waiting = self.waiting.len() as u64;
         assert_eq!(
             self.next_call,
-            self.answered + self.abandoned + waiting,
-            "offered = answered + abandoned + waiting"
+            self.answered + self.abandoned + self.released + waiting,
+            "offered = answered + abandoned + released + waiting"
         );
         for (q, queue) in self.queues.iter().enumerate() {
             let truth = self.waiting.values().filter(|(wq, _, _)| *wq == q).count();
+            if let Some(max) = self.max_queued {
+                assert!(
+                    truth <= max as usize,
+                    "queue {q} holds {truth} calls, limit {max}"
+                );
+            }
             assert_eq!(
                 queue.stats().waiting,
                 truth,
@@ -388,9 +418,10 @@ proptest! {
     fn acd_never_double_books_and_serves_in_order(
         agents in 1usize..5,
         queues in 1usize..=2,
+        max_queued in prop::option::of(0u32..6),
         steps in prop::collection::vec(step(), 1..120),
     ) {
-        let mut world = World::new(agents, queues);
+        let mut world = World::with_limit(agents, queues, max_queued);
         for s in steps {
             world.apply(s);
         }

@@ -277,7 +277,10 @@ pub fn simulate(config: AcdSimConfig) -> AcdSimResult {
                     let done = now + exp(handle_mean_ms);
                     schedule(&mut events, done, Event::AgentFree(i));
                 }
-                QueueOutput::CancelReservation { .. } | QueueOutput::Stats(_) => {}
+                // No limit is set here (Erlang C's queue is unbounded).
+                QueueOutput::CancelReservation { .. }
+                | QueueOutput::Full { .. }
+                | QueueOutput::Stats(_) => {}
             }
         }
         if answered >= config.calls {

@@ -55,6 +55,26 @@ pub struct Queue {
     pub ring_timeout_ms: u64,
     /// After-call work time before the agent is ready again.
     pub acw_ms: u64,
+    /// The most calls that may wait (R3.5); a call beyond it gets `on_max_queued`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
+    /// What a call that finds the queue full gets (default: released without a prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_max_queued: Option<RuleAction>,
+}
+
+/// What a queue rule does with a call (R3.3-R3.6): release it, with a prompt played first if
+/// one is named, or transfer it to another queue of the tenant (it waits there from then).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuleAction {
+    Release {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt: Option<PromptId>,
+    },
+    TransferQueue {
+        queue: QueueId,
+    },
 }
 
 /// An agent (R4.8). The agent signs in at a phone extension to take calls.
@@ -186,7 +206,19 @@ impl ConfigItem {
                 check_text("queue name", &q.name, 64)?;
                 check_range("max_wait_ms", q.max_wait_ms, 1_000, 24 * 3_600_000)?;
                 check_range("ring_timeout_ms", q.ring_timeout_ms, 1_000, 300_000)?;
-                check_range("acw_ms", q.acw_ms, 0, 3_600_000)
+                check_range("acw_ms", q.acw_ms, 0, 3_600_000)?;
+                if let Some(max) = q.max_queued {
+                    check_range("max_queued", u64::from(max), 0, 100_000)?;
+                }
+                if let Some(RuleAction::TransferQueue { queue }) = &q.on_max_queued {
+                    if *queue == q.id {
+                        return Err(ModelError::Invalid {
+                            field: "on_max_queued",
+                            why: "a queue cannot overflow into itself",
+                        });
+                    }
+                }
+                Ok(())
             }
             ConfigItem::Agent(a) => {
                 check_text("agent name", &a.name, 64)?;

@@ -139,6 +139,8 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 timeout_prompt: Some(id("timeout")),
                 ring_timeout_ms: 15_000,
                 acw_ms: 2_000,
+                max_queued: None,
+                on_max_queued: None,
             }));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));

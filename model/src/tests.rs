@@ -416,3 +416,41 @@ fn a_queue_priority_above_254_is_refused() {
         assert_eq!(flow.validate().is_ok(), ok, "priority {priority}");
     }
 }
+
+#[test]
+fn a_queue_overflow_rule_names_an_existing_queue_and_round_trips() {
+    let (mut state, _) = sample_state();
+    let mut q = state
+        .queues
+        .values()
+        .find(|q| q.id.as_str() == "billing")
+        .expect("the sample has a billing queue")
+        .clone();
+    let json = serde_json::json!({"action": "transfer_queue", "queue": "general"});
+    let rule: RuleAction = serde_json::from_value(json).expect("parses");
+    q.max_queued = Some(5);
+    q.on_max_queued = Some(rule);
+    let back: Queue = serde_json::from_value(serde_json::to_value(&q).unwrap()).unwrap();
+    assert_eq!(back, q);
+    assert_eq!(
+        state
+            .apply(&Command::Update {
+                item: ConfigItem::Queue(q.clone())
+            })
+            .error,
+        None,
+        "an existing target is accepted"
+    );
+    q.on_max_queued = Some(RuleAction::TransferQueue {
+        queue: "nowhere".parse().unwrap(),
+    });
+    assert!(
+        state
+            .apply(&Command::Update {
+                item: ConfigItem::Queue(q)
+            })
+            .error
+            .is_some(),
+        "an unknown target is refused"
+    );
+}

@@ -387,3 +387,79 @@ fn a_talking_call_that_ended_before_its_takeover_is_only_recorded() {
     );
     assert_eq!(r.state_name(), "ended");
 }
+
+fn full(m: &mut CallMachine, at: u64, queue: &str) -> Vec<CallOutput> {
+    m.handle(
+        at,
+        CallInput::QueueFull {
+            queue: queue.parse().unwrap(),
+        },
+    );
+    drain(m)
+}
+
+#[test]
+fn a_full_queue_releases_the_call_by_default() {
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let out = full(&mut m, 4_100, "billing");
+    let cdr = cdr_of(&out);
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("max_queued"));
+    assert!(out.contains(&CallOutput::HangupCustomer));
+    // A notice for another queue than the one the call waits in changes nothing.
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    assert!(full(&mut m, 4_100, "general").is_empty());
+    assert_eq!(m.state_name(), "queued");
+}
+
+#[test]
+fn a_full_queue_plays_the_rules_prompt_before_releasing() {
+    let mut s = setup();
+    let billing: QueueId = "billing".parse().unwrap();
+    s.queues.get_mut(&billing).unwrap().on_max_queued = Some(RuleAction::Release {
+        prompt: Some("timeout".parse().unwrap()),
+    });
+    let mut m = CallMachine::new(s);
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let out = full(&mut m, 4_100, "billing");
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Play { prompt, .. } if prompt.as_str() == "timeout")));
+    m.handle(6_000, CallInput::PlayDone);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("max_queued"));
+}
+
+#[test]
+fn a_full_queue_transfers_to_its_overflow_queue_and_never_loops() {
+    let mut s = setup();
+    let (billing, general): (QueueId, QueueId) =
+        ("billing".parse().unwrap(), "general".parse().unwrap());
+    s.queues.get_mut(&billing).unwrap().on_max_queued = Some(RuleAction::TransferQueue {
+        queue: general.clone(),
+    });
+    s.queues.get_mut(&general).unwrap().on_max_queued = Some(RuleAction::TransferQueue {
+        queue: billing.clone(),
+    });
+    let mut m = CallMachine::new(s);
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let out = full(&mut m, 4_100, "billing");
+    assert!(
+        out.iter().any(|o| matches!(o, CallOutput::Enqueue { queue, enqueued_at_ms: 4_100, .. } if *queue == general)),
+        "joins general, arriving there now: {out:?}"
+    );
+    assert_eq!(m.state_name(), "queued");
+    assert_eq!(m.cdr_so_far().queue.as_ref(), Some(&general));
+    // general is full as well and would send it back: released instead.
+    let out = full(&mut m, 4_200, "general");
+    let cdr = cdr_of(&out);
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("max_queued"));
+}

@@ -90,6 +90,8 @@ pub enum CallEnvelope {
         agent_node: NodeId,
         extension: ExtensionId,
     },
+    /// The queue the call asked to join is full (R3.5).
+    QueueFull { queue: QueueId },
 }
 
 /// A request that expects an answer (the API asking the owner of an actor).

@@ -481,6 +481,10 @@ impl Runtime {
                         // Enqueue (a call kept by a node declared down, once that node is back).
                         self.send_queue(&tenant, &queue, crate::queue::QueueInput::Remove { call });
                     }
+                    // The call is gone: the queue did not take it in, nothing to undo.
+                    (None, CallEnvelope::QueueFull { queue }) => {
+                        debug!(%call, %queue, "queue-full notice for a call not hosted here")
+                    }
                 }
             }
             Envelope::QueueStats {

@@ -105,7 +105,7 @@ impl Actor for QueueActor {
         let mut state = QueueState {
             tenant,
             queue,
-            machine: QueueMachine::new(),
+            machine: QueueMachine::started_at(self.runtime.now_ms()),
             held: waiting.into(),
             flush_armed: false,
         };
@@ -131,7 +131,10 @@ impl Actor for QueueActor {
                 arm_flush(&myself, state);
                 return Ok(());
             }
-            QueueMsg::Input(input) => state.machine.handle(now, input),
+            QueueMsg::Input(input) => {
+                refresh_limits(rt, state);
+                state.machine.handle(now, input)
+            }
             QueueMsg::Tick | QueueMsg::Flush if !rt.holds_lease() => {
                 state.flush_armed = false;
                 arm_flush(&myself, state);
@@ -140,6 +143,7 @@ impl Actor for QueueActor {
             QueueMsg::Tick => state.machine.handle_timeout(now),
             QueueMsg::Flush => {
                 state.flush_armed = false;
+                refresh_limits(rt, state);
                 while let Some(input) = state.held.pop_front() {
                     state.machine.handle(now, input);
                 }
@@ -191,6 +195,17 @@ impl Actor for QueueActor {
                         },
                     );
                 }
+                QueueOutput::Full { call, call_node } => {
+                    metrics::counter!("callgrid_queue_full_total", "tenant" => state.tenant.to_string(), "queue" => state.queue.to_string())
+                        .increment(1);
+                    rt.send_call(
+                        call_node,
+                        &call,
+                        CallEnvelope::QueueFull {
+                            queue: state.queue.clone(),
+                        },
+                    );
+                }
                 QueueOutput::Stats(stats) => {
                     metrics::gauge!("callgrid_queue_waiting", "tenant" => state.tenant.to_string(), "queue" => state.queue.to_string())
                         .set(stats.waiting as f64);
@@ -221,4 +236,14 @@ fn arm_flush(myself: &ActorRef<QueueMsg>, state: &mut QueueState) {
         state.flush_armed = true;
         drop(myself.send_after(Duration::from_millis(50), || QueueMsg::Flush));
     }
+}
+
+/// The queue's limits from the replicated config: a change applies to the next call without
+/// restarting the queue (calls already waiting stay).
+fn refresh_limits(rt: &Runtime, state: &mut QueueState) {
+    let max = rt.cluster.read(|s| {
+        s.queue(&state.tenant, &state.queue)
+            .and_then(|q| q.max_queued)
+    });
+    state.machine.set_max_queued(max);
 }

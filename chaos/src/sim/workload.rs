@@ -96,6 +96,8 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 timeout_prompt: None,
                 ring_timeout_ms: 4_000,
                 acw_ms: rng.range(0, 400),
+                max_queued: None,
+                on_max_queued: None,
             }),
         });
     }

@@ -165,6 +165,15 @@ impl SimNode {
                         },
                     );
                 }
+                // Mirrors `actors::node::queue_actor` (R3.5).
+                QueueOutput::Full { call, call_node } => self.send_call(
+                    ctx,
+                    call_node,
+                    &call,
+                    CallEnvelope::QueueFull {
+                        queue: queue.clone(),
+                    },
+                ),
                 QueueOutput::Stats(_) => {}
             }
         }

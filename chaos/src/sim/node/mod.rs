@@ -874,13 +874,22 @@ impl SimNode {
             }
             Msg::Mesh(Envelope::Call { call, input }) => {
                 let here = self.calls.contains_key(&call) || self.take_over_call(ctx, &call);
-                let CallEnvelope::Offer {
-                    tenant,
-                    queue,
-                    agent,
-                    agent_node,
-                    extension,
-                } = input;
+                let (tenant, queue, agent, agent_node, extension) = match input {
+                    // Mirrors `actors::node::Runtime::route` and the call actor (R3.5).
+                    CallEnvelope::QueueFull { queue } => {
+                        if here {
+                            self.call_input(ctx, &call, CallInput::QueueFull { queue });
+                        }
+                        return;
+                    }
+                    CallEnvelope::Offer {
+                        tenant,
+                        queue,
+                        agent,
+                        agent_node,
+                        extension,
+                    } => (tenant, queue, agent, agent_node, extension),
+                };
                 if here {
                     self.call_input(
                         ctx,
