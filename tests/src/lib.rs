@@ -1090,3 +1090,17 @@ pub fn wav_info(bytes: &[u8]) -> Result<WavInfo> {
             .collect(),
     })
 }
+
+/// Waits (up to `secs`) until the CDR query `q` on `api` gives CDRs for which `pred` holds.
+pub async fn cdrs_when(
+    api: &Api,
+    q: &str,
+    secs: u64,
+    what: &str,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Result<Vec<serde_json::Value>> {
+    wait_until(Duration::from_secs(secs), what, || async {
+        api.get_cdrs(q).await.ok().filter(|c| pred(c))
+    })
+    .await
+}

@@ -10,19 +10,6 @@ use std::time::{Duration, Instant};
 
 const T: &str = "gd";
 
-async fn cdrs_when(
-    api: &Api,
-    q: &str,
-    secs: u64,
-    what: &str,
-    pred: impl Fn(&[Value]) -> bool,
-) -> Result<Vec<Value>> {
-    wait_until(Duration::from_secs(secs), what, || async {
-        api.get_cdrs(q).await.ok().filter(|c| pred(c))
-    })
-    .await
-}
-
 /// The live view of gd/billing (owner node, waiting calls).
 async fn queue_status(api: &Api) -> Result<Value> {
     api.get_json(&format!("/api/v1/tenants/{T}/queues/billing/status"))

@@ -10,19 +10,6 @@ use std::time::Duration;
 const T: &str = "gd";
 
 /// CDRs of `tenant` since `from` on `api`, once `pred` holds for the list.
-async fn cdrs_when(
-    api: &Api,
-    q: &str,
-    secs: u64,
-    what: &str,
-    pred: impl Fn(&[Value]) -> bool,
-) -> Result<Vec<Value>> {
-    wait_until(Duration::from_secs(secs), what, || async {
-        api.get_cdrs(q).await.ok().filter(|c| pred(c))
-    })
-    .await
-}
-
 /// Signs in gd agents until one's AgentActor is on node 3; the others are signed out again.
 async fn agent_on_node3(c: &ClusterGuard) -> Result<SampleAgent> {
     let api = c.api(0);
