@@ -394,10 +394,61 @@ pub struct QueueFields {
     pub music_prompt: Option<PromptId>,
     #[arg(long)]
     pub timeout_prompt: Option<PromptId>,
+    /// Most calls that may wait (R3.5); the next one gets --on-max-queued.
+    #[arg(long)]
+    pub max_queued: Option<u32>,
+    /// What a call finding the queue full gets: `release` or `queue:<id>` (transfer).
+    #[arg(long, value_parser = parse_rule_target)]
+    pub on_max_queued: Option<RuleTarget>,
+    /// With `--on-max-queued release`: the prompt played before the release.
+    #[arg(long)]
+    pub on_max_queued_prompt: Option<PromptId>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+/// Where a queue rule sends a call (`release` or `queue:<id>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleTarget {
+    Release,
+    Queue(QueueId),
+}
+
+fn parse_rule_target(s: &str) -> Result<RuleTarget, String> {
+    match s.split_once(':') {
+        None if s == "release" => Ok(RuleTarget::Release),
+        Some(("queue", id)) => id
+            .parse()
+            .map(RuleTarget::Queue)
+            .map_err(|_| format!("{id:?} is not a queue id")),
+        _ => Err(format!("{s:?}: use `release` or `queue:<id>`")),
+    }
+}
+
+/// The rule's JSON (`model::RuleAction`), or a usage error for a prompt without a release.
+fn rule_value(
+    target: Option<&RuleTarget>,
+    prompt: Option<&PromptId>,
+) -> anyhow::Result<Option<Value>> {
+    Ok(match (target, prompt) {
+        (None, None) => None,
+        (Some(RuleTarget::Release), prompt) => Some(json!({
+            "action": "release",
+            "prompt": prompt.map(|p| p.as_str()),
+        })),
+        (Some(RuleTarget::Queue(q)), None) => {
+            Some(json!({"action": "transfer_queue", "queue": q.as_str()}))
+        }
+        (_, Some(_)) => {
+            return Err(crate::error::usage_err(
+                "E-BAD-RULE",
+                "--on-max-queued-prompt goes with --on-max-queued release",
+                "pass --on-max-queued release --on-max-queued-prompt <prompt>",
+            ))
+        }
+    })
 }
 
 pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
@@ -491,6 +542,11 @@ fn queue_body(f: &QueueFields) -> anyhow::Result<(Map<String, Value>, QueueId)> 
             (
                 "timeout_prompt",
                 f.timeout_prompt.as_ref().map(|p| json!(p.as_str())),
+            ),
+            ("max_queued", f.max_queued.map(|m| json!(m))),
+            (
+                "on_max_queued",
+                rule_value(f.on_max_queued.as_ref(), f.on_max_queued_prompt.as_ref())?,
             ),
         ],
     );
@@ -920,4 +976,50 @@ fn prompt_body(f: &PromptFields) -> anyhow::Result<(Map<String, Value>, PromptId
         ],
     );
     Ok((body, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_rule_flags_become_the_rule_json() {
+        assert_eq!(parse_rule_target("release"), Ok(RuleTarget::Release));
+        assert_eq!(
+            parse_rule_target("queue:billing"),
+            Ok(RuleTarget::Queue("billing".parse().unwrap()))
+        );
+        assert!(parse_rule_target("queue:").is_err());
+        assert!(parse_rule_target("hangup").is_err());
+        let prompt: PromptId = "full".parse().unwrap();
+        let release = rule_value(Some(&RuleTarget::Release), Some(&prompt))
+            .unwrap()
+            .unwrap();
+        let parsed: model::RuleAction = serde_json::from_value(release).unwrap();
+        assert_eq!(
+            parsed,
+            model::RuleAction::Release {
+                prompt: Some(prompt.clone())
+            }
+        );
+        let transfer = rule_value(Some(&RuleTarget::Queue("billing".parse().unwrap())), None)
+            .unwrap()
+            .unwrap();
+        let parsed: model::RuleAction = serde_json::from_value(transfer).unwrap();
+        assert_eq!(
+            parsed,
+            model::RuleAction::TransferQueue {
+                queue: "billing".parse().unwrap()
+            }
+        );
+        assert!(
+            rule_value(
+                Some(&RuleTarget::Queue("b".parse().unwrap())),
+                Some(&prompt)
+            )
+            .is_err(),
+            "a prompt only goes with a release"
+        );
+        assert_eq!(rule_value(None, None).unwrap(), None);
+    }
 }
