@@ -15,11 +15,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use model::routing::Route;
-use model::RuleAction;
 use model::{
     AgentId, CallId, CallPhase, Cdr, Disposition, Entry, ExtensionId, FailoverMark, Flow, FlowNode,
     HangupBy, IvrStep, NodeId, PromptId, Queue, QueueId, ReplicatedState, TrunkId,
 };
+use model::{QueueRule, RuleAction};
 
 /// What the machine knows about a call when it starts.
 #[derive(Clone, Debug)]
@@ -75,9 +75,10 @@ pub enum CallInput {
         no_answer: bool,
         reason: String,
     },
-    /// The queue the call asked to join is full (R3.5): its `on_max_queued` rule applies.
-    QueueFull {
+    /// A rule of the queue the call asked to join turned it away (R3.3, R3.5).
+    TurnedAway {
         queue: QueueId,
+        rule: QueueRule,
     },
     CustomerHangup,
     AgentHangup,
@@ -671,13 +672,13 @@ impl CallMachine {
                     self.offer_failed(now_ms, queue, agent, agent_node, no_answer);
                 }
             }
-            CallInput::QueueFull { queue } => {
+            CallInput::TurnedAway { queue, rule } => {
                 if self.state
                     == (State::Queued {
                         queue: queue.clone(),
                     })
                 {
-                    self.queue_full(now_ms, queue);
+                    self.turned_away(now_ms, queue, rule);
                 }
             }
             CallInput::CustomerHangup => self.hangup(now_ms, HangupBy::Caller),
@@ -737,15 +738,15 @@ impl CallMachine {
         self.resume_queued(queue, priority, now_ms, None);
     }
 
-    /// R3.5: the queue turned the call away. Release (with the rule's prompt) or transfer to
-    /// the rule's queue; a call never overflows back into a queue it already left (a loop of
-    /// full queues ends in a release).
-    fn queue_full(&mut self, now_ms: u64, queue: QueueId) {
+    /// R3.3, R3.5: a rule of the queue turned the call away. Release (with the rule's prompt)
+    /// or transfer to the rule's queue; a call never goes back into a queue that turned it
+    /// away (a loop of full or busy queues ends in a release).
+    fn turned_away(&mut self, now_ms: u64, queue: QueueId, rule: QueueRule) {
         let action = self
             .setup
             .queues
             .get(&queue)
-            .and_then(|q| q.on_max_queued.clone())
+            .and_then(|q| q.rule_action(rule).cloned())
             .unwrap_or(RuleAction::Release { prompt: None });
         self.overflowed_from.push(queue.clone());
         match action {
@@ -757,11 +758,11 @@ impl CallMachine {
                 self.enqueue(now_ms, next, self.priority);
             }
             RuleAction::TransferQueue { .. } => {
-                self.cdr.reason = Some("max_queued".into());
+                self.cdr.reason = Some(rule.reason().into());
                 self.release(now_ms, None, Disposition::Released);
             }
             RuleAction::Release { prompt } => {
-                self.cdr.reason = Some("max_queued".into());
+                self.cdr.reason = Some(rule.reason().into());
                 self.release(now_ms, prompt, Disposition::Released);
             }
         }

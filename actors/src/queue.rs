@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use model::{AgentId, CallId, ExtensionId, NodeId};
+use model::{AgentId, CallId, ExtensionId, NodeId, QueueRule};
 
 /// How long the queue waits for an agent's answer to `Reserve` before giving up on it.
 pub const RESERVE_REPLY_TIMEOUT_MS: u64 = 3_000;
@@ -74,8 +74,13 @@ pub enum QueueOutput {
         agent_node: NodeId,
         extension: ExtensionId,
     },
-    /// The queue is full (R3.5): `call` was not taken into the line; its own rule decides.
-    Full { call: CallId, call_node: NodeId },
+    /// A queue rule turned `call` away (R3.3, R3.5): it was not taken into the line; the
+    /// call applies the rule's action.
+    TurnedAway {
+        call: CallId,
+        call_node: NodeId,
+        rule: QueueRule,
+    },
     /// The queue's figures changed (for the wallboard, metrics and events).
     Stats(QueueStats),
 }
@@ -134,6 +139,9 @@ pub struct QueueMachine {
     last_stats: Option<QueueStats>,
     /// The most calls that may wait (R3.5), from the queue's config.
     max_queued: Option<usize>,
+    /// R3.3 applies: no signed-in agent of the queue is ready (set by the owner from the
+    /// agents' sessions, only when the queue has an `on_all_busy` rule).
+    all_busy: bool,
     /// When this machine started: a call that joined its line before (it re-joins a queue
     /// rebuilt after a node loss) is never turned away as over the limit.
     started_at_ms: u64,
@@ -155,6 +163,11 @@ impl QueueMachine {
     /// The most calls that may wait (R3.5); `None` for no limit. Calls already waiting stay.
     pub fn set_max_queued(&mut self, max: Option<u32>) {
         self.max_queued = max.map(|m| m as usize);
+    }
+
+    /// Whether new calls are turned away as "all agents busy" (R3.3).
+    pub fn set_all_busy(&mut self, all_busy: bool) {
+        self.all_busy = all_busy;
     }
 
     #[must_use]
@@ -258,11 +271,20 @@ impl QueueMachine {
                         }
                     }
                 }
-                None if self.max_queued.is_some_and(|max| self.waiting.len() >= max)
-                    && enqueued_at_ms >= self.started_at_ms =>
+                None if enqueued_at_ms >= self.started_at_ms
+                    && (self.all_busy
+                        || self.max_queued.is_some_and(|max| self.waiting.len() >= max)) =>
                 {
-                    self.outputs
-                        .push_back(QueueOutput::Full { call, call_node });
+                    let rule = if self.max_queued.is_some_and(|max| self.waiting.len() >= max) {
+                        QueueRule::MaxQueued
+                    } else {
+                        QueueRule::AllBusy
+                    };
+                    self.outputs.push_back(QueueOutput::TurnedAway {
+                        call,
+                        call_node,
+                        rule,
+                    });
                 }
                 None => {
                     self.seq += 1;
@@ -527,7 +549,7 @@ mod tests {
     fn fulls(q: &mut QueueMachine) -> Vec<String> {
         std::iter::from_fn(|| q.poll_output())
             .filter_map(|o| match o {
-                QueueOutput::Full { call, .. } => Some(call.0),
+                QueueOutput::TurnedAway { call, .. } => Some(call.0),
                 _ => None,
             })
             .collect()
@@ -559,6 +581,36 @@ mod tests {
         enqueue(&mut q, "c4", 0, 1_400);
         assert!(fulls(&mut q).is_empty());
         assert_eq!(q.stats().waiting, 4);
+    }
+
+    #[test]
+    fn all_agents_busy_turns_new_calls_away_with_that_rule() {
+        let mut q = QueueMachine::started_at(1_000);
+        q.set_all_busy(true);
+        enqueue(&mut q, "c1", 0, 1_100);
+        enqueue(&mut q, "c0", 0, 900);
+        let out: Vec<QueueOutput> = std::iter::from_fn(|| q.poll_output()).collect();
+        assert!(out.contains(&QueueOutput::TurnedAway {
+            call: CallId("c1".into()),
+            call_node: 1,
+            rule: QueueRule::AllBusy
+        }));
+        assert_eq!(q.stats().waiting, 1, "the re-joining call keeps its place");
+        // The limit wins when both hold.
+        q.set_max_queued(Some(1));
+        enqueue(&mut q, "c2", 0, 1_200);
+        let out: Vec<QueueOutput> = std::iter::from_fn(|| q.poll_output()).collect();
+        assert!(out.iter().any(|o| matches!(
+            o,
+            QueueOutput::TurnedAway {
+                rule: QueueRule::MaxQueued,
+                ..
+            }
+        )));
+        q.set_all_busy(false);
+        q.set_max_queued(None);
+        enqueue(&mut q, "c3", 0, 1_300);
+        assert_eq!(q.stats().waiting, 2);
     }
 
     fn available(q: &mut QueueMachine, agent: &str, idle: u64, now: u64) {

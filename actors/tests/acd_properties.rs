@@ -229,7 +229,7 @@ impl World {
                 self.offers.push_back((call.0, i));
                 self.offers_made += 1;
             }
-            QueueOutput::Full { call, .. } => {
+            QueueOutput::TurnedAway { call, .. } => {
                 // R3.5: turned away (released by the call's rule); never a call already waiting.
                 let entry = self.waiting.remove(&call.0);
                 assert!(

@@ -279,7 +279,7 @@ pub fn simulate(config: AcdSimConfig) -> AcdSimResult {
                 }
                 // No limit is set here (Erlang C's queue is unbounded).
                 QueueOutput::CancelReservation { .. }
-                | QueueOutput::Full { .. }
+                | QueueOutput::TurnedAway { .. }
                 | QueueOutput::Stats(_) => {}
             }
         }

@@ -61,6 +61,40 @@ pub struct Queue {
     /// What a call that finds the queue full gets (default: released without a prompt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_max_queued: Option<RuleAction>,
+    /// R3.3: what a call gets when it arrives while no signed-in agent of the queue is ready
+    /// (all busy, or nobody signed in). Unset: it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_all_busy: Option<RuleAction>,
+}
+
+/// Which queue rule turned a call away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueRule {
+    /// R3.5: the queue holds `max_queued` calls.
+    MaxQueued,
+    /// R3.3: no signed-in agent of the queue is ready.
+    AllBusy,
+}
+
+impl QueueRule {
+    /// The CDR's `reason` for a call this rule released.
+    pub fn reason(self) -> &'static str {
+        match self {
+            QueueRule::MaxQueued => "max_queued",
+            QueueRule::AllBusy => "all_busy",
+        }
+    }
+}
+
+impl Queue {
+    /// The action of `rule`, if configured.
+    pub fn rule_action(&self, rule: QueueRule) -> Option<&RuleAction> {
+        match rule {
+            QueueRule::MaxQueued => self.on_max_queued.as_ref(),
+            QueueRule::AllBusy => self.on_all_busy.as_ref(),
+        }
+    }
 }
 
 /// What a queue rule does with a call (R3.3-R3.6): release it, with a prompt played first if
@@ -210,12 +244,17 @@ impl ConfigItem {
                 if let Some(max) = q.max_queued {
                     check_range("max_queued", u64::from(max), 0, 100_000)?;
                 }
-                if let Some(RuleAction::TransferQueue { queue }) = &q.on_max_queued {
-                    if *queue == q.id {
-                        return Err(ModelError::Invalid {
-                            field: "on_max_queued",
-                            why: "a queue cannot overflow into itself",
-                        });
+                for (field, rule) in [
+                    ("on_max_queued", &q.on_max_queued),
+                    ("on_all_busy", &q.on_all_busy),
+                ] {
+                    if let Some(RuleAction::TransferQueue { queue }) = rule {
+                        if *queue == q.id {
+                            return Err(ModelError::Invalid {
+                                field,
+                                why: "a queue cannot transfer calls to itself",
+                            });
+                        }
                     }
                 }
                 Ok(())

@@ -141,6 +141,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 acw_ms: 2_000,
                 max_queued: None,
                 on_max_queued: None,
+                on_all_busy: None,
             }));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));

@@ -382,20 +382,22 @@ impl ReplicatedState {
             }
             ConfigItem::Queue(q) => {
                 tenant_of(&q.tenant)?;
-                match &q.on_max_queued {
-                    Some(crate::config::RuleAction::TransferQueue { queue }) => {
-                        need(ConfigKey::Queue {
-                            tenant: q.tenant.clone(),
-                            id: queue.clone(),
-                        })?
+                for rule in [&q.on_max_queued, &q.on_all_busy] {
+                    match rule {
+                        Some(crate::config::RuleAction::TransferQueue { queue }) => {
+                            need(ConfigKey::Queue {
+                                tenant: q.tenant.clone(),
+                                id: queue.clone(),
+                            })?
+                        }
+                        Some(crate::config::RuleAction::Release { prompt: Some(p) }) => {
+                            need(ConfigKey::Prompt {
+                                tenant: q.tenant.clone(),
+                                id: p.clone(),
+                            })?
+                        }
+                        _ => {}
                     }
-                    Some(crate::config::RuleAction::Release { prompt: Some(p) }) => {
-                        need(ConfigKey::Prompt {
-                            tenant: q.tenant.clone(),
-                            id: p.clone(),
-                        })?
-                    }
-                    _ => {}
                 }
                 for p in q.music_prompt.iter().chain(q.timeout_prompt.iter()) {
                     need(ConfigKey::Prompt {

@@ -3,6 +3,8 @@
 //!
 //! - R3.5 max queued calls: the call beyond the limit is released, or transferred to the
 //!   overflow queue, where it waits.
+//! - R3.3 all agents busy: a call arriving while no signed-in agent of the queue is ready
+//!   is released, or transferred.
 
 use std::time::Duration;
 
@@ -26,7 +28,8 @@ async fn set_queue(c: &ClusterGuard, queue: &str, change: impl Fn(&mut Value)) -
             async move {
                 let got = api.get_queue(T, queue).await.ok()?;
                 (got["max_queued"] == want["max_queued"]
-                    && got["on_max_queued"] == want["on_max_queued"])
+                    && got["on_max_queued"] == want["on_max_queued"]
+                    && got["on_all_busy"] == want["on_all_busy"])
                     .then_some(())
             }
         })
@@ -44,6 +47,24 @@ async fn waiting(c: &ClusterGuard, queue: &str) -> Option<u64> {
     status["waiting"].as_u64()
 }
 
+/// A caller the platform releases as soon as it picks key 0 (the scenario expects its BYE).
+fn released_caller(c: &ClusterGuard, name: &str, prefix: &str, node: usize) -> Sipp {
+    Sipp::new("carrier_queue_full.xml", &c.work().join("sipp"), name)
+        .remote(&c.sip(node))
+        .service("075595598")
+        .key("caller_prefix", prefix)
+}
+
+/// Waits until `n` calls wait in `queue`.
+async fn until_waiting(c: &ClusterGuard, queue: &str, n: u64) -> Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{n} calls waiting in {queue}"),
+        || async { (waiting(c, queue).await? == n).then_some(()) },
+    )
+    .await
+}
+
 /// A caller who waits in line `hold_ms`, then hangs up (SIPp carrier, key 0: general).
 fn waiting_caller(c: &ClusterGuard, name: &str, prefix: &str, hold_ms: u64, node: usize) -> Sipp {
     Sipp::new("carrier_abandon.xml", &c.work().join("sipp"), name)
@@ -51,6 +72,27 @@ fn waiting_caller(c: &ClusterGuard, name: &str, prefix: &str, hold_ms: u64, node
         .service("075595598")
         .key("caller_prefix", prefix)
         .set("hold_ms", &hold_ms.to_string())
+}
+
+/// Waits for the SIPp run to end successfully.
+async fn succeeds(run: SippRun) -> Result<()> {
+    let r = run.wait(Duration::from_secs(60)).await?;
+    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
+    Ok(())
+}
+
+/// The CDRs since `from`, once every caller prefix has one (from node `node`'s API).
+async fn cdrs_for(
+    c: &ClusterGuard,
+    node: usize,
+    from: u64,
+    prefixes: &[&str],
+) -> Result<Vec<Value>> {
+    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 120_000);
+    cdrs_when(&c.api(node), &q, 30, "the calls' CDRs", |cdrs| {
+        prefixes.iter().all(|p| cdr_of(cdrs, p).is_some())
+    })
+    .await
 }
 
 fn cdr_of<'a>(cdrs: &'a [Value], prefix: &str) -> Option<&'a Value> {
@@ -68,27 +110,11 @@ async fn a_full_queue_releases_the_next_call() -> Result<()> {
     .await?;
     let from = now_ms();
     let first = waiting_caller(&c, "first", "1371000000", 20_000, 0).spawn()?;
-    wait_until(Duration::from_secs(30), "the first call waits", || async {
-        (waiting(&c, GENERAL).await? == 1).then_some(())
-    })
-    .await?;
+    until_waiting(&c, GENERAL, 1).await?;
     // The next call finds the line full: the platform hangs up on it (the scenario expects
     // the platform's BYE).
-    let second = Sipp::new("carrier_queue_full.xml", &c.work().join("sipp"), "second")
-        .remote(&c.sip(1))
-        .service("075595598")
-        .key("caller_prefix", "1372000000")
-        .run(Duration::from_secs(60))
-        .await?;
-    ensure!(
-        second.exit_code == 0 && second.successful == 1,
-        "{second:?}"
-    );
-    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 120_000);
-    let cdrs = cdrs_when(&c.api(2), &q, 30, "released CDR", |c| {
-        cdr_of(c, "1372").is_some()
-    })
-    .await?;
+    succeeds(released_caller(&c, "second", "1372000000", 1).spawn()?).await?;
+    let cdrs = cdrs_for(&c, 2, from, &["1372"]).await?;
     let released = cdr_of(&cdrs, "1372").expect("checked");
     ensure!(
         s(released, "disposition") == "released" && s(released, "reason") == "max_queued",
@@ -98,12 +124,8 @@ async fn a_full_queue_releases_the_next_call() -> Result<()> {
         waiting(&c, GENERAL).await == Some(1),
         "the first call still waits, alone"
     );
-    let first = first.wait(Duration::from_secs(60)).await?;
-    ensure!(first.exit_code == 0 && first.successful == 1, "{first:?}");
-    let cdrs = cdrs_when(&c.api(0), &q, 30, "first CDR", |c| {
-        cdr_of(c, "1371").is_some()
-    })
-    .await?;
+    succeeds(first).await?;
+    let cdrs = cdrs_for(&c, 0, from, &["1371"]).await?;
     let kept = cdr_of(&cdrs, "1371").expect("checked");
     ensure!(s(kept, "disposition") == "abandoned", "{kept}");
     Ok(())
@@ -120,30 +142,13 @@ async fn a_full_queue_transfers_the_next_call_to_its_overflow_queue() -> Result<
     .await?;
     let from = now_ms();
     let first = waiting_caller(&c, "first", "1373000000", 20_000, 0).spawn()?;
-    wait_until(Duration::from_secs(30), "the first call waits", || async {
-        (waiting(&c, GENERAL).await? == 1).then_some(())
-    })
-    .await?;
+    until_waiting(&c, GENERAL, 1).await?;
     let second = waiting_caller(&c, "second", "1374000000", 10_000, 2).spawn()?;
-    wait_until(
-        Duration::from_secs(30),
-        "the second call waits in billing",
-        || async { (waiting(&c, "billing").await? == 1).then_some(()) },
-    )
-    .await?;
+    until_waiting(&c, "billing", 1).await?;
     ensure!(waiting(&c, GENERAL).await == Some(1));
-    let second = second.wait(Duration::from_secs(60)).await?;
-    ensure!(
-        second.exit_code == 0 && second.successful == 1,
-        "{second:?}"
-    );
-    let first = first.wait(Duration::from_secs(60)).await?;
-    ensure!(first.exit_code == 0 && first.successful == 1, "{first:?}");
-    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 120_000);
-    let cdrs = cdrs_when(&c.api(1), &q, 30, "both CDRs", |c| {
-        cdr_of(c, "1373").is_some() && cdr_of(c, "1374").is_some()
-    })
-    .await?;
+    succeeds(second).await?;
+    succeeds(first).await?;
+    let cdrs = cdrs_for(&c, 1, from, &["1373", "1374"]).await?;
     let moved = cdr_of(&cdrs, "1374").expect("checked");
     ensure!(
         s(moved, "queue") == "billing" && s(moved, "disposition") == "abandoned",
@@ -151,5 +156,36 @@ async fn a_full_queue_transfers_the_next_call_to_its_overflow_queue() -> Result<
     );
     let kept = cdr_of(&cdrs, "1373").expect("checked");
     ensure!(s(kept, "queue") == GENERAL, "{kept}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_agents_busy_releases_or_transfers_the_call() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    // Nobody of general is ready (no agent signed in): release.
+    set_queue(&c, GENERAL, |q| {
+        q["on_all_busy"] = json!({"action": "release"});
+    })
+    .await?;
+    let from = now_ms();
+    succeeds(released_caller(&c, "busy", "1375000000", 2).spawn()?).await?;
+    // Then transfer to billing, where the call waits (billing has no such rule).
+    set_queue(&c, GENERAL, |q| {
+        q["on_all_busy"] = json!({"action": "transfer_queue", "queue": "billing"});
+    })
+    .await?;
+    let moved = waiting_caller(&c, "moved", "1376000000", 8_000, 1).spawn()?;
+    until_waiting(&c, "billing", 1).await?;
+    ensure!(waiting(&c, GENERAL).await == Some(0));
+    succeeds(moved).await?;
+    let cdrs = cdrs_for(&c, 0, from, &["1375", "1376"]).await?;
+    let r = cdr_of(&cdrs, "1375").expect("checked");
+    ensure!(
+        s(r, "disposition") == "released" && s(r, "reason") == "all_busy",
+        "{r}"
+    );
+    let m = cdr_of(&cdrs, "1376").expect("checked");
+    ensure!(s(m, "queue") == "billing", "{m}");
     Ok(())
 }

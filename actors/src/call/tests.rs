@@ -391,8 +391,9 @@ fn a_talking_call_that_ended_before_its_takeover_is_only_recorded() {
 fn full(m: &mut CallMachine, at: u64, queue: &str) -> Vec<CallOutput> {
     m.handle(
         at,
-        CallInput::QueueFull {
+        CallInput::TurnedAway {
             queue: queue.parse().unwrap(),
+            rule: QueueRule::MaxQueued,
         },
     );
     drain(m)
@@ -462,4 +463,27 @@ fn a_full_queue_transfers_to_its_overflow_queue_and_never_loops() {
     let cdr = cdr_of(&out);
     assert_eq!(cdr.disposition, Disposition::Released);
     assert_eq!(cdr.reason.as_deref(), Some("max_queued"));
+}
+
+#[test]
+fn all_agents_busy_applies_its_own_rule() {
+    let mut s = setup();
+    let (billing, general): (QueueId, QueueId) =
+        ("billing".parse().unwrap(), "general".parse().unwrap());
+    // The max-queued rule would transfer; the all-busy rule (unset) releases.
+    s.queues.get_mut(&billing).unwrap().on_max_queued =
+        Some(RuleAction::TransferQueue { queue: general });
+    let mut m = CallMachine::new(s);
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    m.handle(
+        4_100,
+        CallInput::TurnedAway {
+            queue: billing,
+            rule: QueueRule::AllBusy,
+        },
+    );
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("all_busy"));
 }

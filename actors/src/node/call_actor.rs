@@ -250,9 +250,9 @@ impl Actor for CallActor {
                     },
                 );
             }
-            CallMsg::Mesh(CallEnvelope::QueueFull { queue }) => {
-                state.machine.handle(now, CallInput::QueueFull { queue })
-            }
+            CallMsg::Mesh(CallEnvelope::TurnedAway { queue, rule }) => state
+                .machine
+                .handle(now, CallInput::TurnedAway { queue, rule }),
             CallMsg::Tick => state.machine.handle_timeout(now),
             CallMsg::Resync => state.machine.resync(),
             CallMsg::LeaseCheck => {

@@ -90,8 +90,11 @@ pub enum CallEnvelope {
         agent_node: NodeId,
         extension: ExtensionId,
     },
-    /// The queue the call asked to join is full (R3.5).
-    QueueFull { queue: QueueId },
+    /// A rule of the queue the call asked to join turned it away (R3.3, R3.5).
+    TurnedAway {
+        queue: QueueId,
+        rule: model::QueueRule,
+    },
 }
 
 /// A request that expects an answer (the API asking the owner of an actor).

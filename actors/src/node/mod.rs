@@ -482,8 +482,8 @@ impl Runtime {
                         self.send_queue(&tenant, &queue, crate::queue::QueueInput::Remove { call });
                     }
                     // The call is gone: the queue did not take it in, nothing to undo.
-                    (None, CallEnvelope::QueueFull { queue }) => {
-                        debug!(%call, %queue, "queue-full notice for a call not hosted here")
+                    (None, CallEnvelope::TurnedAway { queue, .. }) => {
+                        debug!(%call, %queue, "turned-away notice for a call not hosted here")
                     }
                 }
             }

@@ -195,14 +195,19 @@ impl Actor for QueueActor {
                         },
                     );
                 }
-                QueueOutput::Full { call, call_node } => {
-                    metrics::counter!("callgrid_queue_full_total", "tenant" => state.tenant.to_string(), "queue" => state.queue.to_string())
+                QueueOutput::TurnedAway {
+                    call,
+                    call_node,
+                    rule,
+                } => {
+                    metrics::counter!("callgrid_queue_turned_away_total", "tenant" => state.tenant.to_string(), "queue" => state.queue.to_string(), "rule" => rule.reason())
                         .increment(1);
                     rt.send_call(
                         call_node,
                         &call,
-                        CallEnvelope::QueueFull {
+                        CallEnvelope::TurnedAway {
                             queue: state.queue.clone(),
+                            rule,
                         },
                     );
                 }
@@ -238,12 +243,32 @@ fn arm_flush(myself: &ActorRef<QueueMsg>, state: &mut QueueState) {
     }
 }
 
-/// The queue's limits from the replicated config: a change applies to the next call without
-/// restarting the queue (calls already waiting stay).
+/// The queue's rules from the replicated state: a config change applies to the next call
+/// without restarting the queue (calls already waiting stay).
 fn refresh_limits(rt: &Runtime, state: &mut QueueState) {
-    let max = rt.cluster.read(|s| {
-        s.queue(&state.tenant, &state.queue)
-            .and_then(|q| q.max_queued)
-    });
+    let (max, all_busy) = rt
+        .cluster
+        .read(|s| queue_limits(s, &state.tenant, &state.queue));
     state.machine.set_max_queued(max);
+    state.machine.set_all_busy(all_busy);
+}
+
+/// `max_queued`, and whether R3.3 applies now: the queue has an `on_all_busy` rule and no
+/// signed-in agent with its skill is ready (all busy, or nobody signed in).
+pub fn queue_limits(
+    s: &model::ReplicatedState,
+    tenant: &TenantId,
+    queue: &QueueId,
+) -> (Option<u32>, bool) {
+    let Some(config) = s.queue(tenant, queue) else {
+        return (None, false);
+    };
+    let all_busy = config.on_all_busy.is_some()
+        && !s.agent_sessions.values().any(|a| {
+            a.tenant == *tenant
+                && a.status == AgentStatus::Ready
+                && s.agent(tenant, &a.agent)
+                    .is_some_and(|c| c.skills.contains(queue))
+        });
+    (config.max_queued, all_busy)
 }

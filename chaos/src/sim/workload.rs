@@ -98,6 +98,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 acw_ms: rng.range(0, 400),
                 max_queued: None,
                 on_max_queued: None,
+                on_all_busy: None,
             }),
         });
     }

@@ -403,6 +403,13 @@ pub struct QueueFields {
     /// With `--on-max-queued release`: the prompt played before the release.
     #[arg(long)]
     pub on_max_queued_prompt: Option<PromptId>,
+    /// R3.3: what a call arriving while no agent of the queue is ready gets: `release` or
+    /// `queue:<id>` (unset: it waits).
+    #[arg(long, value_parser = parse_rule_target)]
+    pub on_all_busy: Option<RuleTarget>,
+    /// With `--on-all-busy release`: the prompt played before the release.
+    #[arg(long)]
+    pub on_all_busy_prompt: Option<PromptId>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
@@ -444,8 +451,8 @@ fn rule_value(
         (_, Some(_)) => {
             return Err(crate::error::usage_err(
                 "E-BAD-RULE",
-                "--on-max-queued-prompt goes with --on-max-queued release",
-                "pass --on-max-queued release --on-max-queued-prompt <prompt>",
+                "a rule's prompt goes with its `release` action",
+                "pass e.g. --on-max-queued release --on-max-queued-prompt <prompt>",
             ))
         }
     })
@@ -547,6 +554,10 @@ fn queue_body(f: &QueueFields) -> anyhow::Result<(Map<String, Value>, QueueId)> 
             (
                 "on_max_queued",
                 rule_value(f.on_max_queued.as_ref(), f.on_max_queued_prompt.as_ref())?,
+            ),
+            (
+                "on_all_busy",
+                rule_value(f.on_all_busy.as_ref(), f.on_all_busy_prompt.as_ref())?,
             ),
         ],
     );

@@ -413,6 +413,12 @@ impl SimNode {
             if q.flush_at.is_some_and(|at| now >= at) {
                 if lease {
                     q.flush_at = None;
+                    // Mirrors `actors::node::queue_actor::refresh_limits` at a flush.
+                    let (max, all_busy) = self
+                        .replica
+                        .read(|s| actors::node::queue_actor::queue_limits(s, &q.tenant, &q.queue));
+                    q.machine.set_max_queued(max);
+                    q.machine.set_all_busy(all_busy);
                     while let Some(input) = q.held.pop_front() {
                         q.machine.handle(now, input);
                     }

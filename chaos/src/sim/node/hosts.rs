@@ -83,7 +83,8 @@ impl SimNode {
             QueueHost {
                 tenant: tenant.clone(),
                 queue: queue.clone(),
-                machine: QueueMachine::new(),
+                // Mirrors `actors::node::queue_actor` (`QueueMachine::started_at`).
+                machine: QueueMachine::started_at(ctx.now),
                 held: waiting.into(),
                 flush_at: Some(ctx.now + 50),
             },
@@ -108,6 +109,12 @@ impl SimNode {
             q.flush_at.get_or_insert(ctx.now + 50);
             return;
         }
+        // Mirrors `actors::node::queue_actor::refresh_limits`.
+        let (max, all_busy) = self
+            .replica
+            .read(|s| actors::node::queue_actor::queue_limits(s, tenant, queue));
+        q.machine.set_max_queued(max);
+        q.machine.set_all_busy(all_busy);
         q.machine.handle(ctx.now, input);
         self.drive_queue(ctx, &key);
     }
@@ -166,12 +173,17 @@ impl SimNode {
                     );
                 }
                 // Mirrors `actors::node::queue_actor` (R3.5).
-                QueueOutput::Full { call, call_node } => self.send_call(
+                QueueOutput::TurnedAway {
+                    call,
+                    call_node,
+                    rule,
+                } => self.send_call(
                     ctx,
                     call_node,
                     &call,
-                    CallEnvelope::QueueFull {
+                    CallEnvelope::TurnedAway {
                         queue: queue.clone(),
+                        rule,
                     },
                 ),
                 QueueOutput::Stats(_) => {}

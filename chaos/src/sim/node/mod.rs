@@ -876,9 +876,9 @@ impl SimNode {
                 let here = self.calls.contains_key(&call) || self.take_over_call(ctx, &call);
                 let (tenant, queue, agent, agent_node, extension) = match input {
                     // Mirrors `actors::node::Runtime::route` and the call actor (R3.5).
-                    CallEnvelope::QueueFull { queue } => {
+                    CallEnvelope::TurnedAway { queue, rule } => {
                         if here {
-                            self.call_input(ctx, &call, CallInput::QueueFull { queue });
+                            self.call_input(ctx, &call, CallInput::TurnedAway { queue, rule });
                         }
                         return;
                     }
