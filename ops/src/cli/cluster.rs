@@ -646,13 +646,7 @@ fn down(args: &DirArgs) -> anyhow::Result<()> {
 }
 
 async fn status(args: &DirArgs) -> anyhow::Result<()> {
-    let file = read_cluster_file(&args.dir)?.ok_or_else(|| {
-        ops_err(
-            "E-NO-CLUSTER",
-            format!("no cluster.json in {}", args.dir.display()),
-            "run `callgrid cluster up --dir DIR`",
-        )
-    })?;
+    let file = require_cluster_file(&args.dir)?;
     let pids = read_pids(&args.dir)?;
     let http = http_client(Duration::from_secs(2))?;
     let mut rows = Vec::new();
@@ -685,13 +679,7 @@ async fn status(args: &DirArgs) -> anyhow::Result<()> {
 pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
     let started = Instant::now();
     let dir = dir.canonicalize().map_err(|e| io_err("open", dir, e))?;
-    let file = read_cluster_file(&dir)?.ok_or_else(|| {
-        ops_err(
-            "E-NO-CLUSTER",
-            format!("no cluster.json in {}", dir.display()),
-            "run `callgrid cluster up --dir DIR` first",
-        )
-    })?;
+    let file = require_cluster_file(&dir)?;
     let dr: Vec<&ClusterNode> = file.nodes.iter().filter(|n| n.site == "dr").collect();
     if dr.is_empty() {
         return Err(ops_err(
@@ -731,28 +719,23 @@ pub async fn dr_takeover(dir: &Path, force: bool) -> anyhow::Result<Value> {
     }
     let mut seeds = Vec::new();
     for n in &dr {
-        let response = http
+        let request = http
             .post(format!("{}/api/v1/dr/seed", n.api))
             .bearer_auth(&file.token)
-            .json(&serde_json::json!({"left_behind": left_behind, "force": force}))
-            .send()
-            .await
-            .map_err(|e| {
-                ops_err(
-                    "E-DR-UNREACHABLE",
-                    format!("dr node {} does not answer: {e}", n.id),
-                    "the DR node must be running to take over",
-                )
-            })?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(ops_err(
+            .json(&serde_json::json!({"left_behind": left_behind, "force": force}));
+        let body = admin_call(
+            request,
+            (
+                "E-DR-UNREACHABLE",
+                "the DR node must be running to take over",
+            ),
+            (
                 "E-DR-REFUSED",
-                format!("dr node {} refused: {body}", n.id),
                 "see the message; --force overrides the quorum check",
-            ));
-        }
+            ),
+            &format!("dr node {}", n.id),
+        )
+        .await?;
         seeds.push(body);
     }
     // Stop the DR nodes, rewrite their membership to the DR site alone, start them again.
@@ -813,6 +796,45 @@ fn check_config(c: &NodeFileConfig) -> anyhow::Result<()> {
         .map_err(|(message, hint)| ops_err("E-CONFIG", message, hint))
 }
 
+/// `cluster.json` of `dir`, or a clear error when there is none.
+fn require_cluster_file(dir: &Path) -> anyhow::Result<ClusterFile> {
+    read_cluster_file(dir)?.ok_or_else(|| {
+        ops_err(
+            "E-NO-CLUSTER",
+            format!("no cluster.json in {}", dir.display()),
+            "run `callgrid cluster up --dir DIR` first",
+        )
+    })
+}
+
+/// Sends an admin request to a node and returns its JSON answer. `unreachable` and `refused`
+/// are (code, hint) of the error when the node does not answer or answers with an error;
+/// `what` names the request in the message.
+async fn admin_call(
+    request: reqwest::RequestBuilder,
+    unreachable: (&'static str, &str),
+    refused: (&'static str, &str),
+    what: &str,
+) -> anyhow::Result<Value> {
+    let response = request.send().await.map_err(|e| {
+        ops_err(
+            unreachable.0,
+            format!("{what}: no answer: {e}"),
+            unreachable.1,
+        )
+    })?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        return Err(ops_err(
+            refused.0,
+            format!("{what}: refused ({status}): {body}"),
+            refused.1,
+        ));
+    }
+    Ok(body)
+}
+
 /// Stops a node process: SIGTERM, then SIGKILL if it has not exited within 15 s.
 async fn stop_node(pid: u32) {
     let _ = std::process::Command::new("kill")
@@ -837,13 +859,7 @@ async fn stop_node(pid: u32) {
 pub async fn dr_failback(dir: &Path, nodes: Option<Vec<u64>>) -> anyhow::Result<Value> {
     let started = Instant::now();
     let dir = dir.canonicalize().map_err(|e| io_err("open", dir, e))?;
-    let file = read_cluster_file(&dir)?.ok_or_else(|| {
-        ops_err(
-            "E-NO-CLUSTER",
-            format!("no cluster.json in {}", dir.display()),
-            "run `callgrid cluster up --dir DIR` first",
-        )
-    })?;
+    let file = require_cluster_file(&dir)?;
     let http = http_client(Duration::from_secs(5))?;
     // The running lineage: its leader and members, asked of any node that answers.
     let mut leader = None;
@@ -949,54 +965,33 @@ pub async fn dr_failback(dir: &Path, nodes: Option<Vec<u64>>) -> anyhow::Result<
             "sip_addr": c.sip_addr.to_string(),
             "mesh_addr": c.mesh_addr.to_string(),
         });
-        let response = http_client(Duration::from_secs(120))?
+        let request = http_client(Duration::from_secs(120))?
             .post(format!("{leader_api}/api/v1/cluster/learners"))
             .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                ops_err(
-                    "E-FAILBACK",
-                    format!("adding node {}: {e}", c.node_id),
-                    "see the leader's log",
-                )
-            })?;
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(ops_err(
-                "E-FAILBACK",
-                format!("the leader refused to add node {}: {answer}", c.node_id),
-                "see the message and the leader's log",
-            ));
-        }
+            .json(&body);
+        let answer = admin_call(
+            request,
+            ("E-FAILBACK", "see the leader's log"),
+            ("E-FAILBACK", "see the message and the leader's log"),
+            &format!("adding node {}", c.node_id),
+        )
+        .await?;
         joined.push(answer);
     }
     let mut new_voters: Vec<u64> = voters.clone();
     new_voters.extend(&recovered);
     new_voters.sort_unstable();
-    let response = http
+    let request = http
         .put(format!("{leader_api}/api/v1/cluster/voters"))
         .bearer_auth(&token)
-        .json(&serde_json::json!({ "voters": new_voters }))
-        .send()
-        .await
-        .map_err(|e| {
-            ops_err(
-                "E-FAILBACK",
-                format!("changing the voters: {e}"),
-                "see the leader's log",
-            )
-        })?;
-    if !response.status().is_success() {
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        return Err(ops_err(
-            "E-FAILBACK",
-            format!("the leader refused the voters {new_voters:?}: {answer}"),
-            "see the message and the leader's log",
-        ));
-    }
+        .json(&serde_json::json!({ "voters": new_voters }));
+    admin_call(
+        request,
+        ("E-FAILBACK", "see the leader's log"),
+        ("E-FAILBACK", "see the message and the leader's log"),
+        &format!("making {new_voters:?} the voters"),
+    )
+    .await?;
     // The recovered nodes' configs name every node again, and the dr nodes' too, so a later
     // restart of any of them matches the membership; join mode stays off from now on.
     for id in &all {
