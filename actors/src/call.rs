@@ -106,12 +106,14 @@ pub enum CallOutput {
     },
     StopPlay,
     /// Join (or re-join, after a takeover: idempotent) the queue at the original place;
-    /// `offered_to` when the call is ringing that agent for the queue.
+    /// `offered_to` when the call is ringing that agent for the queue. `arriving`: the call
+    /// joins this queue now (the queue's rules apply), not re-stating a place it holds.
     Enqueue {
         queue: QueueId,
         priority: u8,
         enqueued_at_ms: u64,
         offered_to: Option<AgentId>,
+        arriving: bool,
     },
     Dequeue {
         queue: QueueId,
@@ -240,7 +242,7 @@ impl CallMachine {
                 queue,
                 priority,
                 enqueued_at_ms,
-            } => m.resume_queued(queue, priority, enqueued_at_ms, None),
+            } => m.resume_queued(queue, priority, enqueued_at_ms, None, false),
             CallPhase::Offering {
                 queue,
                 priority,
@@ -248,7 +250,13 @@ impl CallMachine {
                 agent,
                 ..
             } => {
-                m.resume_queued(queue.clone(), priority, enqueued_at_ms, Some(agent.clone()));
+                m.resume_queued(
+                    queue.clone(),
+                    priority,
+                    enqueued_at_ms,
+                    Some(agent.clone()),
+                    false,
+                );
                 m.cdr.ring_started_at_ms = None;
                 m.outputs.push_back(CallOutput::Agent {
                     agent: agent.clone(),
@@ -285,6 +293,7 @@ impl CallMachine {
         priority: u8,
         enqueued_at_ms: u64,
         offered_to: Option<AgentId>,
+        arriving: bool,
     ) {
         let config = self.setup.queues.get(&queue).cloned();
         self.priority = priority;
@@ -304,6 +313,7 @@ impl CallMachine {
             priority,
             enqueued_at_ms,
             offered_to,
+            arriving,
         });
     }
 
@@ -354,6 +364,7 @@ impl CallMachine {
             priority: self.priority,
             enqueued_at_ms,
             offered_to,
+            arriving: false,
         });
     }
 
@@ -735,7 +746,7 @@ impl CallMachine {
         }
         self.cdr.queue = Some(queue.clone());
         self.cdr.enqueued_at_ms = Some(now_ms);
-        self.resume_queued(queue, priority, now_ms, None);
+        self.resume_queued(queue, priority, now_ms, None, true);
     }
 
     /// R3.3, R3.5: a rule of the queue turned the call away. Release (with the rule's prompt)
@@ -748,6 +759,11 @@ impl CallMachine {
             .get(&queue)
             .and_then(|q| q.rule_action(rule).cloned())
             .unwrap_or(RuleAction::Release { prompt: None });
+        // The queue did not take the call, but a periodic resync (which re-states a place and
+        // is never turned away) may have crossed the refusal and put it in line: take it out.
+        self.outputs.push_back(CallOutput::Dequeue {
+            queue: queue.clone(),
+        });
         self.overflowed_from.push(queue.clone());
         match action {
             RuleAction::TransferQueue { queue: next }

@@ -28,6 +28,11 @@ pub enum QueueInput {
         enqueued_at_ms: u64,
         #[serde(default)]
         offered_to: Option<AgentId>,
+        /// The call joins the queue now, so the queue's rules (R3.3, R3.5) apply. False when
+        /// it re-states a place it holds (periodic resync, takeover, queue rebuilt after a
+        /// node loss): such a call is never turned away.
+        #[serde(default)]
+        arriving: bool,
     },
     /// The call left the queue (caller hung up, max wait, answered elsewhere).
     Remove {
@@ -142,22 +147,11 @@ pub struct QueueMachine {
     /// R3.3 applies: no signed-in agent of the queue is ready (set by the owner from the
     /// agents' sessions, only when the queue has an `on_all_busy` rule).
     all_busy: bool,
-    /// When this machine started: a call that joined its line before (it re-joins a queue
-    /// rebuilt after a node loss) is never turned away as over the limit.
-    started_at_ms: u64,
 }
 
 impl QueueMachine {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A machine started at `now_ms` (see `started_at_ms`).
-    pub fn started_at(now_ms: u64) -> Self {
-        QueueMachine {
-            started_at_ms: now_ms,
-            ..Self::default()
-        }
     }
 
     /// The most calls that may wait (R3.5); `None` for no limit. Calls already waiting stay.
@@ -240,6 +234,7 @@ impl QueueMachine {
                 priority,
                 enqueued_at_ms,
                 offered_to,
+                arriving,
             } => match self.positions.get(&call) {
                 Some(position) => {
                     if let Some(w) = self.waiting.get_mut(position) {
@@ -271,7 +266,7 @@ impl QueueMachine {
                         }
                     }
                 }
-                None if enqueued_at_ms >= self.started_at_ms
+                None if arriving
                     && (self.all_busy
                         || self.max_queued.is_some_and(|max| self.waiting.len() >= max)) =>
                 {
@@ -534,7 +529,15 @@ mod tests {
             })
             .collect()
     }
+    /// A call joins the queue now (the rules apply).
     fn enqueue(q: &mut QueueMachine, call: &str, priority: u8, at: u64) {
+        join(q, call, priority, at, true);
+    }
+    /// A call re-states a place it held before (a queue rebuilt after a node loss).
+    fn restate(q: &mut QueueMachine, call: &str, priority: u8, at: u64) {
+        join(q, call, priority, at, false);
+    }
+    fn join(q: &mut QueueMachine, call: &str, priority: u8, at: u64, arriving: bool) {
         q.handle(
             at,
             QueueInput::Enqueue {
@@ -543,6 +546,7 @@ mod tests {
                 priority,
                 enqueued_at_ms: at,
                 offered_to: None,
+                arriving,
             },
         );
     }
@@ -557,7 +561,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_turns_new_calls_away_but_keeps_rejoining_ones() {
-        let mut q = QueueMachine::started_at(1_000);
+        let mut q = QueueMachine::new();
         q.set_max_queued(Some(2));
         enqueue(&mut q, "c1", 0, 1_100);
         enqueue(&mut q, "c2", 0, 1_200);
@@ -569,8 +573,8 @@ mod tests {
             "the limit holds whatever the priority"
         );
         assert_eq!(q.stats().waiting, 2);
-        // A call that joined before this queue started (rebuilt after a node loss) re-joins.
-        enqueue(&mut q, "c0", 0, 900);
+        // A call that held its place before (the queue rebuilt after a node loss) re-joins.
+        restate(&mut q, "c0", 0, 900);
         assert!(fulls(&mut q).is_empty());
         assert_eq!(q.stats().waiting, 3);
         // A call already waiting re-states its place: never turned away.
@@ -585,10 +589,10 @@ mod tests {
 
     #[test]
     fn all_agents_busy_turns_new_calls_away_with_that_rule() {
-        let mut q = QueueMachine::started_at(1_000);
+        let mut q = QueueMachine::new();
         q.set_all_busy(true);
         enqueue(&mut q, "c1", 0, 1_100);
-        enqueue(&mut q, "c0", 0, 900);
+        restate(&mut q, "c0", 0, 900);
         let out: Vec<QueueOutput> = std::iter::from_fn(|| q.poll_output()).collect();
         assert!(out.contains(&QueueOutput::TurnedAway {
             call: CallId("c1".into()),
@@ -772,6 +776,7 @@ mod tests {
                 priority: 0,
                 enqueued_at_ms: 5,
                 offered_to: Some("1001".parse().unwrap()),
+                arriving: false,
             },
         );
         enqueue(&mut q, "b", 0, 8);
@@ -790,6 +795,7 @@ mod tests {
                 priority: 0,
                 enqueued_at_ms: 5,
                 offered_to: Some("1001".parse().unwrap()),
+                arriving: false,
             },
         );
         assert_eq!(q.waiting_calls().len(), 2);
@@ -835,6 +841,7 @@ mod tests {
                 priority: 0,
                 enqueued_at_ms: 10,
                 offered_to: None,
+                arriving: false,
             },
         );
         std::iter::from_fn(|| q.poll_output()).collect()

@@ -283,6 +283,7 @@ impl World {
                     priority,
                     enqueued_at_ms: self.now,
                     offered_to: None,
+                    arriving: true,
                 };
                 self.queues[q].handle(self.now, input);
             }

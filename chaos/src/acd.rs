@@ -216,6 +216,7 @@ pub fn simulate(config: AcdSimConfig) -> AcdSimResult {
                         priority: 0,
                         enqueued_at_ms: now,
                         offered_to: None,
+                        arriving: true,
                     },
                 );
                 if arrived < total {

@@ -114,15 +114,17 @@ async fn a_full_queue_releases_the_next_call() -> Result<()> {
     // The next call finds the line full: the platform hangs up on it (the scenario expects
     // the platform's BYE).
     succeeds(released_caller(&c, "second", "1372000000", 1).spawn()?).await?;
+    let still = waiting(&c, GENERAL).await;
+    ensure!(
+        still == Some(1),
+        "the first call still waits, alone: {still:?} waiting {} ms after it started",
+        now_ms() - from
+    );
     let cdrs = cdrs_for(&c, 2, from, &["1372"]).await?;
     let released = cdr_of(&cdrs, "1372").expect("checked");
     ensure!(
         s(released, "disposition") == "released" && s(released, "reason") == "max_queued",
         "{released}"
-    );
-    ensure!(
-        waiting(&c, GENERAL).await == Some(1),
-        "the first call still waits, alone"
     );
     succeeds(first).await?;
     let cdrs = cdrs_for(&c, 0, from, &["1371"]).await?;

@@ -56,6 +56,7 @@ fn ivr_menu_key_queues_the_call_then_an_answered_call_has_a_full_trail() {
         priority: 0,
         enqueued_at_ms: 4_000,
         offered_to: None,
+        arriving: true,
     }));
     m.handle(
         5_000,
@@ -233,6 +234,7 @@ fn a_queued_call_restored_elsewhere_rejoins_at_its_original_place_with_music() {
         priority: 0,
         enqueued_at_ms: 4_000,
         offered_to: None,
+        arriving: false,
     }));
     // Max wait still counts from the original enqueue time.
     assert_eq!(r.poll_timeout(), m.poll_timeout());
@@ -334,6 +336,7 @@ fn resync_restates_the_place_of_a_waiting_or_ringing_call_only() {
             priority: 0,
             enqueued_at_ms: 4_000,
             offered_to: Some("1001".parse().unwrap()),
+            arriving: false,
         }]
     );
 }
@@ -409,6 +412,12 @@ fn a_full_queue_releases_the_call_by_default() {
     assert_eq!(cdr.disposition, Disposition::Released);
     assert_eq!(cdr.reason.as_deref(), Some("max_queued"));
     assert!(out.contains(&CallOutput::HangupCustomer));
+    assert!(
+        out.contains(&CallOutput::Dequeue {
+            queue: "billing".parse().unwrap()
+        }),
+        "a resync that crossed the refusal must not leave the call in line"
+    );
     // A notice for another queue than the one the call waits in changes nothing.
     let mut m = CallMachine::new(setup());
     to_queue(&mut m, '2');
@@ -453,7 +462,7 @@ fn a_full_queue_transfers_to_its_overflow_queue_and_never_loops() {
     drain(&mut m);
     let out = full(&mut m, 4_100, "billing");
     assert!(
-        out.iter().any(|o| matches!(o, CallOutput::Enqueue { queue, enqueued_at_ms: 4_100, .. } if *queue == general)),
+        out.iter().any(|o| matches!(o, CallOutput::Enqueue { queue, enqueued_at_ms: 4_100, arriving: true, .. } if *queue == general)),
         "joins general, arriving there now: {out:?}"
     );
     assert_eq!(m.state_name(), "queued");

@@ -926,6 +926,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 priority,
                 enqueued_at_ms,
                 offered_to,
+                arriving,
             } => {
                 state.queue = Some(queue.clone());
                 rt.send_queue(
@@ -937,6 +938,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                         priority,
                         enqueued_at_ms,
                         offered_to,
+                        arriving,
                     },
                 );
             }

@@ -97,6 +97,7 @@ impl Actor for QueueActor {
                             priority,
                             enqueued_at_ms,
                             offered_to,
+                            arriving: false,
                         }
                     })
                 })
@@ -105,7 +106,7 @@ impl Actor for QueueActor {
         let mut state = QueueState {
             tenant,
             queue,
-            machine: QueueMachine::started_at(self.runtime.now_ms()),
+            machine: QueueMachine::new(),
             held: waiting.into(),
             flush_armed: false,
         };

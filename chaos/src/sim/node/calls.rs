@@ -268,6 +268,7 @@ impl SimNode {
                     priority,
                     enqueued_at_ms,
                     offered_to,
+                    arriving,
                 } => self.send_queue(
                     ctx,
                     &tenant,
@@ -278,6 +279,7 @@ impl SimNode {
                         priority,
                         enqueued_at_ms,
                         offered_to,
+                        arriving,
                     },
                 ),
                 CallOutput::Dequeue { queue } => self.send_queue(

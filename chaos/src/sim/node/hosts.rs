@@ -57,6 +57,7 @@ impl SimNode {
                             priority,
                             enqueued_at_ms,
                             offered_to,
+                            arriving: false,
                         }
                     })
                 })
@@ -84,7 +85,7 @@ impl SimNode {
                 tenant: tenant.clone(),
                 queue: queue.clone(),
                 // Mirrors `actors::node::queue_actor` (`QueueMachine::started_at`).
-                machine: QueueMachine::started_at(ctx.now),
+                machine: QueueMachine::new(),
                 held: waiting.into(),
                 flush_at: Some(ctx.now + 50),
             },
