@@ -19,7 +19,7 @@ use model::{
     AgentId, CallId, CallPhase, Cdr, Disposition, Entry, ExtensionId, FailoverMark, Flow, FlowNode,
     HangupBy, IvrStep, NodeId, PromptId, Queue, QueueId, ReplicatedState, TrunkId,
 };
-use model::{QueueRule, RuleAction};
+use model::{FlowId, QueueRule, RuleAction, RuleStep, WaitAnnounced};
 
 /// What the machine knows about a call when it starts.
 #[derive(Clone, Debug)]
@@ -31,29 +31,32 @@ pub struct CallSetup {
     pub dialled: String,
     pub trunk: Option<TrunkId>,
     pub started_at_ms: u64,
-    /// The flow of the access code's entry, if it is a flow.
-    pub flow: Option<Flow>,
+    /// The tenant's IVR flows (the access code's entry, and any a queue rule transfers to)
+    /// as configured when the call arrived.
+    pub flows: BTreeMap<FlowId, Flow>,
     /// The tenant's queues as configured when the call arrived.
     pub queues: BTreeMap<QueueId, Queue>,
 }
 
-/// The entry flow of `route` (if its entry is a flow) and the tenant's queues, from the
-/// replicated configuration: what a call needs to run, at arrival or at a takeover.
-pub fn flow_and_queues(
+/// The tenant's flows and queues from the replicated configuration: what a call of `route`
+/// needs to run, at arrival or at a takeover.
+pub fn flows_and_queues(
     state: &ReplicatedState,
     route: &Route,
-) -> (Option<Flow>, BTreeMap<QueueId, Queue>) {
-    let flow = match &route.entry {
-        Entry::Flow(f) => state.flow(&route.tenant, f).cloned(),
-        Entry::Queue(_) => None,
-    };
+) -> (BTreeMap<FlowId, Flow>, BTreeMap<QueueId, Queue>) {
+    let flows = state
+        .flows
+        .values()
+        .filter(|f| f.tenant == route.tenant)
+        .map(|f| (f.id.clone(), f.clone()))
+        .collect();
     let queues = state
         .queues
         .values()
         .filter(|q| q.tenant == route.tenant)
         .map(|q| (q.id.clone(), q.clone()))
         .collect();
-    (flow, queues)
+    (flows, queues)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +82,12 @@ pub enum CallInput {
     TurnedAway {
         queue: QueueId,
         rule: QueueRule,
+    },
+    /// R3.9: the queue's answer to `AskWait`: calls ahead, and the estimated wait if known.
+    WaitEstimate {
+        queue: QueueId,
+        ahead: usize,
+        wait_ms: Option<u64>,
     },
     CustomerHangup,
     AgentHangup,
@@ -116,6 +125,10 @@ pub enum CallOutput {
         arriving: bool,
     },
     Dequeue {
+        queue: QueueId,
+    },
+    /// R3.9: ask the queue for the call's estimated wait (answered by `WaitEstimate`).
+    AskWait {
         queue: QueueId,
     },
     OfferDone {
@@ -175,12 +188,21 @@ pub struct CallMachine {
     max_wait_deadline: Option<u64>,
     /// The queue priority of the call (from the flow's Queue node; 0 for a direct entry).
     priority: u8,
-    /// Queues that turned this call away as full (R3.5), so overflow never loops.
-    overflowed_from: Vec<QueueId>,
+    /// The IVR flow the call walks: the entry flow, or one a queue rule transferred it to.
+    flow: Option<FlowId>,
+    /// R3.9: when the call next asks its queue for the estimated wait.
+    announce_at: Option<u64>,
+    /// The rest of the wait announcement being played (prefix, minutes, suffix); music
+    /// resumes after it.
+    announcement: VecDeque<PromptId>,
+    announcing: bool,
     outputs: VecDeque<CallOutput>,
 }
 
 const PRIORITY_DEFAULT: u8 = 0;
+
+/// The most queue rules that may move one call on (transfers included) before it is released.
+pub const MAX_RULE_STEPS: usize = 16;
 
 impl CallMachine {
     pub fn new(setup: CallSetup) -> Self {
@@ -215,14 +237,22 @@ impl CallMachine {
             reason: None,
             recording_id: None,
             failovers: Vec::new(),
+            rules: Vec::new(),
+            wait_announcements: Vec::new(),
         };
         Self {
-            setup,
             state: State::Setup,
             cdr,
             max_wait_deadline: None,
             priority: PRIORITY_DEFAULT,
-            overflowed_from: Vec::new(),
+            flow: match &setup.route.entry {
+                Entry::Flow(f) => Some(f.clone()),
+                Entry::Queue(_) => None,
+            },
+            announce_at: None,
+            announcement: VecDeque::new(),
+            announcing: false,
+            setup,
             outputs: VecDeque::new(),
         }
     }
@@ -237,12 +267,17 @@ impl CallMachine {
         m.cdr = cdr;
         match phase.clone() {
             CallPhase::Setup => m.handle(now_ms, CallInput::CustomerAnswered),
-            CallPhase::Ivr { node } => m.enter_node(now_ms, &node),
+            CallPhase::Ivr { node, flow } => {
+                if flow.is_some() {
+                    m.flow = flow;
+                }
+                m.enter_node(now_ms, &node)
+            }
             CallPhase::Queued {
                 queue,
                 priority,
                 enqueued_at_ms,
-            } => m.resume_queued(queue, priority, enqueued_at_ms, None, false),
+            } => m.resume_queued(now_ms, queue, priority, enqueued_at_ms, None, false),
             CallPhase::Offering {
                 queue,
                 priority,
@@ -251,6 +286,7 @@ impl CallMachine {
                 ..
             } => {
                 m.resume_queued(
+                    now_ms,
                     queue.clone(),
                     priority,
                     enqueued_at_ms,
@@ -289,6 +325,7 @@ impl CallMachine {
 
     fn resume_queued(
         &mut self,
+        now_ms: u64,
         queue: QueueId,
         priority: u8,
         enqueued_at_ms: u64,
@@ -299,6 +336,11 @@ impl CallMachine {
         self.priority = priority;
         self.cdr.priority = priority;
         self.max_wait_deadline = config.as_ref().map(|q| enqueued_at_ms + q.max_wait_ms);
+        self.announce_at = config
+            .as_ref()
+            .and_then(|q| q.wait_announcement.as_ref())
+            .and_then(|w| w.next_at(enqueued_at_ms, now_ms));
+        self.stop_announcing();
         self.state = State::Queued {
             queue: queue.clone(),
         };
@@ -322,7 +364,10 @@ impl CallMachine {
         let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(self.cdr.started_at_ms);
         Some(match &self.state {
             State::Setup => CallPhase::Setup,
-            State::Ivr { node, .. } => CallPhase::Ivr { node: node.clone() },
+            State::Ivr { node, .. } => CallPhase::Ivr {
+                node: node.clone(),
+                flow: self.flow.clone(),
+            },
             State::Queued { queue } => CallPhase::Queued {
                 queue: queue.clone(),
                 priority: self.priority,
@@ -428,11 +473,11 @@ impl CallMachine {
             State::Offering { deadline, .. } => Some(*deadline),
             _ => None,
         };
-        let wait = match self.state {
-            State::Queued { .. } => self.max_wait_deadline,
-            _ => None,
+        let (wait, announce) = match self.state {
+            State::Queued { .. } => (self.max_wait_deadline, self.announce_at),
+            _ => (None, None),
         };
-        state_deadline.into_iter().chain(wait).min()
+        state_deadline.into_iter().chain(wait).chain(announce).min()
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -461,17 +506,17 @@ impl CallMachine {
                 self.offer_failed(now_ms, queue, agent, agent_node, true);
             }
             State::Queued { queue } if self.max_wait_deadline.is_some_and(|d| now_ms >= d) => {
-                // R3.4: waited too long; release with a prompt.
-                self.outputs.push_back(CallOutput::Dequeue {
-                    queue: queue.clone(),
-                });
-                self.cdr.reason = Some("max_wait".into());
-                let prompt = self
+                self.apply_rule(now_ms, queue, QueueRule::MaxWait);
+            }
+            State::Queued { queue } if self.announce_at.is_some_and(|at| now_ms >= at) => {
+                let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(now_ms);
+                self.announce_at = self
                     .setup
                     .queues
                     .get(&queue)
-                    .and_then(|q| q.timeout_prompt.clone());
-                self.release(now_ms, prompt, Disposition::Released);
+                    .and_then(|q| q.wait_announcement.as_ref())
+                    .and_then(|w| w.next_at(enqueued_at_ms, now_ms + 1));
+                self.outputs.push_back(CallOutput::AskWait { queue });
             }
             _ => {}
         }
@@ -527,7 +572,7 @@ impl CallMachine {
                     self.cdr.answered_at_ms = Some(now_ms);
                     match self.setup.route.entry.clone() {
                         Entry::Flow(_) => {
-                            let start = self.setup.flow.as_ref().map(|f| f.start.clone());
+                            let start = self.current_flow().map(|f| f.start.clone());
                             match start {
                                 Some(start) => self.enter_node(now_ms, &start),
                                 None => self.fail(now_ms, "flow missing"),
@@ -559,9 +604,34 @@ impl CallMachine {
                     _ => {}
                 },
                 State::Releasing => self.finish(now_ms, HangupBy::System, self.cdr.disposition),
+                State::Queued { queue } | State::Offering { queue, .. } if self.announcing => {
+                    self.next_announcement_part(&queue)
+                }
                 _ => {}
             },
             CallInput::Digit(digit) => {
+                // R3.6: the queue's cancel key, while waiting or while an agent rings.
+                if let State::Queued { queue } | State::Offering { queue, .. } = &self.state {
+                    let queue = queue.clone();
+                    let cancel = self.setup.queues.get(&queue).and_then(|q| q.cancel_key);
+                    if cancel == Some(digit) {
+                        if let State::Offering {
+                            agent, agent_node, ..
+                        } = self.state.clone()
+                        {
+                            self.outputs.push_back(CallOutput::CancelAgent);
+                            self.offer_failed(now_ms, queue.clone(), agent, agent_node, false);
+                        }
+                        if self.state
+                            == (State::Queued {
+                                queue: queue.clone(),
+                            })
+                        {
+                            self.apply_rule(now_ms, queue, QueueRule::CancelKey);
+                        }
+                        return;
+                    }
+                }
                 if let State::Ivr { node, .. } = self.state.clone() {
                     if let Some(FlowNode::Menu { options, .. }) = self.flow_node(&node).cloned() {
                         // A key during the menu prompt interrupts it (barge-in).
@@ -652,6 +722,7 @@ impl CallMachine {
                     self.cdr.agent_node = Some(agent_node);
                     self.cdr.wait_ms =
                         now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
+                    self.stop_announcing();
                     self.outputs.push_back(CallOutput::StopPlay);
                     self.outputs.push_back(CallOutput::OfferDone {
                         queue: queue.clone(),
@@ -689,7 +760,35 @@ impl CallMachine {
                         queue: queue.clone(),
                     })
                 {
-                    self.turned_away(now_ms, queue, rule);
+                    self.apply_rule(now_ms, queue, rule);
+                }
+            }
+            CallInput::WaitEstimate {
+                queue,
+                ahead,
+                wait_ms,
+            } => {
+                let config = self
+                    .setup
+                    .queues
+                    .get(&queue)
+                    .and_then(|q| q.wait_announcement.clone());
+                if let (State::Queued { queue: q }, Some(config), Some(wait_ms)) =
+                    (&self.state, config, wait_ms)
+                {
+                    if *q == queue && !self.announcing {
+                        let minutes = wait_ms.div_ceil(60_000).max(1);
+                        self.announcement.push_back(config.prefix);
+                        self.announcement.extend(model::number_prompts(minutes));
+                        self.announcement.push_back(config.suffix);
+                        self.announcing = true;
+                        self.cdr.wait_announcements.push(WaitAnnounced {
+                            at_ms: now_ms,
+                            ahead,
+                            minutes,
+                        });
+                        self.next_announcement_part(&queue);
+                    }
                 }
             }
             CallInput::CustomerHangup => self.hangup(now_ms, HangupBy::Caller),
@@ -702,8 +801,42 @@ impl CallMachine {
         }
     }
 
+    /// Plays the next part of the wait announcement, or the queue's music once it is over.
+    fn next_announcement_part(&mut self, queue: &QueueId) {
+        match self.announcement.pop_front() {
+            Some(prompt) => self.outputs.push_back(CallOutput::Play {
+                prompt,
+                repeat: false,
+            }),
+            None => {
+                self.announcing = false;
+                if let Some(music) = self
+                    .setup
+                    .queues
+                    .get(queue)
+                    .and_then(|q| q.music_prompt.clone())
+                {
+                    self.outputs.push_back(CallOutput::Play {
+                        prompt: music,
+                        repeat: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Drops the rest of a wait announcement (the call left the line or was answered).
+    fn stop_announcing(&mut self) {
+        self.announcement.clear();
+        self.announcing = false;
+    }
+
+    fn current_flow(&self) -> Option<&Flow> {
+        self.flow.as_ref().and_then(|f| self.setup.flows.get(f))
+    }
+
     fn flow_node(&self, name: &str) -> Option<&FlowNode> {
-        self.setup.flow.as_ref().and_then(|f| f.nodes.get(name))
+        self.current_flow().and_then(|f| f.nodes.get(name))
     }
 
     fn enter_node(&mut self, now_ms: u64, name: &str) {
@@ -746,40 +879,68 @@ impl CallMachine {
         }
         self.cdr.queue = Some(queue.clone());
         self.cdr.enqueued_at_ms = Some(now_ms);
-        self.resume_queued(queue, priority, now_ms, None, true);
+        self.resume_queued(now_ms, queue, priority, now_ms, None, true);
     }
 
-    /// R3.3, R3.5: a rule of the queue turned the call away. Release (with the rule's prompt)
-    /// or transfer to the rule's queue; a call never goes back into a queue that turned it
-    /// away (a loop of full or busy queues ends in a release).
-    fn turned_away(&mut self, now_ms: u64, queue: QueueId, rule: QueueRule) {
+    /// R3.3-R3.6: a rule of `queue` holds for the call (the queue turned it away, it waited
+    /// too long, or the caller pressed the cancel key). Release it (with the rule's prompt), or
+    /// transfer it to the rule's queue or IVR flow. A call never goes back into a queue whose
+    /// rule sent it away (a loop of full or busy queues ends in a release), and a call moved
+    /// on by rules `MAX_RULE_STEPS` times is released (a flow that leads back into a busy
+    /// queue cannot spin). The step is in the CDR's `rules` trail, which is checkpointed, so
+    /// both guards hold across a takeover.
+    fn apply_rule(&mut self, now_ms: u64, queue: QueueId, rule: QueueRule) {
+        self.stop_announcing();
         let action = self
             .setup
             .queues
             .get(&queue)
-            .and_then(|q| q.rule_action(rule).cloned())
+            .map(|q| q.rule_or_default(rule))
             .unwrap_or(RuleAction::Release { prompt: None });
-        // The queue did not take the call, but a periodic resync (which re-states a place and
-        // is never turned away) may have crossed the refusal and put it in line: take it out.
+        // The queue no longer holds the call. After a refusal this still matters: a periodic
+        // resync (which re-states a place and is never turned away) may have crossed the
+        // refusal and put the call in line.
         self.outputs.push_back(CallOutput::Dequeue {
             queue: queue.clone(),
         });
-        self.overflowed_from.push(queue.clone());
+        let visited = |m: &Self, q: &QueueId| m.cdr.rules.iter().any(|r| &r.queue == q);
+        let too_many = self.cdr.rules.len() >= MAX_RULE_STEPS;
+        let allowed = !too_many
+            && match &action {
+                RuleAction::Release { .. } => true,
+                RuleAction::TransferQueue { queue: next } => {
+                    *next != queue && !visited(self, next) && self.setup.queues.contains_key(next)
+                }
+                RuleAction::TransferFlow { flow, node } => {
+                    self.setup.flows.get(flow).is_some_and(|f| {
+                        f.nodes
+                            .contains_key(node.as_deref().unwrap_or(f.start.as_str()))
+                    })
+                }
+            };
+        self.cdr.rules.push(RuleStep {
+            queue,
+            rule,
+            action: action.clone(),
+            at_ms: now_ms,
+        });
+        self.cdr.reason = Some(rule.reason().into());
         match action {
-            RuleAction::TransferQueue { queue: next }
-                if !self.overflowed_from.contains(&next)
-                    && self.setup.queues.contains_key(&next) =>
-            {
+            _ if !allowed => self.release(now_ms, None, Disposition::Released),
+            RuleAction::Release { prompt } => self.release(now_ms, prompt, Disposition::Released),
+            RuleAction::TransferQueue { queue: next } => {
                 self.outputs.push_back(CallOutput::StopPlay);
                 self.enqueue(now_ms, next, self.priority);
             }
-            RuleAction::TransferQueue { .. } => {
-                self.cdr.reason = Some(rule.reason().into());
-                self.release(now_ms, None, Disposition::Released);
-            }
-            RuleAction::Release { prompt } => {
-                self.cdr.reason = Some(rule.reason().into());
-                self.release(now_ms, prompt, Disposition::Released);
+            RuleAction::TransferFlow { flow, node } => {
+                self.outputs.push_back(CallOutput::StopPlay);
+                self.max_wait_deadline = None;
+                let node = match node {
+                    Some(node) => node,
+                    None => self.setup.flows[&flow].start.clone(),
+                };
+                self.flow = Some(flow);
+                self.enter_node(now_ms, &node);
             }
         }
     }
@@ -825,6 +986,7 @@ impl CallMachine {
     }
 
     fn release(&mut self, now_ms: u64, prompt: Option<PromptId>, disposition: Disposition) {
+        self.stop_announcing();
         self.cdr.disposition = disposition;
         match prompt {
             Some(prompt) => {

@@ -58,6 +58,11 @@ pub enum QueueInput {
         agent: AgentId,
         answered: bool,
     },
+    /// R3.9: the call asks for its estimated wait (answered with `WaitEstimate`).
+    EstimateWait {
+        call: CallId,
+        call_node: NodeId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +84,15 @@ pub enum QueueOutput {
         agent_node: NodeId,
         extension: ExtensionId,
     },
+    /// R3.9: `call` has `ahead` calls before it in line and should wait about `wait_ms`
+    /// (None: the queue answered too few calls lately to say). Not sent for a call the queue
+    /// does not hold.
+    WaitEstimate {
+        call: CallId,
+        call_node: NodeId,
+        ahead: usize,
+        wait_ms: Option<u64>,
+    },
     /// A queue rule turned `call` away (R3.3, R3.5): it was not taken into the line; the
     /// call applies the rule's action.
     TurnedAway {
@@ -96,6 +110,10 @@ pub struct QueueStats {
     pub oldest_enqueued_at_ms: Option<u64>,
     pub agents_available: usize,
     pub offering: usize,
+    /// When the queue's recent calls were answered (its service rate, R3.9). Broadcast with
+    /// the stats so that the queue's next owner starts with the same estimates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answered_at_ms: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -147,7 +165,15 @@ pub struct QueueMachine {
     /// R3.3 applies: no signed-in agent of the queue is ready (set by the owner from the
     /// agents' sessions, only when the queue has an `on_all_busy` rule).
     all_busy: bool,
+    /// When the queue's last `SERVICE_SAMPLES` calls were answered: its recent service rate,
+    /// for wait estimates (R3.9).
+    answered_at: VecDeque<u64>,
 }
+
+/// How many recent answers the service rate is measured over.
+pub const SERVICE_SAMPLES: usize = 20;
+/// Answers older than this say nothing about the current service rate.
+pub const SERVICE_WINDOW_MS: u64 = 30 * 60_000;
 
 impl QueueMachine {
     pub fn new() -> Self {
@@ -201,6 +227,41 @@ impl QueueMachine {
         self.dispatch(now_ms);
     }
 
+    /// Starts the service history of a queue rebuilt on a new owner from the one its last
+    /// owner broadcast (the most recent `SERVICE_SAMPLES`).
+    pub fn seed_answers(&mut self, answered_at_ms: &[u64]) {
+        let mut all: Vec<u64> = self
+            .answered_at
+            .iter()
+            .chain(answered_at_ms)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let skip = all.len().saturating_sub(SERVICE_SAMPLES);
+        self.answered_at = all.into_iter().skip(skip).collect();
+    }
+
+    /// R3.9: the calls ahead of `call` and its estimated wait: (ahead + 1) times the mean
+    /// time between the queue's recent answers (the last `SERVICE_SAMPLES` within
+    /// `SERVICE_WINDOW_MS`). None for the wait with fewer than two such answers; None
+    /// altogether for a call not in line.
+    pub fn estimate_wait(&self, now_ms: u64, call: &CallId) -> Option<(usize, Option<u64>)> {
+        let position = self.positions.get(call)?;
+        let ahead = self.waiting.range(..position).count();
+        let recent: Vec<u64> = self
+            .answered_at
+            .iter()
+            .copied()
+            .filter(|t| now_ms.saturating_sub(*t) <= SERVICE_WINDOW_MS)
+            .collect();
+        let wait_ms = (recent.len() >= 2).then(|| {
+            let span = now_ms.saturating_sub(recent[0]).max(1);
+            (ahead as u64 + 1) * span / recent.len() as u64
+        });
+        Some((ahead, wait_ms))
+    }
+
     pub fn stats(&self) -> QueueStats {
         QueueStats {
             waiting: self.waiting.len(),
@@ -215,6 +276,7 @@ impl QueueMachine {
                 .values()
                 .filter(|w| w.offered_to.is_some())
                 .count(),
+            answered_at_ms: self.answered_at.iter().copied().collect(),
         }
     }
 
@@ -433,9 +495,23 @@ impl QueueMachine {
                 if answered {
                     if let Some(position) = self.positions.remove(&call) {
                         self.waiting.remove(&position);
+                        if self.answered_at.len() == SERVICE_SAMPLES {
+                            self.answered_at.pop_front();
+                        }
+                        self.answered_at.push_back(now_ms);
                     }
                 } else {
                     self.release_call(&call);
+                }
+            }
+            QueueInput::EstimateWait { call, call_node } => {
+                if let Some((ahead, wait_ms)) = self.estimate_wait(now_ms, &call) {
+                    self.outputs.push_back(QueueOutput::WaitEstimate {
+                        call,
+                        call_node,
+                        ahead,
+                        wait_ms,
+                    });
                 }
             }
         }
@@ -935,5 +1011,97 @@ mod tests {
         assert!(!outputs
             .iter()
             .any(|o| matches!(o, QueueOutput::CancelReservation { .. })));
+    }
+
+    #[test]
+    fn the_wait_estimate_follows_the_place_in_line_and_the_recent_service_rate() {
+        let mut q = QueueMachine::new();
+        enqueue(&mut q, "c1", 0, 0);
+        assert_eq!(
+            q.estimate_wait(1, &CallId("c1".into())),
+            Some((0, None)),
+            "no answers yet: no estimate"
+        );
+        assert_eq!(q.estimate_wait(1, &CallId("nobody".into())), None);
+        // Answer three calls, one a minute (t = 1, 2, 3 min).
+        for (n, at) in [(1u64, 60_000u64), (2, 120_000), (3, 180_000)] {
+            let call = format!("a{n}");
+            enqueue(&mut q, &call, 9, at - 10);
+            q.handle(
+                at,
+                QueueInput::OfferDone {
+                    call: CallId(call),
+                    agent: "1001".parse().unwrap(),
+                    answered: true,
+                },
+            );
+        }
+        enqueue(&mut q, "c2", 0, 190_000);
+        enqueue(&mut q, "vip", 5, 195_000);
+        std::iter::from_fn(|| q.poll_output()).for_each(drop);
+        // At 4 min: 3 answers over the last 3 min (from the first), one a minute.
+        let now = 240_000;
+        assert_eq!(
+            q.estimate_wait(now, &CallId("c2".into())),
+            Some((2, Some(3 * 60_000))),
+            "behind the VIP and c1"
+        );
+        assert_eq!(
+            q.estimate_wait(now, &CallId("vip".into())),
+            Some((0, Some(60_000)))
+        );
+        q.handle(
+            now,
+            QueueInput::EstimateWait {
+                call: CallId("c1".into()),
+                call_node: 2,
+            },
+        );
+        assert!(std::iter::from_fn(|| q.poll_output()).any(|o| o
+            == QueueOutput::WaitEstimate {
+                call: CallId("c1".into()),
+                call_node: 2,
+                ahead: 1,
+                wait_ms: Some(2 * 60_000)
+            }));
+        // Half an hour without answers: the rate is stale.
+        assert_eq!(
+            q.estimate_wait(now + SERVICE_WINDOW_MS, &CallId("c1".into())),
+            Some((1, None))
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_queue_keeps_the_service_history_its_last_owner_broadcast() {
+        let mut old = QueueMachine::new();
+        for at in [10_000u64, 20_000, 30_000] {
+            enqueue(&mut old, "c", 0, at - 1);
+            old.handle(
+                at,
+                QueueInput::OfferDone {
+                    call: CallId("c".into()),
+                    agent: "1001".parse().unwrap(),
+                    answered: true,
+                },
+            );
+        }
+        let broadcast = old.stats().answered_at_ms;
+        assert_eq!(broadcast, vec![10_000, 20_000, 30_000]);
+        let mut new = QueueMachine::new();
+        new.seed_answers(&broadcast);
+        new.seed_answers(&broadcast);
+        enqueue(&mut new, "w", 0, 35_000);
+        assert_eq!(
+            new.estimate_wait(40_000, &CallId("w".into())),
+            old_estimate(40_000),
+            "the same estimate as the old owner would give"
+        );
+        fn old_estimate(now: u64) -> Option<(usize, Option<u64>)> {
+            Some((0, Some((now - 10_000) / 3)))
+        }
+        let many: Vec<u64> = (0..50).map(|i| i * 1_000).collect();
+        new.seed_answers(&many);
+        assert_eq!(new.stats().answered_at_ms.len(), SERVICE_SAMPLES);
+        assert_eq!(new.stats().answered_at_ms.last(), Some(&49_000));
     }
 }

@@ -39,6 +39,10 @@ enum Step {
     Abandon {
         nth: usize,
     },
+    /// The nth waiting call asks for its estimated wait (R3.9).
+    Estimate {
+        nth: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -49,6 +53,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => any::<bool>().prop_map(|answer| Step::Resolve { answer }),
         2 => Just(Step::Hangup),
         1 => (0usize..8).prop_map(|nth| Step::Abandon { nth }),
+        1 => (0usize..8).prop_map(|nth| Step::Estimate { nth }),
     ]
 }
 
@@ -238,6 +243,15 @@ impl World {
                 );
                 self.released += 1;
             }
+            QueueOutput::WaitEstimate { call, ahead, .. } => {
+                // R3.9: only for a call of this queue, with fewer calls ahead than wait.
+                let waiting = self.waiting.values().filter(|(wq, _, _)| *wq == q).count();
+                assert!(
+                    self.waiting.get(&call.0).is_some_and(|(wq, _, _)| *wq == q),
+                    "an estimate names a call waiting in queue {q}"
+                );
+                assert!(ahead < waiting, "{ahead} ahead of {waiting} waiting");
+            }
             QueueOutput::Stats(_) => {}
         }
     }
@@ -358,6 +372,16 @@ impl World {
                     self.waiting.remove(&call);
                     self.abandoned += 1;
                     self.queues[q].handle(self.now, QueueInput::Remove { call: CallId(call) });
+                }
+            }
+            Step::Estimate { nth } => {
+                if let Some(call) = self.waiting.keys().nth(nth).cloned() {
+                    let q = self.queue_of(&call);
+                    let input = QueueInput::EstimateWait {
+                        call: CallId(call),
+                        call_node: 1,
+                    };
+                    self.queues[q].handle(self.now, input);
                 }
             }
         }

@@ -281,6 +281,7 @@ pub fn simulate(config: AcdSimConfig) -> AcdSimResult {
                 // No limit is set here (Erlang C's queue is unbounded).
                 QueueOutput::CancelReservation { .. }
                 | QueueOutput::TurnedAway { .. }
+                | QueueOutput::WaitEstimate { .. }
                 | QueueOutput::Stats(_) => {}
             }
         }

@@ -33,6 +33,8 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         reason: None,
         recording_id: None,
         failovers: vec![],
+        rules: vec![],
+        wait_announcements: vec![],
     }
 }
 

@@ -65,6 +65,71 @@ pub struct Queue {
     /// (all busy, or nobody signed in). Unset: it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_all_busy: Option<RuleAction>,
+    /// R3.4: what a call that waited `max_wait_ms` gets. Unset: released with
+    /// `timeout_prompt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_max_wait: Option<RuleAction>,
+    /// R3.6: the key (0-9, *, #) a waiting caller presses to leave the line. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_key: Option<char>,
+    /// What a caller who pressed `cancel_key` gets. Unset: released without a prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_cancel: Option<RuleAction>,
+    /// R3.9: the estimated-wait announcement, if the queue has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_announcement: Option<WaitAnnouncement>,
+}
+
+/// R3.9: after `after_ms` in line (and every `every_ms` after that, if set) the caller hears
+/// `prefix`, the estimated wait in minutes, then `suffix`. The estimate comes from the
+/// queue's recent service rate and the call's place in line; the minutes are spoken with the
+/// number prompts (`number_0` .. `number_20`, `number_30` .. `number_90`: bundled, or the
+/// tenant's own prompts of those ids). A queue that has not answered calls lately has no
+/// estimate, and the caller hears music instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitAnnouncement {
+    #[serde(default = "WaitAnnouncement::default_after_ms")]
+    pub after_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    pub prefix: PromptId,
+    pub suffix: PromptId,
+}
+
+impl WaitAnnouncement {
+    /// R3.9: "after 15 s in queue".
+    pub const DEFAULT_AFTER_MS: u64 = 15_000;
+
+    fn default_after_ms() -> u64 {
+        Self::DEFAULT_AFTER_MS
+    }
+
+    /// When the announcement is due for a call that joined at `enqueued_at_ms`, given it is
+    /// `now_ms`: the first one not yet past (a call restored late skips the ones it missed).
+    pub fn next_at(&self, enqueued_at_ms: u64, now_ms: u64) -> Option<u64> {
+        let first = enqueued_at_ms + self.after_ms;
+        match self.every_ms {
+            _ if first >= now_ms => Some(first),
+            None => None,
+            Some(every) => Some(first + (now_ms - first).div_ceil(every) * every),
+        }
+    }
+}
+
+/// The prompts that speak `minutes` (1 to 99): "twenty", "three" for 23.
+pub fn number_prompts(minutes: u64) -> Vec<PromptId> {
+    let n = minutes.clamp(1, 99);
+    let id = |n: u64| {
+        format!("number_{n}")
+            .parse()
+            .expect("number prompt ids are valid")
+    };
+    match n {
+        0..=20 => vec![id(n)],
+        _ if n % 10 == 0 => vec![id(n)],
+        _ => vec![id(n / 10 * 10), id(n % 10)],
+    }
 }
 
 /// Which queue rule turned a call away.
@@ -75,6 +140,10 @@ pub enum QueueRule {
     MaxQueued,
     /// R3.3: no signed-in agent of the queue is ready.
     AllBusy,
+    /// R3.4: the call waited the queue's `max_wait_ms`.
+    MaxWait,
+    /// R3.6: the caller pressed the queue's `cancel_key`.
+    CancelKey,
 }
 
 impl QueueRule {
@@ -83,6 +152,8 @@ impl QueueRule {
         match self {
             QueueRule::MaxQueued => "max_queued",
             QueueRule::AllBusy => "all_busy",
+            QueueRule::MaxWait => "max_wait",
+            QueueRule::CancelKey => "cancel_key",
         }
     }
 }
@@ -93,12 +164,56 @@ impl Queue {
         match rule {
             QueueRule::MaxQueued => self.on_max_queued.as_ref(),
             QueueRule::AllBusy => self.on_all_busy.as_ref(),
+            QueueRule::MaxWait => self.on_max_wait.as_ref(),
+            QueueRule::CancelKey => self.on_cancel.as_ref(),
         }
+    }
+
+    /// What `rule` does with a call, defaults included: a max-wait release plays
+    /// `timeout_prompt`; every other unset rule releases without a prompt.
+    pub fn rule_or_default(&self, rule: QueueRule) -> RuleAction {
+        self.rule_action(rule)
+            .cloned()
+            .unwrap_or_else(|| RuleAction::Release {
+                prompt: match rule {
+                    QueueRule::MaxWait => self.timeout_prompt.clone(),
+                    _ => None,
+                },
+            })
+    }
+
+    /// Every configured rule, with its field name.
+    pub fn rules(&self) -> [(&'static str, Option<&RuleAction>); 4] {
+        [
+            ("on_max_queued", self.on_max_queued.as_ref()),
+            ("on_all_busy", self.on_all_busy.as_ref()),
+            ("on_max_wait", self.on_max_wait.as_ref()),
+            ("on_cancel", self.on_cancel.as_ref()),
+        ]
+    }
+
+    /// The queues, flows and prompts the queue refers to, for reference checks.
+    pub fn references(&self) -> (Vec<&QueueId>, Vec<&FlowId>, Vec<&PromptId>) {
+        let (mut queues, mut flows, mut prompts) = (Vec::new(), Vec::new(), Vec::new());
+        prompts.extend(self.music_prompt.iter().chain(self.timeout_prompt.iter()));
+        if let Some(w) = &self.wait_announcement {
+            prompts.extend([&w.prefix, &w.suffix]);
+        }
+        for (_, rule) in self.rules() {
+            match rule {
+                Some(RuleAction::TransferQueue { queue }) => queues.push(queue),
+                Some(RuleAction::TransferFlow { flow, .. }) => flows.push(flow),
+                Some(RuleAction::Release { prompt: Some(p) }) => prompts.push(p),
+                _ => {}
+            }
+        }
+        (queues, flows, prompts)
     }
 }
 
 /// What a queue rule does with a call (R3.3-R3.6): release it, with a prompt played first if
-/// one is named, or transfer it to another queue of the tenant (it waits there from then).
+/// one is named; transfer it to another queue of the tenant (it waits there from then); or
+/// transfer it to an IVR flow of the tenant, at `node` or the flow's start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RuleAction {
@@ -108,6 +223,11 @@ pub enum RuleAction {
     },
     TransferQueue {
         queue: QueueId,
+    },
+    TransferFlow {
+        flow: FlowId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
 }
 
@@ -173,7 +293,8 @@ pub struct Prompt {
 #[serde(rename_all = "snake_case", tag = "type", content = "item")]
 pub enum ConfigItem {
     Tenant(Tenant),
-    Queue(Queue),
+    /// Boxed: a queue with all its rules is by far the largest item.
+    Queue(Box<Queue>),
     Agent(Agent),
     Extension(Extension),
     Trunk(Trunk),
@@ -244,10 +365,19 @@ impl ConfigItem {
                 if let Some(max) = q.max_queued {
                     check_range("max_queued", u64::from(max), 0, 100_000)?;
                 }
-                for (field, rule) in [
-                    ("on_max_queued", &q.on_max_queued),
-                    ("on_all_busy", &q.on_all_busy),
-                ] {
+                if let Some(w) = &q.wait_announcement {
+                    check_range("wait_announcement.after_ms", w.after_ms, 1_000, 3_600_000)?;
+                    if let Some(every) = w.every_ms {
+                        check_range("wait_announcement.every_ms", every, 10_000, 3_600_000)?;
+                    }
+                }
+                if q.cancel_key.is_some_and(|k| !"0123456789*#".contains(k)) {
+                    return Err(ModelError::Invalid {
+                        field: "cancel_key",
+                        why: "one of 0-9 * #",
+                    });
+                }
+                for (field, rule) in q.rules() {
                     if let Some(RuleAction::TransferQueue { queue }) = rule {
                         if *queue == q.id {
                             return Err(ModelError::Invalid {

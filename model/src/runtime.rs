@@ -160,6 +160,31 @@ pub struct Cdr {
     /// gap, and the recording part the new node wrote.
     #[serde(default)]
     pub failovers: Vec<FailoverMark>,
+    /// The queue rules that moved the call on (R3.3-R3.6), in order: the trail of its
+    /// transfers between queues and flows, and the rule behind a release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleStep>,
+    /// R3.9: the estimated-wait announcements the caller heard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wait_announcements: Vec<WaitAnnounced>,
+}
+
+/// An estimated-wait announcement (R3.9): when, with how many calls ahead, and the minutes
+/// spoken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitAnnounced {
+    pub at_ms: u64,
+    pub ahead: usize,
+    pub minutes: u64,
+}
+
+/// A queue rule applied to a call: in `queue`, `rule` held at `at_ms` and did `action`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleStep {
+    pub queue: QueueId,
+    pub rule: crate::config::QueueRule,
+    pub action: crate::config::RuleAction,
+    pub at_ms: u64,
 }
 
 /// A call moved to another node because its node was declared down.
@@ -236,8 +261,13 @@ pub struct PendingInvite {
 pub enum CallPhase {
     /// Answered by the platform; the IVR has not started.
     Setup,
-    /// In the IVR, at `node` (resumes there).
-    Ivr { node: String },
+    /// In the IVR, at `node` of `flow` (resumes there); no `flow`: the access code's entry
+    /// flow.
+    Ivr {
+        node: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<FlowId>,
+    },
     Queued {
         queue: QueueId,
         priority: u8,

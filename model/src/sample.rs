@@ -53,8 +53,16 @@ pub const PROVINCES: [(&str, &str, &[&str]); 5] = [
 pub const ACCESS_CODE: &str = "95598";
 pub const QUEUES: [&str; 4] = ["general", "billing", "outage", "complaint"];
 pub const AGENTS_PER_TENANT: u32 = 10;
-/// Bundled prompts every node carries (see `media::builtin`).
-pub const PROMPTS: [&str; 4] = ["welcome", "menu", "music", "timeout"];
+/// Bundled prompts every node carries (see `actors::node::prompts`), configured as the
+/// sample tenants' prompts of the same ids.
+pub const PROMPTS: [&str; 6] = [
+    "welcome",
+    "menu",
+    "music",
+    "timeout",
+    "ewt_prefix",
+    "ewt_suffix",
+];
 
 /// What `cluster.json` publishes about the sample (agents and their phone passwords).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,7 +138,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
             }));
         }
         for queue in QUEUES {
-            create(ConfigItem::Queue(Queue {
+            create(ConfigItem::Queue(Box::new(Queue {
                 tenant: tenant.clone(),
                 id: id(queue),
                 name: format!("{name} {queue}"),
@@ -142,7 +150,11 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 max_queued: None,
                 on_max_queued: None,
                 on_all_busy: None,
-            }));
+                on_max_wait: None,
+                cancel_key: None,
+                on_cancel: None,
+                wait_announcement: None,
+            })));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));
         let mut agents = Vec::new();

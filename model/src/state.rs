@@ -305,7 +305,7 @@ impl ReplicatedState {
                 self.tenants.insert(t.id.to_string(), t);
             }
             ConfigItem::Queue(q) => {
-                self.queues.insert(key(&q.tenant, q.id.as_str()), q);
+                self.queues.insert(key(&q.tenant, q.id.as_str()), *q);
             }
             ConfigItem::Agent(a) => {
                 self.agents.insert(key(&a.tenant, a.id.as_str()), a);
@@ -382,28 +382,41 @@ impl ReplicatedState {
             }
             ConfigItem::Queue(q) => {
                 tenant_of(&q.tenant)?;
-                for rule in [&q.on_max_queued, &q.on_all_busy] {
-                    match rule {
-                        Some(crate::config::RuleAction::TransferQueue { queue }) => {
-                            need(ConfigKey::Queue {
-                                tenant: q.tenant.clone(),
-                                id: queue.clone(),
-                            })?
-                        }
-                        Some(crate::config::RuleAction::Release { prompt: Some(p) }) => {
-                            need(ConfigKey::Prompt {
-                                tenant: q.tenant.clone(),
-                                id: p.clone(),
-                            })?
-                        }
-                        _ => {}
-                    }
+                let (queues, flows, prompts) = q.references();
+                for id in queues {
+                    need(ConfigKey::Queue {
+                        tenant: q.tenant.clone(),
+                        id: id.clone(),
+                    })?;
                 }
-                for p in q.music_prompt.iter().chain(q.timeout_prompt.iter()) {
+                for id in prompts {
                     need(ConfigKey::Prompt {
                         tenant: q.tenant.clone(),
-                        id: p.clone(),
+                        id: id.clone(),
                     })?;
+                }
+                for id in flows {
+                    need(ConfigKey::Flow {
+                        tenant: q.tenant.clone(),
+                        id: id.clone(),
+                    })?;
+                }
+                // A transfer to a flow node names a node of that flow.
+                for (_, rule) in q.rules() {
+                    if let Some(crate::config::RuleAction::TransferFlow {
+                        flow,
+                        node: Some(node),
+                    }) = rule
+                    {
+                        if !self
+                            .flow(&q.tenant, flow)
+                            .is_some_and(|f| f.nodes.contains_key(node))
+                        {
+                            return Err(ApplyError::NotFound(format!(
+                                "node {node} of flow {flow}"
+                            )));
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -508,25 +521,17 @@ impl ReplicatedState {
                         .find(|f| &f.tenant == tenant && f.references().0.contains(&id))
                         .map(|f| format!("flow {}", f.id))
                 })
+                .or_else(|| self.queue_user(tenant, |(queues, _, _)| queues.contains(&id)))
                 .or_else(|| self.tenant_entry_user(tenant, &Entry::Queue(id.clone()))),
-            ConfigKey::Flow { tenant, id } => {
-                self.tenant_entry_user(tenant, &Entry::Flow(id.clone()))
-            }
+            ConfigKey::Flow { tenant, id } => self
+                .tenant_entry_user(tenant, &Entry::Flow(id.clone()))
+                .or_else(|| self.queue_user(tenant, |(_, flows, _)| flows.contains(&id))),
             ConfigKey::Prompt { tenant, id } => self
                 .flows
                 .values()
                 .find(|f| &f.tenant == tenant && f.references().1.contains(&id))
                 .map(|f| format!("flow {}", f.id))
-                .or_else(|| {
-                    self.queues
-                        .values()
-                        .find(|q| {
-                            &q.tenant == tenant
-                                && (q.music_prompt.as_ref() == Some(id)
-                                    || q.timeout_prompt.as_ref() == Some(id))
-                        })
-                        .map(|q| format!("queue {}", q.id))
-                }),
+                .or_else(|| self.queue_user(tenant, |(_, _, prompts)| prompts.contains(&id))),
             ConfigKey::Agent { tenant, id } => self
                 .agent_sessions
                 .get(&key(tenant, id.as_str()))
@@ -534,6 +539,18 @@ impl ReplicatedState {
                 .map(|_| "a signed-in session (sign the agent out first)".to_string()),
             ConfigKey::Extension { .. } | ConfigKey::Trunk { .. } => None,
         }
+    }
+
+    /// A queue of `tenant` whose references (queues, flows, prompts) match.
+    fn queue_user(
+        &self,
+        tenant: &TenantId,
+        refers: impl Fn(&(Vec<&QueueId>, Vec<&FlowId>, Vec<&PromptId>)) -> bool,
+    ) -> Option<String> {
+        self.queues
+            .values()
+            .find(|q| &q.tenant == tenant && refers(&q.references()))
+            .map(|q| format!("queue {}", q.id))
     }
 
     fn tenant_entry_user(&self, tenant: &TenantId, entry: &Entry) -> Option<String> {

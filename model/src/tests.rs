@@ -370,6 +370,8 @@ fn sample_cdr() -> Cdr {
         reason: None,
         recording_id: None,
         failovers: vec![],
+        rules: vec![],
+        wait_announcements: vec![],
     }
 }
 
@@ -435,7 +437,7 @@ fn a_queue_overflow_rule_names_an_existing_queue_and_round_trips() {
     assert_eq!(
         state
             .apply(&Command::Update {
-                item: ConfigItem::Queue(q.clone())
+                item: ConfigItem::Queue(Box::new(q.clone()))
             })
             .error,
         None,
@@ -447,10 +449,64 @@ fn a_queue_overflow_rule_names_an_existing_queue_and_round_trips() {
     assert!(
         state
             .apply(&Command::Update {
-                item: ConfigItem::Queue(q)
+                item: ConfigItem::Queue(Box::new(q))
             })
             .error
             .is_some(),
         "an unknown target is refused"
     );
+}
+
+#[test]
+fn max_wait_and_cancel_rules_check_their_key_flow_and_node() {
+    let (mut state, _) = sample_state();
+    let mut q = state
+        .queues
+        .values()
+        .find(|q| q.id.as_str() == "billing")
+        .expect("the sample has a billing queue")
+        .clone();
+    let update = |state: &mut ReplicatedState, q: &Queue| -> Result<(), String> {
+        let item = ConfigItem::Queue(Box::new(q.clone()));
+        item.validate().map_err(|e| e.to_string())?;
+        match state.apply(&Command::Update { item }).error {
+            None => Ok(()),
+            Some(e) => Err(e.to_string()),
+        }
+    };
+    q.cancel_key = Some('x');
+    assert!(update(&mut state, &q).is_err(), "not a DTMF key");
+    q.cancel_key = Some('#');
+    q.on_cancel = Some(
+        serde_json::from_value(
+            serde_json::json!({"action": "transfer_flow", "flow": "main", "node": "menu"}),
+        )
+        .expect("parses"),
+    );
+    q.on_max_wait = Some(RuleAction::TransferFlow {
+        flow: "main".parse().unwrap(),
+        node: None,
+    });
+    assert_eq!(update(&mut state, &q), Ok(()));
+    let back: Queue = serde_json::from_value(serde_json::to_value(&q).unwrap()).unwrap();
+    assert_eq!(back, q);
+    // The flow is now in use by the queue's rules: it cannot be deleted.
+    let tenant = q.tenant.clone();
+    let delete = Command::Delete {
+        key: ConfigKey::Flow {
+            tenant: tenant.clone(),
+            id: "main".parse().unwrap(),
+        },
+    };
+    assert!(state.apply(&delete).error.is_some());
+    q.on_cancel = Some(RuleAction::TransferFlow {
+        flow: "main".parse().unwrap(),
+        node: Some("nowhere".into()),
+    });
+    assert!(update(&mut state, &q).is_err(), "an unknown node");
+    q.on_cancel = Some(RuleAction::TransferFlow {
+        flow: "missing".parse().unwrap(),
+        node: None,
+    });
+    assert!(update(&mut state, &q).is_err(), "an unknown flow");
 }

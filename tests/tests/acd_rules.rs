@@ -5,6 +5,8 @@
 //!   overflow queue, where it waits.
 //! - R3.3 all agents busy: a call arriving while no signed-in agent of the queue is ready
 //!   is released, or transferred.
+//! - R3.4 max wait: a call that waited too long is released, or transferred to a queue.
+//! - R3.6 cancel key: a caller who presses it is released, or transferred to an IVR flow.
 
 use std::time::Duration;
 
@@ -27,10 +29,7 @@ async fn set_queue(c: &ClusterGuard, queue: &str, change: impl Fn(&mut Value)) -
             let (api, want) = (&api, &want);
             async move {
                 let got = api.get_queue(T, queue).await.ok()?;
-                (got["max_queued"] == want["max_queued"]
-                    && got["on_max_queued"] == want["on_max_queued"]
-                    && got["on_all_busy"] == want["on_all_busy"])
-                    .then_some(())
+                (got == *want).then_some(())
             }
         })
         .await?;
@@ -189,5 +188,213 @@ async fn all_agents_busy_releases_or_transfers_the_call() -> Result<()> {
     );
     let m = cdr_of(&cdrs, "1376").expect("checked");
     ensure!(s(m, "queue") == "billing", "{m}");
+    Ok(())
+}
+
+/// The queue-rule steps of a CDR as (queue, rule, action).
+fn rule_trail(cdr: &Value) -> Vec<(String, String, String)> {
+    cdr["rules"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|r| (s(r, "queue"), s(r, "rule"), s(&r["action"], "action")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn step(queue: &str, rule: &str, action: &str) -> (String, String, String) {
+    (queue.into(), rule.into(), action.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_wait_releases_or_transfers_the_call() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    // Two seconds in general, then released with the timeout prompt (the default rule).
+    set_queue(&c, GENERAL, |q| {
+        q["max_wait_ms"] = json!(2_000);
+    })
+    .await?;
+    let from = now_ms();
+    succeeds(released_caller(&c, "waited", "1377000000", 1).spawn()?).await?;
+    // Then transferred to billing, where the call waits until the caller hangs up.
+    set_queue(&c, GENERAL, |q| {
+        q["on_max_wait"] = json!({"action": "transfer_queue", "queue": "billing"});
+    })
+    .await?;
+    let moved = waiting_caller(&c, "moved", "1378000000", 8_000, 2).spawn()?;
+    until_waiting(&c, "billing", 1).await?;
+    ensure!(waiting(&c, GENERAL).await == Some(0));
+    succeeds(moved).await?;
+    let cdrs = cdrs_for(&c, 0, from, &["1377", "1378"]).await?;
+    let r = cdr_of(&cdrs, "1377").expect("checked");
+    ensure!(
+        s(r, "disposition") == "released" && s(r, "reason") == "max_wait",
+        "{r}"
+    );
+    ensure!(
+        rule_trail(r) == vec![step(GENERAL, "max_wait", "release")],
+        "{r}"
+    );
+    let m = cdr_of(&cdrs, "1378").expect("checked");
+    ensure!(
+        s(m, "queue") == "billing" && s(m, "disposition") == "abandoned",
+        "{m}"
+    );
+    ensure!(
+        rule_trail(m) == vec![step(GENERAL, "max_wait", "transfer_queue")],
+        "{m}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cancel_key_releases_or_transfers_the_call_to_a_flow() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    set_queue(&c, GENERAL, |q| {
+        q["cancel_key"] = json!("*");
+    })
+    .await?;
+    let from = now_ms();
+    let cancel = |name: &str, prefix: &str, node: usize| {
+        Sipp::new("carrier_cancel.xml", &c.work().join("sipp"), name)
+            .remote(&c.sip(node))
+            .service("075595598")
+            .key("caller_prefix", prefix)
+    };
+    succeeds(cancel("released", "1379000000", 0).spawn()?).await?;
+    // Then to the IVR: the main flow's node that queues the call in billing.
+    set_queue(&c, GENERAL, |q| {
+        q["on_cancel"] = json!({"action": "transfer_flow", "flow": "main", "node": "to_billing"});
+    })
+    .await?;
+    let moved = cancel("to_flow", "1370000000", 1).spawn()?;
+    until_waiting(&c, "billing", 1).await?;
+    ensure!(waiting(&c, GENERAL).await == Some(0));
+    succeeds(moved).await?;
+    let cdrs = cdrs_for(&c, 2, from, &["1379", "1370"]).await?;
+    let r = cdr_of(&cdrs, "1379").expect("checked");
+    ensure!(
+        s(r, "disposition") == "released" && s(r, "reason") == "cancel_key",
+        "{r}"
+    );
+    let m = cdr_of(&cdrs, "1370").expect("checked");
+    ensure!(
+        s(m, "queue") == "billing" && s(m, "disposition") == "abandoned",
+        "{m}"
+    );
+    ensure!(
+        rule_trail(m) == vec![step(GENERAL, "cancel_key", "transfer_flow")],
+        "{m}"
+    );
+    let ivr: Vec<String> = m["ivr"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|step| s(step, "node"))
+        .collect();
+    ensure!(
+        ivr.last().map(String::as_str) == Some("to_billing"),
+        "the IVR trail goes on in the flow: {m}"
+    );
+    Ok(())
+}
+
+/// R3.9: once general has answered two calls, a caller who waits 15 s hears the estimated
+/// wait (prefix, minutes, suffix); the CDR records when and what. The node owning the queue
+/// is killed (`kill -9`) between the answers and the waiting call: the queue's service
+/// history, new queue state, survives on its next owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_estimated_wait_is_announced_after_15_s_even_after_the_queue_owner_dies() -> Result<()>
+{
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    let work = c.work().join("sipp");
+    std::fs::create_dir_all(&work)?;
+    set_queue(&c, GENERAL, |q| {
+        q["wait_announcement"] = json!({"prefix": "ewt_prefix", "suffix": "ewt_suffix"});
+    })
+    .await?;
+    let status = c
+        .api(0)
+        .get_json(&format!("/api/v1/tenants/{T}/queues/{GENERAL}/status"))
+        .await?;
+    let owner = n(&status, "owner") as u64;
+    let survivors: Vec<usize> = (0..c.info.nodes.len())
+        .filter(|i| c.info.nodes[*i].id != owner)
+        .collect();
+    let (a, b) = (survivors[0], survivors[1]);
+    // Service history: one agent answers two calls of general.
+    let agent = c.tenant(T)?.agents[0].clone();
+    let api = c.api(a);
+    api.sign_in(T, &agent.agent, &agent.extension).await?;
+    let phone = AgentPhone::start(
+        &work,
+        &c.sip(a),
+        &c.tenant(T)?.domain,
+        &agent,
+        Register::Digest("SHA-256"),
+        "agent_phone.xml",
+        Some(2),
+        None,
+    )
+    .await?;
+    api.ready(T, &agent.agent).await?;
+    let from = now_ms();
+    for (n, prefix) in ["1361000000", "1362000000"].into_iter().enumerate() {
+        let run = Sipp::new("carrier_ivr.xml", &work, &format!("served{n}"))
+            .remote(&c.sip(survivors[n]))
+            .service("075595598")
+            .key("caller_prefix", prefix)
+            .set("digit", "0")
+            .set("talk_ms", "4000")
+            .timeout(60)
+            .spawn()?;
+        succeeds(run).await?;
+    }
+    let pr = phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(
+        pr.exit_code == 0 && pr.successful == 2,
+        "agent phone: {pr:?}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the agent off the call",
+        || async {
+            let a = api.get_agent(T, &agent.agent).await.ok()?;
+            (s(&a, "state") != "talking").then_some(())
+        },
+    )
+    .await?;
+    api.not_ready(T, &agent.agent, "break").await?;
+    // The queue's owner dies; its next owner rebuilds the queue when the next call comes.
+    c.kill_node(owner).await?;
+    c.wait_declared_down(owner, &c.apis_except(&[owner]))
+        .await?;
+    // Now a caller waits 20 s with nobody ready.
+    succeeds(waiting_caller(&c, "waits", "1363000000", 20_000, b).spawn()?).await?;
+    let cdrs = cdrs_for(&c, a, from, &["1361", "1362", "1363"]).await?;
+    for served in ["1361", "1362"] {
+        let cdr = cdr_of(&cdrs, served).expect("checked");
+        ensure!(s(cdr, "disposition") == "answered", "{cdr}");
+    }
+    let w = cdr_of(&cdrs, "1363").expect("checked");
+    let heard = w["wait_announcements"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(heard.len() == 1, "one announcement (no repeat set): {w}");
+    let after = n(&heard[0], "at_ms") - n(w, "enqueued_at_ms");
+    ensure!(
+        (15_000..20_000).contains(&after),
+        "announced 15 s after joining, before the caller left: {after} ms: {w}"
+    );
+    ensure!(
+        n(&heard[0], "ahead") == 0 && n(&heard[0], "minutes") >= 1,
+        "{w}"
+    );
     Ok(())
 }

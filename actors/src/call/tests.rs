@@ -12,7 +12,7 @@ fn setup() -> CallSetup {
     let route = model::routing::resolve(&state, "075595598").unwrap();
     let tenant = route.tenant.clone();
     let _ = &tenant;
-    let (flow, queues) = flow_and_queues(&state, &route);
+    let (flows, queues) = flows_and_queues(&state, &route);
     CallSetup {
         call_id: CallId("1-1".into()),
         entry_node: 1,
@@ -21,7 +21,7 @@ fn setup() -> CallSetup {
         dialled: "075595598".into(),
         trunk: None,
         started_at_ms: 0,
-        flow,
+        flows,
         queues,
     }
 }
@@ -213,8 +213,12 @@ fn offer_to(m: &mut CallMachine, at: u64, agent: &str) {
 
 /// Restores `m` from its own checkpointable phase and CDR, as a new owner would.
 fn restored(m: &CallMachine, now: u64) -> (CallMachine, Vec<CallOutput>) {
+    restored_in(setup(), m, now)
+}
+
+fn restored_in(setup: CallSetup, m: &CallMachine, now: u64) -> (CallMachine, Vec<CallOutput>) {
     let phase = m.phase().expect("a live call");
-    let mut r = CallMachine::restore(setup(), &phase, m.cdr_so_far().clone(), now);
+    let mut r = CallMachine::restore(setup, &phase, m.cdr_so_far().clone(), now);
     let out = drain(&mut r);
     (r, out)
 }
@@ -495,4 +499,343 @@ fn all_agents_busy_applies_its_own_rule() {
     let cdr = cdr_of(&drain(&mut m));
     assert_eq!(cdr.disposition, Disposition::Released);
     assert_eq!(cdr.reason.as_deref(), Some("all_busy"));
+}
+
+/// The sample setup with queue `billing` changed by `change`, and a second flow `other`
+/// (a prompt, then queue general) that rules may transfer to.
+fn setup_with(change: impl FnOnce(&mut Queue)) -> CallSetup {
+    let mut s = setup();
+    change(s.queues.get_mut(&"billing".parse().unwrap()).unwrap());
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        "intro".to_string(),
+        FlowNode::Play {
+            prompt: "welcome".parse().unwrap(),
+            next: "queue".into(),
+        },
+    );
+    nodes.insert(
+        "queue".to_string(),
+        FlowNode::Queue {
+            queue: "general".parse().unwrap(),
+            priority: 3,
+        },
+    );
+    let other = Flow {
+        tenant: s.route.tenant.clone(),
+        id: "other".parse().unwrap(),
+        start: "intro".into(),
+        nodes,
+    };
+    s.flows.insert(other.id.clone(), other);
+    s
+}
+
+fn billing_deadline(m: &CallMachine) -> u64 {
+    let deadline = m.poll_timeout().expect("max wait armed");
+    assert_eq!(
+        deadline,
+        4_000 + 120_000,
+        "billing's max wait from the sample"
+    );
+    deadline
+}
+
+#[test]
+fn max_wait_transfers_to_the_rules_queue_which_then_applies_its_own_default() {
+    let mut m = CallMachine::new(setup_with(|q| {
+        q.on_max_wait = Some(RuleAction::TransferQueue {
+            queue: "general".parse().unwrap(),
+        })
+    }));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let at = billing_deadline(&m);
+    m.handle_timeout(at);
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::Dequeue {
+        queue: "billing".parse().unwrap()
+    }));
+    assert!(
+        out.iter().any(|o| matches!(o, CallOutput::Enqueue { queue, enqueued_at_ms, arriving: true, .. } if queue.as_str() == "general" && *enqueued_at_ms == at)),
+        "{out:?}"
+    );
+    // general's own max wait (unset rule): released with its timeout prompt.
+    let again = m.poll_timeout().expect("general's max wait");
+    assert_eq!(again, at + 120_000);
+    m.handle_timeout(again);
+    m.handle(again + 1_000, CallInput::PlayDone);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("max_wait"));
+    let trail: Vec<(&str, QueueRule)> = cdr
+        .rules
+        .iter()
+        .map(|r| (r.queue.as_str(), r.rule))
+        .collect();
+    assert_eq!(
+        trail,
+        vec![
+            ("billing", QueueRule::MaxWait),
+            ("general", QueueRule::MaxWait)
+        ]
+    );
+}
+
+#[test]
+fn the_cancel_key_releases_a_waiting_caller_and_other_keys_do_nothing() {
+    let mut m = CallMachine::new(setup_with(|q| q.cancel_key = Some('*')));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    m.handle(5_000, CallInput::Digit('#'));
+    assert!(drain(&mut m).is_empty(), "not the cancel key");
+    m.handle(6_000, CallInput::Digit('*'));
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::Dequeue {
+        queue: "billing".parse().unwrap()
+    }));
+    let cdr = cdr_of(&out);
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("cancel_key"));
+    // general has no cancel key: the same key is ignored there.
+    let mut m = CallMachine::new(setup_with(|q| q.cancel_key = Some('*')));
+    to_queue(&mut m, '0');
+    drain(&mut m);
+    m.handle(6_000, CallInput::Digit('*'));
+    assert!(drain(&mut m).is_empty());
+    assert_eq!(m.state_name(), "queued");
+}
+
+#[test]
+fn the_cancel_key_while_an_agent_rings_frees_the_agent_then_transfers() {
+    let mut m = CallMachine::new(setup_with(|q| {
+        q.cancel_key = Some('#');
+        q.on_cancel = Some(RuleAction::TransferQueue {
+            queue: "general".parse().unwrap(),
+        });
+    }));
+    to_queue(&mut m, '2');
+    offer_to(&mut m, 5_000, "1003");
+    drain(&mut m);
+    m.handle(6_000, CallInput::Digit('#'));
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::CancelAgent));
+    assert!(out.contains(&CallOutput::Agent {
+        agent: "1003".parse().unwrap(),
+        agent_node: 2,
+        notice: AgentNotice::Failed { no_answer: false }
+    }));
+    assert!(out.contains(&CallOutput::OfferDone {
+        queue: "billing".parse().unwrap(),
+        agent: "1003".parse().unwrap(),
+        answered: false
+    }));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Enqueue { queue, .. } if queue.as_str() == "general")));
+    assert_eq!(m.state_name(), "queued");
+    assert_eq!(m.cdr_so_far().queue.as_ref().unwrap().as_str(), "general");
+}
+
+#[test]
+fn a_rule_transfers_to_another_flow_which_survives_a_takeover() {
+    let mut m = CallMachine::new(setup_with(|q| {
+        q.cancel_key = Some('9');
+        q.on_cancel = Some(RuleAction::TransferFlow {
+            flow: "other".parse().unwrap(),
+            node: None,
+        });
+    }));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    m.handle(6_000, CallInput::Digit('9'));
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::StopPlay));
+    assert!(out.contains(&CallOutput::Play {
+        prompt: "welcome".parse().unwrap(),
+        repeat: false
+    }));
+    assert_eq!(m.state_name(), "ivr");
+    assert_eq!(m.poll_timeout(), None, "no max wait while in the IVR");
+    assert_eq!(
+        m.phase(),
+        Some(CallPhase::Ivr {
+            node: "intro".into(),
+            flow: Some("other".parse().unwrap())
+        })
+    );
+    // A new owner resumes in the other flow, not in the entry flow.
+    let (mut r, out) = restored_in(setup_with(|_| {}), &m, 7_000);
+    assert!(out.contains(&CallOutput::Play {
+        prompt: "welcome".parse().unwrap(),
+        repeat: false
+    }));
+    r.handle(9_000, CallInput::PlayDone);
+    let out = drain(&mut r);
+    assert!(
+        out.iter().any(|o| matches!(o, CallOutput::Enqueue { queue, priority: 3, .. } if queue.as_str() == "general")),
+        "{out:?}"
+    );
+    assert_eq!(r.cdr_so_far().rules.len(), 1, "the trail survived");
+}
+
+#[test]
+fn a_flow_that_leads_back_into_a_full_queue_cannot_spin() {
+    let mut m = CallMachine::new(setup_with(|q| {
+        q.on_max_queued = Some(RuleAction::TransferFlow {
+            flow: "main".parse().unwrap(),
+            node: Some("to_billing".into()),
+        })
+    }));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    for step in 0..MAX_RULE_STEPS as u64 {
+        assert_eq!(m.state_name(), "queued", "step {step}");
+        full(&mut m, 5_000 + step, "billing");
+    }
+    // One transfer too many: released instead.
+    let cdr = cdr_of(&full(&mut m, 6_000, "billing"));
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("max_queued"));
+    assert_eq!(cdr.rules.len(), MAX_RULE_STEPS + 1);
+}
+
+fn with_announcement(every_ms: Option<u64>) -> CallSetup {
+    setup_with(|q| {
+        q.wait_announcement = Some(model::WaitAnnouncement {
+            after_ms: 15_000,
+            every_ms,
+            prefix: "ewt_prefix".parse().unwrap(),
+            suffix: "ewt_suffix".parse().unwrap(),
+        })
+    })
+}
+
+fn plays(out: &[CallOutput]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            CallOutput::Play { prompt, .. } => Some(prompt.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn after_15_s_in_line_the_caller_hears_the_estimated_wait_then_music_again() {
+    let mut m = CallMachine::new(with_announcement(Some(60_000)));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    assert_eq!(m.poll_timeout(), Some(4_000 + 15_000), "before max wait");
+    m.handle_timeout(19_000);
+    assert_eq!(
+        drain(&mut m),
+        vec![CallOutput::AskWait {
+            queue: "billing".parse().unwrap()
+        }]
+    );
+    assert_eq!(
+        m.poll_timeout(),
+        Some(79_000),
+        "the next one a minute later"
+    );
+    // 2 ahead, about 2 min 10 s: "about three minutes".
+    m.handle(
+        19_010,
+        CallInput::WaitEstimate {
+            queue: "billing".parse().unwrap(),
+            ahead: 2,
+            wait_ms: Some(130_000),
+        },
+    );
+    let mut heard = plays(&drain(&mut m));
+    for at in [21_000, 22_000, 24_000] {
+        m.handle(at, CallInput::PlayDone);
+        heard.extend(plays(&drain(&mut m)));
+    }
+    assert_eq!(heard, ["ewt_prefix", "number_3", "ewt_suffix", "music"]);
+    let announced = &m.cdr_so_far().wait_announcements;
+    assert_eq!(announced.len(), 1);
+    assert_eq!((announced[0].ahead, announced[0].minutes), (2, 3));
+    // 47 minutes: "forty", "seven".
+    m.handle_timeout(79_000);
+    drain(&mut m);
+    m.handle(
+        79_010,
+        CallInput::WaitEstimate {
+            queue: "billing".parse().unwrap(),
+            ahead: 30,
+            wait_ms: Some(47 * 60_000),
+        },
+    );
+    m.handle(80_000, CallInput::PlayDone);
+    assert_eq!(
+        plays(&drain(&mut m)),
+        ["ewt_prefix", "number_40"],
+        "the parts follow each other"
+    );
+}
+
+#[test]
+fn no_estimate_keeps_the_music_and_an_answer_stops_the_announcement() {
+    let mut m = CallMachine::new(with_announcement(None));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    m.handle_timeout(19_000);
+    drain(&mut m);
+    assert_eq!(
+        m.poll_timeout(),
+        Some(124_000),
+        "announced once: max wait next"
+    );
+    m.handle(
+        19_010,
+        CallInput::WaitEstimate {
+            queue: "billing".parse().unwrap(),
+            ahead: 0,
+            wait_ms: None,
+        },
+    );
+    assert!(drain(&mut m).is_empty(), "no estimate: music goes on");
+    assert!(m.cdr_so_far().wait_announcements.is_empty());
+    // An announcement cut short by the answer: nothing more is played after the bridge.
+    let mut m = CallMachine::new(with_announcement(None));
+    to_queue(&mut m, '2');
+    m.handle_timeout(19_000);
+    m.handle(
+        19_010,
+        CallInput::WaitEstimate {
+            queue: "billing".parse().unwrap(),
+            ahead: 0,
+            wait_ms: Some(30_000),
+        },
+    );
+    offer_to(&mut m, 19_500, "1002");
+    m.handle(19_600, CallInput::AgentAnswered);
+    drain(&mut m);
+    m.handle(19_700, CallInput::PlayDone);
+    assert!(plays(&drain(&mut m)).is_empty());
+}
+
+#[test]
+fn a_call_restored_late_skips_the_announcements_it_missed() {
+    let w = model::WaitAnnouncement {
+        after_ms: 15_000,
+        every_ms: Some(60_000),
+        prefix: "ewt_prefix".parse().unwrap(),
+        suffix: "ewt_suffix".parse().unwrap(),
+    };
+    assert_eq!(w.next_at(1_000, 1_000), Some(16_000));
+    assert_eq!(w.next_at(1_000, 16_000), Some(16_000));
+    assert_eq!(w.next_at(1_000, 16_001), Some(76_000));
+    assert_eq!(w.next_at(1_000, 200_000), Some(256_000));
+    let once = model::WaitAnnouncement {
+        every_ms: None,
+        ..w
+    };
+    assert_eq!(once.next_at(1_000, 16_001), None);
+    let mut m = CallMachine::new(with_announcement(Some(60_000)));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let (r, _) = restored_in(with_announcement(Some(60_000)), &m, 50_000);
+    assert_eq!(r.poll_timeout(), Some(79_000));
 }

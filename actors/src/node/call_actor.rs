@@ -23,7 +23,7 @@ use super::api::LiveCall;
 use super::mesh::{AgentEnvelope, CallEnvelope};
 use super::sip_legs::{AgentLeg, CustomerLeg};
 use super::Runtime;
-use crate::call::{flow_and_queues, CallInput, CallMachine, CallOutput, CallSetup};
+use crate::call::{flows_and_queues, CallInput, CallMachine, CallOutput, CallSetup};
 use crate::queue::QueueInput;
 
 /// What the SIP endpoint hands a call actor.
@@ -253,6 +253,18 @@ impl Actor for CallActor {
             CallMsg::Mesh(CallEnvelope::TurnedAway { queue, rule }) => state
                 .machine
                 .handle(now, CallInput::TurnedAway { queue, rule }),
+            CallMsg::Mesh(CallEnvelope::WaitEstimate {
+                queue,
+                ahead,
+                wait_ms,
+            }) => state.machine.handle(
+                now,
+                CallInput::WaitEstimate {
+                    queue,
+                    ahead,
+                    wait_ms,
+                },
+            ),
             CallMsg::Tick => state.machine.handle_timeout(now),
             CallMsg::Resync => state.machine.resync(),
             CallMsg::LeaseCheck => {
@@ -471,13 +483,13 @@ async fn take_over(
     let call_id = checkpoint.call_id.clone();
     rt.register_call(call_id.clone(), myself.clone());
     let tenant = checkpoint.route.tenant.clone();
-    let (domain, (flow, queues)) = rt.cluster.read(|s| {
+    let (domain, (flows, queues)) = rt.cluster.read(|s| {
         (
             s.tenants
                 .get(tenant.as_str())
                 .map(|t| t.domain.clone())
                 .unwrap_or_default(),
-            flow_and_queues(s, &checkpoint.route),
+            flows_and_queues(s, &checkpoint.route),
         )
     });
     // A Talking call whose agent's committed session has moved on since the checkpoint ended
@@ -550,7 +562,7 @@ async fn take_over(
         dialled: checkpoint.cdr.dialled.clone(),
         trunk: checkpoint.cdr.trunk.clone(),
         started_at_ms: checkpoint.cdr.started_at_ms,
-        flow,
+        flows,
         queues,
     };
     let mut machine = CallMachine::restore(setup, &checkpoint.phase, checkpoint.cdr.clone(), now);
@@ -947,6 +959,14 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 &queue,
                 QueueInput::Remove {
                     call: call_id.clone(),
+                },
+            ),
+            CallOutput::AskWait { queue } => rt.send_queue(
+                &state.tenant,
+                &queue,
+                QueueInput::EstimateWait {
+                    call: call_id.clone(),
+                    call_node: rt.node_id(),
                 },
             ),
             CallOutput::OfferDone {

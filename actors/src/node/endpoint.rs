@@ -391,7 +391,7 @@ impl Endpoint {
             // We answer with an offer-less INVITE nowhere yet: late offer is not supported.
             return reply(self, 488, "Not Acceptable Here");
         };
-        let (flow, queues) = state.read(|s| crate::call::flow_and_queues(s, &route));
+        let (flows, queues) = state.read(|s| crate::call::flows_and_queues(s, &route));
         let caller = request
             .from()
             .and_then(|f| f.uri.user.clone())
@@ -404,7 +404,7 @@ impl Endpoint {
             dialled,
             trunk: Some(trunk),
             started_at_ms: self.rt.now_ms(),
-            flow,
+            flows,
             queues,
         };
         let customer = CustomerLeg::new(key, request, source, transport);

@@ -95,6 +95,12 @@ pub enum CallEnvelope {
         queue: QueueId,
         rule: model::QueueRule,
     },
+    /// R3.9: the queue's estimate for the call (`QueueOutput::WaitEstimate`).
+    WaitEstimate {
+        queue: QueueId,
+        ahead: usize,
+        wait_ms: Option<u64>,
+    },
 }
 
 /// A request that expects an answer (the API asking the owner of an actor).

@@ -72,6 +72,9 @@ pub struct Runtime {
     pub cluster: Arc<Cluster>,
     mesh: MeshClient,
     queues: Mutex<HashMap<String, ActorRef<QueueMsg>>>,
+    /// Each queue's recent answers, from its owner's last stats broadcast: a queue rebuilt
+    /// here starts its wait estimates (R3.9) from them.
+    queue_answers: Mutex<HashMap<String, Vec<u64>>>,
     agents: Mutex<HashMap<String, ActorRef<AgentMsg>>>,
     calls: Mutex<HashMap<CallId, ActorRef<CallMsg>>>,
     /// What the API shows of this node's calls; each call actor keeps its entry current.
@@ -167,6 +170,16 @@ impl Runtime {
             n,
             rand::random::<u32>() & 0xff_ffff
         ))
+    }
+
+    /// The recent answers of `queue` its last owner broadcast (empty if none heard).
+    pub fn queue_answers(&self, tenant: &TenantId, queue: &QueueId) -> Vec<u64> {
+        self.queue_answers
+            .lock()
+            .expect("queue answers lock")
+            .get(&model::state::key(tenant, queue.as_str()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn send_queue(
@@ -485,6 +498,7 @@ impl Runtime {
                     (None, CallEnvelope::TurnedAway { queue, .. }) => {
                         debug!(%call, %queue, "turned-away notice for a call not hosted here")
                     }
+                    (None, CallEnvelope::WaitEstimate { .. }) => {}
                 }
             }
             Envelope::QueueStats {
@@ -494,6 +508,15 @@ impl Runtime {
                 stats,
                 at_ms,
             } => {
+                if !stats.answered_at_ms.is_empty() {
+                    self.queue_answers
+                        .lock()
+                        .expect("queue answers lock")
+                        .insert(
+                            model::state::key(&tenant, queue.as_str()),
+                            stats.answered_at_ms.clone(),
+                        );
+                }
                 self.publish(Event::Queue {
                     tenant,
                     queue,
@@ -825,6 +848,7 @@ impl Node {
             config,
             cluster,
             queues: Mutex::default(),
+            queue_answers: Mutex::default(),
             agents: Mutex::default(),
             calls: Mutex::default(),
             live: Mutex::default(),

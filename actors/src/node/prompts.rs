@@ -12,12 +12,53 @@ use tracing::warn;
 
 use super::Runtime;
 
-const BUILTIN: [(&str, &[u8]); 4] = [
+/// The WAVs bundled into the binary (`scripts/make-prompts` regenerates the spoken ones).
+const BUILTIN: [(&str, &[u8]); 34] = [
     ("welcome", include_bytes!("../../prompts/welcome.wav")),
     ("menu", include_bytes!("../../prompts/menu.wav")),
     ("music", include_bytes!("../../prompts/music.wav")),
     ("timeout", include_bytes!("../../prompts/timeout.wav")),
+    ("ewt_prefix", include_bytes!("../../prompts/ewt_prefix.wav")),
+    ("ewt_suffix", include_bytes!("../../prompts/ewt_suffix.wav")),
+    ("number_0", include_bytes!("../../prompts/number_0.wav")),
+    ("number_1", include_bytes!("../../prompts/number_1.wav")),
+    ("number_2", include_bytes!("../../prompts/number_2.wav")),
+    ("number_3", include_bytes!("../../prompts/number_3.wav")),
+    ("number_4", include_bytes!("../../prompts/number_4.wav")),
+    ("number_5", include_bytes!("../../prompts/number_5.wav")),
+    ("number_6", include_bytes!("../../prompts/number_6.wav")),
+    ("number_7", include_bytes!("../../prompts/number_7.wav")),
+    ("number_8", include_bytes!("../../prompts/number_8.wav")),
+    ("number_9", include_bytes!("../../prompts/number_9.wav")),
+    ("number_10", include_bytes!("../../prompts/number_10.wav")),
+    ("number_11", include_bytes!("../../prompts/number_11.wav")),
+    ("number_12", include_bytes!("../../prompts/number_12.wav")),
+    ("number_13", include_bytes!("../../prompts/number_13.wav")),
+    ("number_14", include_bytes!("../../prompts/number_14.wav")),
+    ("number_15", include_bytes!("../../prompts/number_15.wav")),
+    ("number_16", include_bytes!("../../prompts/number_16.wav")),
+    ("number_17", include_bytes!("../../prompts/number_17.wav")),
+    ("number_18", include_bytes!("../../prompts/number_18.wav")),
+    ("number_19", include_bytes!("../../prompts/number_19.wav")),
+    ("number_20", include_bytes!("../../prompts/number_20.wav")),
+    ("number_30", include_bytes!("../../prompts/number_30.wav")),
+    ("number_40", include_bytes!("../../prompts/number_40.wav")),
+    ("number_50", include_bytes!("../../prompts/number_50.wav")),
+    ("number_60", include_bytes!("../../prompts/number_60.wav")),
+    ("number_70", include_bytes!("../../prompts/number_70.wav")),
+    ("number_80", include_bytes!("../../prompts/number_80.wav")),
+    ("number_90", include_bytes!("../../prompts/number_90.wav")),
 ];
+
+/// Bundled prompts every tenant has without configuring them: the numbers that speak an
+/// estimated wait (R3.9). A tenant's own prompt of the same id wins (a recorded voice).
+fn system_prompt(id: &PromptId) -> Option<String> {
+    let n = id.as_str().strip_prefix("number_")?;
+    BUILTIN
+        .iter()
+        .any(|(name, _)| *name == id.as_str())
+        .then(|| format!("builtin:number_{n}"))
+}
 
 fn cache() -> &'static Mutex<HashMap<String, Prompt>> {
     static CACHE: OnceLock<Mutex<HashMap<String, Prompt>>> = OnceLock::new();
@@ -28,7 +69,8 @@ fn cache() -> &'static Mutex<HashMap<String, Prompt>> {
 pub fn load(rt: &Runtime, tenant: &TenantId, id: &PromptId) -> Option<Prompt> {
     let file = rt
         .cluster
-        .read(|s| s.prompt(tenant, id).map(|p| p.file.clone()))?;
+        .read(|s| s.prompt(tenant, id).map(|p| p.file.clone()))
+        .or_else(|| system_prompt(id))?;
     if let Some(prompt) = cache().lock().expect("prompt cache").get(&file) {
         return Some(prompt.clone());
     }
@@ -75,7 +117,23 @@ mod tests {
     fn builtin_prompts_decode_to_8khz() {
         for (name, bytes) in BUILTIN {
             let p = Prompt::from_wav_bytes(name, bytes).expect("bundled prompts are valid WAV");
-            assert!(p.duration_ms() > 1_000, "{name} has audio");
+            let shortest = if name.starts_with("number_") {
+                300
+            } else {
+                1_000
+            };
+            assert!(p.duration_ms() > shortest, "{name} has audio");
         }
+    }
+
+    #[test]
+    fn every_number_an_estimate_speaks_is_bundled() {
+        for minutes in 1..=99 {
+            for id in model::number_prompts(minutes) {
+                assert!(system_prompt(&id).is_some(), "{id} for {minutes}");
+            }
+        }
+        assert_eq!(system_prompt(&"music".parse().unwrap()), None);
+        assert_eq!(system_prompt(&"number_21".parse().unwrap()), None);
     }
 }

@@ -103,10 +103,12 @@ impl Actor for QueueActor {
                 })
                 .collect()
         });
+        let mut machine = QueueMachine::new();
+        machine.seed_answers(&self.runtime.queue_answers(&tenant, &queue));
         let mut state = QueueState {
             tenant,
             queue,
-            machine: QueueMachine::new(),
+            machine,
             held: waiting.into(),
             flush_armed: false,
         };
@@ -212,6 +214,20 @@ impl Actor for QueueActor {
                         },
                     );
                 }
+                QueueOutput::WaitEstimate {
+                    call,
+                    call_node,
+                    ahead,
+                    wait_ms,
+                } => rt.send_call(
+                    call_node,
+                    &call,
+                    CallEnvelope::WaitEstimate {
+                        queue: state.queue.clone(),
+                        ahead,
+                        wait_ms,
+                    },
+                ),
                 QueueOutput::Stats(stats) => {
                     metrics::gauge!("callgrid_queue_waiting", "tenant" => state.tenant.to_string(), "queue" => state.queue.to_string())
                         .set(stats.waiting as f64);

@@ -87,7 +87,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
     });
     for (i, _) in QUEUES.iter().enumerate() {
         out.push(Command::Create {
-            item: ConfigItem::Queue(Queue {
+            item: ConfigItem::Queue(Box::new(Queue {
                 tenant: t.clone(),
                 id: queue_id(i),
                 name: format!("Queue {i}"),
@@ -99,7 +99,11 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 max_queued: None,
                 on_max_queued: None,
                 on_all_busy: None,
-            }),
+                on_max_wait: None,
+                cancel_key: None,
+                on_cancel: None,
+                wait_announcement: None,
+            })),
         });
     }
     for (e, (_, q, priority)) in ENTRIES.iter().enumerate() {

@@ -40,7 +40,7 @@ macro_rules! scoped_item {
                 &state.$map
             }
             fn into_config(self) -> ConfigItem {
-                ConfigItem::$variant(self)
+                ConfigItem::$variant(self.into())
             }
             fn key(tenant: Option<&TenantId>, id: &str) -> ApiResult<ConfigKey> {
                 let tenant = tenant

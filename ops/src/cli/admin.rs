@@ -350,13 +350,13 @@ fn tenant_body(f: &TenantFields) -> anyhow::Result<(Map<String, Value>, TenantId
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
     /// Create a skill queue.
-    Create(QueueFields),
+    Create(Box<QueueFields>),
     /// List a tenant's queues.
     List(TenantScope),
     /// Show one queue's configuration.
     Show(QueueKey),
     /// Change a queue (only the fields given).
-    Update(QueueFields),
+    Update(Box<QueueFields>),
     /// Delete a queue.
     Delete(QueueKey),
     /// Live status of one queue (waiting, longest wait, agents, idle agents).
@@ -397,65 +397,103 @@ pub struct QueueFields {
     /// Most calls that may wait (R3.5); the next one gets --on-max-queued.
     #[arg(long)]
     pub max_queued: Option<u32>,
-    /// What a call finding the queue full gets: `release` or `queue:<id>` (transfer).
+    /// What a call finding the queue full gets: `release`, `queue:<id>` or
+    /// `flow:<id>[:<node>]` (transfer).
     #[arg(long, value_parser = parse_rule_target)]
-    pub on_max_queued: Option<RuleTarget>,
+    pub on_max_queued: Option<model::RuleAction>,
     /// With `--on-max-queued release`: the prompt played before the release.
     #[arg(long)]
     pub on_max_queued_prompt: Option<PromptId>,
-    /// R3.3: what a call arriving while no agent of the queue is ready gets: `release` or
-    /// `queue:<id>` (unset: it waits).
+    /// R3.3: what a call arriving while no agent of the queue is ready gets: `release`,
+    /// `queue:<id>` or `flow:<id>[:<node>]` (unset: it waits).
     #[arg(long, value_parser = parse_rule_target)]
-    pub on_all_busy: Option<RuleTarget>,
+    pub on_all_busy: Option<model::RuleAction>,
     /// With `--on-all-busy release`: the prompt played before the release.
     #[arg(long)]
     pub on_all_busy_prompt: Option<PromptId>,
+    /// R3.4: what a call that waited --max-wait-ms gets: `release`, `queue:<id>` or
+    /// `flow:<id>[:<node>]` (unset: released with --timeout-prompt).
+    #[arg(long, value_parser = parse_rule_target)]
+    pub on_max_wait: Option<model::RuleAction>,
+    /// With `--on-max-wait release`: the prompt played before the release.
+    #[arg(long)]
+    pub on_max_wait_prompt: Option<PromptId>,
+    /// R3.6: the key (0-9, *, #) a waiting caller presses to leave the line.
+    #[arg(long)]
+    pub cancel_key: Option<char>,
+    /// What a caller who pressed --cancel-key gets: `release`, `queue:<id>` or
+    /// `flow:<id>[:<node>]` (unset: released).
+    #[arg(long, value_parser = parse_rule_target)]
+    pub on_cancel: Option<model::RuleAction>,
+    /// With `--on-cancel release`: the prompt played before the release.
+    #[arg(long)]
+    pub on_cancel_prompt: Option<PromptId>,
+    /// R3.9: the estimated-wait announcement's first prompt ("your wait is about"); with
+    /// --wait-suffix.
+    #[arg(long, requires = "wait_suffix")]
+    pub wait_prefix: Option<PromptId>,
+    /// The announcement's last prompt, after the minutes ("minutes").
+    #[arg(long, requires = "wait_prefix")]
+    pub wait_suffix: Option<PromptId>,
+    /// When the announcement is first played, after joining (default 15000).
+    #[arg(long, requires = "wait_prefix")]
+    pub wait_after_ms: Option<u64>,
+    /// Repeat the announcement this often (default: once).
+    #[arg(long, requires = "wait_prefix")]
+    pub wait_every_ms: Option<u64>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
 
-/// Where a queue rule sends a call (`release` or `queue:<id>`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RuleTarget {
-    Release,
-    Queue(QueueId),
-}
-
-fn parse_rule_target(s: &str) -> Result<RuleTarget, String> {
+/// What a queue rule does, from the command line: `release`, `queue:<id>` or
+/// `flow:<id>[:<node>]` (the prompt of a release comes from its own flag).
+fn parse_rule_target(s: &str) -> Result<model::RuleAction, String> {
+    let bad = |what: &str, id: &str| format!("{id:?} is not a {what} id");
     match s.split_once(':') {
-        None if s == "release" => Ok(RuleTarget::Release),
+        None if s == "release" => Ok(model::RuleAction::Release { prompt: None }),
         Some(("queue", id)) => id
             .parse()
-            .map(RuleTarget::Queue)
-            .map_err(|_| format!("{id:?} is not a queue id")),
-        _ => Err(format!("{s:?}: use `release` or `queue:<id>`")),
+            .map(|queue| model::RuleAction::TransferQueue { queue })
+            .map_err(|_| bad("queue", id)),
+        Some(("flow", rest)) => {
+            let (id, node) = match rest.split_once(':') {
+                Some((id, node)) if !node.is_empty() => (id, Some(node.to_string())),
+                Some(_) => return Err(format!("{s:?}: the node after `flow:<id>:` is empty")),
+                None => (rest, None),
+            };
+            id.parse()
+                .map(|flow| model::RuleAction::TransferFlow { flow, node })
+                .map_err(|_| bad("flow", id))
+        }
+        _ => Err(format!(
+            "{s:?}: use `release`, `queue:<id>` or `flow:<id>[:<node>]`"
+        )),
     }
 }
 
 /// The rule's JSON (`model::RuleAction`), or a usage error for a prompt without a release.
 fn rule_value(
-    target: Option<&RuleTarget>,
+    target: Option<&model::RuleAction>,
     prompt: Option<&PromptId>,
+    flag: &str,
 ) -> anyhow::Result<Option<Value>> {
-    Ok(match (target, prompt) {
-        (None, None) => None,
-        (Some(RuleTarget::Release), prompt) => Some(json!({
-            "action": "release",
-            "prompt": prompt.map(|p| p.as_str()),
-        })),
-        (Some(RuleTarget::Queue(q)), None) => {
-            Some(json!({"action": "transfer_queue", "queue": q.as_str()}))
-        }
+    let action = match (target, prompt) {
+        (None, None) => return Ok(None),
+        (Some(model::RuleAction::Release { .. }), prompt) => model::RuleAction::Release {
+            prompt: prompt.cloned(),
+        },
+        (Some(transfer), None) => transfer.clone(),
         (_, Some(_)) => {
             return Err(crate::error::usage_err(
                 "E-BAD-RULE",
                 "a rule's prompt goes with its `release` action",
-                "pass e.g. --on-max-queued release --on-max-queued-prompt <prompt>",
+                format!("pass e.g. --{flag} release --{flag}-prompt <prompt>"),
             ))
         }
-    })
+    };
+    Ok(Some(serde_json::to_value(action)?))
 }
 
 pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
@@ -553,11 +591,52 @@ fn queue_body(f: &QueueFields) -> anyhow::Result<(Map<String, Value>, QueueId)> 
             ("max_queued", f.max_queued.map(|m| json!(m))),
             (
                 "on_max_queued",
-                rule_value(f.on_max_queued.as_ref(), f.on_max_queued_prompt.as_ref())?,
+                rule_value(
+                    f.on_max_queued.as_ref(),
+                    f.on_max_queued_prompt.as_ref(),
+                    "on-max-queued",
+                )?,
             ),
             (
                 "on_all_busy",
-                rule_value(f.on_all_busy.as_ref(), f.on_all_busy_prompt.as_ref())?,
+                rule_value(
+                    f.on_all_busy.as_ref(),
+                    f.on_all_busy_prompt.as_ref(),
+                    "on-all-busy",
+                )?,
+            ),
+            (
+                "on_max_wait",
+                rule_value(
+                    f.on_max_wait.as_ref(),
+                    f.on_max_wait_prompt.as_ref(),
+                    "on-max-wait",
+                )?,
+            ),
+            ("cancel_key", f.cancel_key.map(|k| json!(k.to_string()))),
+            (
+                "on_cancel",
+                rule_value(
+                    f.on_cancel.as_ref(),
+                    f.on_cancel_prompt.as_ref(),
+                    "on-cancel",
+                )?,
+            ),
+            (
+                "wait_announcement",
+                f.wait_prefix
+                    .as_ref()
+                    .zip(f.wait_suffix.as_ref())
+                    .map(|(p, x)| {
+                        let mut w = json!({"prefix": p.as_str(), "suffix": x.as_str()});
+                        if let Some(after) = f.wait_after_ms {
+                            w["after_ms"] = json!(after);
+                        }
+                        if let Some(every) = f.wait_every_ms {
+                            w["every_ms"] = json!(every);
+                        }
+                        w
+                    }),
             ),
         ],
     );
@@ -995,42 +1074,58 @@ mod tests {
 
     #[test]
     fn queue_rule_flags_become_the_rule_json() {
-        assert_eq!(parse_rule_target("release"), Ok(RuleTarget::Release));
+        use model::RuleAction;
+        assert_eq!(
+            parse_rule_target("release"),
+            Ok(RuleAction::Release { prompt: None })
+        );
         assert_eq!(
             parse_rule_target("queue:billing"),
-            Ok(RuleTarget::Queue("billing".parse().unwrap()))
+            Ok(RuleAction::TransferQueue {
+                queue: "billing".parse().unwrap()
+            })
         );
-        assert!(parse_rule_target("queue:").is_err());
-        assert!(parse_rule_target("hangup").is_err());
+        assert_eq!(
+            parse_rule_target("flow:main"),
+            Ok(RuleAction::TransferFlow {
+                flow: "main".parse().unwrap(),
+                node: None
+            })
+        );
+        assert_eq!(
+            parse_rule_target("flow:main:menu"),
+            Ok(RuleAction::TransferFlow {
+                flow: "main".parse().unwrap(),
+                node: Some("menu".into())
+            })
+        );
+        for bad in ["queue:", "flow:", "flow:main:", "hangup", "agent:1001"] {
+            assert!(parse_rule_target(bad).is_err(), "{bad}");
+        }
         let prompt: PromptId = "full".parse().unwrap();
-        let release = rule_value(Some(&RuleTarget::Release), Some(&prompt))
-            .unwrap()
-            .unwrap();
-        let parsed: model::RuleAction = serde_json::from_value(release).unwrap();
+        let release = rule_value(
+            Some(&RuleAction::Release { prompt: None }),
+            Some(&prompt),
+            "on-cancel",
+        )
+        .unwrap()
+        .unwrap();
+        let parsed: RuleAction = serde_json::from_value(release).unwrap();
         assert_eq!(
             parsed,
-            model::RuleAction::Release {
+            RuleAction::Release {
                 prompt: Some(prompt.clone())
             }
         );
-        let transfer = rule_value(Some(&RuleTarget::Queue("billing".parse().unwrap())), None)
+        let flow = parse_rule_target("flow:main:menu").unwrap();
+        let json = rule_value(Some(&flow), None, "on-max-wait")
             .unwrap()
             .unwrap();
-        let parsed: model::RuleAction = serde_json::from_value(transfer).unwrap();
-        assert_eq!(
-            parsed,
-            model::RuleAction::TransferQueue {
-                queue: "billing".parse().unwrap()
-            }
-        );
+        assert_eq!(serde_json::from_value::<RuleAction>(json).unwrap(), flow);
         assert!(
-            rule_value(
-                Some(&RuleTarget::Queue("b".parse().unwrap())),
-                Some(&prompt)
-            )
-            .is_err(),
+            rule_value(Some(&flow), Some(&prompt), "on-max-wait").is_err(),
             "a prompt only goes with a release"
         );
-        assert_eq!(rule_value(None, None).unwrap(), None);
+        assert_eq!(rule_value(None, None, "on-cancel").unwrap(), None);
     }
 }

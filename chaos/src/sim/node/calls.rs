@@ -15,11 +15,11 @@ impl SimNode {
             return false;
         }
         // Like `routing::resolve`: an access code the replica does not know yet is a 404.
-        let Some((flow, queues)) = self.replica.read(|s| {
+        let Some((flows, queues)) = self.replica.read(|s| {
             s.tenants
                 .get(route.tenant.as_str())
                 .is_some_and(|t| t.access_codes.iter().any(|a| a.code == route.access_code))
-                .then(|| flow_and_queues(s, &route))
+                .then(|| flows_and_queues(s, &route))
         }) else {
             return false;
         };
@@ -31,7 +31,7 @@ impl SimNode {
             dialled: route.access_code.clone(),
             trunk: None,
             started_at_ms: ctx.now,
-            flow,
+            flows,
             queues,
         };
         let tenant = route.tenant.clone();
@@ -105,7 +105,9 @@ impl SimNode {
         if self.calls.contains_key(&call) {
             return;
         }
-        let (flow, queues) = self.replica.read(|s| flow_and_queues(s, &checkpoint.route));
+        let (flows, queues) = self
+            .replica
+            .read(|s| flows_and_queues(s, &checkpoint.route));
         let setup = CallSetup {
             call_id: call.clone(),
             entry_node: checkpoint.cdr.entry_node,
@@ -114,7 +116,7 @@ impl SimNode {
             dialled: checkpoint.cdr.dialled.clone(),
             trunk: checkpoint.cdr.trunk.clone(),
             started_at_ms: checkpoint.cdr.started_at_ms,
-            flow,
+            flows,
             queues,
         };
         let talking = matches!(checkpoint.phase, CallPhase::Talking { .. });
@@ -287,6 +289,15 @@ impl SimNode {
                     &tenant,
                     &queue,
                     QueueInput::Remove { call: call.clone() },
+                ),
+                CallOutput::AskWait { queue } => self.send_queue(
+                    ctx,
+                    &tenant,
+                    &queue,
+                    QueueInput::EstimateWait {
+                        call: call.clone(),
+                        call_node: me,
+                    },
                 ),
                 CallOutput::OfferDone {
                     queue,

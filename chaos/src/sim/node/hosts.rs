@@ -187,6 +187,22 @@ impl SimNode {
                         rule,
                     },
                 ),
+                // Mirrors `actors::node::queue_actor` (R3.9).
+                QueueOutput::WaitEstimate {
+                    call,
+                    call_node,
+                    ahead,
+                    wait_ms,
+                } => self.send_call(
+                    ctx,
+                    call_node,
+                    &call,
+                    CallEnvelope::WaitEstimate {
+                        queue: queue.clone(),
+                        ahead,
+                        wait_ms,
+                    },
+                ),
                 QueueOutput::Stats(_) => {}
             }
         }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actors::agent::{AgentInput, AgentMachine, AgentOutput};
-use actors::call::{flow_and_queues, AgentNotice, CallInput, CallMachine, CallOutput, CallSetup};
+use actors::call::{flows_and_queues, AgentNotice, CallInput, CallMachine, CallOutput, CallSetup};
 use actors::node::mesh::{AgentEnvelope, CallEnvelope, Envelope};
 use actors::node::placement;
 use actors::node::AgentCommand;
@@ -879,6 +879,21 @@ impl SimNode {
                     CallEnvelope::TurnedAway { queue, rule } => {
                         if here {
                             self.call_input(ctx, &call, CallInput::TurnedAway { queue, rule });
+                        }
+                        return;
+                    }
+                    CallEnvelope::WaitEstimate {
+                        queue,
+                        ahead,
+                        wait_ms,
+                    } => {
+                        if here {
+                            let input = CallInput::WaitEstimate {
+                                queue,
+                                ahead,
+                                wait_ms,
+                            };
+                            self.call_input(ctx, &call, input);
                         }
                         return;
                     }

@@ -122,7 +122,7 @@ fn lookup(s: &model::ReplicatedState, k: &ConfigKey) -> Option<ConfigItem> {
     Some(match k {
         ConfigKey::Tenant { id } => ConfigItem::Tenant(s.tenants.get(id.as_str())?.clone()),
         ConfigKey::Queue { tenant, id } => {
-            ConfigItem::Queue(s.queues.get(&key(tenant, id.as_str()))?.clone())
+            ConfigItem::Queue(Box::new(s.queues.get(&key(tenant, id.as_str()))?.clone()))
         }
         ConfigKey::Agent { tenant, id } => {
             ConfigItem::Agent(s.agents.get(&key(tenant, id.as_str()))?.clone())
