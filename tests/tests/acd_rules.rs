@@ -315,7 +315,8 @@ async fn the_estimated_wait_is_announced_after_15_s_even_after_the_queue_owner_d
     let work = c.work().join("sipp");
     std::fs::create_dir_all(&work)?;
     set_queue(&c, GENERAL, |q| {
-        q["wait_announcement"] = json!({"prefix": "ewt_prefix", "suffix": "ewt_suffix"});
+        q["wait_announcement"] =
+            json!({"after_ms": 15_000, "prefix": "ewt_prefix", "suffix": "ewt_suffix"});
     })
     .await?;
     let status = c
