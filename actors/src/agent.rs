@@ -52,7 +52,8 @@ pub enum AgentInput {
         call: CallId,
         no_answer: bool,
     },
-    /// The agent's configured skills changed (live skill changes, R3.19 later).
+    /// The queues the agent serves changed (R3.19 skill reset, R3.18 role): a ready agent
+    /// leaves the old queues and joins the new ones at once, keeping its idle time.
     Skills {
         skills: Vec<QueueId>,
     },
@@ -135,6 +136,11 @@ impl AgentMachine {
 
     pub fn status(&self) -> &AgentStatus {
         &self.status
+    }
+
+    /// The queues the agent serves now.
+    pub fn skills(&self) -> &[QueueId] {
+        &self.skills
     }
 
     pub fn session(&self) -> AgentSession {
@@ -555,5 +561,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.status(), &AgentStatus::Talking { call: call("a") });
+    }
+
+    #[test]
+    fn a_skill_reset_moves_a_ready_agent_between_queues_without_signing_in_again() {
+        let mut m = machine();
+        m.handle(
+            0,
+            AgentInput::SignIn {
+                extension: "1001".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        m.handle(10, AgentInput::Ready).unwrap();
+        drain(&mut m);
+        let billing: QueueId = "billing".parse().unwrap();
+        m.handle(
+            20,
+            AgentInput::Skills {
+                skills: vec![billing.clone()],
+            },
+        )
+        .unwrap();
+        let out = drain(&mut m);
+        let moves: Vec<(Vec<QueueId>, bool, u64)> = out
+            .iter()
+            .filter_map(|o| match o {
+                AgentOutput::Availability {
+                    queues,
+                    available,
+                    idle_since_ms,
+                } => Some((queues.clone(), *available, *idle_since_ms)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(moves.len(), 2, "{out:?}");
+        assert_eq!(
+            moves[0],
+            (vec!["general".parse().unwrap()], false, 10),
+            "leaves the old queue"
+        );
+        assert_eq!(
+            moves[1],
+            (vec![billing.clone()], true, 10),
+            "same idle place"
+        );
+        assert_eq!(m.status(), &AgentStatus::Ready, "still signed in and ready");
+        assert_eq!(m.skills(), &[billing]);
+        assert!(
+            !out.iter().any(|o| matches!(o, AgentOutput::Checkpoint(_))),
+            "no new session: the sign-in stands"
+        );
     }
 }

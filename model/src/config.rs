@@ -237,8 +237,45 @@ pub struct Agent {
     pub tenant: TenantId,
     pub id: AgentId,
     pub name: String,
-    /// The queues whose calls this agent takes.
+    /// The queues whose calls this agent takes. A change applies live (R3.19 skill reset):
+    /// a signed-in agent leaves the old queues and joins the new ones without signing in
+    /// again.
     pub skills: Vec<QueueId>,
+    /// R3.18: the agent's role; with `takes_calls` it decides whether the agent is offered
+    /// calls at all.
+    #[serde(default)]
+    pub role: AgentRole,
+    /// Overrides the role's default (agents take calls, team leads and supervisors do not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takes_calls: Option<bool>,
+}
+
+/// R3.18: who an agent is in the center.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRole {
+    #[default]
+    Agent,
+    TeamLead,
+    Supervisor,
+}
+
+impl Agent {
+    /// Whether the agent is offered calls (R3.18): its `takes_calls`, else its role's
+    /// default.
+    pub fn takes_calls(&self) -> bool {
+        self.takes_calls.unwrap_or(self.role == AgentRole::Agent)
+    }
+
+    /// The queues the agent is offered calls of: its skills, or none for a role that takes
+    /// no calls.
+    pub fn serving_queues(&self) -> Vec<QueueId> {
+        if self.takes_calls() {
+            self.skills.clone()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// A phone extension with its digest credentials. Only the HA1 hashes are kept, never

@@ -166,6 +166,8 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 id: id(&number),
                 name: format!("Agent {number}"),
                 skills: QUEUES.iter().map(|q| id(q)).collect(),
+                role: AgentRole::Agent,
+                takes_calls: None,
             }));
             let extension =
                 Extension::with_password(tenant.clone(), id(&number), &password, &domain)

@@ -55,6 +55,8 @@ fn references_are_checked_and_deletes_blocked_while_in_use() {
         id: "2001".parse().unwrap(),
         name: "x".into(),
         skills: vec!["nope".parse().unwrap()],
+        role: AgentRole::Agent,
+        takes_calls: None,
     };
     let out = state.apply(&Command::Create {
         item: ConfigItem::Agent(orphan),

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use tracing::debug;
+use tracing::{debug, info};
 
-use model::{AgentId, AgentSession, TenantId};
+use model::{AgentId, AgentSession, QueueId, TenantId};
 
 use super::api::AgentCommand;
 use super::mesh::AgentEnvelope;
@@ -22,6 +22,8 @@ pub enum AgentMsg {
     Mesh(AgentEnvelope),
     Command(AgentCommand, RpcReplyPort<Result<AgentSession, String>>),
     Tick,
+    /// The agent's config changed (R3.18 role, R3.19 skill reset): the queues it serves now.
+    Serving(Vec<QueueId>),
 }
 
 pub struct AgentActor {
@@ -47,7 +49,7 @@ impl Actor for AgentActor {
         let (skills, session) = rt.cluster.read(|s| {
             (
                 s.agent(&args.tenant, &args.agent)
-                    .map(|a| a.skills.clone())
+                    .map(|a| a.serving_queues())
                     .unwrap_or_default(),
                 s.agent_session(&args.tenant, &args.agent).cloned(),
             )
@@ -143,6 +145,15 @@ impl Actor for AgentActor {
                 drive(rt, &myself, machine);
                 let _ = reply.send(result);
             }
+            AgentMsg::Serving(skills) => {
+                if machine.skills() != skills.as_slice() {
+                    info!(agent = %machine.session().agent, ?skills, "agent's queues changed live");
+                    if let Err(error) = machine.handle(now, AgentInput::Skills { skills }) {
+                        debug!(%error, "skill change refused");
+                    }
+                    drive(rt, &myself, machine);
+                }
+            }
             AgentMsg::Mesh(envelope) => {
                 let input = match envelope {
                     AgentEnvelope::Reserve { call, queue } if !rt.holds_lease() => {
@@ -176,7 +187,9 @@ impl Actor for AgentActor {
                         }
                     }),
                     AgentEnvelope::Announce { queue } => {
-                        if machine.status() == &model::AgentStatus::Ready {
+                        if machine.status() == &model::AgentStatus::Ready
+                            && machine.skills().contains(&queue)
+                        {
                             let s = machine.session();
                             rt.send_queue(
                                 &s.tenant,

@@ -25,6 +25,9 @@ pub struct AgentView {
     pub agent: AgentId,
     pub name: String,
     pub skills: Vec<QueueId>,
+    pub role: model::AgentRole,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takes_calls: Option<bool>,
     pub state: String,
     pub session: Option<AgentSession>,
     /// The node hosting the agent's actor (rendezvous placement).

@@ -1007,6 +1007,8 @@ impl Node {
                         agent: agent.clone(),
                         name: a.name.clone(),
                         skills: a.skills.clone(),
+                        role: a.role,
+                        takes_calls: a.takes_calls,
                         state: session
                             .as_ref()
                             .map_or("signed_out", |s| s.status.name())
@@ -1064,7 +1066,7 @@ impl Node {
         let agents = self.runtime.cluster.read(|s| {
             s.agents
                 .values()
-                .filter(|a| &a.tenant == tenant && a.skills.contains(queue))
+                .filter(|a| &a.tenant == tenant && a.serving_queues().contains(queue))
                 .filter(|a| {
                     s.agent_session(tenant, &a.id)
                         .is_some_and(|x| x.status != model::AgentStatus::SignedOut)
@@ -1186,6 +1188,23 @@ async fn react(rt: &Arc<Runtime>, command: &model::Command) {
             rt.on_declared_down().await
         }
         model::Command::Restore { .. } => rt.take_over_orphans(true).await,
+        // R3.18, R3.19: a signed-in agent's new skills or role apply live, on its owner.
+        model::Command::Create {
+            item: model::ConfigItem::Agent(a),
+        }
+        | model::Command::Update {
+            item: model::ConfigItem::Agent(a),
+        } => {
+            let actor = rt
+                .agents
+                .lock()
+                .expect("registry lock")
+                .get(&model::state::key(&a.tenant, a.id.as_str()))
+                .cloned();
+            if let Some(actor) = actor {
+                let _ = actor.cast(AgentMsg::Serving(a.serving_queues()));
+            }
+        }
         model::Command::Batch { commands } => {
             for c in commands {
                 Box::pin(react(rt, c)).await;

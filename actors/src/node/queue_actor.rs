@@ -53,7 +53,7 @@ impl Actor for QueueActor {
                 .filter(|a| a.tenant == tenant && a.status == AgentStatus::Ready)
                 .filter(|a| {
                     s.agent(&tenant, &a.agent)
-                        .is_some_and(|c| c.skills.contains(&queue))
+                        .is_some_and(|c| c.serving_queues().contains(&queue))
                 })
                 .map(|a| a.agent.clone())
                 .collect()
@@ -285,7 +285,7 @@ pub fn queue_limits(
             a.tenant == *tenant
                 && a.status == AgentStatus::Ready
                 && s.agent(tenant, &a.agent)
-                    .is_some_and(|c| c.skills.contains(queue))
+                    .is_some_and(|c| c.serving_queues().contains(queue))
         });
     (config.max_queued, all_busy)
 }

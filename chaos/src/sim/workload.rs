@@ -147,6 +147,8 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 id: agent_id(i),
                 name: format!("Agent {i}"),
                 skills,
+                role: model::AgentRole::Agent,
+                takes_calls: None,
             }),
         });
     }

@@ -54,9 +54,16 @@ pub struct AgentFields {
     pub id: Option<AgentId>,
     #[arg(long)]
     pub name: Option<String>,
-    /// Queues whose calls the agent takes, comma separated.
+    /// Queues whose calls the agent takes, comma separated. On `update` this is a live
+    /// skill reset (R3.19): a signed-in agent moves without signing in again.
     #[arg(long, value_delimiter = ',')]
     pub skills: Option<Vec<QueueId>>,
+    /// R3.18: agent, team-lead or supervisor (only agents take calls by default).
+    #[arg(long, value_parser = parse_role)]
+    pub role: Option<model::AgentRole>,
+    /// Whether the agent is offered calls, overriding its role's default.
+    #[arg(long)]
+    pub takes_calls: Option<bool>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
@@ -188,9 +195,16 @@ fn agent_body(f: &AgentFields) -> anyhow::Result<(Map<String, Value>, AgentId)> 
                     .as_ref()
                     .map(|s| json!(s.iter().map(QueueId::as_str).collect::<Vec<_>>())),
             ),
+            ("role", f.role.map(|r| json!(r))),
+            ("takes_calls", f.takes_calls.map(|t| json!(t))),
         ],
     );
     Ok((body, id))
+}
+
+fn parse_role(s: &str) -> Result<model::AgentRole, String> {
+    serde_json::from_value(json!(s.replace('-', "_")))
+        .map_err(|_| format!("{s:?}: use agent, team-lead or supervisor"))
 }
 
 async fn control(c: &AgentControl, action: &str, body: Value) -> anyhow::Result<()> {

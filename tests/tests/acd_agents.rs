@@ -1,0 +1,146 @@
+//! Issue 4 acceptance, agents side, over SIP with real peers on a three-node cluster:
+//!
+//! - R3.19 skill reset: a signed-in, ready agent is moved between queues by changing its
+//!   skills; a call waiting in the new queue is offered to it at once, with no new sign-in.
+//! - R3.18 roles: a team lead takes no calls while signed in and ready; made an agent again,
+//!   it takes the waiting call.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use callgrid_tests::*;
+use serde_json::Value;
+
+const T: &str = "gd";
+
+/// Changes agent `agent`'s configuration and waits until every node has the change.
+async fn set_agent(c: &ClusterGuard, agent: &str, change: impl Fn(&mut Value)) -> Result<()> {
+    let path = format!("/api/v1/tenants/{T}/agents/{agent}");
+    let mut a = c.api(0).get_json(&path).await?;
+    change(&mut a);
+    c.api(0).put_json(&path, &a).await?;
+    for api in c.apis() {
+        let want = a.clone();
+        wait_until(Duration::from_secs(10), "agent change replicated", || {
+            let (api, want, path) = (&api, &want, &path);
+            async move {
+                let got = api.get_json(path).await.ok()?;
+                (got["skills"] == want["skills"] && got["role"] == want["role"]).then_some(())
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn waiting(c: &ClusterGuard, queue: &str) -> Option<u64> {
+    let status = c
+        .api(0)
+        .get_json(&format!("/api/v1/tenants/{T}/queues/{queue}/status"))
+        .await
+        .ok()?;
+    status["waiting"].as_u64()
+}
+
+async fn until_waiting(c: &ClusterGuard, queue: &str, n: u64) -> Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{n} calls waiting in {queue}"),
+        || async { (waiting(c, queue).await? == n).then_some(()) },
+    )
+    .await
+}
+
+/// A caller who picks general (key 0) and hangs up 15 s later (answered or not).
+fn caller(c: &ClusterGuard, work: &std::path::Path, name: &str, prefix: &str, node: usize) -> Sipp {
+    Sipp::new("carrier_ivr.xml", work, name)
+        .remote(&c.sip(node))
+        .service("075595598")
+        .key("caller_prefix", prefix)
+        .set("digit", "0")
+        .set("talk_ms", "15000")
+        .timeout(90)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn skill_reset_and_roles_apply_live_to_a_signed_in_agent() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    let work = c.work().join("sipp");
+    std::fs::create_dir_all(&work)?;
+    let agent = c.tenant(T)?.agents[0].clone();
+    let id = agent.agent.clone();
+    // The agent serves billing only, signed in and ready, its phone answering two calls.
+    set_agent(&c, &id, |a| a["skills"] = serde_json::json!(["billing"])).await?;
+    let api = c.api(1);
+    api.sign_in(T, &id, &agent.extension).await?;
+    let phone = AgentPhone::start(
+        &work,
+        &c.sip(1),
+        &c.tenant(T)?.domain,
+        &agent,
+        Register::Digest("SHA-256"),
+        "agent_phone.xml",
+        Some(2),
+        None,
+    )
+    .await?;
+    api.ready(T, &id).await?;
+    let from = now_ms();
+
+    // R3.19: a call waits in general; the agent is moved there live and takes it (nothing
+    // signs it in again: only the configuration changes).
+    let first = caller(&c, &work, "first", "1351000000", 0).spawn()?;
+    until_waiting(&c, "general", 1).await?;
+    ensure!(s(&api.get_agent(T, &id).await?, "state") == "ready");
+    set_agent(&c, &id, |a| a["skills"] = serde_json::json!(["general"])).await?;
+    wait_until(
+        Duration::from_secs(15),
+        "the agent takes the call",
+        || async {
+            let a = api.get_agent(T, &id).await.ok()?;
+            (s(&a, "state") == "talking").then_some(())
+        },
+    )
+    .await?;
+    let r = first.wait(Duration::from_secs(90)).await?;
+    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
+
+    // R3.18: as a team lead the agent takes no calls, though signed in and ready.
+    set_agent(&c, &id, |a| a["role"] = serde_json::json!("team_lead")).await?;
+    wait_until(Duration::from_secs(15), "the agent ready again", || async {
+        let a = api.get_agent(T, &id).await.ok()?;
+        (s(&a, "state") == "ready").then_some(())
+    })
+    .await?;
+    let second = caller(&c, &work, "second", "1352000000", 2).spawn()?;
+    until_waiting(&c, "general", 1).await?;
+    let status = c
+        .api(0)
+        .get_json(&format!("/api/v1/tenants/{T}/queues/general/status"))
+        .await?;
+    ensure!(
+        n(&status, "idle_agents") == 0,
+        "a team lead is no idle agent of the queue: {status}"
+    );
+    ensure!(s(&api.get_agent(T, &id).await?, "state") == "ready");
+    set_agent(&c, &id, |a| a["role"] = serde_json::json!("agent")).await?;
+    let r = second.wait(Duration::from_secs(90)).await?;
+    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
+    let pr = phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(
+        pr.exit_code == 0 && pr.successful == 2,
+        "agent phone: {pr:?}"
+    );
+
+    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 60_000);
+    let cdrs = cdrs_when(&c.api(2), &q, 30, "both CDRs", |cdrs| cdrs.len() == 2).await?;
+    for cdr in &cdrs {
+        ensure!(
+            s(cdr, "disposition") == "answered" && s(cdr, "agent") == id,
+            "{cdr}"
+        );
+        ensure!(s(cdr, "queue") == "general", "{cdr}");
+    }
+    Ok(())
+}
