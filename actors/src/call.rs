@@ -192,6 +192,8 @@ pub struct CallMachine {
     flow: Option<FlowId>,
     /// R3.9: when the call next asks its queue for the estimated wait.
     announce_at: Option<u64>,
+    /// R3.8: when the queue's periodic announcement is next played.
+    periodic_at: Option<u64>,
     /// The rest of the wait announcement being played (prefix, minutes, suffix); music
     /// resumes after it.
     announcement: VecDeque<PromptId>,
@@ -250,6 +252,7 @@ impl CallMachine {
                 Entry::Queue(_) => None,
             },
             announce_at: None,
+            periodic_at: None,
             announcement: VecDeque::new(),
             announcing: false,
             setup,
@@ -336,6 +339,10 @@ impl CallMachine {
         self.priority = priority;
         self.cdr.priority = priority;
         self.max_wait_deadline = config.as_ref().map(|q| enqueued_at_ms + q.max_wait_ms);
+        self.periodic_at = config
+            .as_ref()
+            .and_then(|q| q.periodic_announcement.as_ref())
+            .map(|p| p.next_at(enqueued_at_ms, now_ms));
         self.announce_at = config
             .as_ref()
             .and_then(|q| q.wait_announcement.as_ref())
@@ -474,7 +481,10 @@ impl CallMachine {
             _ => None,
         };
         let (wait, announce) = match self.state {
-            State::Queued { .. } => (self.max_wait_deadline, self.announce_at),
+            State::Queued { .. } => (
+                self.max_wait_deadline,
+                self.announce_at.into_iter().chain(self.periodic_at).min(),
+            ),
             _ => (None, None),
         };
         state_deadline.into_iter().chain(wait).chain(announce).min()
@@ -519,6 +529,24 @@ impl CallMachine {
                 self.outputs.push_back(CallOutput::AskWait { queue });
             }
             _ => {}
+        }
+        // R3.8, due at the same time as the estimate or not.
+        if let State::Queued { queue } = self.state.clone() {
+            if self.periodic_at.is_some_and(|at| now_ms >= at) {
+                let periodic = self
+                    .setup
+                    .queues
+                    .get(&queue)
+                    .and_then(|q| q.periodic_announcement.clone());
+                let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(now_ms);
+                self.periodic_at = periodic.as_ref().map(|p| p.next_at(enqueued_at_ms, now_ms));
+                // Never over another announcement: the next period comes soon enough.
+                if let (Some(p), false) = (periodic, self.announcing) {
+                    self.announcement.push_back(p.prompt);
+                    self.announcing = true;
+                    self.next_announcement_part(&queue);
+                }
+            }
         }
     }
 
@@ -776,18 +804,21 @@ impl CallMachine {
                 if let (State::Queued { queue: q }, Some(config), Some(wait_ms)) =
                     (&self.state, config, wait_ms)
                 {
-                    if *q == queue && !self.announcing {
+                    if *q == queue {
                         let minutes = wait_ms.div_ceil(60_000).max(1);
                         self.announcement.push_back(config.prefix);
                         self.announcement.extend(model::number_prompts(minutes));
                         self.announcement.push_back(config.suffix);
-                        self.announcing = true;
                         self.cdr.wait_announcements.push(WaitAnnounced {
                             at_ms: now_ms,
                             ahead,
                             minutes,
                         });
-                        self.next_announcement_part(&queue);
+                        // After a periodic announcement in progress, if any.
+                        if !self.announcing {
+                            self.announcing = true;
+                            self.next_announcement_part(&queue);
+                        }
                     }
                 }
             }

@@ -78,6 +78,26 @@ pub struct Queue {
     /// R3.9: the estimated-wait announcement, if the queue has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_announcement: Option<WaitAnnouncement>,
+    /// R3.8: a prompt played to waiting callers every `every_ms` ("all our agents are busy,
+    /// please hold"), between stretches of music.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periodic_announcement: Option<PeriodicAnnouncement>,
+}
+
+/// R3.8: `prompt` every `every_ms` while a call waits, counted from when it joined.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodicAnnouncement {
+    pub prompt: PromptId,
+    pub every_ms: u64,
+}
+
+impl PeriodicAnnouncement {
+    /// The first announcement after `now_ms` for a call that joined at `enqueued_at_ms`.
+    pub fn next_at(&self, enqueued_at_ms: u64, now_ms: u64) -> u64 {
+        let every = self.every_ms.max(1);
+        enqueued_at_ms + (now_ms.saturating_sub(enqueued_at_ms) / every + 1) * every
+    }
 }
 
 /// R3.9: after `after_ms` in line (and every `every_ms` after that, if set) the caller hears
@@ -198,6 +218,9 @@ impl Queue {
         prompts.extend(self.music_prompt.iter().chain(self.timeout_prompt.iter()));
         if let Some(w) = &self.wait_announcement {
             prompts.extend([&w.prefix, &w.suffix]);
+        }
+        if let Some(p) = &self.periodic_announcement {
+            prompts.push(&p.prompt);
         }
         for (_, rule) in self.rules() {
             match rule {
@@ -407,6 +430,14 @@ impl ConfigItem {
                     if let Some(every) = w.every_ms {
                         check_range("wait_announcement.every_ms", every, 10_000, 3_600_000)?;
                     }
+                }
+                if let Some(p) = &q.periodic_announcement {
+                    check_range(
+                        "periodic_announcement.every_ms",
+                        p.every_ms,
+                        5_000,
+                        3_600_000,
+                    )?;
                 }
                 if q.cancel_key.is_some_and(|k| !"0123456789*#".contains(k)) {
                     return Err(ModelError::Invalid {

@@ -154,6 +154,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 cancel_key: None,
                 on_cancel: None,
                 wait_announcement: None,
+                periodic_announcement: None,
             })));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));

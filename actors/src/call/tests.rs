@@ -839,3 +839,61 @@ fn a_call_restored_late_skips_the_announcements_it_missed() {
     let (r, _) = restored_in(with_announcement(Some(60_000)), &m, 50_000);
     assert_eq!(r.poll_timeout(), Some(79_000));
 }
+
+#[test]
+fn a_periodic_announcement_interrupts_the_music_every_period() {
+    let mut m = CallMachine::new(setup_with(|q| {
+        q.periodic_announcement = Some(model::PeriodicAnnouncement {
+            prompt: "timeout".parse().unwrap(),
+            every_ms: 30_000,
+        });
+        q.wait_announcement = Some(model::WaitAnnouncement {
+            after_ms: 30_000,
+            every_ms: None,
+            prefix: "ewt_prefix".parse().unwrap(),
+            suffix: "ewt_suffix".parse().unwrap(),
+        });
+    }));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    assert_eq!(m.poll_timeout(), Some(34_000));
+    // Both are due: the periodic prompt first, the estimate queued after it.
+    m.handle_timeout(34_000);
+    let out = drain(&mut m);
+    assert_eq!(plays(&out), ["timeout"]);
+    assert!(out.contains(&CallOutput::AskWait {
+        queue: "billing".parse().unwrap()
+    }));
+    m.handle(
+        34_010,
+        CallInput::WaitEstimate {
+            queue: "billing".parse().unwrap(),
+            ahead: 0,
+            wait_ms: Some(60_000),
+        },
+    );
+    assert!(plays(&drain(&mut m)).is_empty(), "the prompt plays on");
+    let mut heard = Vec::new();
+    for at in [36_000, 37_000, 38_000, 39_000] {
+        m.handle(at, CallInput::PlayDone);
+        heard.extend(plays(&drain(&mut m)));
+    }
+    assert_eq!(heard, ["ewt_prefix", "number_1", "ewt_suffix", "music"]);
+    assert_eq!(m.poll_timeout(), Some(64_000), "the next period");
+    m.handle_timeout(64_000);
+    assert_eq!(plays(&drain(&mut m)), ["timeout"]);
+    m.handle(66_000, CallInput::PlayDone);
+    assert_eq!(plays(&drain(&mut m)), ["music"]);
+    // Restored mid-period: the next one stays on the call's own schedule.
+    let (r, _) = restored_in(
+        setup_with(|q| {
+            q.periodic_announcement = Some(model::PeriodicAnnouncement {
+                prompt: "timeout".parse().unwrap(),
+                every_ms: 30_000,
+            })
+        }),
+        &m,
+        70_000,
+    );
+    assert_eq!(r.poll_timeout(), Some(94_000));
+}

@@ -103,6 +103,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 cancel_key: None,
                 on_cancel: None,
                 wait_announcement: None,
+                periodic_announcement: None,
             })),
         });
     }

@@ -441,6 +441,11 @@ pub struct QueueFields {
     /// Repeat the announcement this often (default: once).
     #[arg(long, requires = "wait_prefix")]
     pub wait_every_ms: Option<u64>,
+    /// R3.8: a prompt played to waiting callers every --periodic-every-ms, between music.
+    #[arg(long, requires = "periodic_every_ms")]
+    pub periodic_prompt: Option<PromptId>,
+    #[arg(long, requires = "periodic_prompt")]
+    pub periodic_every_ms: Option<u64>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
@@ -637,6 +642,13 @@ fn queue_body(f: &QueueFields) -> anyhow::Result<(Map<String, Value>, QueueId)> 
                         }
                         w
                     }),
+            ),
+            (
+                "periodic_announcement",
+                f.periodic_prompt
+                    .as_ref()
+                    .zip(f.periodic_every_ms)
+                    .map(|(p, every)| json!({"prompt": p.as_str(), "every_ms": every})),
             ),
         ],
     );
