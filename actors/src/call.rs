@@ -241,6 +241,7 @@ impl CallMachine {
             failovers: Vec::new(),
             rules: Vec::new(),
             wait_announcements: Vec::new(),
+            agent_announced_at_ms: None,
         };
         Self {
             state: State::Setup,
@@ -632,7 +633,11 @@ impl CallMachine {
                     _ => {}
                 },
                 State::Releasing => self.finish(now_ms, HangupBy::System, self.cdr.disposition),
-                State::Queued { queue } | State::Offering { queue, .. } if self.announcing => {
+                State::Queued { queue }
+                | State::Offering { queue, .. }
+                | State::Talking { queue, .. }
+                    if self.announcing =>
+                {
                     self.next_announcement_part(&queue)
                 }
                 _ => {}
@@ -762,7 +767,23 @@ impl CallMachine {
                         agent_node,
                         notice: AgentNotice::Answered,
                     });
-                    self.outputs.push_back(CallOutput::Bridge);
+                    // R4.5: the caller hears the agent's number first; the bridge follows
+                    // the last prompt.
+                    let announcement = self
+                        .setup
+                        .queues
+                        .get(&queue)
+                        .and_then(|q| q.agent_announcement.as_ref())
+                        .map(|a| a.prompts(&agent));
+                    match announcement {
+                        Some(prompts) => {
+                            self.cdr.agent_announced_at_ms = Some(now_ms);
+                            self.announcement.extend(prompts);
+                            self.announcing = true;
+                            self.next_announcement_part(&queue);
+                        }
+                        None => self.outputs.push_back(CallOutput::Bridge),
+                    }
                     self.state = State::Talking {
                         queue,
                         agent,
@@ -839,6 +860,11 @@ impl CallMachine {
                 prompt,
                 repeat: false,
             }),
+            None if matches!(self.state, State::Talking { .. }) => {
+                // The agent-number announcement is over (R4.5): now the two talk.
+                self.announcing = false;
+                self.outputs.push_back(CallOutput::Bridge);
+            }
             None => {
                 self.announcing = false;
                 if let Some(music) = self

@@ -35,6 +35,7 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         failovers: vec![],
         rules: vec![],
         wait_announcements: vec![],
+        agent_announced_at_ms: None,
     }
 }
 

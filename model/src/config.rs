@@ -82,6 +82,38 @@ pub struct Queue {
     /// please hold"), between stretches of music.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub periodic_announcement: Option<PeriodicAnnouncement>,
+    /// R4.5: on answer, the caller hears `prefix`, the agent's number digit by digit, then
+    /// `suffix` ("Hello, billing desk agent 1 0 0 1 at your service"), before the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_announcement: Option<AgentAnnouncement>,
+}
+
+/// R4.5: the agent-number announcement of a queue; the digits are the number prompts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAnnouncement {
+    pub prefix: PromptId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<PromptId>,
+}
+
+impl AgentAnnouncement {
+    /// What the caller hears for `agent`: prefix, one number prompt per digit, suffix.
+    pub fn prompts(&self, agent: &AgentId) -> Vec<PromptId> {
+        let digits = agent
+            .as_str()
+            .chars()
+            .filter_map(|c| c.to_digit(10))
+            .map(|d| {
+                format!("number_{d}")
+                    .parse()
+                    .expect("number prompt ids are valid")
+            });
+        std::iter::once(self.prefix.clone())
+            .chain(digits)
+            .chain(self.suffix.clone())
+            .collect()
+    }
 }
 
 /// R3.8: `prompt` every `every_ms` while a call waits, counted from when it joined.
@@ -221,6 +253,10 @@ impl Queue {
         }
         if let Some(p) = &self.periodic_announcement {
             prompts.push(&p.prompt);
+        }
+        if let Some(a) = &self.agent_announcement {
+            prompts.push(&a.prefix);
+            prompts.extend(a.suffix.iter());
         }
         for (_, rule) in self.rules() {
             match rule {

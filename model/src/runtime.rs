@@ -167,6 +167,9 @@ pub struct Cdr {
     /// R3.9: the estimated-wait announcements the caller heard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wait_announcements: Vec<WaitAnnounced>,
+    /// R4.5: when the caller started hearing the agent's number (the bridge followed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_announced_at_ms: Option<u64>,
 }
 
 /// An estimated-wait announcement (R3.9): when, with how many calls ahead, and the minutes

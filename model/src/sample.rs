@@ -55,13 +55,15 @@ pub const QUEUES: [&str; 4] = ["general", "billing", "outage", "complaint"];
 pub const AGENTS_PER_TENANT: u32 = 10;
 /// Bundled prompts every node carries (see `actors::node::prompts`), configured as the
 /// sample tenants' prompts of the same ids.
-pub const PROMPTS: [&str; 6] = [
+pub const PROMPTS: [&str; 8] = [
     "welcome",
     "menu",
     "music",
     "timeout",
     "ewt_prefix",
     "ewt_suffix",
+    "agent_prefix",
+    "agent_suffix",
 ];
 
 /// What `cluster.json` publishes about the sample (agents and their phone passwords).
@@ -155,6 +157,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 on_cancel: None,
                 wait_announcement: None,
                 periodic_announcement: None,
+                agent_announcement: None,
             })));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));

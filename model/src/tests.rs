@@ -374,6 +374,7 @@ fn sample_cdr() -> Cdr {
         failovers: vec![],
         rules: vec![],
         wait_announcements: vec![],
+        agent_announced_at_ms: None,
     }
 }
 

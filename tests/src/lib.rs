@@ -1104,3 +1104,50 @@ pub async fn cdrs_when(
     })
     .await
 }
+
+// ---------------------------------------------------------------- queues
+
+/// Changes queue `queue` of `tenant` (GET, `change`, PUT) and waits until every node serves
+/// the same configuration.
+pub async fn set_queue(
+    c: &ClusterGuard,
+    tenant: &str,
+    queue: &str,
+    change: impl Fn(&mut Value),
+) -> Result<()> {
+    let mut q = c.api(0).get_queue(tenant, queue).await?;
+    change(&mut q);
+    c.api(0).put_queue(tenant, queue, &q).await?;
+    for api in c.apis() {
+        let want = q.clone();
+        wait_until(Duration::from_secs(10), "queue change replicated", || {
+            let (api, want) = (&api, &want);
+            async move {
+                let got = api.get_queue(tenant, queue).await.ok()?;
+                (got == *want).then_some(())
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// How many calls wait in `queue` now, from its owner (through node 1's API).
+pub async fn queue_waiting(c: &ClusterGuard, tenant: &str, queue: &str) -> Option<u64> {
+    let status = c
+        .api(0)
+        .get_json(&format!("/api/v1/tenants/{tenant}/queues/{queue}/status"))
+        .await
+        .ok()?;
+    status["waiting"].as_u64()
+}
+
+/// Waits until `n` calls wait in `queue`.
+pub async fn until_waiting(c: &ClusterGuard, tenant: &str, queue: &str, n: u64) -> Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{n} calls waiting in {queue}"),
+        || async { (queue_waiting(c, tenant, queue).await? == n).then_some(()) },
+    )
+    .await
+}

@@ -4,6 +4,8 @@
 //!   skills; a call waiting in the new queue is offered to it at once, with no new sign-in.
 //! - R3.18 roles: a team lead takes no calls while signed in and ready; made an agent again,
 //!   it takes the waiting call.
+//! - R4.5 agent-number announcement: general announces the agent's number on answer; the
+//!   bridge follows it.
 
 use std::time::Duration;
 
@@ -33,24 +35,6 @@ async fn set_agent(c: &ClusterGuard, agent: &str, change: impl Fn(&mut Value)) -
     Ok(())
 }
 
-async fn waiting(c: &ClusterGuard, queue: &str) -> Option<u64> {
-    let status = c
-        .api(0)
-        .get_json(&format!("/api/v1/tenants/{T}/queues/{queue}/status"))
-        .await
-        .ok()?;
-    status["waiting"].as_u64()
-}
-
-async fn until_waiting(c: &ClusterGuard, queue: &str, n: u64) -> Result<()> {
-    wait_until(
-        Duration::from_secs(30),
-        &format!("{n} calls waiting in {queue}"),
-        || async { (waiting(c, queue).await? == n).then_some(()) },
-    )
-    .await
-}
-
 /// A caller who picks general (key 0) and hangs up 15 s later (answered or not).
 fn caller(c: &ClusterGuard, work: &std::path::Path, name: &str, prefix: &str, node: usize) -> Sipp {
     Sipp::new("carrier_ivr.xml", work, name)
@@ -70,6 +54,11 @@ async fn skill_reset_and_roles_apply_live_to_a_signed_in_agent() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let agent = c.tenant(T)?.agents[0].clone();
     let id = agent.agent.clone();
+    set_queue(&c, T, "general", |q| {
+        q["agent_announcement"] =
+            serde_json::json!({"prefix": "agent_prefix", "suffix": "agent_suffix"});
+    })
+    .await?;
     // The agent serves billing only, signed in and ready, its phone answering two calls.
     set_agent(&c, &id, |a| a["skills"] = serde_json::json!(["billing"])).await?;
     let api = c.api(1);
@@ -91,7 +80,7 @@ async fn skill_reset_and_roles_apply_live_to_a_signed_in_agent() -> Result<()> {
     // R3.19: a call waits in general; the agent is moved there live and takes it (nothing
     // signs it in again: only the configuration changes).
     let first = caller(&c, &work, "first", "1351000000", 0).spawn()?;
-    until_waiting(&c, "general", 1).await?;
+    until_waiting(&c, T, "general", 1).await?;
     ensure!(s(&api.get_agent(T, &id).await?, "state") == "ready");
     set_agent(&c, &id, |a| a["skills"] = serde_json::json!(["general"])).await?;
     wait_until(
@@ -114,7 +103,7 @@ async fn skill_reset_and_roles_apply_live_to_a_signed_in_agent() -> Result<()> {
     })
     .await?;
     let second = caller(&c, &work, "second", "1352000000", 2).spawn()?;
-    until_waiting(&c, "general", 1).await?;
+    until_waiting(&c, T, "general", 1).await?;
     let status = c
         .api(0)
         .get_json(&format!("/api/v1/tenants/{T}/queues/general/status"))
@@ -141,6 +130,11 @@ async fn skill_reset_and_roles_apply_live_to_a_signed_in_agent() -> Result<()> {
             "{cdr}"
         );
         ensure!(s(cdr, "queue") == "general", "{cdr}");
+        // R4.5: the number was announced on answer, and the two then talked.
+        ensure!(
+            cdr["agent_announced_at_ms"] == cdr["agent_answered_at_ms"] && n(cdr, "talk_ms") > 0,
+            "{cdr}"
+        );
     }
     Ok(())
 }

@@ -18,50 +18,12 @@ const T: &str = "gd";
 /// The sample IVR sends key 0 to this queue (both carrier scenarios press 0).
 const GENERAL: &str = "general";
 
-/// Changes queue `queue` of gd and waits until every node has the change.
-async fn set_queue(c: &ClusterGuard, queue: &str, change: impl Fn(&mut Value)) -> Result<()> {
-    let mut q = c.api(0).get_queue(T, queue).await?;
-    change(&mut q);
-    c.api(0).put_queue(T, queue, &q).await?;
-    for api in c.apis() {
-        let want = q.clone();
-        wait_until(Duration::from_secs(10), "queue change replicated", || {
-            let (api, want) = (&api, &want);
-            async move {
-                let got = api.get_queue(T, queue).await.ok()?;
-                (got == *want).then_some(())
-            }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-async fn waiting(c: &ClusterGuard, queue: &str) -> Option<u64> {
-    let status = c
-        .api(0)
-        .get_json(&format!("/api/v1/tenants/{T}/queues/{queue}/status"))
-        .await
-        .ok()?;
-    status["waiting"].as_u64()
-}
-
 /// A caller the platform releases as soon as it picks key 0 (the scenario expects its BYE).
 fn released_caller(c: &ClusterGuard, name: &str, prefix: &str, node: usize) -> Sipp {
     Sipp::new("carrier_queue_full.xml", &c.work().join("sipp"), name)
         .remote(&c.sip(node))
         .service("075595598")
         .key("caller_prefix", prefix)
-}
-
-/// Waits until `n` calls wait in `queue`.
-async fn until_waiting(c: &ClusterGuard, queue: &str, n: u64) -> Result<()> {
-    wait_until(
-        Duration::from_secs(30),
-        &format!("{n} calls waiting in {queue}"),
-        || async { (waiting(c, queue).await? == n).then_some(()) },
-    )
-    .await
 }
 
 /// A caller who waits in line `hold_ms`, then hangs up (SIPp carrier, key 0: general).
@@ -102,18 +64,18 @@ fn cdr_of<'a>(cdrs: &'a [Value], prefix: &str) -> Option<&'a Value> {
 async fn a_full_queue_releases_the_next_call() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up(true)?;
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["max_queued"] = json!(1);
         q["on_max_queued"] = json!({"action": "release"});
     })
     .await?;
     let from = now_ms();
     let first = waiting_caller(&c, "first", "1371000000", 20_000, 0).spawn()?;
-    until_waiting(&c, GENERAL, 1).await?;
+    until_waiting(&c, T, GENERAL, 1).await?;
     // The next call finds the line full: the platform hangs up on it (the scenario expects
     // the platform's BYE).
     succeeds(released_caller(&c, "second", "1372000000", 1).spawn()?).await?;
-    let still = waiting(&c, GENERAL).await;
+    let still = queue_waiting(&c, T, GENERAL).await;
     ensure!(
         still == Some(1),
         "the first call still waits, alone: {still:?} waiting {} ms after it started",
@@ -136,17 +98,17 @@ async fn a_full_queue_releases_the_next_call() -> Result<()> {
 async fn a_full_queue_transfers_the_next_call_to_its_overflow_queue() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up(true)?;
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["max_queued"] = json!(1);
         q["on_max_queued"] = json!({"action": "transfer_queue", "queue": "billing"});
     })
     .await?;
     let from = now_ms();
     let first = waiting_caller(&c, "first", "1373000000", 20_000, 0).spawn()?;
-    until_waiting(&c, GENERAL, 1).await?;
+    until_waiting(&c, T, GENERAL, 1).await?;
     let second = waiting_caller(&c, "second", "1374000000", 10_000, 2).spawn()?;
-    until_waiting(&c, "billing", 1).await?;
-    ensure!(waiting(&c, GENERAL).await == Some(1));
+    until_waiting(&c, T, "billing", 1).await?;
+    ensure!(queue_waiting(&c, T, GENERAL).await == Some(1));
     succeeds(second).await?;
     succeeds(first).await?;
     let cdrs = cdrs_for(&c, 1, from, &["1373", "1374"]).await?;
@@ -165,20 +127,20 @@ async fn all_agents_busy_releases_or_transfers_the_call() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up(true)?;
     // Nobody of general is ready (no agent signed in): release.
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["on_all_busy"] = json!({"action": "release"});
     })
     .await?;
     let from = now_ms();
     succeeds(released_caller(&c, "busy", "1375000000", 2).spawn()?).await?;
     // Then transfer to billing, where the call waits (billing has no such rule).
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["on_all_busy"] = json!({"action": "transfer_queue", "queue": "billing"});
     })
     .await?;
     let moved = waiting_caller(&c, "moved", "1376000000", 8_000, 1).spawn()?;
-    until_waiting(&c, "billing", 1).await?;
-    ensure!(waiting(&c, GENERAL).await == Some(0));
+    until_waiting(&c, T, "billing", 1).await?;
+    ensure!(queue_waiting(&c, T, GENERAL).await == Some(0));
     succeeds(moved).await?;
     let cdrs = cdrs_for(&c, 0, from, &["1375", "1376"]).await?;
     let r = cdr_of(&cdrs, "1375").expect("checked");
@@ -213,20 +175,20 @@ async fn max_wait_releases_or_transfers_the_call() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up(true)?;
     // Two seconds in general, then released with the timeout prompt (the default rule).
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["max_wait_ms"] = json!(2_000);
     })
     .await?;
     let from = now_ms();
     succeeds(released_caller(&c, "waited", "1377000000", 1).spawn()?).await?;
     // Then transferred to billing, where the call waits until the caller hangs up.
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["on_max_wait"] = json!({"action": "transfer_queue", "queue": "billing"});
     })
     .await?;
     let moved = waiting_caller(&c, "moved", "1378000000", 8_000, 2).spawn()?;
-    until_waiting(&c, "billing", 1).await?;
-    ensure!(waiting(&c, GENERAL).await == Some(0));
+    until_waiting(&c, T, "billing", 1).await?;
+    ensure!(queue_waiting(&c, T, GENERAL).await == Some(0));
     succeeds(moved).await?;
     let cdrs = cdrs_for(&c, 0, from, &["1377", "1378"]).await?;
     let r = cdr_of(&cdrs, "1377").expect("checked");
@@ -254,7 +216,7 @@ async fn max_wait_releases_or_transfers_the_call() -> Result<()> {
 async fn the_cancel_key_releases_or_transfers_the_call_to_a_flow() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up(true)?;
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["cancel_key"] = json!("*");
     })
     .await?;
@@ -267,13 +229,13 @@ async fn the_cancel_key_releases_or_transfers_the_call_to_a_flow() -> Result<()>
     };
     succeeds(cancel("released", "1379000000", 0).spawn()?).await?;
     // Then to the IVR: the main flow's node that queues the call in billing.
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["on_cancel"] = json!({"action": "transfer_flow", "flow": "main", "node": "to_billing"});
     })
     .await?;
     let moved = cancel("to_flow", "1370000000", 1).spawn()?;
-    until_waiting(&c, "billing", 1).await?;
-    ensure!(waiting(&c, GENERAL).await == Some(0));
+    until_waiting(&c, T, "billing", 1).await?;
+    ensure!(queue_waiting(&c, T, GENERAL).await == Some(0));
     succeeds(moved).await?;
     let cdrs = cdrs_for(&c, 2, from, &["1379", "1370"]).await?;
     let r = cdr_of(&cdrs, "1379").expect("checked");
@@ -314,7 +276,7 @@ async fn the_estimated_wait_is_announced_after_15_s_even_after_the_queue_owner_d
     let c = ClusterGuard::up(true)?;
     let work = c.work().join("sipp");
     std::fs::create_dir_all(&work)?;
-    set_queue(&c, GENERAL, |q| {
+    set_queue(&c, T, GENERAL, |q| {
         q["wait_announcement"] =
             json!({"after_ms": 15_000, "prefix": "ewt_prefix", "suffix": "ewt_suffix"});
     })

@@ -897,3 +897,48 @@ fn a_periodic_announcement_interrupts_the_music_every_period() {
     );
     assert_eq!(r.poll_timeout(), Some(94_000));
 }
+
+#[test]
+fn the_caller_hears_the_agents_number_before_the_bridge() {
+    let mut m = CallMachine::new(setup_with(|q| {
+        q.agent_announcement = Some(model::AgentAnnouncement {
+            prefix: "agent_prefix".parse().unwrap(),
+            suffix: Some("agent_suffix".parse().unwrap()),
+        })
+    }));
+    to_queue(&mut m, '2');
+    offer_to(&mut m, 5_000, "1003");
+    drain(&mut m);
+    m.handle(6_000, CallInput::AgentAnswered);
+    let out = drain(&mut m);
+    assert!(!out.contains(&CallOutput::Bridge), "not before the number");
+    let mut heard = plays(&out);
+    for at in 6_500..6_505 {
+        m.handle(at, CallInput::PlayDone);
+        let out = drain(&mut m);
+        heard.extend(plays(&out));
+        if out.contains(&CallOutput::Bridge) {
+            break;
+        }
+    }
+    assert_eq!(
+        heard,
+        [
+            "agent_prefix",
+            "number_1",
+            "number_0",
+            "number_0",
+            "number_3",
+            "agent_suffix"
+        ]
+    );
+    assert_eq!(m.state_name(), "talking");
+    assert_eq!(m.cdr_so_far().agent_announced_at_ms, Some(6_000));
+    // Without the setting the bridge is immediate.
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '2');
+    offer_to(&mut m, 5_000, "1003");
+    drain(&mut m);
+    m.handle(6_000, CallInput::AgentAnswered);
+    assert!(drain(&mut m).contains(&CallOutput::Bridge));
+}

@@ -13,13 +13,21 @@ use tracing::warn;
 use super::Runtime;
 
 /// The WAVs bundled into the binary (`scripts/make-prompts` regenerates the spoken ones).
-const BUILTIN: [(&str, &[u8]); 34] = [
+const BUILTIN: [(&str, &[u8]); 36] = [
     ("welcome", include_bytes!("../../prompts/welcome.wav")),
     ("menu", include_bytes!("../../prompts/menu.wav")),
     ("music", include_bytes!("../../prompts/music.wav")),
     ("timeout", include_bytes!("../../prompts/timeout.wav")),
     ("ewt_prefix", include_bytes!("../../prompts/ewt_prefix.wav")),
     ("ewt_suffix", include_bytes!("../../prompts/ewt_suffix.wav")),
+    (
+        "agent_prefix",
+        include_bytes!("../../prompts/agent_prefix.wav"),
+    ),
+    (
+        "agent_suffix",
+        include_bytes!("../../prompts/agent_suffix.wav"),
+    ),
     ("number_0", include_bytes!("../../prompts/number_0.wav")),
     ("number_1", include_bytes!("../../prompts/number_1.wav")),
     ("number_2", include_bytes!("../../prompts/number_2.wav")),

@@ -104,6 +104,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 on_cancel: None,
                 wait_announcement: None,
                 periodic_announcement: None,
+                agent_announcement: None,
             })),
         });
     }
