@@ -446,6 +446,12 @@ pub struct QueueFields {
     pub periodic_prompt: Option<PromptId>,
     #[arg(long, requires = "periodic_prompt")]
     pub periodic_every_ms: Option<u64>,
+    /// R4.5: on answer the caller hears this prompt, then the agent's number digit by digit.
+    #[arg(long)]
+    pub agent_prefix: Option<PromptId>,
+    /// With --agent-prefix: the prompt after the number ("at your service").
+    #[arg(long, requires = "agent_prefix")]
+    pub agent_suffix: Option<PromptId>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
@@ -649,6 +655,16 @@ fn queue_body(f: &QueueFields) -> anyhow::Result<(Map<String, Value>, QueueId)> 
                     .as_ref()
                     .zip(f.periodic_every_ms)
                     .map(|(p, every)| json!({"prompt": p.as_str(), "every_ms": every})),
+            ),
+            (
+                "agent_announcement",
+                f.agent_prefix.as_ref().map(|p| {
+                    let mut a = json!({"prefix": p.as_str()});
+                    if let Some(x) = &f.agent_suffix {
+                        a["suffix"] = json!(x.as_str());
+                    }
+                    a
+                }),
             ),
         ],
     );
