@@ -8,7 +8,9 @@
 
 use std::collections::VecDeque;
 
-use model::{AgentId, AgentSession, AgentStatus, CallId, ExtensionId, NodeId, QueueId, TenantId};
+use model::{
+    AgentId, AgentSession, AgentStatus, AwayReason, CallId, ExtensionId, NodeId, QueueId, TenantId,
+};
 
 /// How long a reservation may wait for the call to start ringing the agent.
 pub const RESERVE_TIMEOUT_MS: u64 = 5_000;
@@ -57,6 +59,15 @@ pub enum AgentInput {
     Skills {
         skills: Vec<QueueId>,
     },
+    /// R4.7: manager `by` sends the agent away for `reason` (not while on a call).
+    Away {
+        reason: AwayReason,
+        by: AgentId,
+    },
+    /// R4.7: a manager ends the away state: the agent is ready, or not ready.
+    EndAway {
+        ready: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +98,17 @@ pub enum AgentError {
     AlreadySignedIn(String),
     #[error("the agent is on a call; try again after the call")]
     OnCall,
+    #[error("the agent is away ({0}), set by a manager: only a manager ends it")]
+    AwayByManager(&'static str),
+    #[error("{0} is an away state only a manager sets")]
+    ManagerReason(String),
+}
+
+/// Whether an agent's own not-ready reason names a manager-only away state (R4.7).
+fn is_manager_reason(reason: &str) -> bool {
+    ["training", "study", "meeting", "interview"]
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(reason.trim()))
 }
 
 pub struct AgentMachine {
@@ -99,6 +121,7 @@ pub struct AgentMachine {
     since_ms: u64,
     idle_since_ms: u64,
     calls_answered: u64,
+    away_ms: std::collections::BTreeMap<String, u64>,
     version: u64,
     reserved_by: Option<QueueId>,
     outputs: VecDeque<AgentOutput>,
@@ -116,6 +139,7 @@ impl AgentMachine {
             since_ms: 0,
             idle_since_ms: 0,
             calls_answered: 0,
+            away_ms: Default::default(),
             version: 0,
             reserved_by: None,
             outputs: VecDeque::new(),
@@ -130,6 +154,7 @@ impl AgentMachine {
         m.since_ms = session.since_ms;
         m.idle_since_ms = session.idle_since_ms;
         m.calls_answered = session.calls_answered;
+        m.away_ms = session.away_ms.clone();
         m.version = session.version;
         m
     }
@@ -157,6 +182,7 @@ impl AgentMachine {
             since_ms: self.since_ms,
             idle_since_ms: self.idle_since_ms,
             calls_answered: self.calls_answered,
+            away_ms: self.away_ms.clone(),
             owner: self.owner,
             version: self.version,
             fence: None,
@@ -218,6 +244,45 @@ impl AgentMachine {
                         reason: "signed_in".into(),
                     },
                 );
+            }
+            AgentInput::Ready | AgentInput::NotReady { .. }
+                if matches!(self.status, AgentStatus::Away { .. }) =>
+            {
+                let AgentStatus::Away { reason, .. } = self.status else {
+                    unreachable!("matched above")
+                };
+                return Err(AgentError::AwayByManager(reason.name()));
+            }
+            AgentInput::NotReady { reason } if is_manager_reason(&reason) => {
+                return Err(AgentError::ManagerReason(reason));
+            }
+            AgentInput::Away { reason, by } => match &self.status {
+                AgentStatus::SignedOut => return Err(AgentError::NotSignedIn),
+                s if s.call().is_some() => return Err(AgentError::OnCall),
+                _ => {
+                    let was_ready = self.status == AgentStatus::Ready;
+                    self.end_away(now_ms);
+                    self.set_status(now_ms, AgentStatus::Away { reason, by });
+                    if was_ready {
+                        self.announce(false);
+                    }
+                }
+            },
+            AgentInput::EndAway { ready } => {
+                if !matches!(self.status, AgentStatus::Away { .. }) {
+                    return Ok(());
+                }
+                self.end_away(now_ms);
+                if ready {
+                    self.become_ready(now_ms);
+                } else {
+                    self.set_status(
+                        now_ms,
+                        AgentStatus::NotReady {
+                            reason: "away_ended".into(),
+                        },
+                    );
+                }
             }
             AgentInput::Ready => match &self.status {
                 AgentStatus::SignedOut => return Err(AgentError::NotSignedIn),
@@ -343,6 +408,14 @@ impl AgentMachine {
             }
         }
         Ok(())
+    }
+
+    /// Adds the away stretch that ends now to the time in its reason (R4.7).
+    fn end_away(&mut self, now_ms: u64) {
+        if let AgentStatus::Away { reason, .. } = &self.status {
+            *self.away_ms.entry(reason.name().to_string()).or_default() +=
+                now_ms.saturating_sub(self.since_ms);
+        }
     }
 
     fn become_ready(&mut self, now_ms: u64) {
@@ -612,5 +685,77 @@ mod tests {
             !out.iter().any(|o| matches!(o, AgentOutput::Checkpoint(_))),
             "no new session: the sign-in stands"
         );
+    }
+
+    #[test]
+    fn only_a_manager_sets_and_ends_an_away_state_and_its_time_is_kept_apart() {
+        let mut m = machine();
+        m.handle(
+            0,
+            AgentInput::SignIn {
+                extension: "1001".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        m.handle(10, AgentInput::Ready).unwrap();
+        assert!(matches!(
+            m.handle(
+                20,
+                AgentInput::NotReady {
+                    reason: "Training".into()
+                }
+            ),
+            Err(AgentError::ManagerReason(_))
+        ));
+        drain(&mut m);
+        let away = |reason| AgentInput::Away {
+            reason,
+            by: "9001".parse().unwrap(),
+        };
+        m.handle(1_000, away(AwayReason::Training)).unwrap();
+        assert_eq!(m.status().name(), "away");
+        let out = drain(&mut m);
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                AgentOutput::Availability {
+                    available: false,
+                    ..
+                }
+            )),
+            "leaves its queues"
+        );
+        for own in [
+            AgentInput::Ready,
+            AgentInput::NotReady {
+                reason: "break".into(),
+            },
+        ] {
+            assert!(matches!(
+                m.handle(2_000, own),
+                Err(AgentError::AwayByManager("training"))
+            ));
+        }
+        // A meeting next: the training stretch is counted.
+        m.handle(61_000, away(AwayReason::Meeting)).unwrap();
+        m.handle(91_000, AgentInput::EndAway { ready: true })
+            .unwrap();
+        assert_eq!(m.status(), &AgentStatus::Ready);
+        let s = m.session();
+        assert_eq!(s.away_ms.get("training"), Some(&60_000));
+        assert_eq!(s.away_ms.get("meeting"), Some(&30_000));
+        // Not while on a call.
+        m.handle(
+            92_000,
+            AgentInput::Reserve {
+                call: call("c"),
+                queue: "general".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            m.handle(93_000, away(AwayReason::Study)),
+            Err(AgentError::OnCall)
+        ));
     }
 }

@@ -31,12 +31,48 @@ pub struct Binding {
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum AgentStatus {
     SignedOut,
-    NotReady { reason: String },
+    NotReady {
+        reason: String,
+    },
     Ready,
-    Reserved { call: CallId },
-    Ringing { call: CallId },
-    Talking { call: CallId },
-    AfterCallWork { until_ms: u64 },
+    Reserved {
+        call: CallId,
+    },
+    Ringing {
+        call: CallId,
+    },
+    Talking {
+        call: CallId,
+    },
+    AfterCallWork {
+        until_ms: u64,
+    },
+    /// R4.7: away for `reason`, set by manager `by`; only a manager ends it.
+    Away {
+        reason: AwayReason,
+        by: AgentId,
+    },
+}
+
+/// R4.7: the away states only a manager sets (training, study, meeting, interview).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AwayReason {
+    Training,
+    Study,
+    Meeting,
+    Interview,
+}
+
+impl AwayReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            AwayReason::Training => "training",
+            AwayReason::Study => "study",
+            AwayReason::Meeting => "meeting",
+            AwayReason::Interview => "interview",
+        }
+    }
 }
 
 impl AgentStatus {
@@ -49,6 +85,7 @@ impl AgentStatus {
             AgentStatus::Ringing { .. } => "ringing",
             AgentStatus::Talking { .. } => "talking",
             AgentStatus::AfterCallWork { .. } => "after_call_work",
+            AgentStatus::Away { .. } => "away",
         }
     }
     /// The call the agent is bound to, if any (I1: at most one).
@@ -74,6 +111,10 @@ pub struct AgentSession {
     /// When the agent last became ready: the longest-idle rule (R3.2) orders by this.
     pub idle_since_ms: u64,
     pub calls_answered: u64,
+    /// R4.7: time spent in each manager-set away state (by reason name), ended stretches
+    /// only (the current one runs from `since_ms`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub away_ms: std::collections::BTreeMap<String, u64>,
     /// The node hosting the AgentActor when this was written.
     pub owner: NodeId,
     /// Monotonic per agent; a checkpoint older than the stored one is ignored.

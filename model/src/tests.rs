@@ -143,6 +143,7 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         since_ms: 0,
         idle_since_ms: 0,
         calls_answered: 0,
+        away_ms: Default::default(),
         owner: 1,
         version,
         fence: None,

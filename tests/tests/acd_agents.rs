@@ -6,6 +6,8 @@
 //!   it takes the waiting call.
 //! - R4.5 agent-number announcement: general announces the agent's number on answer; the
 //!   bridge follows it.
+//! - R4.7 away states: only a manager (team lead, supervisor) sends an agent to training and
+//!   ends it; the agent's own ready is refused meanwhile; the time is kept per reason.
 
 use std::time::Duration;
 
@@ -47,7 +49,7 @@ fn caller(c: &ClusterGuard, work: &std::path::Path, name: &str, prefix: &str, no
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn skill_reset_and_roles_apply_live_to_a_signed_in_agent() -> Result<()> {
+async fn skill_reset_roles_and_away_states_apply_live_to_a_signed_in_agent() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up(true)?;
     let work = c.work().join("sipp");
@@ -136,5 +138,42 @@ async fn skill_reset_and_roles_apply_live_to_a_signed_in_agent() -> Result<()> {
             "{cdr}"
         );
     }
+
+    // R4.7: 1002 becomes a team lead and sends 1001 to training.
+    set_agent(&c, "1002", |a| a["role"] = serde_json::json!("team_lead")).await?;
+    let away = format!("/api/v1/tenants/{T}/agents/{id}/away");
+    let by_agent = api
+        .post_json(
+            &away,
+            &serde_json::json!({"reason": "training", "manager": "1003"}),
+        )
+        .await;
+    ensure!(by_agent.is_err(), "an agent is no manager: {by_agent:?}");
+    let session = api
+        .post_json(
+            &away,
+            &serde_json::json!({"reason": "training", "manager": "1002"}),
+        )
+        .await?;
+    ensure!(s(&session["status"], "state") == "away", "{session}");
+    let own = api.ready(T, &id).await;
+    ensure!(
+        own.is_err(),
+        "the agent cannot end a manager's away state: {own:?}"
+    );
+    let own = api.not_ready(T, &id, "training").await;
+    ensure!(own.is_err(), "nor set one itself: {own:?}");
+    let back = format!("/api/v1/tenants/{T}/agents/{id}/back");
+    let session = api
+        .post_json(
+            &back,
+            &serde_json::json!({"manager": "1002", "ready": true}),
+        )
+        .await?;
+    ensure!(s(&session["status"], "state") == "ready", "{session}");
+    ensure!(
+        session["away_ms"].get("training").is_some(),
+        "training time kept apart: {session}"
+    );
     Ok(())
 }

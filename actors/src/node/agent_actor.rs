@@ -137,6 +137,8 @@ impl Actor for AgentActor {
                     AgentCommand::Ready => AgentInput::Ready,
                     AgentCommand::NotReady { reason } => AgentInput::NotReady { reason },
                     AgentCommand::SignOut => AgentInput::SignOut,
+                    AgentCommand::Away { reason, by } => AgentInput::Away { reason, by },
+                    AgentCommand::EndAway { ready } => AgentInput::EndAway { ready },
                 };
                 let result = machine
                     .handle(now, input)

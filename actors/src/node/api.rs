@@ -12,10 +12,23 @@ use crate::queue::QueueStats;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "command")]
 pub enum AgentCommand {
-    SignIn { extension: model::ExtensionId },
+    SignIn {
+        extension: model::ExtensionId,
+    },
     Ready,
-    NotReady { reason: String },
+    NotReady {
+        reason: String,
+    },
     SignOut,
+    /// R4.7: a manager (checked by the caller) sends the agent away.
+    Away {
+        reason: model::AwayReason,
+        by: AgentId,
+    },
+    /// R4.7: a manager ends the away state.
+    EndAway {
+        ready: bool,
+    },
 }
 
 /// An agent as the API shows it.

@@ -303,6 +303,7 @@ mod tests {
                 since_ms: 0,
                 idle_since_ms: 0,
                 calls_answered: 0,
+                away_ms: Default::default(),
                 owner: 1,
                 version,
                 fence: None,

@@ -31,6 +31,8 @@ pub fn routes() -> Router<Shared> {
         .route("/tenants/{tenant}/agents/{id}/ready", post(ready))
         .route("/tenants/{tenant}/agents/{id}/not-ready", post(not_ready))
         .route("/tenants/{tenant}/agents/{id}/sign-out", post(sign_out))
+        .route("/tenants/{tenant}/agents/{id}/away", post(away))
+        .route("/tenants/{tenant}/agents/{id}/back", post(back))
 }
 
 /// The runtime view with the configuration's `id` added, so `GET` then `PUT` round-trips.
@@ -150,4 +152,67 @@ async fn sign_out(
     Path((tenant, agent)): Path<(String, String)>,
 ) -> ApiResult<Json<AgentSession>> {
     command(&state, &tenant, &agent, AgentCommand::SignOut).await
+}
+
+/// R4.7: who asks for an away state must be a manager of the tenant (a team lead or a
+/// supervisor, R3.18).
+fn check_manager(state: &Shared, tenant: &str, manager: &AgentId) -> ApiResult<()> {
+    let tenant: TenantId = parse_id(tenant)?;
+    let role = state
+        .cluster
+        .read(|s| s.agent(&tenant, manager).map(|a| a.role))
+        .ok_or_else(|| ApiError::not_found(format!("manager {tenant}/{manager}")))?;
+    if role == model::AgentRole::Agent {
+        return Err(ApiError::invalid(format!(
+            "manager: {manager} is an agent; away states are set by team leads and supervisors"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Away {
+    reason: model::AwayReason,
+    manager: AgentId,
+}
+
+/// R4.7: a manager sends the agent away (training, study, meeting, interview).
+async fn away(
+    State(state): State<Shared>,
+    Path((tenant, agent)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<AgentSession>> {
+    let body: Away = serde_json::from_slice(&body).map_err(ApiError::bad_body)?;
+    check_manager(&state, &tenant, &body.manager)?;
+    let command_ = AgentCommand::Away {
+        reason: body.reason,
+        by: body.manager,
+    };
+    command(&state, &tenant, &agent, command_).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Back {
+    manager: AgentId,
+    #[serde(default)]
+    ready: bool,
+}
+
+/// R4.7: a manager ends the agent's away state (ready, or not ready).
+async fn back(
+    State(state): State<Shared>,
+    Path((tenant, agent)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<AgentSession>> {
+    let body: Back = serde_json::from_slice(&body).map_err(ApiError::bad_body)?;
+    check_manager(&state, &tenant, &body.manager)?;
+    command(
+        &state,
+        &tenant,
+        &agent,
+        AgentCommand::EndAway { ready: body.ready },
+    )
+    .await
 }

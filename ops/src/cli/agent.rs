@@ -34,6 +34,11 @@ pub enum AgentCommand {
     NotReady(AgentControl),
     /// Sign the agent out.
     SignOut(AgentControl),
+    /// R4.7: a manager (team lead or supervisor) sends the agent away: --reason training,
+    /// study, meeting or interview, --manager M.
+    Away(AgentControl),
+    /// R4.7: a manager ends the agent's away state (--manager M, --ready to make it ready).
+    Back(AgentControl),
 }
 
 #[derive(Debug, Args)]
@@ -79,9 +84,15 @@ pub struct AgentControl {
     /// The extension to sign in at (sign-in only).
     #[arg(long)]
     pub extension: Option<ExtensionId>,
-    /// Why the agent is not ready (not-ready only).
+    /// Why the agent is not ready (not-ready), or away (away).
     #[arg(long)]
     pub reason: Option<String>,
+    /// The manager who sets or ends an away state (away, back).
+    #[arg(long)]
+    pub manager: Option<AgentId>,
+    /// Ready after an away state (back only).
+    #[arg(long)]
+    pub ready: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -168,7 +179,32 @@ pub async fn run(command: AgentCommand) -> anyhow::Result<()> {
             control(&c, "not-ready", json!({"reason": reason})).await
         }
         AgentCommand::SignOut(c) => control(&c, "sign-out", json!({})).await,
+        AgentCommand::Away(c) => {
+            let manager = need_manager(&c)?;
+            let reason = c.reason.clone().ok_or_else(|| {
+                usage_err(
+                    "E-BAD-ARG",
+                    "an away state needs its reason",
+                    "pass --reason training|study|meeting|interview",
+                )
+            })?;
+            control(&c, "away", json!({"reason": reason, "manager": manager})).await
+        }
+        AgentCommand::Back(c) => {
+            let manager = need_manager(&c)?;
+            control(&c, "back", json!({"manager": manager, "ready": c.ready})).await
+        }
     }
+}
+
+fn need_manager(c: &AgentControl) -> anyhow::Result<String> {
+    c.manager.as_ref().map(|m| m.to_string()).ok_or_else(|| {
+        usage_err(
+            "E-BAD-ARG",
+            "away states are set and ended by a manager",
+            "pass --manager <team lead or supervisor id>",
+        )
+    })
 }
 
 fn agent_body(f: &AgentFields) -> anyhow::Result<(Map<String, Value>, AgentId)> {

@@ -827,6 +827,8 @@ impl SimNode {
                         AgentCommand::Ready => AgentInput::Ready,
                         AgentCommand::NotReady { reason } => AgentInput::NotReady { reason },
                         AgentCommand::SignOut => AgentInput::SignOut,
+                        AgentCommand::Away { reason, by } => AgentInput::Away { reason, by },
+                        AgentCommand::EndAway { ready } => AgentInput::EndAway { ready },
                     };
                     self.agent_input(ctx, &tenant, &agent, input);
                 }
