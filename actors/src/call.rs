@@ -149,6 +149,13 @@ pub enum CallOutput {
     Bridge,
     HangupCustomer,
     HangupAgent,
+    /// R3.22: the caller asked for a human (passed `node`) and never reached one: post the
+    /// CDR to `webhook` (the SMS gateway interface).
+    LostCall {
+        webhook: String,
+        node: String,
+        cdr: Box<Cdr>,
+    },
     Cdr(Box<Cdr>),
     Finished,
 }
@@ -190,6 +197,8 @@ pub struct CallMachine {
     priority: u8,
     /// The IVR flow the call walks: the entry flow, or one a queue rule transferred it to.
     flow: Option<FlowId>,
+    /// R3.22: the last Queue node the call passed that reports lost calls, and its webhook.
+    lost_call: Option<(String, String)>,
     /// R3.9: when the call next asks its queue for the estimated wait.
     announce_at: Option<u64>,
     /// R3.8: when the queue's periodic announcement is next played.
@@ -252,6 +261,7 @@ impl CallMachine {
                 Entry::Flow(f) => Some(f.clone()),
                 Entry::Queue(_) => None,
             },
+            lost_call: None,
             announce_at: None,
             periodic_at: None,
             announcement: VecDeque::new(),
@@ -269,14 +279,16 @@ impl CallMachine {
     pub fn restore(setup: CallSetup, phase: &CallPhase, cdr: Cdr, now_ms: u64) -> Self {
         let mut m = Self::new(setup);
         m.cdr = cdr;
+        if let CallPhase::Ivr {
+            flow: Some(flow), ..
+        } = phase
+        {
+            m.flow = Some(flow.clone());
+        }
+        m.lost_call = m.lost_call_from_trail();
         match phase.clone() {
             CallPhase::Setup => m.handle(now_ms, CallInput::CustomerAnswered),
-            CallPhase::Ivr { node, flow } => {
-                if flow.is_some() {
-                    m.flow = flow;
-                }
-                m.enter_node(now_ms, &node)
-            }
+            CallPhase::Ivr { node, .. } => m.enter_node(now_ms, &node),
             CallPhase::Queued {
                 queue,
                 priority,
@@ -888,6 +900,26 @@ impl CallMachine {
         self.announcing = false;
     }
 
+    /// R3.22 after a takeover: the last Queue node of the IVR trail that reports lost calls
+    /// (looked up in the call's flow, then the entry flow).
+    fn lost_call_from_trail(&self) -> Option<(String, String)> {
+        let entry = match &self.setup.route.entry {
+            Entry::Flow(f) => self.setup.flows.get(f),
+            Entry::Queue(_) => None,
+        };
+        self.cdr.ivr.iter().rev().find_map(|step| {
+            self.current_flow().into_iter().chain(entry).find_map(|f| {
+                match f.nodes.get(&step.node) {
+                    Some(FlowNode::Queue {
+                        lost_call_webhook: Some(webhook),
+                        ..
+                    }) => Some((step.node.clone(), webhook.clone())),
+                    _ => None,
+                }
+            })
+        })
+    }
+
     fn current_flow(&self) -> Option<&Flow> {
         self.flow.as_ref().and_then(|f| self.setup.flows.get(f))
     }
@@ -911,7 +943,14 @@ impl CallMachine {
                     repeat: false,
                 });
             }
-            FlowNode::Queue { queue, priority } => {
+            FlowNode::Queue {
+                queue,
+                priority,
+                lost_call_webhook,
+            } => {
+                if let Some(webhook) = lost_call_webhook {
+                    self.lost_call = Some((name.to_string(), webhook));
+                }
                 self.cdr.ivr.push(IvrStep {
                     node: name.to_string(),
                     key: None,
@@ -1128,6 +1167,15 @@ impl CallMachine {
         self.cdr.ended_at_ms = now_ms;
         self.cdr.hangup_by = by;
         self.cdr.disposition = disposition;
+        if let (Some((node, webhook)), None) =
+            (self.lost_call.take(), self.cdr.agent_answered_at_ms)
+        {
+            self.outputs.push_back(CallOutput::LostCall {
+                webhook,
+                node,
+                cdr: Box::new(self.cdr.clone()),
+            });
+        }
         self.outputs
             .push_back(CallOutput::Cdr(Box::new(self.cdr.clone())));
         self.outputs.push_back(CallOutput::Finished);

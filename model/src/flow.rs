@@ -31,13 +31,29 @@ pub enum FlowNode {
         default: String,
     },
     /// Hand the call to a skill queue, at `priority` (0-254, higher is served first, R3.7).
+    /// R3.22: with `lost_call_webhook`, a caller who passed this node (asked for a human)
+    /// and never reached an agent is reported to that URL (the SMS gateway interface).
     Queue {
         queue: QueueId,
         #[serde(default)]
         priority: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lost_call_webhook: Option<String>,
     },
     /// Play an optional prompt and hang up.
     Hangup { prompt: Option<PromptId> },
+}
+
+/// A webhook the platform posts to: an http:// or https:// URL of at most 512 characters.
+pub fn check_webhook(url: &str) -> Result<(), ModelError> {
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if !scheme_ok || url.len() > 512 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ModelError::Invalid {
+            field: "lost_call_webhook",
+            why: "an http:// or https:// URL, at most 512 characters, no spaces",
+        });
+    }
+    Ok(())
 }
 
 /// The highest customer priority (R3.7: up to 254 levels above the default 0).
@@ -84,12 +100,19 @@ impl Flow {
                     }
                     options.values().chain(std::iter::once(default)).collect()
                 }
-                FlowNode::Queue { priority, .. } => {
+                FlowNode::Queue {
+                    priority,
+                    lost_call_webhook,
+                    ..
+                } => {
                     if *priority > MAX_PRIORITY {
                         return Err(ModelError::Invalid {
                             field: "priority",
                             why: "0 to 254 (R3.7)",
                         });
+                    }
+                    if let Some(url) = lost_call_webhook {
+                        check_webhook(url)?;
                     }
                     vec![]
                 }

@@ -242,6 +242,7 @@ pub fn sample_flow(tenant: &TenantId) -> Flow {
             FlowNode::Queue {
                 queue: id(queue),
                 priority: 0,
+                lost_call_webhook: None,
             },
         );
     }
@@ -250,6 +251,7 @@ pub fn sample_flow(tenant: &TenantId) -> Flow {
         FlowNode::Queue {
             queue: id("billing"),
             priority: 5,
+            lost_call_webhook: None,
         },
     );
     Flow {

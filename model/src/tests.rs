@@ -417,6 +417,7 @@ fn a_queue_priority_above_254_is_refused() {
             crate::flow::FlowNode::Queue {
                 queue: "billing".parse().unwrap(),
                 priority,
+                lost_call_webhook: None,
             },
         );
         assert_eq!(flow.validate().is_ok(), ok, "priority {priority}");

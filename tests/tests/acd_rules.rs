@@ -361,3 +361,69 @@ async fn the_estimated_wait_is_announced_after_15_s_even_after_the_queue_owner_d
     );
     Ok(())
 }
+
+/// One HTTP POST's body received on `listener` (answered 200), the SMS gateway's side.
+async fn receive_post(listener: tokio::net::TcpListener) -> Result<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut stream, _) = listener.accept().await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed before the whole request");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await?;
+                return Ok(serde_json::from_slice(&buf[end + 4..end + 4 + length])?);
+            }
+        }
+    }
+}
+
+/// R3.22: the IVR node that sends callers to general reports a caller who never reached an
+/// agent to the webhook (a stand-in SMS gateway on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_caller_is_reported_to_the_webhook_of_the_ivr_node() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/sms", listener.local_addr()?);
+    let gateway = tokio::spawn(receive_post(listener));
+    let path = format!("/api/v1/tenants/{T}/flows/main");
+    let mut flow = c.api(0).get_json(&path).await?;
+    flow["nodes"]["to_general"]["lost_call_webhook"] = json!(url);
+    c.api(0).put_json(&path, &flow).await?;
+    for api in c.apis() {
+        wait_until(Duration::from_secs(10), "flow change replicated", || {
+            let (api, path, url) = (&api, &path, &url);
+            async move {
+                let f = api.get_json(path).await.ok()?;
+                (f["nodes"]["to_general"]["lost_call_webhook"] == json!(url)).then_some(())
+            }
+        })
+        .await?;
+    }
+    // Nobody answers: the caller gives up after 3 s in line.
+    succeeds(waiting_caller(&c, "lost", "1364000000", 3_000, 1).spawn()?).await?;
+    let notice = tokio::time::timeout(Duration::from_secs(30), gateway).await???;
+    ensure!(
+        s(&notice, "event") == "lost_call"
+            && s(&notice, "node") == "to_general"
+            && s(&notice, "caller").starts_with("1364")
+            && s(&notice, "disposition") == "abandoned",
+        "{notice}"
+    );
+    Ok(())
+}

@@ -519,6 +519,7 @@ fn setup_with(change: impl FnOnce(&mut Queue)) -> CallSetup {
         FlowNode::Queue {
             queue: "general".parse().unwrap(),
             priority: 3,
+            lost_call_webhook: None,
         },
     );
     let other = Flow {
@@ -941,4 +942,58 @@ fn the_caller_hears_the_agents_number_before_the_bridge() {
     drain(&mut m);
     m.handle(6_000, CallInput::AgentAnswered);
     assert!(drain(&mut m).contains(&CallOutput::Bridge));
+}
+
+fn with_lost_call_webhook() -> CallSetup {
+    let mut s = setup();
+    let flow = s.flows.values_mut().next().expect("the sample flow");
+    if let Some(FlowNode::Queue {
+        lost_call_webhook, ..
+    }) = flow.nodes.get_mut("to_billing")
+    {
+        *lost_call_webhook = Some("http://127.0.0.1:9/sms".into());
+    }
+    s
+}
+
+fn lost_calls(out: &[CallOutput]) -> Vec<(String, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            CallOutput::LostCall { webhook, node, .. } => Some((webhook.clone(), node.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_caller_who_asked_for_a_human_and_never_reached_one_is_reported_once() {
+    let hook = (
+        "http://127.0.0.1:9/sms".to_string(),
+        "to_billing".to_string(),
+    );
+    // Abandoned while waiting: reported.
+    let mut m = CallMachine::new(with_lost_call_webhook());
+    to_queue(&mut m, '2');
+    m.handle(9_000, CallInput::CustomerHangup);
+    assert_eq!(lost_calls(&drain(&mut m)), vec![hook.clone()]);
+    // Released by max wait after a takeover: still reported (found from the IVR trail).
+    let mut m = CallMachine::new(with_lost_call_webhook());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let (mut r, _) = restored_in(with_lost_call_webhook(), &m, 9_000);
+    r.handle_timeout(124_000);
+    r.handle(126_000, CallInput::PlayDone);
+    assert_eq!(lost_calls(&drain(&mut r)), vec![hook]);
+    // Answered: nothing to report.
+    let mut m = CallMachine::new(with_lost_call_webhook());
+    to_queue(&mut m, '2');
+    offer_to(&mut m, 5_000, "1003");
+    m.handle(6_000, CallInput::AgentAnswered);
+    m.handle(9_000, CallInput::CustomerHangup);
+    assert!(lost_calls(&drain(&mut m)).is_empty());
+    // Another queue node, without the rule: nothing.
+    let mut m = CallMachine::new(with_lost_call_webhook());
+    to_queue(&mut m, '0');
+    m.handle(9_000, CallInput::CustomerHangup);
+    assert!(lost_calls(&drain(&mut m)).is_empty());
 }

@@ -961,6 +961,9 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                     call: call_id.clone(),
                 },
             ),
+            CallOutput::LostCall { webhook, node, cdr } => {
+                tokio::spawn(super::webhook::lost_call(webhook, node, cdr));
+            }
             CallOutput::AskWait { queue } => rt.send_queue(
                 &state.tenant,
                 &queue,

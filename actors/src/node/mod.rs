@@ -23,6 +23,7 @@ mod prompts;
 pub mod queue_actor;
 mod registrar;
 mod sip_legs;
+mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};

@@ -115,6 +115,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
             FlowNode::Queue {
                 queue: queue_id(*q),
                 priority: *priority,
+                lost_call_webhook: None,
             },
         );
         out.push(Command::Create {

@@ -264,7 +264,8 @@ impl SimNode {
                         }
                     }
                 }
-                CallOutput::StopPlay | CallOutput::Bridge => {}
+                // The lost-call webhook (R3.22) leaves the cluster: nothing to simulate.
+                CallOutput::StopPlay | CallOutput::Bridge | CallOutput::LostCall { .. } => {}
                 CallOutput::Enqueue {
                     queue,
                     priority,
