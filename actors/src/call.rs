@@ -197,6 +197,8 @@ pub struct CallMachine {
     priority: u8,
     /// The IVR flow the call walks: the entry flow, or one a queue rule transferred it to.
     flow: Option<FlowId>,
+    /// R3.17: the interflow targets still to try if the queue the call is joining refuses it.
+    interflow: VecDeque<QueueId>,
     /// R3.22: the last Queue node the call passed that reports lost calls, and its webhook.
     lost_call: Option<(String, String)>,
     /// R3.9: when the call next asks its queue for the estimated wait.
@@ -261,6 +263,7 @@ impl CallMachine {
                 Entry::Flow(f) => Some(f.clone()),
                 Entry::Queue(_) => None,
             },
+            interflow: VecDeque::new(),
             lost_call: None,
             announce_at: None,
             periodic_at: None,
@@ -821,7 +824,27 @@ impl CallMachine {
                         queue: queue.clone(),
                     })
                 {
-                    self.apply_rule(now_ms, queue, rule);
+                    match self.interflow.pop_front() {
+                        // R3.17: refused on the way along an interflow list: the next one.
+                        Some(next) => {
+                            self.outputs.push_back(CallOutput::Dequeue {
+                                queue: queue.clone(),
+                            });
+                            self.cdr.rules.push(RuleStep {
+                                queue,
+                                rule,
+                                action: RuleAction::Interflow {
+                                    queues: std::iter::once(next.clone())
+                                        .chain(self.interflow.iter().cloned())
+                                        .collect(),
+                                },
+                                at_ms: now_ms,
+                            });
+                            self.outputs.push_back(CallOutput::StopPlay);
+                            self.enqueue(now_ms, next, self.priority);
+                        }
+                        None => self.apply_rule(now_ms, queue, rule),
+                    }
                 }
             }
             CallInput::WaitEstimate {
@@ -987,6 +1010,7 @@ impl CallMachine {
     /// both guards hold across a takeover.
     fn apply_rule(&mut self, now_ms: u64, queue: QueueId, rule: QueueRule) {
         self.stop_announcing();
+        self.interflow.clear();
         let action = self
             .setup
             .queues
@@ -1013,6 +1037,9 @@ impl CallMachine {
                             .contains_key(node.as_deref().unwrap_or(f.start.as_str()))
                     })
                 }
+                RuleAction::Interflow { queues } => queues.iter().any(|next| {
+                    *next != queue && !visited(self, next) && self.setup.queues.contains_key(next)
+                }),
             };
         self.cdr.rules.push(RuleStep {
             queue,
@@ -1027,6 +1054,17 @@ impl CallMachine {
             RuleAction::TransferQueue { queue: next } => {
                 self.outputs.push_back(CallOutput::StopPlay);
                 self.enqueue(now_ms, next, self.priority);
+            }
+            RuleAction::Interflow { queues } => {
+                // The queue whose rule fired is in the trail now: never a target.
+                let mut targets: VecDeque<QueueId> = queues
+                    .into_iter()
+                    .filter(|next| !visited(self, next) && self.setup.queues.contains_key(next))
+                    .collect();
+                let first = targets.pop_front().expect("checked: one target at least");
+                self.interflow = targets;
+                self.outputs.push_back(CallOutput::StopPlay);
+                self.enqueue(now_ms, first, self.priority);
             }
             RuleAction::TransferFlow { flow, node } => {
                 self.outputs.push_back(CallOutput::StopPlay);

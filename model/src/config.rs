@@ -261,6 +261,7 @@ impl Queue {
         for (_, rule) in self.rules() {
             match rule {
                 Some(RuleAction::TransferQueue { queue }) => queues.push(queue),
+                Some(RuleAction::Interflow { queues: to }) => queues.extend(to),
                 Some(RuleAction::TransferFlow { flow, .. }) => flows.push(flow),
                 Some(RuleAction::Release { prompt: Some(p) }) => prompts.push(p),
                 _ => {}
@@ -287,6 +288,12 @@ pub enum RuleAction {
         flow: FlowId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<String>,
+    },
+    /// R3.17 interflow: to the first of `queues` that takes the call (each judges it with
+    /// its own max-queued and all-busy rules as it arrives; a refusal moves it to the next).
+    /// When all refuse, the last one's own rule applies.
+    Interflow {
+        queues: Vec<QueueId>,
     },
 }
 
@@ -482,6 +489,14 @@ impl ConfigItem {
                     });
                 }
                 for (field, rule) in q.rules() {
+                    if let Some(RuleAction::Interflow { queues }) = rule {
+                        if queues.is_empty() || queues.len() > 8 || queues.contains(&q.id) {
+                            return Err(ModelError::Invalid {
+                                field,
+                                why: "interflow to 1 to 8 other queues",
+                            });
+                        }
+                    }
                     if let Some(RuleAction::TransferQueue { queue }) = rule {
                         if *queue == q.id {
                             return Err(ModelError::Invalid {

@@ -427,3 +427,41 @@ async fn a_lost_caller_is_reported_to_the_webhook_of_the_ivr_node() -> Result<()
     );
     Ok(())
 }
+
+/// R3.17 interflow: general (nobody ready) sends its calls to the first of billing and
+/// outage that takes them. billing turns the call away (its own limit: no call may wait), so
+/// it goes on to outage and waits there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn interflow_moves_the_call_to_the_first_queue_that_takes_it() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    set_queue(&c, T, "billing", |q| {
+        q["max_queued"] = json!(0);
+    })
+    .await?;
+    set_queue(&c, T, GENERAL, |q| {
+        q["on_all_busy"] = json!({"action": "interflow", "queues": ["billing", "outage"]});
+    })
+    .await?;
+    let from = now_ms();
+    let moved = waiting_caller(&c, "interflow", "1365000000", 6_000, 0).spawn()?;
+    until_waiting(&c, T, "outage", 1).await?;
+    ensure!(queue_waiting(&c, T, GENERAL).await == Some(0));
+    ensure!(queue_waiting(&c, T, "billing").await == Some(0));
+    succeeds(moved).await?;
+    let cdrs = cdrs_for(&c, 2, from, &["1365"]).await?;
+    let m = cdr_of(&cdrs, "1365").expect("checked");
+    ensure!(
+        s(m, "queue") == "outage" && s(m, "disposition") == "abandoned",
+        "{m}"
+    );
+    ensure!(
+        rule_trail(m)
+            == vec![
+                step(GENERAL, "all_busy", "interflow"),
+                step("billing", "max_queued", "interflow")
+            ],
+        "{m}"
+    );
+    Ok(())
+}

@@ -997,3 +997,59 @@ fn a_caller_who_asked_for_a_human_and_never_reached_one_is_reported_once() {
     m.handle(9_000, CallInput::CustomerHangup);
     assert!(lost_calls(&drain(&mut m)).is_empty());
 }
+
+#[test]
+fn interflow_tries_each_target_in_turn_then_the_last_ones_own_rule() {
+    let mut s = setup();
+    let q = |id: &str| -> QueueId { id.parse().unwrap() };
+    s.queues.get_mut(&q("general")).unwrap().on_all_busy = Some(RuleAction::Interflow {
+        queues: vec![q("general"), q("billing"), q("outage")],
+    });
+    let mut m = CallMachine::new(s);
+    to_queue(&mut m, '0');
+    drain(&mut m);
+    let refuse = |m: &mut CallMachine, at: u64, queue: &str, rule: QueueRule| {
+        m.handle(
+            at,
+            CallInput::TurnedAway {
+                queue: queue.parse().unwrap(),
+                rule,
+            },
+        );
+        drain(m)
+    };
+    let joins = |out: &[CallOutput]| -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                CallOutput::Enqueue { queue, .. } => Some(queue.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let out = refuse(&mut m, 5_000, "general", QueueRule::AllBusy);
+    assert_eq!(joins(&out), ["billing"], "never back into general itself");
+    // billing has no all-busy rule of its own, yet its refusal moves the call on.
+    let out = refuse(&mut m, 5_010, "billing", QueueRule::AllBusy);
+    assert_eq!(joins(&out), ["outage"]);
+    assert!(out.contains(&CallOutput::Dequeue {
+        queue: q("billing")
+    }));
+    let trail: Vec<(&str, QueueRule)> = m
+        .cdr_so_far()
+        .rules
+        .iter()
+        .map(|r| (r.queue.as_str(), r.rule))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("general", QueueRule::AllBusy),
+            ("billing", QueueRule::AllBusy)
+        ]
+    );
+    // outage refuses too: its own rule (unset: release).
+    let out = refuse(&mut m, 5_020, "outage", QueueRule::MaxQueued);
+    let cdr = cdr_of(&out);
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("max_queued"));
+}

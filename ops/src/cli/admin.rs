@@ -397,8 +397,8 @@ pub struct QueueFields {
     /// Most calls that may wait (R3.5); the next one gets --on-max-queued.
     #[arg(long)]
     pub max_queued: Option<u32>,
-    /// What a call finding the queue full gets: `release`, `queue:<id>` or
-    /// `flow:<id>[:<node>]` (transfer).
+    /// What a call finding the queue full gets: `release`, `queue:<id>`,
+    /// `interflow:<id>,<id>..` (R3.17) or `flow:<id>[:<node>]` (transfer).
     #[arg(long, value_parser = parse_rule_target)]
     pub on_max_queued: Option<model::RuleAction>,
     /// With `--on-max-queued release`: the prompt played before the release.
@@ -468,6 +468,13 @@ fn parse_rule_target(s: &str) -> Result<model::RuleAction, String> {
             .parse()
             .map(|queue| model::RuleAction::TransferQueue { queue })
             .map_err(|_| bad("queue", id)),
+        Some(("interflow", list)) => {
+            let queues = list
+                .split(',')
+                .map(|id| id.parse().map_err(|_| bad("queue", id)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(model::RuleAction::Interflow { queues })
+        }
         Some(("flow", rest)) => {
             let (id, node) = match rest.split_once(':') {
                 Some((id, node)) if !node.is_empty() => (id, Some(node.to_string())),
@@ -479,7 +486,7 @@ fn parse_rule_target(s: &str) -> Result<model::RuleAction, String> {
                 .map_err(|_| bad("flow", id))
         }
         _ => Err(format!(
-            "{s:?}: use `release`, `queue:<id>` or `flow:<id>[:<node>]`"
+            "{s:?}: use `release`, `queue:<id>`, `interflow:<id>,<id>..` or `flow:<id>[:<node>]`"
         )),
     }
 }
@@ -1127,7 +1134,21 @@ mod tests {
                 node: Some("menu".into())
             })
         );
-        for bad in ["queue:", "flow:", "flow:main:", "hangup", "agent:1001"] {
+        assert_eq!(
+            parse_rule_target("interflow:billing,outage"),
+            Ok(RuleAction::Interflow {
+                queues: vec!["billing".parse().unwrap(), "outage".parse().unwrap()]
+            })
+        );
+        for bad in [
+            "queue:",
+            "flow:",
+            "flow:main:",
+            "hangup",
+            "agent:1001",
+            "interflow:",
+            "interflow:a,,b",
+        ] {
             assert!(parse_rule_target(bad).is_err(), "{bad}");
         }
         let prompt: PromptId = "full".parse().unwrap();
