@@ -1047,10 +1047,17 @@ impl CallMachine {
             action: action.clone(),
             at_ms: now_ms,
         });
-        self.cdr.reason = Some(rule.reason().into());
+        // The reason says why a call was released; a transfer is in the trail only (the call
+        // may yet be answered).
         match action {
-            _ if !allowed => self.release(now_ms, None, Disposition::Released),
-            RuleAction::Release { prompt } => self.release(now_ms, prompt, Disposition::Released),
+            _ if !allowed => {
+                self.cdr.reason = Some(rule.reason().into());
+                self.release(now_ms, None, Disposition::Released)
+            }
+            RuleAction::Release { prompt } => {
+                self.cdr.reason = Some(rule.reason().into());
+                self.release(now_ms, prompt, Disposition::Released)
+            }
             RuleAction::TransferQueue { queue: next } => {
                 self.outputs.push_back(CallOutput::StopPlay);
                 self.enqueue(now_ms, next, self.priority);

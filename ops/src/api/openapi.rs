@@ -104,6 +104,20 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         &[("post", "Sign out")],
     ),
     (
+        "/api/v1/tenants/{tenant}/agents/{agent}/away",
+        &[(
+            "post",
+            "A manager sends the agent away (R4.7): {\"reason\": training|study|meeting|interview, \"manager\"}",
+        )],
+    ),
+    (
+        "/api/v1/tenants/{tenant}/agents/{agent}/back",
+        &[(
+            "post",
+            "A manager ends the agent's away state: {\"manager\", \"ready\": bool}",
+        )],
+    ),
+    (
         "/api/v1/tenants/{tenant}/extensions",
         &[
             ("get", "List extensions (no hashes)"),
