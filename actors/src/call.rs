@@ -253,6 +253,7 @@ impl CallMachine {
             rules: Vec::new(),
             wait_announcements: Vec::new(),
             agent_announced_at_ms: None,
+            periodic_announcements: 0,
         };
         Self {
             state: State::Setup,
@@ -558,6 +559,7 @@ impl CallMachine {
                 self.periodic_at = periodic.as_ref().map(|p| p.next_at(enqueued_at_ms, now_ms));
                 // Never over another announcement: the next period comes soon enough.
                 if let (Some(p), false) = (periodic, self.announcing) {
+                    self.cdr.periodic_announcements += 1;
                     self.announcement.push_back(p.prompt);
                     self.announcing = true;
                     self.next_announcement_part(&queue);

@@ -36,6 +36,7 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         rules: vec![],
         wait_announcements: vec![],
         agent_announced_at_ms: None,
+        periodic_announcements: 0,
     }
 }
 

@@ -208,9 +208,16 @@ pub struct Cdr {
     /// R3.9: the estimated-wait announcements the caller heard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wait_announcements: Vec<WaitAnnounced>,
+    /// R3.8: how many periodic announcements the caller heard while waiting.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub periodic_announcements: u32,
     /// R4.5: when the caller started hearing the agent's number (the bridge followed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_announced_at_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An estimated-wait announcement (R3.9): when, with how many calls ahead, and the minutes

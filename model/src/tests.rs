@@ -376,6 +376,7 @@ fn sample_cdr() -> Cdr {
         rules: vec![],
         wait_announcements: vec![],
         agent_announced_at_ms: None,
+        periodic_announcements: 0,
     }
 }
 

@@ -266,7 +266,8 @@ async fn the_cancel_key_releases_or_transfers_the_call_to_a_flow() -> Result<()>
 }
 
 /// R3.9: once general has answered two calls, a caller who waits 15 s hears the estimated
-/// wait (prefix, minutes, suffix); the CDR records when and what. The node owning the queue
+/// wait (prefix, minutes, suffix); the CDR records when and what. R3.8: between stretches of
+/// music the caller also hears the queue's periodic announcement every 5 s. The node owning the queue
 /// is killed (`kill -9`) between the answers and the waiting call: the queue's service
 /// history, new queue state, survives on its next owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -279,6 +280,7 @@ async fn the_estimated_wait_is_announced_after_15_s_even_after_the_queue_owner_d
     set_queue(&c, T, GENERAL, |q| {
         q["wait_announcement"] =
             json!({"after_ms": 15_000, "prefix": "ewt_prefix", "suffix": "ewt_suffix"});
+        q["periodic_announcement"] = json!({"prompt": "timeout", "every_ms": 5_000});
     })
     .await?;
     let status = c
@@ -359,6 +361,8 @@ async fn the_estimated_wait_is_announced_after_15_s_even_after_the_queue_owner_d
         n(&heard[0], "ahead") == 0 && n(&heard[0], "minutes") >= 1,
         "{w}"
     );
+    // At 5 s and 10 s at least (one due while another announcement plays is skipped).
+    ensure!(n(w, "periodic_announcements") >= 2, "R3.8: {w}");
     Ok(())
 }
 

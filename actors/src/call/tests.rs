@@ -883,6 +883,7 @@ fn a_periodic_announcement_interrupts_the_music_every_period() {
     assert_eq!(m.poll_timeout(), Some(64_000), "the next period");
     m.handle_timeout(64_000);
     assert_eq!(plays(&drain(&mut m)), ["timeout"]);
+    assert_eq!(m.cdr_so_far().periodic_announcements, 2);
     m.handle(66_000, CallInput::PlayDone);
     assert_eq!(plays(&drain(&mut m)), ["music"]);
     // Restored mid-period: the next one stays on the call's own schedule.
