@@ -234,6 +234,20 @@ async fn two_hundred_calls() -> Result<()> {
             cdrs.len()
         );
     }
+    // Every carrier call ended, but a phone may still be finishing its last call (its BYE
+    // transaction): wait for the phones' own counts (SIPp writes them every second) before
+    // stopping them, so an in-flight last call is not cut off and miscounted.
+    let stat_files: Vec<std::path::PathBuf> =
+        phones.iter().map(|p| p.run.cmd.stat_file()).collect();
+    let _ = wait_until(Duration::from_secs(30), "the phones' counts", || async {
+        let done: u64 = stat_files
+            .iter()
+            .filter_map(|f| parse_stat(f).ok())
+            .map(|(ok, _)| ok)
+            .sum();
+        (done >= 200).then_some(())
+    })
+    .await;
     let mut answered_by_phones = 0;
     for p in phones {
         p.run.stop();
