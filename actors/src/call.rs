@@ -19,6 +19,7 @@ use model::{
     AgentId, CallId, CallPhase, Cdr, Disposition, Entry, ExtensionId, FailoverMark, Flow, FlowNode,
     HangupBy, IvrStep, NodeId, PromptId, Queue, QueueId, ReplicatedState, TrunkId,
 };
+use model::{CallNeeds, Customer, PastCall, RepeatMark, RouteTarget, RoutingRule, Stage};
 use model::{FlowId, QueueRule, RuleAction, RuleStep, WaitAnnounced};
 
 /// What the machine knows about a call when it starts.
@@ -36,6 +37,57 @@ pub struct CallSetup {
     pub flows: BTreeMap<FlowId, Flow>,
     /// The tenant's queues as configured when the call arrived.
     pub queues: BTreeMap<QueueId, Queue>,
+    /// Who is calling, as far as routing cares (R3.12-R3.16).
+    pub profile: CallerProfile,
+}
+
+/// What routing knows of the caller when the call arrives: the customer record, the
+/// caller's earlier calls, and the tenant's routing script.
+#[derive(Clone, Debug, Default)]
+pub struct CallerProfile {
+    pub customer: Option<Customer>,
+    pub history: Vec<PastCall>,
+    pub rules: Vec<RoutingRule>,
+}
+
+/// The caller's profile from the replicated state, at arrival or at a takeover.
+pub fn caller_profile(state: &ReplicatedState, route: &Route, caller: &str) -> CallerProfile {
+    CallerProfile {
+        customer: state.customer(&route.tenant, caller).cloned(),
+        history: state.caller_history(&route.tenant, caller).to_vec(),
+        rules: state
+            .tenants
+            .get(route.tenant.as_str())
+            .map(|t| t.routing.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// The agents a call in `queue` needs (R3.12: the tags and level of the last routing rule
+/// that applied) and prefers (R3.16: the agents its repeat-caller mark names, when it is for
+/// this queue). From the CDR alone, so that the call's owner, a rebuilt queue and a call
+/// taken over after a node loss all reach the same needs.
+pub fn call_needs(
+    cdr: &Cdr,
+    rules: &[RoutingRule],
+    queue: &QueueId,
+    enqueued_at_ms: u64,
+) -> CallNeeds {
+    let mut needs = CallNeeds::default();
+    if let Some(rule) = cdr
+        .routed_by
+        .last()
+        .and_then(|name| rules.iter().find(|r| &r.name == name))
+    {
+        needs.agent_tags = rule.agent_tags.clone();
+        needs.min_level = rule.min_level.unwrap_or(0);
+        needs.relax_at_ms = rule.relax_after_ms.map(|r| enqueued_at_ms + r);
+    }
+    if let Some(mark) = cdr.repeat_caller.as_ref().filter(|m| &m.queue == queue) {
+        needs.prefer = mark.preferred.clone();
+        needs.prefer_until_ms = mark.until_ms;
+    }
+    needs
 }
 
 /// The tenant's flows and queues from the replicated configuration: what a call of `route`
@@ -123,6 +175,7 @@ pub enum CallOutput {
         enqueued_at_ms: u64,
         offered_to: Option<AgentId>,
         arriving: bool,
+        needs: CallNeeds,
     },
     Dequeue {
         queue: QueueId,
@@ -254,6 +307,8 @@ impl CallMachine {
             wait_announcements: Vec::new(),
             agent_announced_at_ms: None,
             periodic_announcements: 0,
+            repeat_caller: None,
+            routed_by: Vec::new(),
         };
         Self {
             state: State::Setup,
@@ -374,12 +429,14 @@ impl CallMachine {
                 repeat: true,
             });
         }
+        let needs = call_needs(&self.cdr, &self.setup.profile.rules, &queue, enqueued_at_ms);
         self.outputs.push_back(CallOutput::Enqueue {
             queue,
             priority,
             enqueued_at_ms,
             offered_to,
             arriving,
+            needs,
         });
     }
 
@@ -428,12 +485,14 @@ impl CallMachine {
             State::Offering { queue, agent, .. } => (queue.clone(), Some(agent.clone())),
             _ => return,
         };
+        let needs = call_needs(&self.cdr, &self.setup.profile.rules, &queue, enqueued_at_ms);
         self.outputs.push_back(CallOutput::Enqueue {
             queue,
             priority: self.priority,
             enqueued_at_ms,
             offered_to,
             arriving: false,
+            needs,
         });
     }
 
@@ -616,15 +675,16 @@ impl CallMachine {
             CallInput::CustomerAnswered => {
                 if self.state == State::Setup {
                     self.cdr.answered_at_ms = Some(now_ms);
-                    match self.setup.route.entry.clone() {
-                        Entry::Flow(_) => {
-                            let start = self.current_flow().map(|f| f.start.clone());
-                            match start {
-                                Some(start) => self.enter_node(now_ms, &start),
-                                None => self.fail(now_ms, "flow missing"),
-                            }
-                        }
-                        Entry::Queue(queue) => self.enqueue(now_ms, queue, PRIORITY_DEFAULT),
+                    // R3.13-R3.15: the routing script may send the call elsewhere than its
+                    // access code's entry. Judged at the call's start, so a call taken over
+                    // before its entry is routed the same way again.
+                    let routed = self.route_by_script(self.setup.started_at_ms, Stage::Arrival);
+                    match routed {
+                        Some(Some(target)) => self.go_to(now_ms, target, PRIORITY_DEFAULT),
+                        _ => match self.setup.route.entry.clone() {
+                            Entry::Flow(_) => self.start_flow(now_ms, None),
+                            Entry::Queue(queue) => self.enqueue(now_ms, queue, PRIORITY_DEFAULT),
+                        },
                     }
                 }
             }
@@ -981,7 +1041,11 @@ impl CallMachine {
                     key: None,
                     at_ms: now_ms,
                 });
-                self.enqueue(now_ms, queue, priority);
+                // R3.21: the IVR chose `queue`; a routing rule on that choice may refine it.
+                match self.route_by_script(now_ms, Stage::Ivr(&queue)) {
+                    Some(Some(target)) => self.go_to(now_ms, target, priority),
+                    _ => self.enqueue(now_ms, queue, priority),
+                }
             }
             FlowNode::Hangup { prompt } => {
                 self.cdr.ivr.push(IvrStep {
@@ -995,12 +1059,81 @@ impl CallMachine {
     }
 
     fn enqueue(&mut self, now_ms: u64, queue: QueueId, priority: u8) {
-        if !self.setup.queues.contains_key(&queue) {
+        let Some(config) = self.setup.queues.get(&queue) else {
             return self.fail(now_ms, "queue missing");
+        };
+        // R3.16: a repeat caller is held for the agents who served it, for a while.
+        if let Some(repeat) = &config.repeat_caller {
+            let history = &self.setup.profile.history;
+            let preferred = repeat.preferred(history, now_ms);
+            if !preferred.is_empty() {
+                let since = now_ms.saturating_sub(repeat.period.ms());
+                self.cdr.repeat_caller = Some(RepeatMark {
+                    queue: queue.clone(),
+                    calls: history.iter().filter(|c| c.at_ms >= since).count() as u32,
+                    preferred,
+                    until_ms: now_ms + repeat.wait_ms,
+                });
+            }
         }
+        // R3.7, R3.12: the call waits at least at its customer's level and at the priority
+        // of the routing rule that sent it.
+        let rule_priority = self
+            .cdr
+            .routed_by
+            .last()
+            .and_then(|name| self.setup.profile.rules.iter().find(|r| &r.name == name))
+            .and_then(|r| r.priority);
+        let level = self.setup.profile.customer.as_ref().map(|c| c.level);
+        let priority = priority
+            .max(level.unwrap_or(0))
+            .max(rule_priority.unwrap_or(0));
         self.cdr.queue = Some(queue.clone());
         self.cdr.enqueued_at_ms = Some(now_ms);
         self.resume_queued(now_ms, queue, priority, now_ms, None, true);
+    }
+
+    /// The first rule of the tenant's routing script that holds at `stage` and has not
+    /// applied to this call yet (so a rule that leads back to where it applies cannot loop),
+    /// recorded in the CDR; its target, or where the call was going for a rule without one.
+    fn route_by_script(&mut self, at_ms: u64, stage: Stage<'_>) -> Option<Option<RouteTarget>> {
+        let number = model::routing::normalise_number(&self.setup.caller);
+        let caller = model::Caller {
+            number: &number,
+            customer: self.setup.profile.customer.as_ref(),
+            landing_code: self.setup.route.landing_code.as_deref(),
+            access_code: &self.setup.route.access_code,
+            now_ms: at_ms,
+        };
+        let rule = self
+            .setup
+            .profile
+            .rules
+            .iter()
+            .filter(|r| !self.cdr.routed_by.contains(&r.name))
+            .find(|r| r.matches(&caller, stage))?;
+        self.cdr.routed_by.push(rule.name.clone());
+        Some(rule.then.clone())
+    }
+
+    /// Sends the call where a routing rule says.
+    fn go_to(&mut self, now_ms: u64, target: RouteTarget, priority: u8) {
+        match target {
+            RouteTarget::Queue(queue) => self.enqueue(now_ms, queue, priority),
+            RouteTarget::Flow { flow, node } => {
+                self.flow = Some(flow);
+                self.start_flow(now_ms, node);
+            }
+        }
+    }
+
+    /// Enters the call's current flow at `node`, or at its start.
+    fn start_flow(&mut self, now_ms: u64, node: Option<String>) {
+        let start = node.or_else(|| self.current_flow().map(|f| f.start.clone()));
+        match start {
+            Some(start) => self.enter_node(now_ms, &start),
+            None => self.fail(now_ms, "flow missing"),
+        }
     }
 
     /// R3.3-R3.6: a rule of `queue` holds for the call (the queue turned it away, it waited

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use model::{AgentId, CallId, ExtensionId, NodeId, QueueRule};
+use model::{AgentFit, AgentId, CallId, CallNeeds, ExtensionId, NodeId, QueueRule};
 
 /// How long the queue waits for an agent's answer to `Reserve` before giving up on it.
 pub const RESERVE_REPLY_TIMEOUT_MS: u64 = 3_000;
@@ -33,6 +33,9 @@ pub enum QueueInput {
         /// node loss): such a call is never turned away.
         #[serde(default)]
         arriving: bool,
+        /// The agents the call needs or prefers (R3.12, R3.16), each for a bounded time.
+        #[serde(default, skip_serializing_if = "CallNeeds::is_empty")]
+        needs: CallNeeds,
     },
     /// The call left the queue (caller hung up, max wait, answered elsewhere).
     Remove {
@@ -42,6 +45,9 @@ pub enum QueueInput {
         agent: AgentId,
         agent_node: NodeId,
         idle_since_ms: u64,
+        /// The agent's tags and skill level in this queue, matched against calls' needs.
+        #[serde(default)]
+        fit: AgentFit,
     },
     AgentUnavailable {
         agent: AgentId,
@@ -129,6 +135,8 @@ struct Waiting {
     /// agent knows the reservation by (see `Slot::Reserving`). None for an offer learnt
     /// from the call (a rebuilt queue).
     offer: Option<(AgentId, NodeId, CallId)>,
+    /// Which agents may take the call (R3.12, R3.16); they widen as their times pass.
+    needs: CallNeeds,
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +156,7 @@ struct AgentEntry {
     node: NodeId,
     idle_since_ms: u64,
     slot: Slot,
+    fit: AgentFit,
 }
 
 type Position = (Reverse<u8>, u64, u64);
@@ -196,13 +205,17 @@ impl QueueMachine {
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.agents
+        let reservations = self.agents.values().filter_map(|a| match a.slot {
+            Slot::Reserving { since_ms, .. } => Some(since_ms + RESERVE_REPLY_TIMEOUT_MS),
+            Slot::Idle => None,
+        });
+        // A waiting call whose needs widen later may then match an idle agent.
+        let widening = self
+            .waiting
             .values()
-            .filter_map(|a| match a.slot {
-                Slot::Reserving { since_ms, .. } => Some(since_ms + RESERVE_REPLY_TIMEOUT_MS),
-                Slot::Idle => None,
-            })
-            .min()
+            .filter(|w| w.offered_to.is_none())
+            .filter_map(|w| w.needs.next_change(0));
+        reservations.chain(widening).min()
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -223,6 +236,17 @@ impl QueueMachine {
             // it announces itself again, and put the call back at its place.
             self.agents.remove(&agent);
             self.release_call(&call);
+        }
+        // Needs whose time is up widen for good (the deadline is not looked at again).
+        for w in self.waiting.values_mut() {
+            if w.needs.prefer_until_ms <= now_ms {
+                w.needs.prefer.clear();
+            }
+            if w.needs.relax_at_ms.is_some_and(|at| at <= now_ms) {
+                w.needs.agent_tags.clear();
+                w.needs.min_level = 0;
+                w.needs.relax_at_ms = None;
+            }
         }
         self.dispatch(now_ms);
     }
@@ -297,6 +321,7 @@ impl QueueMachine {
                 enqueued_at_ms,
                 offered_to,
                 arriving,
+                needs,
             } => match self.positions.get(&call) {
                 Some(position) => {
                     if let Some(w) = self.waiting.get_mut(position) {
@@ -356,6 +381,7 @@ impl QueueMachine {
                             offered: offered_to.is_some(),
                             offered_to,
                             offer: None,
+                            needs,
                         },
                     );
                 }
@@ -373,14 +399,17 @@ impl QueueMachine {
                 agent,
                 agent_node,
                 idle_since_ms,
+                fit,
             } => {
                 let entry = self.agents.entry(agent).or_insert(AgentEntry {
                     node: agent_node,
                     idle_since_ms,
                     slot: Slot::Idle,
+                    fit: fit.clone(),
                 });
                 entry.node = agent_node;
                 entry.idle_since_ms = idle_since_ms;
+                entry.fit = fit;
                 if let Slot::Reserving { .. } = entry.slot {
                     // A fresh availability supersedes a reservation we were waiting on.
                     let Slot::Reserving { call, .. } =
@@ -435,15 +464,26 @@ impl QueueMachine {
                 let entry = self.agents.remove(&agent).expect("checked above");
                 match (accepted, extension, self.positions.get(&held_for).copied()) {
                     (true, Some(extension), Some(held_position)) => {
-                        // The agent is ours: it goes to the best call not yet offered, whatever
-                        // order the replies come back in, so offers follow the queue's order
-                        // (I4) even when several reservations are in flight or an earlier call
-                        // lost its agent to another queue. If that call had a reservation of its
-                        // own pending, that reservation now holds the agent for `held_for`.
+                        // The agent is ours: it goes to the best call not yet offered that it
+                        // may take, whatever order the replies come back in, so offers follow
+                        // the queue's order (I4) even when several reservations are in flight
+                        // or an earlier call lost its agent to another queue. If that call had
+                        // a reservation of its own pending, that reservation now holds the
+                        // agent for `held_for`.
+                        // Both calls must fit their new agents (R3.12, R3.16).
+                        let held_needs = &self.waiting[&held_position].needs;
                         let target = self
                             .waiting
-                            .iter()
-                            .find(|(_, w)| !w.offered)
+                            .range(..held_position)
+                            .find(|(_, w)| {
+                                !w.offered
+                                    && w.needs.admits(&agent, &entry.fit, now_ms).is_some()
+                                    && w.offered_to.as_ref().is_none_or(|other| {
+                                        self.agents.get(other).is_some_and(|o| {
+                                            held_needs.admits(other, &o.fit, now_ms).is_some()
+                                        })
+                                    })
+                            })
                             .map(|(p, _)| *p)
                             .unwrap_or(held_position);
                         if target != held_position {
@@ -552,22 +592,37 @@ impl QueueMachine {
         }
     }
 
-    /// Pairs the best waiting call with the longest-idle agent while both exist.
+    /// Gives each waiting call, best first, the longest-idle idle agent it may take (its
+    /// preferred agents first), while idle agents remain. A call no idle agent fits waits
+    /// without holding up the calls behind it.
     fn dispatch(&mut self, now_ms: u64) {
-        while let Some((position, call)) = self
+        let any_idle = self.agents.values().any(|a| matches!(a.slot, Slot::Idle));
+        let unserved: Vec<(Position, CallId)> = self
             .waiting
             .iter()
-            .find(|(_, w)| w.offered_to.is_none())
+            .take_while(|_| any_idle)
+            .filter(|(_, w)| w.offered_to.is_none())
             .map(|(p, w)| (*p, w.call.clone()))
-        {
-            let Some(agent) = self
+            .collect();
+        for (position, call) in unserved {
+            let needs = &self.waiting[&position].needs;
+            let mut idle = self
                 .agents
                 .iter()
                 .filter(|(_, a)| matches!(a.slot, Slot::Idle))
-                .min_by_key(|(id, a)| (a.idle_since_ms, (*id).clone()))
-                .map(|(id, _)| id.clone())
-            else {
+                .peekable();
+            if idle.peek().is_none() {
                 break;
+            }
+            let Some(agent) = idle
+                .filter_map(|(id, a)| {
+                    let rank = needs.admits(id, &a.fit, now_ms)?;
+                    Some((rank, a.idle_since_ms, id))
+                })
+                .min()
+                .map(|(_, _, id)| id.clone())
+            else {
+                continue;
             };
             let entry = self.agents.get_mut(&agent).expect("just found");
             entry.slot = Slot::Reserving {
@@ -623,6 +678,7 @@ mod tests {
                 enqueued_at_ms: at,
                 offered_to: None,
                 arriving,
+                needs: Default::default(),
             },
         );
     }
@@ -700,6 +756,7 @@ mod tests {
                 agent: agent.parse().unwrap(),
                 agent_node: 2,
                 idle_since_ms: idle,
+                fit: Default::default(),
             },
         );
     }
@@ -853,6 +910,7 @@ mod tests {
                 enqueued_at_ms: 5,
                 offered_to: Some("1001".parse().unwrap()),
                 arriving: false,
+                needs: Default::default(),
             },
         );
         enqueue(&mut q, "b", 0, 8);
@@ -872,6 +930,7 @@ mod tests {
                 enqueued_at_ms: 5,
                 offered_to: Some("1001".parse().unwrap()),
                 arriving: false,
+                needs: Default::default(),
             },
         );
         assert_eq!(q.waiting_calls().len(), 2);
@@ -918,6 +977,7 @@ mod tests {
                 enqueued_at_ms: 10,
                 offered_to: None,
                 arriving: false,
+                needs: Default::default(),
             },
         );
         std::iter::from_fn(|| q.poll_output()).collect()

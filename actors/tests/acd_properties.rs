@@ -160,6 +160,7 @@ impl World {
                                         agent: agent_id(i),
                                         agent_node: 1,
                                         idle_since_ms,
+                                        fit: Default::default(),
                                     }
                                 } else {
                                     QueueInput::AgentUnavailable { agent: agent_id(i) }
@@ -298,6 +299,7 @@ impl World {
                     enqueued_at_ms: self.now,
                     offered_to: None,
                     arriving: true,
+                    needs: Default::default(),
                 };
                 self.queues[q].handle(self.now, input);
             }

@@ -176,6 +176,7 @@ pub fn simulate(config: AcdSimConfig) -> AcdSimResult {
                 agent: agent_id(i),
                 agent_node: 1,
                 idle_since_ms: 0,
+                fit: Default::default(),
             },
         );
     }
@@ -217,6 +218,7 @@ pub fn simulate(config: AcdSimConfig) -> AcdSimResult {
                         enqueued_at_ms: now,
                         offered_to: None,
                         arriving: true,
+                        needs: Default::default(),
                     },
                 );
                 if arrived < total {
@@ -234,6 +236,7 @@ pub fn simulate(config: AcdSimConfig) -> AcdSimResult {
                         agent: agent_id(i),
                         agent_node: 1,
                         idle_since_ms: now,
+                        fit: Default::default(),
                     },
                 );
             }

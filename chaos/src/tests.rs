@@ -37,6 +37,8 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         wait_announcements: vec![],
         agent_announced_at_ms: None,
         periodic_announcements: 0,
+        repeat_caller: None,
+        routed_by: Vec::new(),
     }
 }
 

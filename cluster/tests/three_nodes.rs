@@ -69,6 +69,7 @@ fn tenant() -> Tenant {
         domain: "gd.callgrid.test".to_string(),
         landing_codes: vec!["20".to_string()],
         access_codes: vec![],
+        routing: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! checks references between items when it applies them (see `state.rs`).
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::flow::Flow;
@@ -22,6 +23,9 @@ pub struct Tenant {
     /// The numbers callers dial, each with its own entry point (R2.3).
     #[serde(default)]
     pub access_codes: Vec<AccessCode>,
+    /// R3.14: the tenant's routing script, tried in order (see `script::RoutingRule`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routing: Vec<crate::script::RoutingRule>,
 }
 
 /// A dialled access code and where its calls go first (R3.13).
@@ -86,6 +90,9 @@ pub struct Queue {
     /// `suffix` ("Hello, billing desk agent 1 0 0 1 at your service"), before the bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_announcement: Option<AgentAnnouncement>,
+    /// R3.16: repeat callers are offered first to the agents who served them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_caller: Option<crate::script::RepeatCaller>,
 }
 
 /// R4.5: the agent-number announcement of a queue; the digits are the number prompts.
@@ -314,6 +321,14 @@ pub struct Agent {
     /// Overrides the role's default (agents take calls, team leads and supervisors do not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub takes_calls: Option<bool>,
+    /// R3.12: what the agent is (`cantonese`, `vip`, `senior`), matched against the tags a
+    /// routing rule asks for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The agent's skill level (1-10) per queue; 1 where unset. A routing rule may ask for a
+    /// minimum (VIP layers, R3.12).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub levels: BTreeMap<QueueId, u8>,
 }
 
 /// R3.18: who an agent is in the center.
@@ -331,6 +346,14 @@ impl Agent {
     /// default.
     pub fn takes_calls(&self) -> bool {
         self.takes_calls.unwrap_or(self.role == AgentRole::Agent)
+    }
+
+    /// What a queue knows of the agent to match a call's needs (R3.12).
+    pub fn fit(&self, queue: &QueueId) -> crate::script::AgentFit {
+        crate::script::AgentFit {
+            tags: self.tags.clone(),
+            level: self.levels.get(queue).copied().unwrap_or(1),
+        }
     }
 
     /// The queues the agent is offered calls of: its skills, or none for a role that takes
@@ -403,19 +426,44 @@ pub enum ConfigItem {
     Trunk(Trunk),
     Flow(Flow),
     Prompt(Prompt),
+    /// R3.12: a known caller.
+    Customer(crate::script::Customer),
 }
 
 /// The key of a configuration item, for delete.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum ConfigKey {
-    Tenant { id: TenantId },
-    Queue { tenant: TenantId, id: QueueId },
-    Agent { tenant: TenantId, id: AgentId },
-    Extension { tenant: TenantId, id: ExtensionId },
-    Trunk { id: TrunkId },
-    Flow { tenant: TenantId, id: FlowId },
-    Prompt { tenant: TenantId, id: PromptId },
+    Tenant {
+        id: TenantId,
+    },
+    Queue {
+        tenant: TenantId,
+        id: QueueId,
+    },
+    Agent {
+        tenant: TenantId,
+        id: AgentId,
+    },
+    Extension {
+        tenant: TenantId,
+        id: ExtensionId,
+    },
+    Trunk {
+        id: TrunkId,
+    },
+    Flow {
+        tenant: TenantId,
+        id: FlowId,
+    },
+    Prompt {
+        tenant: TenantId,
+        id: PromptId,
+    },
+    Customer {
+        tenant: TenantId,
+        number: CustomerId,
+    },
 }
 
 impl ConfigItem {
@@ -443,6 +491,10 @@ impl ConfigItem {
                 tenant: p.tenant.clone(),
                 id: p.id.clone(),
             },
+            ConfigItem::Customer(c) => ConfigKey::Customer {
+                tenant: c.tenant.clone(),
+                number: c.number.clone(),
+            },
         }
     }
 
@@ -457,6 +509,22 @@ impl ConfigItem {
                 }
                 for access in &t.access_codes {
                     check_digits("access code", &access.code, 20)?;
+                }
+                if t.routing.len() > 200 {
+                    return Err(ModelError::Invalid {
+                        field: "routing",
+                        why: "at most 200 rules",
+                    });
+                }
+                let mut names = std::collections::BTreeSet::new();
+                for rule in &t.routing {
+                    rule.validate()?;
+                    if !names.insert(rule.name.as_str()) {
+                        return Err(ModelError::Invalid {
+                            field: "routing",
+                            why: "rule names must be unique",
+                        });
+                    }
                 }
                 Ok(())
             }
@@ -488,6 +556,9 @@ impl ConfigItem {
                         why: "one of 0-9 * #",
                     });
                 }
+                if let Some(r) = &q.repeat_caller {
+                    r.validate()?;
+                }
                 for (field, rule) in q.rules() {
                     if let Some(RuleAction::Interflow { queues }) = rule {
                         if queues.is_empty() || queues.len() > 8 || queues.contains(&q.id) {
@@ -516,6 +587,10 @@ impl ConfigItem {
                         why: "at most 64 queues",
                     });
                 }
+                crate::script::check_tags("agent tags", &a.tags)?;
+                for level in a.levels.values() {
+                    check_range("skill level", u64::from(*level), 1, 10)?;
+                }
                 Ok(())
             }
             ConfigItem::Extension(e) => {
@@ -541,11 +616,12 @@ impl ConfigItem {
             }
             ConfigItem::Flow(f) => f.validate(),
             ConfigItem::Prompt(p) => check_text("prompt file", &p.file, 256),
+            ConfigItem::Customer(c) => c.validate(),
         }
     }
 }
 
-fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), ModelError> {
+pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), ModelError> {
     if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
         return Err(ModelError::Invalid {
             field,
@@ -555,7 +631,7 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), ModelE
     Ok(())
 }
 
-fn check_digits(field: &'static str, value: &str, max: usize) -> Result<(), ModelError> {
+pub(crate) fn check_digits(field: &'static str, value: &str, max: usize) -> Result<(), ModelError> {
     if crate::ids::is_digits(value, max) {
         Ok(())
     } else {
@@ -566,7 +642,12 @@ fn check_digits(field: &'static str, value: &str, max: usize) -> Result<(), Mode
     }
 }
 
-fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ModelError> {
+pub(crate) fn check_range(
+    field: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), ModelError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {

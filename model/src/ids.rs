@@ -90,6 +90,10 @@ number_id!(
 number_id!(
     /// A phone extension within a tenant; also the SIP user name it registers with.
     ExtensionId, "extension");
+number_id!(
+    /// A known caller's number within a tenant (R3.12), normalised like dialled numbers
+    /// (`routing::normalise_number`): `075512345678`.
+    CustomerId, "customer number");
 
 /// A cluster node id. Never reused (openraft requirement, see ARCHITECTURE.md).
 pub type NodeId = u64;

@@ -20,12 +20,14 @@ pub mod ids;
 pub mod routing;
 pub mod runtime;
 pub mod sample;
+pub mod script;
 pub mod state;
 
 pub use config::*;
 pub use flow::*;
 pub use ids::*;
 pub use runtime::*;
+pub use script::*;
 pub use state::{ApplyError, Command, Outcome, ReplicatedState};
 
 use md5::Md5;

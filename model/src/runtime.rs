@@ -214,6 +214,29 @@ pub struct Cdr {
     /// R4.5: when the caller started hearing the agent's number (the bridge followed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_announced_at_ms: Option<u64>,
+    /// R3.14: the routing rules that applied to the call, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routed_by: Vec<String>,
+    /// R3.16: the call came from a repeat caller and was held for these agents first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_caller: Option<RepeatMark>,
+}
+
+impl Cdr {
+    /// The agent who answered the call, if one did.
+    pub fn answered_by(&self) -> Option<&AgentId> {
+        self.agent_answered_at_ms.and(self.agent.as_ref())
+    }
+}
+
+/// R3.16: how a repeat caller's call was routed: its earlier calls in the queue's period,
+/// and the agents it was held for (best first) until `until_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatMark {
+    pub queue: QueueId,
+    pub calls: u32,
+    pub preferred: Vec<AgentId>,
+    pub until_ms: u64,
 }
 
 fn is_zero(n: &u32) -> bool {

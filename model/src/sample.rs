@@ -131,6 +131,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
             domain: domain.clone(),
             landing_codes: landing.iter().map(|s| s.to_string()).collect(),
             access_codes: vec![],
+            routing: Vec::new(),
         }));
         for prompt in PROMPTS {
             create(ConfigItem::Prompt(Prompt {
@@ -158,6 +159,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 wait_announcement: None,
                 periodic_announcement: None,
                 agent_announcement: None,
+                repeat_caller: None,
             })));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));
@@ -172,6 +174,8 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 skills: QUEUES.iter().map(|q| id(q)).collect(),
                 role: AgentRole::Agent,
                 takes_calls: None,
+                levels: Default::default(),
+                tags: Vec::new(),
             }));
             let extension =
                 Extension::with_password(tenant.clone(), id(&number), &password, &domain)
@@ -193,6 +197,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                     code: ACCESS_CODE.into(),
                     entry: Entry::Flow(id("main")),
                 }],
+                routing: Vec::new(),
             }),
         });
         info.tenants.push(SampleTenant {

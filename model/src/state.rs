@@ -11,6 +11,7 @@ use crate::config::*;
 use crate::flow::Flow;
 use crate::ids::*;
 use crate::runtime::*;
+use crate::script::*;
 
 /// One replicated command. One Raft entry carries one command; `Batch` carries many
 /// (checkpoint batching, DESIGN.md "Replicated state").
@@ -118,6 +119,13 @@ pub struct ReplicatedState {
     pub bindings: BTreeMap<String, Vec<Binding>>,
     pub agent_sessions: BTreeMap<String, AgentSession>,
     pub cdrs: BTreeMap<String, Cdr>,
+    /// R3.12: known callers, by `tenant/number`.
+    #[serde(default)]
+    pub customers: BTreeMap<String, Customer>,
+    /// R3.16: each caller's last `CALLER_HISTORY` calls, by `tenant/number` (normalised),
+    /// oldest first; kept from the CDRs as they are recorded.
+    #[serde(default)]
+    pub callers: BTreeMap<String, Vec<PastCall>>,
     /// Live calls' checkpoints, by call id.
     #[serde(default)]
     pub calls: BTreeMap<String, CallCheckpoint>,
@@ -204,9 +212,10 @@ impl ReplicatedState {
                 // Idempotent by call id (I2: exactly one CDR per call, even if the proposer
                 // retries after a timeout).
                 self.calls.remove(cdr.call_id.as_str());
-                self.cdrs
-                    .entry(cdr.call_id.0.clone())
-                    .or_insert_with(|| (**cdr).clone());
+                if !self.cdrs.contains_key(cdr.call_id.as_str()) {
+                    self.remember_caller(cdr);
+                    self.cdrs.insert(cdr.call_id.0.clone(), (**cdr).clone());
+                }
                 Ok(())
             }
             Command::PutCall { checkpoint } => self.put_call(checkpoint),
@@ -322,6 +331,9 @@ impl ReplicatedState {
             ConfigItem::Prompt(p) => {
                 self.prompts.insert(key(&p.tenant, p.id.as_str()), p);
             }
+            ConfigItem::Customer(c) => {
+                self.customers.insert(key(&c.tenant, c.number.as_str()), c);
+            }
         }
     }
 
@@ -337,6 +349,9 @@ impl ReplicatedState {
             ConfigKey::Flow { tenant, id } => self.flows.contains_key(&key(tenant, id.as_str())),
             ConfigKey::Prompt { tenant, id } => {
                 self.prompts.contains_key(&key(tenant, id.as_str()))
+            }
+            ConfigKey::Customer { tenant, number } => {
+                self.customers.contains_key(&key(tenant, number.as_str()))
             }
         }
     }
@@ -364,6 +379,32 @@ impl ReplicatedState {
                             id: id.clone(),
                         }),
                     }?;
+                }
+                // A routing rule only names this tenant's queues, flows and flow nodes.
+                for rule in &t.routing {
+                    for id in rule.when.ivr_queue.iter().chain(match &rule.then {
+                        Some(RouteTarget::Queue(q)) => Some(q),
+                        _ => None,
+                    }) {
+                        need(ConfigKey::Queue {
+                            tenant: t.id.clone(),
+                            id: id.clone(),
+                        })?;
+                    }
+                    if let Some(RouteTarget::Flow { flow, node }) = &rule.then {
+                        let known = self
+                            .flow(&t.id, flow)
+                            .is_some_and(|f| node.as_ref().is_none_or(|n| f.nodes.contains_key(n)));
+                        if !known {
+                            return Err(ApplyError::NotFound(format!(
+                                "flow {flow}{} of routing rule {}",
+                                node.as_ref()
+                                    .map(|n| format!(" node {n}"))
+                                    .unwrap_or_default(),
+                                rule.name
+                            )));
+                        }
+                    }
                 }
                 // A landing code selects exactly one tenant (R2.2).
                 for code in &t.landing_codes {
@@ -450,6 +491,7 @@ impl ReplicatedState {
                 Ok(())
             }
             ConfigItem::Prompt(p) => tenant_of(&p.tenant),
+            ConfigItem::Customer(c) => tenant_of(&c.tenant),
         }
     }
 
@@ -488,6 +530,9 @@ impl ReplicatedState {
             ConfigKey::Prompt { tenant, id } => {
                 self.prompts.remove(&key(tenant, id.as_str()));
             }
+            ConfigKey::Customer { tenant, number } => {
+                self.customers.remove(&key(tenant, number.as_str()));
+            }
         }
         Ok(())
     }
@@ -503,6 +548,7 @@ impl ReplicatedState {
                     &self.extensions.keys().collect(),
                     &self.flows.keys().collect(),
                     &self.prompts.keys().collect(),
+                    &self.customers.keys().collect(),
                 ]
                 .into_iter()
                 .flat_map(|keys| keys.iter())
@@ -537,7 +583,9 @@ impl ReplicatedState {
                 .get(&key(tenant, id.as_str()))
                 .filter(|s| s.status != AgentStatus::SignedOut)
                 .map(|_| "a signed-in session (sign the agent out first)".to_string()),
-            ConfigKey::Extension { .. } | ConfigKey::Trunk { .. } => None,
+            ConfigKey::Extension { .. } | ConfigKey::Trunk { .. } | ConfigKey::Customer { .. } => {
+                None
+            }
         }
     }
 
@@ -553,11 +601,55 @@ impl ReplicatedState {
             .map(|q| format!("queue {}", q.id))
     }
 
+    /// An access code or routing rule of `tenant` that leads to `entry`.
     fn tenant_entry_user(&self, tenant: &TenantId, entry: &Entry) -> Option<String> {
-        self.tenants
-            .get(tenant.as_str())
-            .and_then(|t| t.access_codes.iter().find(|a| &a.entry == entry))
+        let t = self.tenants.get(tenant.as_str())?;
+        t.access_codes
+            .iter()
+            .find(|a| &a.entry == entry)
             .map(|a| format!("access code {}", a.code))
+            .or_else(|| {
+                t.routing
+                    .iter()
+                    .find(|r| match (entry, &r.then) {
+                        (Entry::Queue(q), Some(RouteTarget::Queue(t))) => q == t,
+                        (Entry::Queue(q), _) => r.when.ivr_queue.as_ref() == Some(q),
+                        (Entry::Flow(f), Some(RouteTarget::Flow { flow, .. })) => f == flow,
+                        (Entry::Flow(_), _) => false,
+                    })
+                    .map(|r| format!("routing rule {}", r.name))
+            })
+    }
+
+    /// R3.16: adds a recorded call to its caller's history (callers with a number only).
+    fn remember_caller(&mut self, cdr: &Cdr) {
+        let Some(tenant) = &cdr.tenant else { return };
+        let number = crate::routing::normalise_number(&cdr.caller);
+        if CustomerId::new(number.as_str()).is_err() {
+            return;
+        }
+        let history = self.callers.entry(key(tenant, &number)).or_default();
+        history.push(PastCall {
+            at_ms: cdr.started_at_ms,
+            agent: cdr.answered_by().cloned(),
+        });
+        history.sort_by_key(|c| c.at_ms);
+        let excess = history.len().saturating_sub(CALLER_HISTORY);
+        history.drain(..excess);
+    }
+
+    /// A known caller of `tenant` (R3.12); `number` as dialled, normalised here.
+    pub fn customer(&self, tenant: &TenantId, number: &str) -> Option<&Customer> {
+        self.customers
+            .get(&key(tenant, &crate::routing::normalise_number(number)))
+    }
+
+    /// A caller's earlier calls to `tenant`, oldest first (R3.16).
+    pub fn caller_history(&self, tenant: &TenantId, number: &str) -> &[PastCall] {
+        self.callers
+            .get(&key(tenant, &crate::routing::normalise_number(number)))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     fn register(&mut self, binding: &Binding, now_ms: u64) -> Result<(), ApplyError> {
@@ -695,5 +787,6 @@ fn describe(k: &ConfigKey) -> String {
         ConfigKey::Trunk { id } => format!("trunk {id}"),
         ConfigKey::Flow { tenant, id } => format!("flow {tenant}/{id}"),
         ConfigKey::Prompt { tenant, id } => format!("prompt {tenant}/{id}"),
+        ConfigKey::Customer { tenant, number } => format!("customer {tenant}/{number}"),
     }
 }

@@ -57,6 +57,8 @@ fn references_are_checked_and_deletes_blocked_while_in_use() {
         skills: vec!["nope".parse().unwrap()],
         role: AgentRole::Agent,
         takes_calls: None,
+        levels: Default::default(),
+        tags: Vec::new(),
     };
     let out = state.apply(&Command::Create {
         item: ConfigItem::Agent(orphan),
@@ -377,6 +379,8 @@ fn sample_cdr() -> Cdr {
         wait_announcements: vec![],
         agent_announced_at_ms: None,
         periodic_announcements: 0,
+        repeat_caller: None,
+        routed_by: Vec::new(),
     }
 }
 

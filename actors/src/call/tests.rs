@@ -23,6 +23,7 @@ fn setup() -> CallSetup {
         started_at_ms: 0,
         flows,
         queues,
+        profile: Default::default(),
     }
 }
 
@@ -57,6 +58,7 @@ fn ivr_menu_key_queues_the_call_then_an_answered_call_has_a_full_trail() {
         enqueued_at_ms: 4_000,
         offered_to: None,
         arriving: true,
+        needs: Default::default(),
     }));
     m.handle(
         5_000,
@@ -239,6 +241,7 @@ fn a_queued_call_restored_elsewhere_rejoins_at_its_original_place_with_music() {
         enqueued_at_ms: 4_000,
         offered_to: None,
         arriving: false,
+        needs: Default::default(),
     }));
     // Max wait still counts from the original enqueue time.
     assert_eq!(r.poll_timeout(), m.poll_timeout());
@@ -341,6 +344,7 @@ fn resync_restates_the_place_of_a_waiting_or_ringing_call_only() {
             enqueued_at_ms: 4_000,
             offered_to: Some("1001".parse().unwrap()),
             arriving: false,
+            needs: Default::default(),
         }]
     );
 }

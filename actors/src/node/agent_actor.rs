@@ -154,6 +154,23 @@ impl Actor for AgentActor {
                         debug!(%error, "skill change refused");
                     }
                     drive(rt, &myself, machine);
+                } else if machine.status() == &model::AgentStatus::Ready {
+                    // Same queues, but the tags or levels may have changed (R3.12): a ready
+                    // agent announces itself again, which updates what its queues know.
+                    let s = machine.session();
+                    for queue in skills {
+                        let fit = fit(rt, &s.tenant, &s.agent, &queue);
+                        rt.send_queue(
+                            &s.tenant,
+                            &queue,
+                            QueueInput::AgentAvailable {
+                                agent: s.agent.clone(),
+                                agent_node: rt.node_id(),
+                                idle_since_ms: s.idle_since_ms,
+                                fit,
+                            },
+                        );
+                    }
                 }
             }
             AgentMsg::Mesh(envelope) => {
@@ -200,6 +217,7 @@ impl Actor for AgentActor {
                                     agent: s.agent.clone(),
                                     agent_node: rt.node_id(),
                                     idle_since_ms: s.idle_since_ms,
+                                    fit: fit(rt, &s.tenant, &s.agent, &queue),
                                 },
                             );
                         }
@@ -222,6 +240,13 @@ impl Actor for AgentActor {
     }
 }
 
+/// The agent's tags and skill level in `queue` (R3.12), from the replicated config.
+fn fit(rt: &Runtime, tenant: &TenantId, agent: &AgentId, queue: &QueueId) -> model::AgentFit {
+    rt.cluster
+        .read(|s| s.agent(tenant, agent).map(|a| a.fit(queue)))
+        .unwrap_or_default()
+}
+
 /// Carries out the machine's outputs and arms its timer.
 fn drive(rt: &Arc<Runtime>, myself: &ActorRef<AgentMsg>, machine: &mut AgentMachine) {
     let session = machine.session();
@@ -239,6 +264,7 @@ fn drive(rt: &Arc<Runtime>, myself: &ActorRef<AgentMsg>, machine: &mut AgentMach
                             agent: session.agent.clone(),
                             agent_node: rt.node_id(),
                             idle_since_ms,
+                            fit: fit(rt, &session.tenant, &session.agent, &queue),
                         }
                     } else {
                         QueueInput::AgentUnavailable {

@@ -23,7 +23,9 @@ use super::api::LiveCall;
 use super::mesh::{AgentEnvelope, CallEnvelope};
 use super::sip_legs::{AgentLeg, CustomerLeg};
 use super::Runtime;
-use crate::call::{flows_and_queues, CallInput, CallMachine, CallOutput, CallSetup};
+use crate::call::{
+    caller_profile, flows_and_queues, CallInput, CallMachine, CallOutput, CallSetup,
+};
 use crate::queue::QueueInput;
 
 /// What the SIP endpoint hands a call actor.
@@ -483,13 +485,14 @@ async fn take_over(
     let call_id = checkpoint.call_id.clone();
     rt.register_call(call_id.clone(), myself.clone());
     let tenant = checkpoint.route.tenant.clone();
-    let (domain, (flows, queues)) = rt.cluster.read(|s| {
+    let (domain, (flows, queues), profile) = rt.cluster.read(|s| {
         (
             s.tenants
                 .get(tenant.as_str())
                 .map(|t| t.domain.clone())
                 .unwrap_or_default(),
             flows_and_queues(s, &checkpoint.route),
+            caller_profile(s, &checkpoint.route, &checkpoint.cdr.caller),
         )
     });
     // A Talking call whose agent's committed session has moved on since the checkpoint ended
@@ -564,6 +567,7 @@ async fn take_over(
         started_at_ms: checkpoint.cdr.started_at_ms,
         flows,
         queues,
+        profile,
     };
     let mut machine = CallMachine::restore(setup, &checkpoint.phase, checkpoint.cdr.clone(), now);
     if let Some(ended_at) = ended_at {
@@ -939,6 +943,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 enqueued_at_ms,
                 offered_to,
                 arriving,
+                needs,
             } => {
                 state.queue = Some(queue.clone());
                 rt.send_queue(
@@ -951,6 +956,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                         enqueued_at_ms,
                         offered_to,
                         arriving,
+                        needs,
                     },
                 );
             }

@@ -391,11 +391,18 @@ impl Endpoint {
             // We answer with an offer-less INVITE nowhere yet: late offer is not supported.
             return reply(self, 488, "Not Acceptable Here");
         };
-        let (flows, queues) = state.read(|s| crate::call::flows_and_queues(s, &route));
         let caller = request
             .from()
             .and_then(|f| f.uri.user.clone())
             .unwrap_or_else(|| "anonymous".into());
+        let (flows, queues, profile) = state.read(|s| {
+            let (flows, queues) = crate::call::flows_and_queues(s, &route);
+            (
+                flows,
+                queues,
+                crate::call::caller_profile(s, &route, &caller),
+            )
+        });
         let setup = CallSetup {
             call_id: self.rt.new_call_id(),
             entry_node: self.rt.node_id(),
@@ -406,6 +413,7 @@ impl Endpoint {
             started_at_ms: self.rt.now_ms(),
             flows,
             queues,
+            profile,
         };
         let customer = CustomerLeg::new(key, request, source, transport);
         let rt = Arc::clone(&self.rt);

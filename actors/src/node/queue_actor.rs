@@ -71,6 +71,11 @@ impl Actor for QueueActor {
         // loss): every call at its original priority and enqueue time. The calls also re-join
         // by themselves (idempotent), covering checkpoints still in flight.
         let waiting: Vec<QueueInput> = self.runtime.cluster.read(|s| {
+            let rules: &[model::RoutingRule] = s
+                .tenants
+                .get(tenant.as_str())
+                .map(|t| t.routing.as_slice())
+                .unwrap_or_default();
             s.calls
                 .values()
                 .filter(|c| c.route.tenant == tenant)
@@ -98,6 +103,7 @@ impl Actor for QueueActor {
                             enqueued_at_ms,
                             offered_to,
                             arriving: false,
+                            needs: crate::call::call_needs(&c.cdr, rules, &queue, enqueued_at_ms),
                         }
                     })
                 })

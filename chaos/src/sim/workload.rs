@@ -81,6 +81,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
         domain: "sim.callgrid.test".into(),
         landing_codes: Vec::new(),
         access_codes: Vec::new(),
+        routing: Vec::new(),
     };
     out.push(Command::Create {
         item: ConfigItem::Tenant(tenant_item.clone()),
@@ -105,6 +106,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 wait_announcement: None,
                 periodic_announcement: None,
                 agent_announcement: None,
+                repeat_caller: None,
             })),
         });
     }
@@ -152,6 +154,8 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 skills,
                 role: model::AgentRole::Agent,
                 takes_calls: None,
+                levels: Default::default(),
+                tags: Vec::new(),
             }),
         });
     }

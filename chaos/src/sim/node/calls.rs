@@ -33,6 +33,7 @@ impl SimNode {
             started_at_ms: ctx.now,
             flows,
             queues,
+            profile: Default::default(),
         };
         let tenant = route.tenant.clone();
         self.calls.insert(
@@ -118,6 +119,7 @@ impl SimNode {
             started_at_ms: checkpoint.cdr.started_at_ms,
             flows,
             queues,
+            profile: Default::default(),
         };
         let talking = matches!(checkpoint.phase, CallPhase::Talking { .. });
         // Mirrors `actors::node::call_actor::take_over`: a Talking call whose agent's
@@ -272,6 +274,7 @@ impl SimNode {
                     enqueued_at_ms,
                     offered_to,
                     arriving,
+                    needs,
                 } => self.send_queue(
                     ctx,
                     &tenant,
@@ -283,6 +286,7 @@ impl SimNode {
                         enqueued_at_ms,
                         offered_to,
                         arriving,
+                        needs,
                     },
                 ),
                 CallOutput::Dequeue { queue } => self.send_queue(

@@ -58,6 +58,7 @@ impl SimNode {
                             enqueued_at_ms,
                             offered_to,
                             arriving: false,
+                            needs: Default::default(),
                         }
                     })
                 })
@@ -345,6 +346,7 @@ impl SimNode {
                             agent: agent.clone(),
                             agent_node: self.id,
                             idle_since_ms,
+                            fit: Default::default(),
                         },
                     );
                 }
@@ -378,6 +380,7 @@ impl SimNode {
                                 agent: session.agent.clone(),
                                 agent_node: self.id,
                                 idle_since_ms,
+                                fit: Default::default(),
                             }
                         } else {
                             QueueInput::AgentUnavailable {

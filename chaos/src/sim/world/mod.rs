@@ -137,6 +137,9 @@ fn lookup(s: &model::ReplicatedState, k: &ConfigKey) -> Option<ConfigItem> {
         ConfigKey::Prompt { tenant, id } => {
             ConfigItem::Prompt(s.prompts.get(&key(tenant, id.as_str()))?.clone())
         }
+        ConfigKey::Customer { tenant, number } => {
+            ConfigItem::Customer(s.customers.get(&key(tenant, number.as_str()))?.clone())
+        }
     })
 }
 
