@@ -1164,4 +1164,138 @@ mod tests {
         assert_eq!(new.stats().answered_at_ms.len(), SERVICE_SAMPLES);
         assert_eq!(new.stats().answered_at_ms.last(), Some(&49_000));
     }
+
+    fn join_needing(q: &mut QueueMachine, call: &str, at: u64, needs: CallNeeds) {
+        q.handle(
+            at,
+            QueueInput::Enqueue {
+                call: CallId(call.into()),
+                call_node: 1,
+                priority: 0,
+                enqueued_at_ms: at,
+                offered_to: None,
+                arriving: true,
+                needs,
+            },
+        );
+    }
+    fn available_as(q: &mut QueueMachine, agent: &str, idle: u64, now: u64, tags: &[&str]) {
+        q.handle(
+            now,
+            QueueInput::AgentAvailable {
+                agent: agent.parse().unwrap(),
+                agent_node: 2,
+                idle_since_ms: idle,
+                fit: AgentFit {
+                    tags: tags.iter().map(|t| t.to_string()).collect(),
+                    level: 1,
+                },
+            },
+        );
+    }
+
+    #[test]
+    fn a_call_needing_a_tag_waits_for_such_an_agent_without_holding_up_the_line() {
+        let mut q = QueueMachine::new();
+        let needs = CallNeeds {
+            agent_tags: vec!["cantonese".into()],
+            ..CallNeeds::default()
+        };
+        join_needing(&mut q, "c1", 1_000, needs);
+        enqueue(&mut q, "c2", 0, 1_100);
+        available_as(&mut q, "1001", 500, 1_200, &["mandarin"]);
+        assert_eq!(
+            reserves(&mut q),
+            vec![("1001".into(), "c2".into())],
+            "the agent without the tag takes the next call"
+        );
+        available_as(&mut q, "1002", 900, 1_300, &["cantonese", "vip"]);
+        assert_eq!(reserves(&mut q), vec![("1002".into(), "c1".into())]);
+    }
+
+    #[test]
+    fn needs_relax_at_their_time_and_the_call_goes_to_any_agent() {
+        let mut q = QueueMachine::new();
+        let needs = CallNeeds {
+            min_level: 5,
+            relax_at_ms: Some(11_000),
+            ..CallNeeds::default()
+        };
+        join_needing(&mut q, "vip", 1_000, needs);
+        available_as(&mut q, "1001", 500, 1_200, &[]);
+        assert!(reserves(&mut q).is_empty(), "a level-1 agent is not enough");
+        assert_eq!(q.poll_timeout(), Some(11_000));
+        q.handle_timeout(11_000);
+        assert_eq!(reserves(&mut q), vec![("1001".into(), "vip".into())]);
+        assert_eq!(q.poll_timeout(), Some(11_000 + RESERVE_REPLY_TIMEOUT_MS));
+    }
+
+    #[test]
+    fn a_repeat_caller_waits_for_its_agent_for_a_while_then_takes_anyone() {
+        let mut q = QueueMachine::new();
+        let needs = CallNeeds {
+            prefer: vec!["1002".parse().unwrap(), "1003".parse().unwrap()],
+            prefer_until_ms: 21_000,
+            ..CallNeeds::default()
+        };
+        available_as(&mut q, "1001", 100, 1_000, &[]);
+        join_needing(&mut q, "rc", 1_000, needs.clone());
+        assert!(
+            reserves(&mut q).is_empty(),
+            "the longest-idle agent is not one it prefers"
+        );
+        // The preferred agent frees up in time: it gets the call, however short its idle.
+        available_as(&mut q, "1003", 5_000, 5_000, &[]);
+        assert_eq!(reserves(&mut q), vec![("1003".into(), "rc".into())]);
+
+        // Another repeat caller: its agents stay busy, so it falls back when the wait ends.
+        let mut q = QueueMachine::new();
+        available_as(&mut q, "1001", 100, 1_000, &[]);
+        join_needing(&mut q, "rc", 1_000, needs);
+        assert!(reserves(&mut q).is_empty());
+        assert_eq!(q.poll_timeout(), Some(21_000));
+        q.handle_timeout(21_000);
+        assert_eq!(reserves(&mut q), vec![("1001".into(), "rc".into())]);
+        assert_eq!(q.poll_timeout(), Some(21_000 + RESERVE_REPLY_TIMEOUT_MS));
+    }
+
+    #[test]
+    fn an_accepted_agent_is_only_moved_to_an_earlier_call_it_fits() {
+        let mut q = QueueMachine::new();
+        let needs = CallNeeds {
+            agent_tags: vec!["vip".into()],
+            ..CallNeeds::default()
+        };
+        join_needing(&mut q, "vip", 1_000, needs);
+        enqueue(&mut q, "plain", 0, 1_100);
+        available_as(&mut q, "1001", 100, 1_200, &["vip"]);
+        available_as(&mut q, "1002", 200, 1_200, &[]);
+        let mut got = reserves(&mut q);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("1001".into(), "vip".into()),
+                ("1002".into(), "plain".into())
+            ]
+        );
+        // 1002 answers first: the earlier call "vip" has no offer yet, but 1002 lacks the
+        // tag, so 1002 stays with "plain".
+        q.handle(
+            1_300,
+            QueueInput::ReserveReply {
+                agent: "1002".parse().unwrap(),
+                call: CallId("plain".into()),
+                accepted: true,
+                extension: Some("2002".parse().unwrap()),
+            },
+        );
+        let offers: Vec<(String, String)> = std::iter::from_fn(|| q.poll_output())
+            .filter_map(|o| match o {
+                QueueOutput::Offer { agent, call, .. } => Some((agent.to_string(), call.0)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offers, vec![("1002".into(), "plain".into())]);
+    }
 }

@@ -520,3 +520,203 @@ fn max_wait_and_cancel_rules_check_their_key_flow_and_node() {
     });
     assert!(update(&mut state, &q).is_err(), "an unknown flow");
 }
+
+#[test]
+fn customers_routing_rules_and_caller_history_are_replicated_and_checked() {
+    let (mut state, _) = sample_state();
+    let gd: TenantId = "gd".parse().unwrap();
+    let create = |item: ConfigItem| Command::Create { item };
+    let customer = Customer {
+        tenant: gd.clone(),
+        number: "13800000000".parse().unwrap(),
+        name: "Li Lei".into(),
+        tags: vec!["elderly".into()],
+        level: 120,
+    };
+    assert_eq!(
+        state
+            .apply(&create(ConfigItem::Customer(customer.clone())))
+            .error,
+        None
+    );
+    assert_eq!(
+        state.customer(&gd, "+8613800000000"),
+        None,
+        "a mobile is not an area code"
+    );
+    assert_eq!(state.customer(&gd, "13800000000"), Some(&customer));
+    let bad = Customer {
+        tags: vec!["Not A Tag".into()],
+        ..customer.clone()
+    };
+    assert!(matches!(
+        state
+            .apply(&Command::Update {
+                item: ConfigItem::Customer(bad)
+            })
+            .error,
+        Some(ApplyError::Invalid(_))
+    ));
+    let unknown_tenant = Customer {
+        tenant: "zz".parse().unwrap(),
+        ..customer.clone()
+    };
+    assert!(matches!(
+        state
+            .apply(&create(ConfigItem::Customer(unknown_tenant)))
+            .error,
+        Some(ApplyError::NotFound(_))
+    ));
+
+    // A routing rule must name queues and flow nodes of its own tenant.
+    let mut tenant = state.tenants["gd"].clone();
+    let rule = |then: serde_json::Value| -> RoutingRule {
+        serde_json::from_value(serde_json::json!({
+            "name": "elderly", "when": {"caller_tags": ["elderly"]}, "then": then
+        }))
+        .unwrap()
+    };
+    tenant.routing = vec![rule(serde_json::json!({"queue": "nosuch"}))];
+    assert!(matches!(
+        state
+            .apply(&Command::Update {
+                item: ConfigItem::Tenant(tenant.clone())
+            })
+            .error,
+        Some(ApplyError::NotFound(_))
+    ));
+    tenant.routing = vec![rule(
+        serde_json::json!({"flow": {"flow": "main", "node": "nosuch"}}),
+    )];
+    assert!(state
+        .apply(&Command::Update {
+            item: ConfigItem::Tenant(tenant.clone())
+        })
+        .error
+        .is_some());
+    tenant.routing = vec![rule(serde_json::json!({"queue": "general"}))];
+    assert_eq!(
+        state
+            .apply(&Command::Update {
+                item: ConfigItem::Tenant(tenant.clone())
+            })
+            .error,
+        None
+    );
+    tenant.routing.push(tenant.routing[0].clone());
+    assert!(
+        matches!(
+            state
+                .apply(&Command::Update {
+                    item: ConfigItem::Tenant(tenant)
+                })
+                .error,
+            Some(ApplyError::Invalid(_))
+        ),
+        "rule names are unique"
+    );
+    // The rule's queue cannot be deleted while the rule leads there.
+    let mut general = state.queues["gd/general"].clone();
+    general.id = "spare".parse().unwrap();
+    assert_eq!(
+        state
+            .apply(&create(ConfigItem::Queue(Box::new(general))))
+            .error,
+        None
+    );
+    for agent in state.agents.values().cloned().collect::<Vec<_>>() {
+        let mut a = agent.clone();
+        a.skills.retain(|q| q.as_str() != "general");
+        state.apply(&Command::Update {
+            item: ConfigItem::Agent(a),
+        });
+    }
+    let error = state
+        .apply(&Command::Delete {
+            key: ConfigKey::Queue {
+                tenant: gd.clone(),
+                id: "general".parse().unwrap(),
+            },
+        })
+        .error;
+    assert!(matches!(error, Some(ApplyError::InUse(_))), "{error:?}");
+
+    // Each recorded CDR adds to its caller's history: when, and who answered.
+    for (i, agent) in [None, Some("1001")].into_iter().enumerate() {
+        let mut cdr = sample_cdr();
+        cdr.call_id = CallId(format!("h{i}"));
+        cdr.caller = "+8675512345678".into();
+        cdr.started_at_ms = 1_000 * i as u64;
+        cdr.agent = Some("1009".parse().unwrap());
+        if let Some(agent) = agent {
+            cdr.agent = Some(agent.parse().unwrap());
+            cdr.agent_answered_at_ms = Some(5);
+        }
+        let record = Command::RecordCdr {
+            cdr: Box::new(cdr),
+            fence: None,
+        };
+        assert_eq!(state.apply(&record).error, None);
+        assert_eq!(
+            state.apply(&record).error,
+            None,
+            "a retried CDR counts once"
+        );
+    }
+    let history = state.caller_history(&gd, "075512345678");
+    assert_eq!(
+        history,
+        &[
+            PastCall {
+                at_ms: 0,
+                agent: None
+            },
+            PastCall {
+                at_ms: 1_000,
+                agent: Some("1001".parse().unwrap())
+            }
+        ],
+        "rung but not answered is no agent"
+    );
+}
+
+#[test]
+fn time_windows_follow_local_time_days_and_midnight() {
+    let window = |from: &str, to: &str, days: Vec<u8>| TimeWindow {
+        from: from.into(),
+        to: to.into(),
+        days,
+        utc_offset_minutes: 480,
+    };
+    // 2026-11-30 (Monday) 02:00 UTC = 10:00 in China.
+    let monday_10h: u64 = 1_796_004_000_000;
+    let hour = 3_600_000;
+    let work = window("08:00", "20:00", vec![1, 2, 3, 4, 5]);
+    assert!(work.validate().is_ok());
+    assert!(work.contains(monday_10h));
+    assert!(!work.contains(monday_10h + 10 * hour), "20:00 is out");
+    assert!(!work.contains(monday_10h - 3 * hour), "07:00 is out");
+    assert!(
+        !work.contains(monday_10h - 2 * 24 * hour),
+        "Saturday is out"
+    );
+    let night = window("22:00", "06:00", vec![1]);
+    assert!(night.contains(monday_10h + 13 * hour), "Monday 23:00");
+    assert!(
+        night.contains(monday_10h + 19 * hour),
+        "Tuesday 05:00 belongs to Monday night"
+    );
+    assert!(!night.contains(monday_10h + 20 * hour), "Tuesday 06:00");
+    assert!(
+        !night.contains(monday_10h - 5 * hour),
+        "Monday 05:00 is Sunday's night"
+    );
+    for bad in [
+        window("8:00", "20:00", vec![]),
+        window("08:00", "08:00", vec![]),
+        window("08:00", "24:00", vec![]),
+        window("08:00", "20:00", vec![8]),
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+}

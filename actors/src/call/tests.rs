@@ -1058,3 +1058,183 @@ fn interflow_tries_each_target_in_turn_then_the_last_ones_own_rule() {
     assert_eq!(cdr.disposition, Disposition::Released);
     assert_eq!(cdr.reason.as_deref(), Some("max_queued"));
 }
+
+fn customer(tags: &[&str], level: u8) -> Option<model::Customer> {
+    Some(model::Customer {
+        tenant: "gd".parse().unwrap(),
+        number: "13800000000".parse().unwrap(),
+        name: String::new(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        level,
+    })
+}
+
+fn rule(json: serde_json::Value) -> model::RoutingRule {
+    serde_json::from_value(json).expect("a routing rule")
+}
+
+fn enqueues(out: &[CallOutput]) -> Vec<(String, u8, CallNeeds)> {
+    out.iter()
+        .filter_map(|o| match o {
+            CallOutput::Enqueue {
+                queue,
+                priority,
+                needs,
+                ..
+            } => Some((queue.to_string(), *priority, needs.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_caller_tag_sends_the_call_straight_to_its_special_queue_in_the_window_only() {
+    let mut s = setup();
+    s.profile.customer = customer(&["elderly"], 0);
+    // 08:00-20:00 China time; the call starts at 10:00 (02:00 UTC) on 2026-11-30, a Monday.
+    let monday_10h = 1_796_004_000_000;
+    s.started_at_ms = monday_10h;
+    s.profile.rules = vec![rule(serde_json::json!({
+        "name": "elderly",
+        "when": {"caller_tags": ["elderly"], "window": {"from": "08:00", "to": "20:00", "days": [1,2,3,4,5]}},
+        "then": {"queue": "general"},
+    }))];
+    let mut m = CallMachine::new(s.clone());
+    m.handle(monday_10h + 100, CallInput::CustomerAnswered);
+    let out = drain(&mut m);
+    assert_eq!(
+        enqueues(&out),
+        vec![("general".into(), 0, CallNeeds::default())]
+    );
+    assert_eq!(m.cdr_so_far().routed_by, vec!["elderly".to_string()]);
+
+    // At 21:00 the rule does not hold: the caller hears the IVR.
+    s.started_at_ms = monday_10h + 11 * 3_600_000;
+    let mut m = CallMachine::new(s.clone());
+    m.handle(s.started_at_ms + 100, CallInput::CustomerAnswered);
+    let out = drain(&mut m);
+    assert!(enqueues(&out).is_empty());
+    assert!(plays(&out).contains(&"welcome".to_string()));
+    assert!(m.cdr_so_far().routed_by.is_empty());
+
+    // Without the tag neither.
+    s.started_at_ms = monday_10h;
+    s.profile.customer = customer(&[], 0);
+    let mut m = CallMachine::new(s);
+    m.handle(monday_10h + 100, CallInput::CustomerAnswered);
+    assert!(enqueues(&drain(&mut m)).is_empty());
+}
+
+#[test]
+fn a_rule_can_send_a_tagged_caller_to_a_flow_node_after_the_welcome() {
+    let mut s = setup();
+    s.profile.customer = customer(&["elderly"], 0);
+    s.profile.rules = vec![rule(serde_json::json!({
+        "name": "elderly-welcome",
+        "when": {"caller_tags": ["elderly"]},
+        "then": {"flow": {"flow": "main", "node": "to_general"}},
+    }))];
+    let mut m = CallMachine::new(s);
+    m.handle(100, CallInput::CustomerAnswered);
+    let out = drain(&mut m);
+    assert_eq!(
+        enqueues(&out),
+        vec![("general".into(), 0, CallNeeds::default())]
+    );
+}
+
+#[test]
+fn a_vip_caller_of_the_ivr_queue_waits_higher_for_senior_agents_then_anyone() {
+    let mut s = setup();
+    s.profile.customer = customer(&["vip"], 150);
+    s.profile.rules = vec![rule(serde_json::json!({
+        "name": "vip-billing",
+        "when": {"ivr_queue": "billing", "caller_tags": ["vip"]},
+        "priority": 200,
+        "agent_tags": ["senior"],
+        "min_level": 3,
+        "relax_after_ms": 30000,
+    }))];
+    let mut m = CallMachine::new(s.clone());
+    to_queue(&mut m, '2');
+    let out = drain(&mut m);
+    let needs = CallNeeds {
+        agent_tags: vec!["senior".into()],
+        min_level: 3,
+        relax_at_ms: Some(34_000),
+        ..CallNeeds::default()
+    };
+    assert_eq!(enqueues(&out), vec![("billing".into(), 200, needs.clone())]);
+    // A takeover re-states the same needs from the CDR.
+    let (_, out) = restored_in(s.clone(), &m, 9_000);
+    assert_eq!(enqueues(&out), vec![("billing".into(), 200, needs)]);
+
+    // Another queue chosen in the IVR: the rule does not apply; the level still does.
+    let mut m = CallMachine::new(s);
+    to_queue(&mut m, '0');
+    assert_eq!(
+        enqueues(&drain(&mut m)),
+        vec![("general".into(), 150, CallNeeds::default())]
+    );
+}
+
+#[test]
+fn a_repeat_caller_is_held_for_the_agents_who_served_it() {
+    let hour = 3_600_000;
+    let now = 100 * hour;
+    let past = |at, agent: &str| model::PastCall {
+        at_ms: at,
+        agent: Some(agent.parse().unwrap()),
+    };
+    let history = vec![
+        past(now - 30 * hour, "1004"), // outside the day
+        past(now - 5 * hour, "1002"),
+        past(now - 3 * hour, "1001"),
+        past(now - 2 * hour, "1002"),
+    ];
+    let with_mode = |mode: &str, count: u32| {
+        let mut s = setup_with(|q| {
+            q.repeat_caller = Some(model::RepeatCaller {
+                period: model::Period::Day,
+                count,
+                mode: serde_json::from_value(serde_json::json!(mode)).unwrap(),
+                wait_ms: 20_000,
+            })
+        });
+        s.profile.history = history.clone();
+        s.started_at_ms = now - 4_000;
+        s
+    };
+    let to_billing = |s: CallSetup| {
+        let mut m = CallMachine::new(s);
+        m.handle(now - 3_900, CallInput::CustomerAnswered);
+        m.handle(now - 1_000, CallInput::PlayDone);
+        m.handle(now, CallInput::Digit('2'));
+        let out = drain(&mut m);
+        (m, enqueues(&out))
+    };
+    let prefer = |agents: &[&str]| CallNeeds {
+        prefer: agents.iter().map(|a| a.parse().unwrap()).collect(),
+        prefer_until_ms: now + 20_000,
+        ..CallNeeds::default()
+    };
+    let (m, out) = to_billing(with_mode("last", 2));
+    assert_eq!(out, vec![("billing".into(), 0, prefer(&["1002", "1001"]))]);
+    let mark = m.cdr_so_far().repeat_caller.clone().expect("a repeat mark");
+    assert_eq!(mark.calls, 3);
+    // Familiar: 1002 served it twice in the day.
+    let (_, out) = to_billing(with_mode("familiar", 3));
+    assert_eq!(out, vec![("billing".into(), 0, prefer(&["1002", "1001"]))]);
+    // Four calls needed: not a repeat caller.
+    let (m, out) = to_billing(with_mode("last", 4));
+    assert_eq!(out, vec![("billing".into(), 0, CallNeeds::default())]);
+    assert!(m.cdr_so_far().repeat_caller.is_none());
+    // A takeover keeps the preference and its deadline.
+    let s = with_mode("last", 2);
+    let (m, _) = to_billing(s.clone());
+    let (_, out) = restored_in(s, &m, now + 5_000);
+    assert_eq!(
+        enqueues(&out),
+        vec![("billing".into(), 0, prefer(&["1002", "1001"]))]
+    );
+}
