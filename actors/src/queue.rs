@@ -470,32 +470,46 @@ impl QueueMachine {
                         // or an earlier call lost its agent to another queue. If that call had
                         // a reservation of its own pending, that reservation now holds the
                         // agent for `held_for`.
-                        // Both calls must fit their new agents (R3.12, R3.16).
-                        let held_needs = &self.waiting[&held_position].needs;
+                        // The earlier call must fit the agent (R3.12, R3.16). If the
+                        // reservation it had pending does not fit `held_for`, that reservation
+                        // is cancelled and `held_for` waits for another agent.
                         let target = self
                             .waiting
                             .range(..held_position)
                             .find(|(_, w)| {
-                                !w.offered
-                                    && w.needs.admits(&agent, &entry.fit, now_ms).is_some()
-                                    && w.offered_to.as_ref().is_none_or(|other| {
-                                        self.agents.get(other).is_some_and(|o| {
-                                            held_needs.admits(other, &o.fit, now_ms).is_some()
-                                        })
-                                    })
+                                !w.offered && w.needs.admits(&agent, &entry.fit, now_ms).is_some()
                             })
-                            .map(|(p, _)| *p)
-                            .unwrap_or(held_position);
+                            .map(|(p, w)| (*p, w.call.clone()))
+                            .unwrap_or((held_position, held_for.clone()));
+                        let (target, target_call) = target;
                         if target != held_position {
-                            let moved =
-                                self.waiting.get(&target).and_then(|w| w.offered_to.clone());
-                            if let Some(other) = &moved {
-                                if let Some(AgentEntry {
-                                    slot: Slot::Reserving { call, .. },
-                                    ..
-                                }) = self.agents.get_mut(other)
-                                {
-                                    *call = held_for.clone();
+                            let held_needs = &self.waiting[&held_position].needs;
+                            let moved = self
+                                .waiting
+                                .get(&target)
+                                .and_then(|w| w.offered_to.clone())
+                                .filter(|other| {
+                                    let fit = self.agents.get(other).map(|o| &o.fit);
+                                    fit.is_some_and(|f| {
+                                        held_needs.admits(other, f, now_ms).is_some()
+                                    })
+                                });
+                            match &moved {
+                                Some(other) => {
+                                    if let Some(AgentEntry {
+                                        slot: Slot::Reserving { call, .. },
+                                        ..
+                                    }) = self.agents.get_mut(other)
+                                    {
+                                        *call = held_for.clone();
+                                    }
+                                }
+                                None => {
+                                    if let Some(other) =
+                                        self.waiting.get(&target).and_then(|w| w.offered_to.clone())
+                                    {
+                                        self.cancel_reservation(&other, &target_call);
+                                    }
                                 }
                             }
                             if let Some(w) = self.waiting.get_mut(&held_position) {

@@ -7,6 +7,9 @@
 //! - I4: each offer goes to its queue's best waiting call (priority, then arrival) not already
 //!   on offer;
 //! - no starvation: once everything settles, no call waits while an agent is ready;
+//! - R3.12: a call that needs an agent tag is only offered to agents with it (agent i has
+//!   tag `t{i % 2}`), and the order of I4 and the no-starvation rule hold among the calls an
+//!   agent fits;
 //! - counters add up: calls offered to the ACD = answered + abandoned + released (turned away
 //!   by a full queue, R3.5) + waiting, and each queue's own count of waiting calls is the true
 //!   one (no call lost or counted twice), never above its limit.
@@ -23,6 +26,8 @@ enum Step {
     Arrive {
         priority: u8,
         queue: usize,
+        /// The agent tag the call needs (R3.12), if any.
+        tag: Option<usize>,
     },
     Ready {
         agent: usize,
@@ -47,7 +52,8 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (0u8..3, 0usize..2).prop_map(|(priority, queue)| Step::Arrive { priority, queue }),
+        3 => (0u8..3, 0usize..2, prop::option::weighted(0.3, 0usize..2))
+            .prop_map(|(priority, queue, tag)| Step::Arrive { priority, queue, tag }),
         2 => (0usize..4).prop_map(|agent| Step::Ready { agent }),
         1 => (0usize..4).prop_map(|agent| Step::NotReady { agent }),
         3 => any::<bool>().prop_map(|answer| Step::Resolve { answer }),
@@ -63,6 +69,11 @@ fn agent_id(i: usize) -> model::AgentId {
     format!("{}", 1001 + i)
         .parse()
         .expect("a valid agent number")
+}
+
+/// Agent i's one tag: agents alternate between two.
+fn agent_tag(i: usize) -> String {
+    format!("t{}", i % 2)
 }
 
 fn agent_index(agent: &model::AgentId) -> usize {
@@ -82,6 +93,8 @@ struct World {
     agents: Vec<AgentMachine>,
     /// call -> (queue, priority, arrival)
     waiting: BTreeMap<String, (usize, u8, u64)>,
+    /// call -> the agent tag it needs
+    needs: BTreeMap<String, Option<usize>>,
     /// (call, agent) offered and not yet resolved
     offers: VecDeque<(String, usize)>,
     talking: VecDeque<(String, usize)>,
@@ -119,6 +132,7 @@ impl World {
                 })
                 .collect(),
             waiting: BTreeMap::new(),
+            needs: BTreeMap::new(),
             offers: VecDeque::new(),
             talking: VecDeque::new(),
             next_call: 0,
@@ -160,7 +174,10 @@ impl World {
                                         agent: agent_id(i),
                                         agent_node: 1,
                                         idle_since_ms,
-                                        fit: Default::default(),
+                                        fit: model::AgentFit {
+                                            tags: vec![agent_tag(i)],
+                                            level: 1,
+                                        },
                                     }
                                 } else {
                                     QueueInput::AgentUnavailable { agent: agent_id(i) }
@@ -215,12 +232,21 @@ impl World {
                     .expect("ok");
             }
             QueueOutput::Offer { call, agent, .. } => {
-                // I4: the offered call is its queue's best waiting call not already on offer.
+                // R3.12: only to an agent with the tag the call needs.
+                let i = agent_index(&agent);
+                assert!(
+                    self.fits(&call.0, i),
+                    "{call} offered to {agent} without its tag"
+                );
+                // I4: the offered call is its queue's best waiting call, among those the agent
+                // fits, not already on offer.
                 let on_offer: Vec<&String> = self.offers.iter().map(|(c, _)| c).collect();
                 let best = self
                     .waiting
                     .iter()
-                    .filter(|(c, (queue, _, _))| *queue == q && !on_offer.contains(c))
+                    .filter(|(c, (queue, _, _))| {
+                        *queue == q && !on_offer.contains(c) && self.fits(c, i)
+                    })
                     .min_by_key(|(_, (_, p, at))| (std::cmp::Reverse(*p), *at))
                     .map(|(c, _)| c.clone());
                 assert_eq!(
@@ -228,7 +254,6 @@ impl World {
                     Some(call.0.as_str()),
                     "I4: offer out of order in queue {q}"
                 );
-                let i = agent_index(&agent);
                 self.agents[i]
                     .handle(self.now, AgentInput::Ringing { call: call.clone() })
                     .expect("ok");
@@ -277,6 +302,15 @@ impl World {
         }
     }
 
+    /// Whether agent `i` has the tag `call` needs.
+    fn fits(&self, call: &str, i: usize) -> bool {
+        self.needs
+            .get(call)
+            .copied()
+            .flatten()
+            .is_none_or(|tag| tag == i % 2)
+    }
+
     fn queue_of(&self, call: &str) -> usize {
         self.waiting
             .get(call)
@@ -287,11 +321,16 @@ impl World {
     fn apply(&mut self, step: Step) {
         self.now += 7;
         match step {
-            Step::Arrive { priority, queue } => {
+            Step::Arrive {
+                priority,
+                queue,
+                tag,
+            } => {
                 let q = queue % self.queues.len();
                 self.next_call += 1;
                 let call = format!("c{}", self.next_call);
                 self.waiting.insert(call.clone(), (q, priority, self.now));
+                self.needs.insert(call.clone(), tag);
                 let input = QueueInput::Enqueue {
                     call: CallId(call),
                     call_node: 1,
@@ -299,7 +338,10 @@ impl World {
                     enqueued_at_ms: self.now,
                     offered_to: None,
                     arriving: true,
-                    needs: Default::default(),
+                    needs: model::CallNeeds {
+                        agent_tags: tag.map(|t| format!("t{t}")).into_iter().collect(),
+                        ..Default::default()
+                    },
                 };
                 self.queues[q].handle(self.now, input);
             }
@@ -425,15 +467,17 @@ impl World {
             self.apply(Step::Resolve { answer: true });
             self.apply(Step::Hangup);
         }
-        let ready = self
-            .agents
-            .iter()
-            .filter(|a| a.status() == &AgentStatus::Ready)
-            .count();
+        let ready: Vec<usize> = (0..self.agents.len())
+            .filter(|i| self.agents[*i].status() == &AgentStatus::Ready)
+            .collect();
+        let starving: Vec<&String> = self
+            .waiting
+            .keys()
+            .filter(|c| ready.iter().any(|i| self.fits(c, *i)))
+            .collect();
         assert!(
-            self.waiting.is_empty() || ready == 0,
-            "starvation: {} calls wait while {ready} agents are ready",
-            self.waiting.len()
+            starving.is_empty(),
+            "starvation: {starving:?} wait while agents {ready:?} that fit are ready"
         );
     }
 }
@@ -462,10 +506,12 @@ fn offers_happen_in_a_simple_run() {
     w.apply(Step::Arrive {
         priority: 0,
         queue: 0,
+        tag: None,
     });
     w.apply(Step::Arrive {
         priority: 2,
         queue: 0,
+        tag: None,
     });
     w.apply(Step::Ready { agent: 0 });
     assert_eq!(w.offers.len(), 1, "the ready agent is offered a call");
@@ -478,10 +524,12 @@ fn two_queues_compete_for_one_agent_without_double_booking() {
     w.apply(Step::Arrive {
         priority: 0,
         queue: 0,
+        tag: None,
     });
     w.apply(Step::Arrive {
         priority: 0,
         queue: 1,
+        tag: None,
     });
     w.apply(Step::Ready { agent: 0 });
     assert_eq!(
@@ -493,4 +541,27 @@ fn two_queues_compete_for_one_agent_without_double_booking() {
     w.apply(Step::Hangup);
     assert_eq!(w.offers.len(), 1, "the other queue's call goes next");
     assert!(w.offers_made >= 2);
+}
+
+#[test]
+fn a_call_needing_a_tag_is_passed_over_until_an_agent_with_it_is_ready() {
+    let mut w = World::new(2, 1);
+    w.apply(Step::Arrive {
+        priority: 5,
+        queue: 0,
+        tag: Some(1),
+    });
+    w.apply(Step::Arrive {
+        priority: 0,
+        queue: 0,
+        tag: None,
+    });
+    w.apply(Step::Ready { agent: 0 });
+    assert_eq!(w.offers.len(), 1);
+    assert_eq!(
+        w.offers[0].0, "c2",
+        "agent 0 (tag t0) takes the untagged call"
+    );
+    w.apply(Step::Ready { agent: 1 });
+    assert_eq!(w.offers[1], ("c1".to_string(), 1), "agent 1 has t1");
 }
