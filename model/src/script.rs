@@ -509,3 +509,19 @@ impl CallNeeds {
         prefer.into_iter().chain(relax).min()
     }
 }
+
+impl std::str::FromStr for Period {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| format!("{s:?}: use hour, day, month or year"))
+    }
+}
+
+impl std::str::FromStr for RepeatMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| format!("{s:?}: use familiar or last"))
+    }
+}

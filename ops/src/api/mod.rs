@@ -10,6 +10,7 @@ mod calls;
 mod cdrs;
 mod commands;
 mod config_items;
+mod customers;
 mod dr;
 pub mod error;
 mod events;
@@ -143,6 +144,7 @@ pub fn router(state: Shared) -> Router {
         .merge(extensions::routes())
         .merge(agents::routes())
         .merge(queues::routes())
+        .merge(customers::routes())
         .route("/calls", get(calls::list))
         .route("/dr/seed", post(dr::seed))
         .route("/cluster/learners", post(dr::add_learner))

@@ -73,6 +73,38 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         &[("get", "Live status of every queue (?tenant= to filter)")],
     ),
     (
+        "/api/v1/tenants/{tenant}/customers",
+        &[
+            ("get", "List known callers (R3.12; ?tag= to filter)"),
+            (
+                "post",
+                "Add a known caller: {\"number\", \"name\", \"tags\": [..], \"level\": 0-254}",
+            ),
+        ],
+    ),
+    (
+        "/api/v1/tenants/{tenant}/customers/import",
+        &[(
+            "post",
+            "Import a JSON array of callers (at most 5,000; all checked before any is written; known numbers replaced); answers {created, updated}",
+        )],
+    ),
+    (
+        "/api/v1/tenants/{tenant}/customers/{number}",
+        &[
+            ("get", "Show a known caller (the number is normalised)"),
+            ("put", "Replace a known caller"),
+            ("delete", "Forget a caller"),
+        ],
+    ),
+    (
+        "/api/v1/tenants/{tenant}/callers/{number}",
+        &[(
+            "get",
+            "What routing knows of a caller: its customer record and recent calls (R3.16)",
+        )],
+    ),
+    (
         "/api/v1/tenants/{tenant}/agents",
         &[
             ("get", "List agents with their state"),

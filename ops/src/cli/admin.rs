@@ -88,6 +88,18 @@ pub(crate) fn read_file(path: Option<&Path>) -> anyhow::Result<Map<String, Value
     let Some(path) = path else {
         return Ok(Map::new());
     };
+    match read_json(path, "one item as a JSON object")? {
+        Value::Object(map) => Ok(map),
+        _ => Err(usage_err(
+            "E-FILE-JSON",
+            format!("{} is not a JSON object", path.display()),
+            "give one item as a JSON object",
+        )),
+    }
+}
+
+/// Reads a JSON file of at most 1 MiB; `what` says what it should hold.
+pub(crate) fn read_json(path: &Path, what: &str) -> anyhow::Result<Value> {
     let shown = path.display();
     let size = std::fs::metadata(path)
         .map_err(|e| {
@@ -102,7 +114,7 @@ pub(crate) fn read_file(path: Option<&Path>) -> anyhow::Result<Map<String, Value
         return Err(usage_err(
             "E-FILE-READ",
             format!("{shown} is larger than 1 MiB"),
-            "pass one item's JSON",
+            format!("pass {what}"),
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -113,12 +125,7 @@ pub(crate) fn read_file(path: Option<&Path>) -> anyhow::Result<Map<String, Value
         )
     })?;
     match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(usage_err(
-            "E-FILE-JSON",
-            format!("{shown} is not a JSON object"),
-            "give one item as a JSON object",
-        )),
+        Ok(value) => Ok(value),
         Err(e) => Err(usage_err(
             "E-FILE-JSON",
             format!("{shown}: {e}"),
@@ -248,6 +255,9 @@ pub struct TenantFields {
     /// Access codes as CODE=flow:ID or CODE=queue:ID (repeatable).
     #[arg(long = "access-code")]
     pub access_codes: Vec<String>,
+    /// R3.14: the tenant's routing script, a JSON array of rules (see README); `[]` clears.
+    #[arg(long)]
+    pub routing_file: Option<PathBuf>,
     /// The full item as JSON; flags override its fields.
     #[arg(long)]
     pub file: Option<PathBuf>,
@@ -340,6 +350,13 @@ fn tenant_body(f: &TenantFields) -> anyhow::Result<(Map<String, Value>, TenantId
             ("domain", str_value(f.domain.clone())),
             ("landing_codes", list_value(f.landing_codes.clone())),
             ("access_codes", access_codes(&f.access_codes)?),
+            (
+                "routing",
+                f.routing_file
+                    .as_deref()
+                    .map(|p| read_json(p, "a JSON array of routing rules"))
+                    .transpose()?,
+            ),
         ],
     );
     Ok((body, id))
@@ -452,6 +469,18 @@ pub struct QueueFields {
     /// With --agent-prefix: the prompt after the number ("at your service").
     #[arg(long, requires = "agent_prefix")]
     pub agent_suffix: Option<PromptId>,
+    /// R3.16: repeat callers (at least --repeat-count calls in this period: hour, day, month
+    /// or year) are offered first to the agents who served them.
+    #[arg(long, requires_all = ["repeat_mode", "repeat_wait_ms"])]
+    pub repeat_period: Option<model::Period>,
+    #[arg(long, requires = "repeat_period")]
+    pub repeat_count: Option<u32>,
+    /// familiar (most calls served first) or last (the last agent first).
+    #[arg(long, requires = "repeat_period")]
+    pub repeat_mode: Option<model::RepeatMode>,
+    /// How long a repeat caller waits for those agents before any agent may take it.
+    #[arg(long, requires = "repeat_period")]
+    pub repeat_wait_ms: Option<u64>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
@@ -662,6 +691,17 @@ fn queue_body(f: &QueueFields) -> anyhow::Result<(Map<String, Value>, QueueId)> 
                     .as_ref()
                     .zip(f.periodic_every_ms)
                     .map(|(p, every)| json!({"prompt": p.as_str(), "every_ms": every})),
+            ),
+            (
+                "repeat_caller",
+                f.repeat_period.map(|period| {
+                    json!({
+                        "period": period,
+                        "count": f.repeat_count.unwrap_or(1),
+                        "mode": f.repeat_mode,
+                        "wait_ms": f.repeat_wait_ms,
+                    })
+                }),
             ),
             (
                 "agent_announcement",

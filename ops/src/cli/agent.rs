@@ -69,6 +69,12 @@ pub struct AgentFields {
     /// Whether the agent is offered calls, overriding its role's default.
     #[arg(long)]
     pub takes_calls: Option<bool>,
+    /// R3.12: the agent's tags, comma separated (cantonese,senior); empty to clear.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Option<Vec<String>>,
+    /// The agent's skill level in a queue, QUEUE=1..10 (repeatable; replaces all levels).
+    #[arg(long = "level", value_parser = parse_level)]
+    pub levels: Vec<(QueueId, u8)>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
@@ -233,9 +239,37 @@ fn agent_body(f: &AgentFields) -> anyhow::Result<(Map<String, Value>, AgentId)> 
             ),
             ("role", f.role.map(|r| json!(r))),
             ("takes_calls", f.takes_calls.map(|t| json!(t))),
+            (
+                "tags",
+                f.tags
+                    .as_ref()
+                    .map(|t| json!(t.iter().filter(|t| !t.is_empty()).collect::<Vec<_>>())),
+            ),
+            (
+                "levels",
+                (!f.levels.is_empty()).then(|| {
+                    json!(f
+                        .levels
+                        .iter()
+                        .map(|(q, l)| (q.to_string(), *l))
+                        .collect::<std::collections::BTreeMap<_, _>>())
+                }),
+            ),
         ],
     );
     Ok((body, id))
+}
+
+/// `QUEUE=LEVEL`, the level 1-10.
+fn parse_level(s: &str) -> Result<(QueueId, u8), String> {
+    let (queue, level) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write QUEUE=LEVEL, e.g. billing=3"))?;
+    let queue = queue.parse::<QueueId>().map_err(|e| e.to_string())?;
+    match level.parse::<u8>() {
+        Ok(l) if (1..=10).contains(&l) => Ok((queue, l)),
+        _ => Err(format!("{level:?}: a skill level is 1 to 10")),
+    }
 }
 
 fn parse_role(s: &str) -> Result<model::AgentRole, String> {

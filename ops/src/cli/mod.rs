@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod client;
 pub mod cluster;
+pub mod customer;
 pub mod output;
 
 use std::path::PathBuf;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Agents of a tenant: configuration and runtime control (sign-in, ready...).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Known callers (customer lists) that routing rules match (R3.12).
+    #[command(subcommand)]
+    Customer(customer::CustomerCommand),
     /// Phone extensions with digest credentials.
     #[command(subcommand)]
     Extension(admin::ExtensionCommand),
@@ -132,6 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(c) => admin::run_tenant(c).await,
         Command::Queue(c) => admin::run_queue(c).await,
         Command::Agent(c) => agent::run(c).await,
+        Command::Customer(c) => customer::run(c).await,
         Command::Extension(c) => admin::run_extension(c).await,
         Command::Trunk(c) => admin::run_trunk(c).await,
         Command::Flow(c) => admin::run_flow(c).await,
