@@ -24,7 +24,8 @@ pub enum RouteError {
     Ambiguous,
 }
 
-/// Normalises what carriers send: `+86755...` and `86755...` become `0755...`.
+/// Normalises what carriers send: `+86755...` and `86755...` become `0755...`; a mobile
+/// `+8613800000000` becomes `13800000000`.
 pub fn normalise_number(dialled: &str) -> String {
     // With a `+` the country code is certain; without it, only a long `86...` number is
     // taken as international (a short one may be a local number starting with 86).
@@ -33,9 +34,15 @@ pub fn normalise_number(dialled: &str) -> String {
         None => (false, dialled),
     };
     match digits.strip_prefix("86") {
+        // A mobile number (11 digits from 1) has no trunk prefix.
+        Some(rest) if (plus || digits.len() >= 12) && is_mobile(rest) => rest.to_string(),
         Some(rest) if (plus || digits.len() >= 12) && !rest.starts_with('0') => format!("0{rest}"),
         _ => digits.to_string(),
     }
+}
+
+fn is_mobile(digits: &str) -> bool {
+    digits.len() == 11 && digits.starts_with('1') && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Resolves a dialled number: landing code + access code first; a bare access code only when

@@ -541,8 +541,16 @@ fn customers_routing_rules_and_caller_history_are_replicated_and_checked() {
     );
     assert_eq!(
         state.customer(&gd, "+8613800000000"),
-        None,
-        "a mobile is not an area code"
+        Some(&customer),
+        "a mobile with the country code is the same caller"
+    );
+    assert_eq!(
+        crate::routing::normalise_number("+8675512345678"),
+        "075512345678"
+    );
+    assert_eq!(
+        crate::routing::normalise_number("8613800000000"),
+        "13800000000"
     );
     assert_eq!(state.customer(&gd, "13800000000"), Some(&customer));
     let bad = Customer {

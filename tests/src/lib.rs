@@ -7,7 +7,7 @@ pub mod nodes;
 pub mod probe;
 pub mod verdict;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -1125,6 +1125,79 @@ pub async fn set_queue(
             async move {
                 let got = api.get_queue(tenant, queue).await.ok()?;
                 (got == *want).then_some(())
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Changes agent `agent` of `tenant` (GET, `change`, PUT) and waits until every node has
+/// the change.
+pub async fn set_agent(
+    c: &ClusterGuard,
+    tenant: &str,
+    agent: &str,
+    change: impl Fn(&mut Value),
+) -> Result<()> {
+    let path = format!("/api/v1/tenants/{tenant}/agents/{agent}");
+    let mut a = c.api(0).get_json(&path).await?;
+    change(&mut a);
+    c.api(0).put_json(&path, &a).await?;
+    let config = ["skills", "role", "takes_calls", "tags", "levels"];
+    for api in c.apis() {
+        wait_until(Duration::from_secs(10), "agent change replicated", || {
+            let (api, want, path) = (&api, &a, &path);
+            async move {
+                let got = api.get_json(path).await.ok()?;
+                config.iter().all(|k| got[k] == want[k]).then_some(())
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs the `callgrid` CLI against node 1 (`--api`, `--token` added) and returns its JSON
+/// output; a failed run is an error with its stderr.
+pub async fn cli(c: &ClusterGuard, args: &[&str]) -> Result<Value> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--api",
+        &c.info.nodes[0].api,
+        "--token",
+        &c.info.token,
+        "--output",
+        "json",
+    ]);
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(callgrid_bin())
+            .args(&all)
+            .output(),
+    )
+    .await
+    .context("callgrid did not exit")??;
+    ensure!(
+        out.status.success(),
+        "callgrid {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("callgrid {args:?} printed no JSON"))
+}
+
+/// Waits until every node of `c` answers `path` with a JSON document `pred` accepts.
+pub async fn replicated(c: &ClusterGuard, path: &str, pred: impl Fn(&Value) -> bool) -> Result<()> {
+    for api in c.apis() {
+        wait_until(Duration::from_secs(10), path, || {
+            let (api, pred) = (&api, &pred);
+            async move {
+                api.get_json(path)
+                    .await
+                    .ok()
+                    .filter(|v| pred(v))
+                    .map(|_| ())
             }
         })
         .await?;

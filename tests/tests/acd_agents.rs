@@ -19,22 +19,7 @@ const T: &str = "gd";
 
 /// Changes agent `agent`'s configuration and waits until every node has the change.
 async fn set_agent(c: &ClusterGuard, agent: &str, change: impl Fn(&mut Value)) -> Result<()> {
-    let path = format!("/api/v1/tenants/{T}/agents/{agent}");
-    let mut a = c.api(0).get_json(&path).await?;
-    change(&mut a);
-    c.api(0).put_json(&path, &a).await?;
-    for api in c.apis() {
-        let want = a.clone();
-        wait_until(Duration::from_secs(10), "agent change replicated", || {
-            let (api, want, path) = (&api, &want, &path);
-            async move {
-                let got = api.get_json(path).await.ok()?;
-                (got["skills"] == want["skills"] && got["role"] == want["role"]).then_some(())
-            }
-        })
-        .await?;
-    }
-    Ok(())
+    callgrid_tests::set_agent(c, T, agent, change).await
 }
 
 /// A caller who picks general (key 0) and hangs up 15 s later (answered or not).

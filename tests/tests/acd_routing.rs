@@ -1,0 +1,446 @@
+//! Issue 4 acceptance, routing (R3.12-R3.16), over SIP with real peers (SIPp carriers and
+//! agent phones) on a three-node cluster:
+//!
+//! - R3.15 special queue by caller tag: a known caller tagged `elderly` skips the IVR and
+//!   goes straight to the outage queue, where its agent answers; an unknown caller hears the
+//!   IVR; a rule whose time window is not now does not apply, and applies once it is. The
+//!   customers are imported and the routing script set with the admin CLI.
+//! - R3.12 tag and VIP routing: a VIP (level 200) is served before a caller who waited
+//!   longer, by a senior agent; a second VIP is not offered to an agent without the tag,
+//!   also after the queue's owner node is killed (its needs are rebuilt from the
+//!   checkpoints), and the senior agent takes it when free.
+//! - R3.16 repeat caller: a caller who called within the day is offered to the agent who
+//!   served it last although another agent has been idle longer; when that agent is not
+//!   ready the call waits the queue's bound for it, then any agent takes it.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use callgrid_tests::*;
+use serde_json::{json, Value};
+
+const T: &str = "gd";
+
+/// A caller of the sample access code who presses `digit` 6 s in and hangs up `talk_ms`
+/// later (answered or not).
+fn caller(
+    c: &ClusterGuard,
+    name: &str,
+    prefix: &str,
+    digit: &str,
+    talk_ms: u64,
+    node: usize,
+) -> Sipp {
+    Sipp::new("carrier_ivr.xml", &c.work().join("sipp"), name)
+        .remote(&c.sip(node))
+        .service("075595598")
+        .key("caller_prefix", prefix)
+        .set("digit", digit)
+        .set("talk_ms", &talk_ms.to_string())
+        .timeout(120)
+}
+
+async fn succeeds(run: SippRun) -> Result<()> {
+    let r = run.wait(Duration::from_secs(120)).await?;
+    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
+    Ok(())
+}
+
+/// The CDRs since `from`, once every caller prefix has one.
+async fn cdrs_for(
+    c: &ClusterGuard,
+    node: usize,
+    from: u64,
+    prefixes: &[&str],
+) -> Result<Vec<Value>> {
+    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 300_000);
+    cdrs_when(&c.api(node), &q, 60, "the calls' CDRs", |cdrs| {
+        prefixes.iter().all(|p| cdr_of(cdrs, p).is_some())
+    })
+    .await
+}
+
+fn cdr_of<'a>(cdrs: &'a [Value], prefix: &str) -> Option<&'a Value> {
+    cdrs.iter().find(|c| s(c, "caller").starts_with(prefix))
+}
+
+/// `HH:MM` in China time, `offset_min` from now.
+fn china_time(offset_min: i64) -> String {
+    let local = (now_ms() / 60_000) as i64 + 480 + offset_min;
+    let m = local.rem_euclid(1440);
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+/// Signs agent `index` of the sample tenant in at node `node` with a phone that answers
+/// `calls` calls; the agent serves only `queue` and has `tags`.
+async fn agent_at(
+    c: &ClusterGuard,
+    index: usize,
+    node: usize,
+    queue: &str,
+    tags: &[&str],
+    calls: u32,
+) -> Result<(SampleAgent, AgentPhone)> {
+    let agent = c.tenant(T)?.agents[index].clone();
+    set_agent(c, T, &agent.agent, |a| {
+        a["skills"] = json!([queue]);
+        a["tags"] = json!(tags);
+    })
+    .await?;
+    c.api(node)
+        .sign_in(T, &agent.agent, &agent.extension)
+        .await?;
+    let work = c.work().join("sipp");
+    std::fs::create_dir_all(&work)?;
+    let phone = AgentPhone::start(
+        &work,
+        &c.sip(node),
+        &c.tenant(T)?.domain,
+        &agent,
+        Register::Digest("SHA-256"),
+        "agent_phone.xml",
+        Some(calls),
+        None,
+    )
+    .await?;
+    Ok((agent, phone))
+}
+
+async fn until_state(c: &ClusterGuard, agent: &str, state: &str) -> Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("agent {agent} {state}"),
+        || async {
+            let a = c.api(0).get_agent(T, agent).await.ok()?;
+            (s(&a, "state") == state).then_some(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tagged_caller_goes_straight_to_its_special_queue_in_its_time_window() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    let work = c.work().join("sipp");
+    std::fs::create_dir_all(&work)?;
+    // The customer list and the routing script, through the admin CLI.
+    let customers = work.join("customers.json");
+    std::fs::write(
+        &customers,
+        json!([
+            {"number": "13710000001", "name": "Elder One", "tags": ["elderly"]},
+            {"number": "+8613720000001", "tags": ["elderly"], "level": 10},
+        ])
+        .to_string(),
+    )?;
+    let imported = cli(
+        &c,
+        &[
+            "customer",
+            "import",
+            "--tenant",
+            T,
+            "--file",
+            &customers.display().to_string(),
+        ],
+    )
+    .await?;
+    ensure!(
+        imported == json!({"created": 2, "updated": 0}),
+        "{imported}"
+    );
+    let rules = |window_from: i64, window_to: i64| {
+        json!([
+            {"name": "elderly-evening", "then": {"queue": "complaint"},
+             "when": {"caller_tags": ["elderly"],
+                      "window": {"from": china_time(window_from), "to": china_time(window_to)}}},
+            {"name": "elderly", "when": {"caller_tags": ["elderly"]}, "then": {"queue": "outage"}},
+        ])
+    };
+    let script = work.join("routing.json");
+    std::fs::write(&script, rules(60, 120).to_string())?;
+    cli(
+        &c,
+        &[
+            "tenant",
+            "update",
+            "--id",
+            T,
+            "--routing-file",
+            &script.display().to_string(),
+        ],
+    )
+    .await?;
+    replicated(&c, &format!("/api/v1/tenants/{T}"), |t| {
+        t["routing"] == rules(60, 120)
+    })
+    .await?;
+    let listed = cli(&c, &["customer", "list", "--tenant", T, "--tag", "elderly"]).await?;
+    ensure!(listed.as_array().map(Vec::len) == Some(2), "{listed}");
+
+    // Only an outage agent is ready.
+    let (agent, phone) = agent_at(&c, 0, 1, "outage", &[], 1).await?;
+    c.api(1).ready(T, &agent.agent).await?;
+    let from = now_ms();
+    let elder = caller(&c, "elder", "1371000000", "0", 8_000, 2).spawn()?;
+    let plain = caller(&c, "plain", "1373000000", "0", 1_000, 0).spawn()?;
+    succeeds(elder).await?;
+    succeeds(plain).await?;
+    let pr = phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(
+        pr.exit_code == 0 && pr.successful == 1,
+        "agent phone: {pr:?}"
+    );
+    let cdrs = cdrs_for(&c, 0, from, &["1371", "1373"]).await?;
+    let e = cdr_of(&cdrs, "1371").expect("checked");
+    ensure!(
+        s(e, "queue") == "outage"
+            && s(e, "disposition") == "answered"
+            && s(e, "agent") == agent.agent
+            && e["ivr"].as_array().is_some_and(Vec::is_empty)
+            && e["routed_by"] == json!(["elderly"]),
+        "the elderly caller skips the IVR to outage, and its agent answers: {e}"
+    );
+    let p = cdr_of(&cdrs, "1373").expect("checked");
+    ensure!(
+        s(p, "queue") == "general"
+            && !p["ivr"].as_array().is_some_and(Vec::is_empty)
+            && p.get("routed_by").is_none(),
+        "an unknown caller goes through the IVR: {p}"
+    );
+
+    // The evening rule's window is now: the other elderly caller (+86 form on file) goes to
+    // complaint.
+    std::fs::write(&script, rules(-30, 30).to_string())?;
+    cli(
+        &c,
+        &[
+            "tenant",
+            "update",
+            "--id",
+            T,
+            "--routing-file",
+            &script.display().to_string(),
+        ],
+    )
+    .await?;
+    replicated(&c, &format!("/api/v1/tenants/{T}"), |t| {
+        t["routing"] == rules(-30, 30)
+    })
+    .await?;
+    let from = now_ms();
+    succeeds(caller(&c, "evening", "1372000000", "0", 1_000, 1).spawn()?).await?;
+    let cdrs = cdrs_for(&c, 2, from, &["1372"]).await?;
+    let v = cdr_of(&cdrs, "1372").expect("checked");
+    ensure!(
+        s(v, "queue") == "complaint" && v["routed_by"] == json!(["elderly-evening"]),
+        "in its window the evening rule applies first: {v}"
+    );
+    let history = cli(
+        &c,
+        &[
+            "customer",
+            "caller",
+            "--tenant",
+            T,
+            "--number",
+            "13710000001",
+        ],
+    )
+    .await?;
+    ensure!(
+        history["history"][0]["agent"] == json!(agent.agent),
+        "the caller's history names its agent: {history}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vip_callers_wait_higher_and_only_for_agents_with_the_tag_even_after_the_queue_owner_dies(
+) -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    c.api(0)
+        .post_json(
+            &format!("/api/v1/tenants/{T}/customers/import"),
+            &json!([
+                {"number": "13820000001", "tags": ["vip"], "level": 200},
+                {"number": "13830000001", "tags": ["vip"], "level": 200},
+            ]),
+        )
+        .await?;
+    let rules = json!([{
+        "name": "vip-billing",
+        "when": {"ivr_queue": "billing", "caller_tags": ["vip"]},
+        "agent_tags": ["senior"],
+    }]);
+    let mut tenant = c.api(0).get_json(&format!("/api/v1/tenants/{T}")).await?;
+    tenant["routing"] = rules.clone();
+    c.api(0)
+        .put_json(&format!("/api/v1/tenants/{T}"), &tenant)
+        .await?;
+    replicated(&c, &format!("/api/v1/tenants/{T}"), |t| {
+        t["routing"] == rules
+    })
+    .await?;
+    // Everything on the two nodes that survive the billing queue's owner.
+    let status = c
+        .api(0)
+        .get_json(&format!("/api/v1/tenants/{T}/queues/billing/status"))
+        .await?;
+    let owner = n(&status, "owner") as u64;
+    let survivors: Vec<usize> = (0..c.info.nodes.len())
+        .filter(|i| c.info.nodes[*i].id != owner)
+        .collect();
+    let (a, b) = (survivors[0], survivors[1]);
+    let (senior, senior_phone) = agent_at(&c, 0, a, "billing", &["senior"], 2).await?;
+    let (plain, plain_phone) = agent_at(&c, 1, b, "billing", &[], 1).await?;
+    let (spare, _spare_phone) = agent_at(&c, 2, b, "billing", &[], 1).await?;
+    let from = now_ms();
+    // A plain caller, then a VIP, wait for billing (key 2) with nobody ready.
+    let first = caller(&c, "first", "1381000000", "2", 20_000, a).spawn()?;
+    until_waiting(&c, T, "billing", 1).await?;
+    let vip = caller(&c, "vip", "1382000000", "2", 12_000, b).spawn()?;
+    until_waiting(&c, T, "billing", 2).await?;
+    // The senior agent takes the VIP first (level 200), though the plain caller waited longer.
+    c.api(a).ready(T, &senior.agent).await?;
+    until_state(&c, &senior.agent, "talking").await?;
+    // A second VIP arrives; the agent without the tag takes the plain caller, not the VIP.
+    let vip2 = caller(&c, "vip2", "1383000000", "2", 60_000, a).spawn()?;
+    until_waiting(&c, T, "billing", 2).await?;
+    c.api(b).ready(T, &plain.agent).await?;
+    until_state(&c, &plain.agent, "talking").await?;
+    until_waiting(&c, T, "billing", 1).await?;
+
+    // The queue's owner dies; the queue is rebuilt on a survivor from the calls' checkpoints,
+    // with the VIP's needs. A ready agent without the tag stays idle while the VIP waits.
+    c.kill_node(owner).await?;
+    c.wait_declared_down(owner, &c.apis_except(&[owner]))
+        .await?;
+    c.api(b).ready(T, &spare.agent).await?;
+    let held = wait_until(
+        Duration::from_secs(30),
+        "the rebuilt queue with an idle agent",
+        || async {
+            let st = c
+                .api(a)
+                .get_json(&format!("/api/v1/tenants/{T}/queues/billing/status"))
+                .await
+                .ok()?;
+            (n(&st, "owner") as u64 != owner && n(&st, "idle_agents") == 1).then_some(st)
+        },
+    )
+    .await?;
+    ensure!(
+        n(&held, "waiting") == 1 && n(&held, "offering") == 0,
+        "the VIP waits, not offered to the idle agent without the tag: {held}"
+    );
+    // When the VIP's call ends, the senior agent takes the second VIP.
+    for run in [vip, first] {
+        succeeds(run).await?;
+    }
+    succeeds(vip2).await?;
+    let sp = senior_phone.run.wait(Duration::from_secs(60)).await?;
+    ensure!(
+        sp.exit_code == 0 && sp.successful == 2,
+        "senior phone: {sp:?}"
+    );
+    let pp = plain_phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(
+        pp.exit_code == 0 && pp.successful == 1,
+        "plain phone: {pp:?}"
+    );
+    let cdrs = cdrs_for(&c, a, from, &["1381", "1382", "1383"]).await?;
+    let v = cdr_of(&cdrs, "1382").expect("checked");
+    ensure!(
+        s(v, "agent") == senior.agent
+            && n(v, "priority") == 200
+            && v["routed_by"] == json!(["vip-billing"]),
+        "the VIP was served first, at its level, by the senior agent: {v}"
+    );
+    let f = cdr_of(&cdrs, "1381").expect("checked");
+    ensure!(s(f, "agent") == plain.agent && n(f, "priority") == 0, "{f}");
+    let v2 = cdr_of(&cdrs, "1383").expect("checked");
+    ensure!(
+        s(v2, "agent") == senior.agent && s(v2, "disposition") == "answered",
+        "the second VIP waited for the senior agent, across the owner's death: {v2}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeat_caller_reaches_the_agent_who_served_it_last() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    set_queue(&c, T, "billing", |q| {
+        q["repeat_caller"] = json!({"period": "day", "count": 1, "mode": "last", "wait_ms": 4_000});
+    })
+    .await?;
+    let (first_agent, first_phone) = agent_at(&c, 0, 0, "billing", &[], 1).await?;
+    let (last_agent, last_phone) = agent_at(&c, 1, 1, "billing", &[], 2).await?;
+    let from = now_ms();
+    // The first call: only `last_agent` is ready, and answers it.
+    c.api(1).ready(T, &last_agent.agent).await?;
+    let call1 = caller(&c, "call1", "1391000000", "2", 3_000, 2).spawn()?;
+    until_state(&c, &last_agent.agent, "talking").await?;
+    // Meanwhile the other agent gets ready: it will have been idle longest.
+    c.api(0).ready(T, &first_agent.agent).await?;
+    succeeds(call1).await?;
+    replicated(
+        &c,
+        &format!("/api/v1/tenants/{T}/callers/13910000001"),
+        |v| v["history"].as_array().is_some_and(|h| h.len() == 1),
+    )
+    .await?;
+    until_state(&c, &last_agent.agent, "ready").await?;
+    // The same caller again: it goes to the agent who served it, not the longest idle.
+    let call2 = caller(&c, "call2", "1391000000", "2", 3_000, 0).spawn()?;
+    until_state(&c, &last_agent.agent, "talking").await?;
+    ensure!(s(&c.api(0).get_agent(T, &first_agent.agent).await?, "state") == "ready");
+    succeeds(call2).await?;
+    let lp = last_phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(lp.exit_code == 0 && lp.successful == 2, "{lp:?}");
+    // Its agent is not ready now: the third call waits 4 s for it, then the other takes it.
+    until_state(&c, &last_agent.agent, "ready").await?;
+    c.api(1).not_ready(T, &last_agent.agent, "lunch").await?;
+    succeeds(caller(&c, "call3", "1391000000", "2", 8_000, 1).spawn()?).await?;
+    let fp = first_phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(fp.exit_code == 0 && fp.successful == 1, "{fp:?}");
+    let cdrs = cdrs_when(
+        &c.api(2),
+        &format!("tenant={T}&from={from}&to={}", now_ms() + 60_000),
+        60,
+        "three CDRs of the caller",
+        |cdrs| {
+            cdrs.iter()
+                .filter(|c| s(c, "caller") == "13910000001")
+                .count()
+                == 3
+        },
+    )
+    .await?;
+    let mut calls: Vec<&Value> = cdrs
+        .iter()
+        .filter(|c| s(c, "caller") == "13910000001")
+        .collect();
+    calls.sort_by_key(|c| n(c, "started_at_ms"));
+    ensure!(
+        s(calls[0], "agent") == last_agent.agent && calls[0].get("repeat_caller").is_none(),
+        "{}",
+        calls[0]
+    );
+    let second = calls[1];
+    ensure!(
+        s(second, "agent") == last_agent.agent
+            && second["repeat_caller"]["preferred"] == json!([last_agent.agent]),
+        "the repeat caller reached its last agent: {second}"
+    );
+    let third = calls[2];
+    let waited = n(third, "first_offered_at_ms") - n(third, "enqueued_at_ms");
+    ensure!(
+        s(third, "agent") == first_agent.agent && waited >= 4_000,
+        "held {waited} ms for its agent, then offered to the other: {third}"
+    );
+    Ok(())
+}
