@@ -1150,7 +1150,16 @@ pub async fn set_agent(
             let (api, want, path) = (&api, &a, &path);
             async move {
                 let got = api.get_json(path).await.ok()?;
-                config.iter().all(|k| got[k] == want[k]).then_some(())
+                // An empty list or map is left out of the item.
+                let norm = |v: &Value| match v {
+                    Value::Array(a) if a.is_empty() => Value::Null,
+                    Value::Object(o) if o.is_empty() => Value::Null,
+                    v => v.clone(),
+                };
+                config
+                    .iter()
+                    .all(|k| norm(&got[k]) == norm(&want[k]))
+                    .then_some(())
             }
         })
         .await?;
