@@ -1146,7 +1146,8 @@ pub async fn set_agent(
     c.api(0).put_json(&path, &a).await?;
     let config = ["skills", "role", "takes_calls", "tags", "levels"];
     for api in c.apis() {
-        wait_until(Duration::from_secs(10), "agent change replicated", || {
+        let what = format!("agent change replicated: {a}");
+        wait_until(Duration::from_secs(10), &what, || {
             let (api, want, path) = (&api, &a, &path);
             async move {
                 let got = api.get_json(path).await.ok()?;

@@ -41,6 +41,12 @@ pub struct AgentView {
     pub role: model::AgentRole,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub takes_calls: Option<bool>,
+    /// R3.12: the agent's tags and skill levels (the view carries every configured field, so
+    /// that GET then PUT round-trips).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub levels: std::collections::BTreeMap<QueueId, u8>,
     pub state: String,
     pub session: Option<AgentSession>,
     /// The node hosting the agent's actor (rendezvous placement).

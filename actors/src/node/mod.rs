@@ -1010,6 +1010,8 @@ impl Node {
                         skills: a.skills.clone(),
                         role: a.role,
                         takes_calls: a.takes_calls,
+                        tags: a.tags.clone(),
+                        levels: a.levels.clone(),
                         state: session
                             .as_ref()
                             .map_or("signed_out", |s| s.status.name())
