@@ -179,7 +179,7 @@ async fn import(
     }
     let mut customers = Vec::with_capacity(values.len());
     for (i, value) in values.iter().enumerate() {
-        let c = customer(&value, &tenant).map_err(|mut e| {
+        let c = customer(value, &tenant).map_err(|mut e| {
             e.message = format!("customer #{i}: {}", e.message);
             e
         })?;
