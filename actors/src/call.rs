@@ -252,6 +252,10 @@ pub struct CallMachine {
     flow: Option<FlowId>,
     /// R3.17: the interflow targets still to try if the queue the call is joining refuses it.
     interflow: VecDeque<QueueId>,
+    /// R3.10: the other queues the call waits in besides the state's queue. While an agent
+    /// of one queue rings, the call has left the others (so they offer it no agent
+    /// meanwhile) and joins them again, at its original place, if the agent does not answer.
+    also: Vec<QueueId>,
     /// R3.22: the last Queue node the call passed that reports lost calls, and its webhook.
     lost_call: Option<(String, String)>,
     /// R3.9: when the call next asks its queue for the estimated wait.
@@ -320,6 +324,7 @@ impl CallMachine {
                 Entry::Queue(_) => None,
             },
             interflow: VecDeque::new(),
+            also: Vec::new(),
             lost_call: None,
             announce_at: None,
             periodic_at: None,
@@ -352,14 +357,21 @@ impl CallMachine {
                 queue,
                 priority,
                 enqueued_at_ms,
-            } => m.resume_queued(now_ms, queue, priority, enqueued_at_ms, None, false),
+                also,
+            } => {
+                m.also = also;
+                m.resume_queued(now_ms, queue, priority, enqueued_at_ms, None, false)
+            }
             CallPhase::Offering {
                 queue,
                 priority,
                 enqueued_at_ms,
                 agent,
+                also,
                 ..
             } => {
+                // The offer is failed below: the call waits in all its queues again.
+                m.also = also;
                 m.resume_queued(
                     now_ms,
                     queue.clone(),
@@ -438,6 +450,135 @@ impl CallMachine {
             arriving,
             needs,
         });
+        self.join_also(priority, enqueued_at_ms, arriving);
+    }
+
+    /// R3.10: (re-)joins the other queues at the call's original place.
+    fn join_also(&mut self, priority: u8, enqueued_at_ms: u64, arriving: bool) {
+        for queue in self.also.clone() {
+            let needs = call_needs(&self.cdr, &self.setup.profile.rules, &queue, enqueued_at_ms);
+            self.outputs.push_back(CallOutput::Enqueue {
+                queue,
+                priority,
+                enqueued_at_ms,
+                offered_to: None,
+                arriving,
+                needs,
+            });
+        }
+    }
+
+    /// R3.10: leaves the other queues (the call leaves the line, or an agent rings).
+    fn leave_also(&mut self) {
+        for queue in self.also.clone() {
+            self.outputs.push_back(CallOutput::Dequeue { queue });
+        }
+    }
+
+    /// R3.10: the queues the call waits in (the state's first), while it waits or rings.
+    pub fn waiting_in(&self) -> Vec<QueueId> {
+        match &self.state {
+            State::Queued { queue } | State::Offering { queue, .. } => std::iter::once(queue)
+                .chain(self.also.iter())
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// R3.10 from the API: adds and removes queues the call waits in, and changes its
+    /// priority, while it waits (or rings an agent: the queue that rings cannot be removed,
+    /// and the rest applies when the call waits again). An added queue takes the call at its
+    /// original enqueue time, and its rules (R3.3, R3.5) apply: if it refuses the call, the
+    /// call simply does not wait there. Gives the queues the call waits in.
+    pub fn requeue(
+        &mut self,
+        now_ms: u64,
+        add: &[QueueId],
+        remove: &[QueueId],
+        priority: Option<u8>,
+    ) -> Result<Vec<QueueId>, String> {
+        let (queue, ringing) = match &self.state {
+            State::Queued { queue } => (queue.clone(), false),
+            State::Offering { queue, .. } => (queue.clone(), true),
+            _ => {
+                return Err(format!(
+                    "call {} is not waiting in a queue",
+                    self.cdr.call_id
+                ))
+            }
+        };
+        if let Some(unknown) = add.iter().find(|q| !self.setup.queues.contains_key(*q)) {
+            return Err(format!(
+                "queue {unknown} does not exist in tenant {}",
+                self.setup.route.tenant
+            ));
+        }
+        if ringing && remove.contains(&queue) {
+            return Err(format!("an agent of {queue} is ringing for the call"));
+        }
+        let mut lines = self.waiting_in();
+        lines.retain(|q| !remove.contains(q));
+        for q in add {
+            if !lines.contains(q) && !remove.contains(q) {
+                lines.push(q.clone());
+            }
+        }
+        if lines.is_empty() {
+            return Err("a waiting call stays in one queue at least".into());
+        }
+        if lines.len() > 9 {
+            return Err("a call waits in 9 queues at most".into());
+        }
+        let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(self.cdr.started_at_ms);
+        let priority = priority.unwrap_or(self.priority);
+        let old = self.waiting_in();
+        for q in old.iter().filter(|q| !lines.contains(q)) {
+            self.outputs
+                .push_back(CallOutput::Dequeue { queue: q.clone() });
+        }
+        self.priority = priority;
+        self.cdr.priority = priority;
+        if ringing {
+            // The rest applies when the call waits again (`offer_failed`).
+            self.also = lines.into_iter().filter(|q| *q != queue).collect();
+            return Ok(self.waiting_in());
+        }
+        let primary_changed = lines[0] != queue;
+        self.also = lines[1..].to_vec();
+        if primary_changed {
+            // The new first queue's music, deadline and announcements apply.
+            self.resume_queued(
+                now_ms,
+                lines[0].clone(),
+                priority,
+                enqueued_at_ms,
+                None,
+                false,
+            );
+        } else {
+            let needs = call_needs(&self.cdr, &self.setup.profile.rules, &queue, enqueued_at_ms);
+            self.outputs.push_back(CallOutput::Enqueue {
+                queue,
+                priority,
+                enqueued_at_ms,
+                offered_to: None,
+                arriving: false,
+                needs,
+            });
+            for q in self.also.clone() {
+                let needs = call_needs(&self.cdr, &self.setup.profile.rules, &q, enqueued_at_ms);
+                self.outputs.push_back(CallOutput::Enqueue {
+                    queue: q.clone(),
+                    priority,
+                    enqueued_at_ms,
+                    offered_to: None,
+                    arriving: !old.contains(&q),
+                    needs,
+                });
+            }
+        }
+        Ok(self.waiting_in())
     }
 
     /// The checkpointable phase of the call (None once ended).
@@ -453,6 +594,7 @@ impl CallMachine {
                 queue: queue.clone(),
                 priority: self.priority,
                 enqueued_at_ms,
+                also: self.also.clone(),
             },
             State::Offering {
                 queue,
@@ -465,6 +607,7 @@ impl CallMachine {
                 enqueued_at_ms,
                 agent: agent.clone(),
                 extension: extension.clone(),
+                also: self.also.clone(),
             },
             State::Talking { queue, agent, .. } => CallPhase::Talking {
                 queue: queue.clone(),
@@ -486,6 +629,7 @@ impl CallMachine {
             _ => return,
         };
         let needs = call_needs(&self.cdr, &self.setup.profile.rules, &queue, enqueued_at_ms);
+        let ringing = offered_to.is_some();
         self.outputs.push_back(CallOutput::Enqueue {
             queue,
             priority: self.priority,
@@ -494,6 +638,9 @@ impl CallMachine {
             arriving: false,
             needs,
         });
+        if !ringing {
+            self.join_also(self.priority, enqueued_at_ms, false);
+        }
     }
 
     /// Records a takeover in the CDR.
@@ -764,7 +911,13 @@ impl CallMachine {
                 agent_node,
                 extension,
             } => match self.state.clone() {
-                State::Queued { queue: q } if q == queue => {
+                State::Queued { queue: q } if q == queue || self.also.contains(&queue) => {
+                    // R3.10: ringing for `queue`, the call leaves its other queues meanwhile.
+                    if q != queue {
+                        self.also.retain(|a| *a != queue);
+                        self.also.insert(0, q);
+                    }
+                    self.leave_also();
                     let ring_timeout_ms = self
                         .setup
                         .queues
@@ -828,6 +981,9 @@ impl CallMachine {
                     self.cdr.ring_ms = now_ms.saturating_sub(ring_start);
                     self.cdr.agent_answered_at_ms = Some(now_ms);
                     self.cdr.agent = Some(agent.clone());
+                    // R3.10: the queue whose agent answered (of those the call waited in).
+                    self.cdr.queue = Some(queue.clone());
+                    self.also.clear();
                     self.cdr.extension = Some(extension);
                     self.cdr.agent_node = Some(agent_node);
                     self.cdr.wait_ms =
@@ -880,6 +1036,10 @@ impl CallMachine {
                     self.offer_failed(now_ms, queue, agent, agent_node, no_answer);
                 }
             }
+            CallInput::TurnedAway { queue, rule: _ } if self.also.contains(&queue) => {
+                // R3.10: one of the other queues did not take the call: it waits in the rest.
+                self.also.retain(|q| *q != queue);
+            }
             CallInput::TurnedAway { queue, rule } => {
                 if self.state
                     == (State::Queued {
@@ -892,6 +1052,8 @@ impl CallMachine {
                             self.outputs.push_back(CallOutput::Dequeue {
                                 queue: queue.clone(),
                             });
+                            self.leave_also();
+                            self.also.clear();
                             self.cdr.rules.push(RuleStep {
                                 queue,
                                 rule,
@@ -1030,6 +1192,7 @@ impl CallMachine {
             }
             FlowNode::Queue {
                 queue,
+                also,
                 priority,
                 lost_call_webhook,
             } => {
@@ -1044,7 +1207,7 @@ impl CallMachine {
                 // R3.21: the IVR chose `queue`; a routing rule on that choice may refine it.
                 match self.route_by_script(now_ms, Stage::Ivr(&queue)) {
                     Some(Some(target)) => self.go_to(now_ms, target, priority),
-                    _ => self.enqueue(now_ms, queue, priority),
+                    _ => self.enqueue_with(now_ms, queue, also, priority),
                 }
             }
             FlowNode::Hangup { prompt } => {
@@ -1059,6 +1222,15 @@ impl CallMachine {
     }
 
     fn enqueue(&mut self, now_ms: u64, queue: QueueId, priority: u8) {
+        self.enqueue_with(now_ms, queue, Vec::new(), priority)
+    }
+
+    /// Joins `queue`, and the `also` queues at the same time (R3.10).
+    fn enqueue_with(&mut self, now_ms: u64, queue: QueueId, also: Vec<QueueId>, priority: u8) {
+        self.also = also
+            .into_iter()
+            .filter(|q| *q != queue && self.setup.queues.contains_key(q))
+            .collect();
         let Some(config) = self.setup.queues.get(&queue) else {
             return self.fail(now_ms, "queue missing");
         };
@@ -1158,6 +1330,8 @@ impl CallMachine {
         self.outputs.push_back(CallOutput::Dequeue {
             queue: queue.clone(),
         });
+        self.leave_also();
+        self.also.clear();
         let visited = |m: &Self, q: &QueueId| m.cdr.rules.iter().any(|r| &r.queue == q);
         let too_many = self.cdr.rules.len() >= MAX_RULE_STEPS;
         let allowed = !too_many
@@ -1243,6 +1417,8 @@ impl CallMachine {
         self.state = State::Queued {
             queue: queue.clone(),
         };
+        let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(self.cdr.started_at_ms);
+        self.join_also(self.priority, enqueued_at_ms, false);
         if self.max_wait_deadline.is_some_and(|d| now_ms >= d) {
             self.handle_timeout(now_ms);
         }
@@ -1288,6 +1464,7 @@ impl CallMachine {
             State::Talking { .. } => self.finish(now_ms, by, Disposition::Answered),
             State::Queued { queue } => {
                 self.outputs.push_back(CallOutput::Dequeue { queue });
+                self.leave_also();
                 self.finish(now_ms, by, Disposition::Abandoned);
             }
             State::Offering {

@@ -322,9 +322,20 @@ impl QueueMachine {
                 offered_to,
                 arriving,
                 needs,
-            } => match self.positions.get(&call) {
-                Some(position) => {
-                    if let Some(w) = self.waiting.get_mut(position) {
+            } => match self.positions.get(&call).copied() {
+                Some(old) => {
+                    // R3.10: a changed priority moves the call, at its original arrival.
+                    let position = if old.0 .0 != priority {
+                        let w = self.waiting.remove(&old).expect("positions match");
+                        self.seq += 1;
+                        let new = (Reverse(priority), old.1, self.seq);
+                        self.waiting.insert(new, w);
+                        self.positions.insert(call.clone(), new);
+                        new
+                    } else {
+                        old
+                    };
+                    if let Some(w) = self.waiting.get_mut(&position) {
                         let moved = w.call_node != call_node;
                         w.call_node = call_node;
                         // The call says nobody rings it: an offer we made was lost (its node
@@ -1311,5 +1322,35 @@ mod tests {
             })
             .collect();
         assert_eq!(offers, vec![("1002".into(), "plain".into())]);
+    }
+
+    #[test]
+    fn a_changed_priority_moves_the_call_and_keeps_its_arrival() {
+        let mut q = QueueMachine::new();
+        enqueue(&mut q, "a", 0, 1_000);
+        enqueue(&mut q, "b", 0, 2_000);
+        enqueue(&mut q, "c", 5, 3_000);
+        restate(&mut q, "b", 7, 2_000);
+        let order: Vec<(String, u8, u64)> = q
+            .waiting_calls()
+            .into_iter()
+            .map(|(c, p, at)| (c.0, p, at))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("b".into(), 7, 2_000),
+                ("c".into(), 5, 3_000),
+                ("a".into(), 0, 1_000)
+            ]
+        );
+        assert_eq!(q.stats().waiting, 3);
+        q.handle(
+            4_000,
+            QueueInput::Remove {
+                call: CallId("b".into()),
+            },
+        );
+        assert_eq!(q.stats().waiting, 2);
     }
 }

@@ -35,6 +35,10 @@ pub enum FlowNode {
     /// and never reached an agent is reported to that URL (the SMS gateway interface).
     Queue {
         queue: QueueId,
+        /// R3.10: more queues the call waits in at the same time; the first agent of any of
+        /// them takes it. `queue`'s rules, music and announcements apply.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<QueueId>,
         #[serde(default)]
         priority: u8,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,10 +105,17 @@ impl Flow {
                     options.values().chain(std::iter::once(default)).collect()
                 }
                 FlowNode::Queue {
+                    queue,
+                    also,
                     priority,
                     lost_call_webhook,
-                    ..
                 } => {
+                    if also.len() > 8 || also.contains(queue) {
+                        return Err(ModelError::Invalid {
+                            field: "also",
+                            why: "up to 8 other queues",
+                        });
+                    }
                     if *priority > MAX_PRIORITY {
                         return Err(ModelError::Invalid {
                             field: "priority",
@@ -137,7 +148,10 @@ impl Flow {
                 FlowNode::Play { prompt, .. } | FlowNode::Menu { prompt, .. } => {
                     prompts.push(prompt)
                 }
-                FlowNode::Queue { queue, .. } => queues.push(queue),
+                FlowNode::Queue { queue, also, .. } => {
+                    queues.push(queue);
+                    queues.extend(also.iter());
+                }
                 FlowNode::Hangup { prompt } => prompts.extend(prompt.iter()),
             }
         }

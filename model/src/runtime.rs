@@ -346,6 +346,9 @@ pub enum CallPhase {
         queue: QueueId,
         priority: u8,
         enqueued_at_ms: u64,
+        /// R3.10: the other queues the call waits in at the same time.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<QueueId>,
     },
     /// Ringing `agent` for `queue` (offered again after a takeover).
     Offering {
@@ -354,6 +357,9 @@ pub enum CallPhase {
         enqueued_at_ms: u64,
         agent: AgentId,
         extension: ExtensionId,
+        /// R3.10: the other queues the call waits in again if the agent does not answer.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<QueueId>,
     },
     Talking {
         queue: QueueId,

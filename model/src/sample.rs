@@ -248,6 +248,7 @@ pub fn sample_flow(tenant: &TenantId) -> Flow {
                 queue: id(queue),
                 priority: 0,
                 lost_call_webhook: None,
+                also: Vec::new(),
             },
         );
     }
@@ -257,6 +258,7 @@ pub fn sample_flow(tenant: &TenantId) -> Flow {
             queue: id("billing"),
             priority: 5,
             lost_call_webhook: None,
+            also: Vec::new(),
         },
     );
     Flow {

@@ -423,6 +423,7 @@ fn a_queue_priority_above_254_is_refused() {
                 queue: "billing".parse().unwrap(),
                 priority,
                 lost_call_webhook: None,
+                also: Vec::new(),
             },
         );
         assert_eq!(flow.validate().is_ok(), ok, "priority {priority}");

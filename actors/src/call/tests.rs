@@ -524,6 +524,7 @@ fn setup_with(change: impl FnOnce(&mut Queue)) -> CallSetup {
             queue: "general".parse().unwrap(),
             priority: 3,
             lost_call_webhook: None,
+            also: Vec::new(),
         },
     );
     let other = Flow {
@@ -1237,4 +1238,157 @@ fn a_repeat_caller_is_held_for_the_agents_who_served_it() {
         enqueues(&out),
         vec![("billing".into(), 0, prefer(&["1002", "1001"]))]
     );
+}
+
+fn multi_queue_setup() -> CallSetup {
+    let mut s = setup();
+    let flow = s.flows.get_mut(&"main".parse().unwrap()).unwrap();
+    if let Some(FlowNode::Queue { also, .. }) = flow.nodes.get_mut("to_general") {
+        *also = vec!["billing".parse().unwrap(), "outage".parse().unwrap()];
+    }
+    s
+}
+
+fn queues_of(out: &[CallOutput]) -> (Vec<String>, Vec<String>) {
+    let joined = out
+        .iter()
+        .filter_map(|o| match o {
+            CallOutput::Enqueue { queue, .. } => Some(queue.to_string()),
+            _ => None,
+        })
+        .collect();
+    let left = out
+        .iter()
+        .filter_map(|o| match o {
+            CallOutput::Dequeue { queue } => Some(queue.to_string()),
+            _ => None,
+        })
+        .collect();
+    (joined, left)
+}
+
+#[test]
+fn a_call_waits_in_several_queues_and_the_first_agent_of_any_takes_it() {
+    let mut m = CallMachine::new(multi_queue_setup());
+    to_queue(&mut m, '0');
+    let (joined, _) = queues_of(&drain(&mut m));
+    assert_eq!(joined, vec!["general", "billing", "outage"]);
+    assert_eq!(m.waiting_in().len(), 3);
+    // billing's agent: the call leaves the other two while it rings.
+    m.handle(
+        5_000,
+        CallInput::Offer {
+            queue: "billing".parse().unwrap(),
+            agent: "1003".parse().unwrap(),
+            agent_node: 2,
+            extension: "1003".parse().unwrap(),
+        },
+    );
+    let (_, left) = queues_of(&drain(&mut m));
+    assert_eq!(left, vec!["general", "outage"]);
+    match m.phase() {
+        Some(CallPhase::Offering { queue, also, .. }) => {
+            assert_eq!(queue.as_str(), "billing");
+            assert_eq!(also.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    // An offer of another queue crossing it is refused.
+    m.handle(
+        5_010,
+        CallInput::Offer {
+            queue: "outage".parse().unwrap(),
+            agent: "1004".parse().unwrap(),
+            agent_node: 2,
+            extension: "1004".parse().unwrap(),
+        },
+    );
+    assert!(drain(&mut m).contains(&CallOutput::OfferDone {
+        queue: "outage".parse().unwrap(),
+        agent: "1004".parse().unwrap(),
+        answered: false
+    }));
+    // No answer: back in all three, at the original place.
+    m.handle(
+        20_000,
+        CallInput::AgentFailed {
+            no_answer: true,
+            reason: "no answer".into(),
+        },
+    );
+    let out = drain(&mut m);
+    let (mut joined, _) = queues_of(&out);
+    joined.sort();
+    assert_eq!(joined, vec!["general", "outage"]);
+    assert!(out.iter().all(|o| match o {
+        CallOutput::Enqueue { enqueued_at_ms, .. } => *enqueued_at_ms == 4_000,
+        _ => true,
+    }));
+    assert_eq!(m.waiting_in().len(), 3);
+    // outage's agent answers: the CDR names outage.
+    m.handle(
+        21_000,
+        CallInput::Offer {
+            queue: "outage".parse().unwrap(),
+            agent: "1005".parse().unwrap(),
+            agent_node: 3,
+            extension: "1005".parse().unwrap(),
+        },
+    );
+    m.handle(22_000, CallInput::AgentAnswered);
+    m.handle(30_000, CallInput::CustomerHangup);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.queue.as_ref().map(|q| q.as_str()), Some("outage"));
+}
+
+#[test]
+fn queues_are_added_and_removed_and_the_priority_changed_while_the_call_waits() {
+    let mut m = CallMachine::new(setup());
+    to_queue(&mut m, '0');
+    drain(&mut m);
+    let billing: QueueId = "billing".parse().unwrap();
+    let general: QueueId = "general".parse().unwrap();
+    let q = m.requeue(5_000, &[billing.clone()], &[], Some(9)).unwrap();
+    assert_eq!(q, vec![general.clone(), billing.clone()]);
+    let out = drain(&mut m);
+    assert!(out.iter().any(|o| matches!(o, CallOutput::Enqueue { queue, priority: 9, arriving: true, enqueued_at_ms: 4_000, .. } if *queue == billing)));
+    assert!(out.iter().any(|o| matches!(o, CallOutput::Enqueue { queue, priority: 9, arriving: false, .. } if *queue == general)));
+    // A takeover keeps both queues and the priority.
+    let (r, out) = restored(&m, 6_000);
+    assert_eq!(r.waiting_in(), vec![general.clone(), billing.clone()]);
+    assert_eq!(queues_of(&out).0, vec!["general", "billing"]);
+    // Removing the first queue makes the other the call's queue (its music and rules).
+    let q = m.requeue(7_000, &[], &[general.clone()], None).unwrap();
+    assert_eq!(q, vec![billing.clone()]);
+    let (joined, left) = queues_of(&drain(&mut m));
+    assert_eq!(
+        (joined, left),
+        (vec!["billing".to_string()], vec!["general".to_string()])
+    );
+    assert!(
+        m.requeue(8_000, &[], &[billing.clone()], None).is_err(),
+        "one queue at least"
+    );
+    assert!(m
+        .requeue(8_000, &["nosuch".parse().unwrap()], &[], None)
+        .is_err());
+    // A queue that refuses the added call is simply dropped.
+    m.requeue(9_000, &[general.clone()], &[], None).unwrap();
+    drain(&mut m);
+    m.handle(
+        9_001,
+        CallInput::TurnedAway {
+            queue: general.clone(),
+            rule: QueueRule::MaxQueued,
+        },
+    );
+    assert!(drain(&mut m).is_empty());
+    assert_eq!(m.waiting_in(), vec![billing]);
+    // Hanging up leaves every queue.
+    m.requeue(9_500, &[general], &[], None).unwrap();
+    drain(&mut m);
+    m.handle(10_000, CallInput::CustomerHangup);
+    let (_, mut left) = queues_of(&drain(&mut m));
+    left.sort();
+    assert_eq!(left, vec!["billing", "general"]);
 }

@@ -85,7 +85,10 @@ impl Actor for QueueActor {
                             queue: q,
                             priority,
                             enqueued_at_ms,
-                        } if *q == queue => Some((*priority, *enqueued_at_ms, None)),
+                            also,
+                        } if *q == queue || also.contains(&queue) => {
+                            Some((*priority, *enqueued_at_ms, None))
+                        }
                         model::CallPhase::Offering {
                             queue: q,
                             priority,

@@ -118,6 +118,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 queue: queue_id(*q),
                 priority: *priority,
                 lost_call_webhook: None,
+                also: Vec::new(),
             },
         );
         out.push(Command::Create {

@@ -40,7 +40,10 @@ impl SimNode {
                             queue: q,
                             priority,
                             enqueued_at_ms,
-                        } if q == queue => Some((*priority, *enqueued_at_ms, None)),
+                            also,
+                        } if q == queue || also.contains(queue) => {
+                            Some((*priority, *enqueued_at_ms, None))
+                        }
                         CallPhase::Offering {
                             queue: q,
                             priority,
