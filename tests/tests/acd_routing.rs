@@ -426,3 +426,137 @@ async fn a_repeat_caller_reaches_the_agent_who_served_it_last() -> Result<()> {
     );
     Ok(())
 }
+
+/// The live call of a caller whose number starts with `prefix`, once it waits in `n` queues.
+async fn waiting_call(c: &ClusterGuard, node: usize, prefix: &str, n: usize) -> Result<Value> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{prefix}'s call in {n} queues"),
+        || async {
+            let calls = c.api(node).get_json("/api/v1/calls").await.ok()?;
+            calls
+                .as_array()?
+                .iter()
+                .find(|call| {
+                    s(call, "caller").starts_with(prefix)
+                        && call["waiting_in"].as_array().map(Vec::len) == Some(n)
+                })
+                .cloned()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_waits_in_several_queues_changed_live_and_kept_across_a_queue_owner_kill(
+) -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    // The IVR's key 0 puts callers in general and billing at once.
+    let path = format!("/api/v1/tenants/{T}/flows/main");
+    let mut flow = c.api(0).get_json(&path).await?;
+    flow["nodes"]["to_general"]["also"] = json!(["billing"]);
+    c.api(0).put_json(&path, &flow).await?;
+    replicated(&c, &path, |f| {
+        f["nodes"]["to_general"]["also"] == json!(["billing"])
+    })
+    .await?;
+    let status = c
+        .api(0)
+        .get_json(&format!("/api/v1/tenants/{T}/queues/billing/status"))
+        .await?;
+    let owner = n(&status, "owner") as u64;
+    let survivors: Vec<usize> = (0..c.info.nodes.len())
+        .filter(|i| c.info.nodes[*i].id != owner)
+        .collect();
+    let (a, b) = (survivors[0], survivors[1]);
+    let (agent, phone) = agent_at(&c, 0, a, "billing", &[], 1).await?;
+    let from = now_ms();
+    let run = caller(&c, "multi", "1301000000", "0", 30_000, b).spawn()?;
+    let call = waiting_call(&c, a, "1301", 2).await?;
+    ensure!(
+        call["waiting_in"] == json!(["general", "billing"]),
+        "{call}"
+    );
+    until_waiting(&c, T, "general", 1).await?;
+    until_waiting(&c, T, "billing", 1).await?;
+
+    // Live: also outage, no longer general, priority 50 (through the admin CLI).
+    let id = s(&call, "call_id");
+    let changed = cli(
+        &c,
+        &[
+            "call",
+            "queues",
+            "--call",
+            &id,
+            "--add",
+            "outage",
+            "--remove",
+            "general",
+            "--priority",
+            "50",
+        ],
+    )
+    .await?;
+    ensure!(
+        changed["queues"] == json!(["billing", "outage"]),
+        "{changed}"
+    );
+    until_waiting(&c, T, "general", 0).await?;
+    until_waiting(&c, T, "outage", 1).await?;
+    // A queue the call is not in cannot be removed down to nothing, and bad input is refused.
+    let refused = c
+        .api(a)
+        .post_json(
+            &format!("/api/v1/calls/{id}/queues"),
+            &json!({"remove": ["billing", "outage"]}),
+        )
+        .await;
+    ensure!(refused.is_err(), "a call keeps one queue: {refused:?}");
+
+    // billing's owner dies: the queue is rebuilt elsewhere with the call in it.
+    c.kill_node(owner).await?;
+    c.wait_declared_down(owner, &c.apis_except(&[owner]))
+        .await?;
+    let rebuilt = wait_until(
+        Duration::from_secs(30),
+        "billing rebuilt with the call",
+        || async {
+            let st = c
+                .api(a)
+                .get_json(&format!("/api/v1/tenants/{T}/queues/billing/status"))
+                .await
+                .ok()?;
+            (n(&st, "owner") as u64 != owner && n(&st, "waiting") == 1).then_some(st)
+        },
+    )
+    .await?;
+    let call = waiting_call(&c, a, "1301", 2).await?;
+    ensure!(
+        call["waiting_in"] == json!(["billing", "outage"]),
+        "{call} {rebuilt}"
+    );
+    // billing's agent takes it; the call leaves outage.
+    c.api(a).ready(T, &agent.agent).await?;
+    until_state(&c, &agent.agent, "talking").await?;
+    wait_until(Duration::from_secs(15), "outage empty", || async {
+        let st = c
+            .api(a)
+            .get_json(&format!("/api/v1/tenants/{T}/queues/outage/status"))
+            .await
+            .ok()?;
+        (n(&st, "waiting") == 0).then_some(())
+    })
+    .await?;
+    succeeds(run).await?;
+    let pr = phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(pr.exit_code == 0 && pr.successful == 1, "{pr:?}");
+    let cdrs = cdrs_for(&c, a, from, &["1301"]).await?;
+    let cdr = cdr_of(&cdrs, "1301").expect("checked");
+    ensure!(
+        s(cdr, "queue") == "billing" && n(cdr, "priority") == 50 && s(cdr, "agent") == agent.agent,
+        "answered from billing at priority 50: {cdr}"
+    );
+    Ok(())
+}

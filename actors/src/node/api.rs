@@ -76,6 +76,9 @@ pub struct LiveCall {
     pub caller: String,
     pub state: String,
     pub queue: Option<QueueId>,
+    /// R3.10: every queue the call waits in (its own first), while it waits or rings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_in: Vec<QueueId>,
     pub agent: Option<AgentId>,
     pub started_at_ms: u64,
 }
@@ -107,6 +110,18 @@ pub enum Event {
 }
 
 /// Errors the API maps to HTTP statuses.
+/// R3.10: a change to the queues a waiting call waits in, and its priority.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requeue {
+    #[serde(default)]
+    pub add: Vec<QueueId>,
+    #[serde(default)]
+    pub remove: Vec<QueueId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {

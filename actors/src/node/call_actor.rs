@@ -69,6 +69,12 @@ pub enum CallMsg {
     Abandon,
     /// Carry out the outputs a restored machine queued.
     Resume,
+    /// R3.10 from the API: change the queues the call waits in and its priority; answers
+    /// the queues it waits in now.
+    Requeue(
+        super::api::Requeue,
+        ractor::RpcReplyPort<Result<Vec<model::QueueId>, String>>,
+    ),
     /// This node rejoined at a new epoch: write the checkpoint again (the pending one carried
     /// the old fence and is refused) and re-state the queue place.
     Recheckpoint,
@@ -299,6 +305,13 @@ impl Actor for CallActor {
                 drop(myself.send_after(RESYNC_EVERY, || CallMsg::ResyncTick));
             }
             CallMsg::Resume => {}
+            CallMsg::Requeue(change, reply) => {
+                let result =
+                    state
+                        .machine
+                        .requeue(now, &change.add, &change.remove, change.priority);
+                let _ = reply.send(result);
+            }
             CallMsg::Recheckpoint => {
                 state.checkpointed = None;
                 state.machine.resync();
@@ -1165,6 +1178,7 @@ fn update_live(rt: &Runtime, state: &CallState) {
         caller: cdr.caller.clone(),
         state: state.machine.state_name().to_string(),
         queue: state.queue.clone(),
+        waiting_in: state.machine.waiting_in(),
         agent: cdr.agent.clone(),
         started_at_ms: cdr.started_at_ms,
     };

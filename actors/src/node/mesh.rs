@@ -115,12 +115,18 @@ pub enum Request {
         tenant: TenantId,
         queue: QueueId,
     },
+    /// R3.10: change the queues a call waits in (to the call's node).
+    Requeue {
+        call: CallId,
+        change: super::api::Requeue,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
     Agent(Result<AgentSession, String>),
     QueueStatus(Option<(QueueStats, usize)>),
+    Requeue(Result<Vec<QueueId>, String>),
     Error(String),
 }
 

@@ -383,6 +383,26 @@ impl Runtime {
                     Err(e) => Response::Error(e.to_string()),
                 }
             }
+            Request::Requeue { call, change } => {
+                let actor = self
+                    .calls
+                    .lock()
+                    .expect("registry lock")
+                    .get(&call)
+                    .cloned();
+                let Some(actor) = actor else {
+                    return Response::Requeue(Err(format!("call {call} is not live on this node")));
+                };
+                match ractor::call_t!(
+                    actor,
+                    CallMsg::Requeue,
+                    ASK_TIMEOUT.as_millis() as u64,
+                    change
+                ) {
+                    Ok(result) => Response::Requeue(result),
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
             Request::QueueStatus { tenant, queue } => {
                 let Some(actor) = self.queue_actor(&tenant, &queue).await else {
                     return Response::QueueStatus(None);
@@ -992,7 +1012,37 @@ impl Node {
             Response::Agent(Ok(session)) => Ok(session),
             Response::Agent(Err(refusal)) => Err(NodeError::Refused(refusal)),
             Response::Error(e) => Err(NodeError::Timeout(format!("agent {tenant}/{agent}: {e}"))),
-            Response::QueueStatus(_) => Err(NodeError::Cluster("mismatched answer".into())),
+            Response::QueueStatus(_) | Response::Requeue(_) => {
+                Err(NodeError::Cluster("mismatched answer".into()))
+            }
+        }
+    }
+
+    /// R3.10: changes the queues live call `call` waits in, on the call's node.
+    pub async fn requeue_call(
+        &self,
+        call: &CallId,
+        change: api::Requeue,
+    ) -> Result<Vec<QueueId>, NodeError> {
+        let owner = self
+            .runtime
+            .cluster
+            .read(|s| s.calls.get(call.as_str()).map(|c| c.fence.node))
+            .ok_or_else(|| NodeError::NotFound(format!("live call {call}")))?;
+        let request = Request::Requeue {
+            call: call.clone(),
+            change,
+        };
+        let response = if owner == self.runtime.node_id() {
+            Arc::clone(&self.runtime).handle_request(request).await
+        } else {
+            self.runtime.mesh.ask(owner, &request, ASK_TIMEOUT).await?
+        };
+        match response {
+            Response::Requeue(Ok(queues)) => Ok(queues),
+            Response::Requeue(Err(refusal)) => Err(NodeError::Refused(refusal)),
+            Response::Error(e) => Err(NodeError::Timeout(format!("call {call}: {e}"))),
+            _ => Err(NodeError::Cluster("mismatched answer".into())),
         }
     }
 
@@ -1063,7 +1113,9 @@ impl Node {
             Response::Error(e) => {
                 return Err(NodeError::Timeout(format!("queue {tenant}/{queue}: {e}")))
             }
-            Response::Agent(_) => return Err(NodeError::Cluster("mismatched answer".into())),
+            Response::Agent(_) | Response::Requeue(_) => {
+                return Err(NodeError::Cluster("mismatched answer".into()))
+            }
         };
         let now = self.runtime.now_ms();
         let agents = self.runtime.cluster.read(|s| {

@@ -2,13 +2,53 @@
 //! short timeout). A peer that does not answer is skipped (its calls are missing from the
 //! answer) and a warning is logged.
 
-use axum::extract::{Query, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use actors::node::LiveCall;
+use actors::node::{LiveCall, Requeue};
+use model::{CallId, QueueId};
 
+use super::error::{ApiError, ApiResult};
 use super::Shared;
+
+#[derive(Serialize, Deserialize)]
+pub struct Requeued {
+    pub call: String,
+    /// The queues the call waits in now, its own first.
+    pub queues: Vec<QueueId>,
+}
+
+/// `POST /api/v1/calls/{call}/queues` (R3.10): `{"add": [...], "remove": [...],
+/// "priority": n}` for a call that waits in line (or rings an agent); forwarded to the
+/// call's node.
+pub async fn requeue(
+    State(state): State<Shared>,
+    Path(call): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Requeued>> {
+    let valid = (1..=64).contains(&call.len())
+        && call.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid {
+        return Err(ApiError::bad_id(format!("{call:?} is not a call id")));
+    }
+    let change: Requeue = serde_json::from_slice(&body).map_err(ApiError::bad_body)?;
+    if change.add.is_empty() && change.remove.is_empty() && change.priority.is_none() {
+        return Err(ApiError::bad_body(
+            "nothing to change: give add, remove or priority",
+        ));
+    }
+    if change.priority.is_some_and(|p| p > 254) {
+        return Err(ApiError::bad_body("priority is 0 to 254 (R3.7)"));
+    }
+    let queues = state
+        .node
+        .requeue_call(&CallId(call.clone()), change)
+        .await
+        .map_err(ApiError::node)?;
+    Ok(Json(Requeued { call, queues }))
+}
 
 #[derive(Deserialize)]
 pub struct CallsQuery {

@@ -154,7 +154,7 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "E-REFUSED",
                 e.to_string(),
-                "the agent's state does not allow this now",
+                "its current state does not allow this now (see the message)",
             ),
             Timeout(_) => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -146,6 +146,7 @@ pub fn router(state: Shared) -> Router {
         .merge(queues::routes())
         .merge(customers::routes())
         .route("/calls", get(calls::list))
+        .route("/calls/{call}/queues", post(calls::requeue))
         .route("/dr/seed", post(dr::seed))
         .route("/cluster/learners", post(dr::add_learner))
         .route("/cluster/voters", put(dr::set_voters))

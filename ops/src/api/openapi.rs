@@ -73,6 +73,13 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         &[("get", "Live status of every queue (?tenant= to filter)")],
     ),
     (
+        "/api/v1/calls/{call}/queues",
+        &[(
+            "post",
+            "R3.10: change the queues a waiting call waits in and its priority: {\"add\": [queue], \"remove\": [queue], \"priority\": 0-254}; answers {call, queues}",
+        )],
+    ),
+    (
         "/api/v1/tenants/{tenant}/customers",
         &[
             ("get", "List known callers (R3.12; ?tag= to filter)"),

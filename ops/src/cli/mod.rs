@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod call;
 pub mod client;
 pub mod cluster;
 pub mod customer;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Agents of a tenant: configuration and runtime control (sign-in, ready...).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Live calls, and the queues a waiting call waits in (R3.10).
+    #[command(subcommand)]
+    Call(call::CallCommand),
     /// Known callers (customer lists) that routing rules match (R3.12).
     #[command(subcommand)]
     Customer(customer::CustomerCommand),
@@ -137,6 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(c) => admin::run_queue(c).await,
         Command::Agent(c) => agent::run(c).await,
         Command::Customer(c) => customer::run(c).await,
+        Command::Call(c) => call::run(c).await,
         Command::Extension(c) => admin::run_extension(c).await,
         Command::Trunk(c) => admin::run_trunk(c).await,
         Command::Flow(c) => admin::run_flow(c).await,
