@@ -180,6 +180,9 @@ pub enum CallOutput {
     Dequeue {
         queue: QueueId,
     },
+    /// R3.20: record the caller's message (into the call's recording, which reports itself
+    /// with `CallInput::Recording`).
+    RecordVoicemail,
     /// R3.9: ask the queue for the call's estimated wait (answered by `WaitEstimate`).
     AskWait {
         queue: QueueId,
@@ -235,6 +238,12 @@ enum State {
         queue: QueueId,
         agent: AgentId,
         agent_node: NodeId,
+    },
+    /// R3.20: leaving a message in `queue`'s voicemail: its prompt plays (`until` None), then
+    /// the caller is recorded until `until`.
+    Voicemail {
+        queue: QueueId,
+        until: Option<u64>,
     },
     /// Playing a last prompt before the platform hangs up.
     Releasing,
@@ -313,6 +322,7 @@ impl CallMachine {
             periodic_announcements: 0,
             repeat_caller: None,
             routed_by: Vec::new(),
+            voicemail: None,
         };
         Self {
             state: State::Setup,
@@ -404,6 +414,9 @@ impl CallMachine {
                 m.outputs.push_back(CallOutput::Bridge);
             }
             CallPhase::Releasing => {
+                if m.cdr.voicemail.as_ref().is_some_and(|v| v.duration_ms == 0) {
+                    m.cdr.reason = Some("voicemail cut by a node loss".into());
+                }
                 m.finish(now_ms, HangupBy::System, m.cdr.disposition);
             }
         }
@@ -614,7 +627,9 @@ impl CallMachine {
                 agent: agent.clone(),
                 bridged_at_ms: self.cdr.agent_answered_at_ms.unwrap_or(0),
             },
-            State::Releasing => CallPhase::Releasing,
+            // R3.20: a message is recorded on this node; a takeover cannot continue it, so the
+            // new owner ends the call (what was recorded stays on this node's disk).
+            State::Releasing | State::Voicemail { .. } => CallPhase::Releasing,
             State::Ended => return None,
         })
     }
@@ -683,6 +698,7 @@ impl CallMachine {
             State::Queued { .. } => "queued",
             State::Offering { .. } => "ringing_agent",
             State::Talking { .. } => "talking",
+            State::Voicemail { .. } => "voicemail",
             State::Releasing => "releasing",
             State::Ended => "ended",
         }
@@ -701,6 +717,7 @@ impl CallMachine {
         let state_deadline = match &self.state {
             State::Ivr { menu_deadline, .. } => *menu_deadline,
             State::Offering { deadline, .. } => Some(*deadline),
+            State::Voicemail { until, .. } => *until,
             _ => None,
         };
         let (wait, announce) = match self.state {
@@ -741,6 +758,9 @@ impl CallMachine {
             State::Queued { queue } if self.max_wait_deadline.is_some_and(|d| now_ms >= d) => {
                 self.apply_rule(now_ms, queue, QueueRule::MaxWait);
             }
+            State::Voicemail {
+                until: Some(until), ..
+            } if now_ms >= until => self.end_voicemail(now_ms),
             State::Queued { queue } if self.announce_at.is_some_and(|at| now_ms >= at) => {
                 let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(now_ms);
                 self.announce_at = self
@@ -857,6 +877,24 @@ impl CallMachine {
                     _ => {}
                 },
                 State::Releasing => self.finish(now_ms, HangupBy::System, self.cdr.disposition),
+                State::Voicemail { queue, until: None } => {
+                    let max_ms = self
+                        .setup
+                        .queues
+                        .get(&queue)
+                        .and_then(|q| q.voicemail.as_ref())
+                        .map_or(model::VOICEMAIL_MAX_MS, |v| v.max_ms);
+                    self.cdr.voicemail = Some(model::VoicemailMark {
+                        queue: queue.clone(),
+                        started_at_ms: now_ms,
+                        duration_ms: 0,
+                    });
+                    self.state = State::Voicemail {
+                        queue,
+                        until: Some(now_ms + max_ms),
+                    };
+                    self.outputs.push_back(CallOutput::RecordVoicemail);
+                }
                 State::Queued { queue }
                 | State::Offering { queue, .. }
                 | State::Talking { queue, .. }
@@ -867,6 +905,34 @@ impl CallMachine {
                 _ => {}
             },
             CallInput::Digit(digit) => {
+                // R3.20: `#` ends a message; the queue's voicemail key starts one.
+                if let State::Voicemail { until: Some(_), .. } = self.state {
+                    if digit == '#' {
+                        self.end_voicemail(now_ms);
+                    }
+                    return;
+                }
+                if let State::Queued { queue } | State::Offering { queue, .. } = &self.state {
+                    let queue = queue.clone();
+                    let voicemail = self
+                        .setup
+                        .queues
+                        .get(&queue)
+                        .and_then(|q| q.voicemail.clone());
+                    if voicemail.as_ref().is_some_and(|v| v.key == digit) {
+                        if let State::Offering {
+                            agent, agent_node, ..
+                        } = self.state.clone()
+                        {
+                            self.outputs.push_back(CallOutput::CancelAgent);
+                            self.offer_failed(now_ms, queue.clone(), agent, agent_node, false);
+                        }
+                        if let Some(v) = voicemail {
+                            self.start_voicemail(now_ms, queue, v);
+                        }
+                        return;
+                    }
+                }
                 // R3.6: the queue's cancel key, while waiting or while an agent rings.
                 if let State::Queued { queue } | State::Offering { queue, .. } = &self.state {
                     let queue = queue.clone();
@@ -1424,6 +1490,48 @@ impl CallMachine {
         }
     }
 
+    /// R3.20: the caller leaves the line (all its queues) for `queue`'s voicemail.
+    fn start_voicemail(&mut self, now_ms: u64, queue: QueueId, v: model::VoicemailBox) {
+        self.stop_announcing();
+        self.outputs.push_back(CallOutput::Dequeue {
+            queue: queue.clone(),
+        });
+        self.leave_also();
+        self.also.clear();
+        self.max_wait_deadline = None;
+        self.announce_at = None;
+        self.periodic_at = None;
+        self.cdr.wait_ms = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
+        self.outputs.push_back(CallOutput::StopPlay);
+        self.outputs.push_back(CallOutput::Play {
+            prompt: v.prompt,
+            repeat: false,
+        });
+        self.state = State::Voicemail { queue, until: None };
+    }
+
+    fn note_voicemail_end(&mut self, now_ms: u64) {
+        if let Some(mark) = self.cdr.voicemail.as_mut() {
+            mark.duration_ms = now_ms.saturating_sub(mark.started_at_ms);
+        }
+        self.cdr.reason = Some("voicemail".into());
+    }
+
+    /// The message is over (its time is up, or `#`): thanks, then the platform hangs up.
+    fn end_voicemail(&mut self, now_ms: u64) {
+        let State::Voicemail { queue, .. } = self.state.clone() else {
+            return;
+        };
+        self.note_voicemail_end(now_ms);
+        let thanks = self
+            .setup
+            .queues
+            .get(&queue)
+            .and_then(|q| q.voicemail.as_ref())
+            .and_then(|v| v.thanks.clone());
+        self.release(now_ms, thanks, Disposition::Released);
+    }
+
     fn refuse_offer(&mut self, queue: QueueId, agent: AgentId, agent_node: NodeId) {
         self.outputs.push_back(CallOutput::Agent {
             agent: agent.clone(),
@@ -1488,7 +1596,14 @@ impl CallMachine {
                 self.finish(now_ms, by, Disposition::Abandoned);
             }
             State::Releasing => self.finish(now_ms, by, self.cdr.disposition),
-            State::Setup | State::Ivr { .. } => self.finish(now_ms, by, Disposition::Abandoned),
+            // Hanging up ends a message: it is left all the same.
+            State::Voicemail { until: Some(_), .. } => {
+                self.note_voicemail_end(now_ms);
+                self.finish(now_ms, by, Disposition::Released)
+            }
+            State::Voicemail { until: None, .. } | State::Setup | State::Ivr { .. } => {
+                self.finish(now_ms, by, Disposition::Abandoned)
+            }
         }
     }
 
@@ -1513,8 +1628,11 @@ impl CallMachine {
                 self.outputs.push_back(CallOutput::HangupAgent);
             }
         }
+        // A caller who left a message stopped waiting when it chose to (`start_voicemail`).
         if matches!(previous, State::Queued { .. } | State::Offering { .. })
-            || (disposition != Disposition::Answered && self.cdr.enqueued_at_ms.is_some())
+            || (disposition != Disposition::Answered
+                && self.cdr.enqueued_at_ms.is_some()
+                && self.cdr.voicemail.is_none())
         {
             self.cdr.wait_ms = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
         }

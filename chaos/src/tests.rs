@@ -39,6 +39,7 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         periodic_announcements: 0,
         repeat_caller: None,
         routed_by: Vec::new(),
+        voicemail: None,
     }
 }
 

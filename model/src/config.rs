@@ -93,6 +93,31 @@ pub struct Queue {
     /// R3.16: repeat callers are offered first to the agents who served them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_caller: Option<crate::script::RepeatCaller>,
+    /// R3.20: waiting callers may leave a message instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voicemail: Option<VoicemailBox>,
+}
+
+/// R3.20: a queue's voicemail. A waiting caller who presses `key` leaves the line, hears
+/// `prompt` ("leave your message after the tone"), and up to `max_ms` (at most 30 s) of what
+/// it says is recorded with the call; `#` or hanging up ends the message early, then
+/// `thanks` plays (if set) and the platform hangs up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoicemailBox {
+    pub key: char,
+    pub prompt: PromptId,
+    #[serde(default = "voicemail_max_ms")]
+    pub max_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thanks: Option<PromptId>,
+}
+
+/// The longest queue voicemail (R3.20).
+pub const VOICEMAIL_MAX_MS: u64 = 30_000;
+
+fn voicemail_max_ms() -> u64 {
+    VOICEMAIL_MAX_MS
 }
 
 /// R4.5: the agent-number announcement of a queue; the digits are the number prompts.
@@ -264,6 +289,10 @@ impl Queue {
         if let Some(a) = &self.agent_announcement {
             prompts.push(&a.prefix);
             prompts.extend(a.suffix.iter());
+        }
+        if let Some(v) = &self.voicemail {
+            prompts.push(&v.prompt);
+            prompts.extend(v.thanks.iter());
         }
         for (_, rule) in self.rules() {
             match rule {
@@ -558,6 +587,15 @@ impl ConfigItem {
                 }
                 if let Some(r) = &q.repeat_caller {
                     r.validate()?;
+                }
+                if let Some(v) = &q.voicemail {
+                    check_range("voicemail max_ms", v.max_ms, 1_000, VOICEMAIL_MAX_MS)?;
+                    if !"0123456789*".contains(v.key) || q.cancel_key == Some(v.key) {
+                        return Err(ModelError::Invalid {
+                            field: "voicemail key",
+                            why: "one of 0-9 * (# ends a message), not the cancel key",
+                        });
+                    }
                 }
                 for (field, rule) in q.rules() {
                     if let Some(RuleAction::Interflow { queues }) = rule {

@@ -220,6 +220,51 @@ pub struct Cdr {
     /// R3.16: the call came from a repeat caller and was held for these agents first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_caller: Option<RepeatMark>,
+    /// R3.20: the caller left a message in this queue's voicemail (in the call's recording).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voicemail: Option<VoicemailMark>,
+}
+
+/// R3.20: a message left while queued: when recording started and how long it ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoicemailMark {
+    pub queue: QueueId,
+    pub started_at_ms: u64,
+    pub duration_ms: u64,
+}
+
+/// R3.20: a queue voicemail as the center works it: listed by time and status, handled by
+/// an agent, with the handling time. Created from the CDR of the call that left it (so it is
+/// stored with the call: its id is the call id, its audio the call's recording).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voicemail {
+    pub tenant: TenantId,
+    pub id: String,
+    pub queue: QueueId,
+    pub caller: String,
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_id: Option<String>,
+    pub status: VoicemailStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_by: Option<AgentId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_at_ms: Option<u64>,
+}
+
+impl Voicemail {
+    /// From the message to its handling (R3.20's "handling time").
+    pub fn handling_ms(&self) -> Option<u64> {
+        self.handled_at_ms.map(|h| h.saturating_sub(self.at_ms))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoicemailStatus {
+    New,
+    Handled,
 }
 
 impl Cdr {

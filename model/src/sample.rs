@@ -55,7 +55,7 @@ pub const QUEUES: [&str; 4] = ["general", "billing", "outage", "complaint"];
 pub const AGENTS_PER_TENANT: u32 = 10;
 /// Bundled prompts every node carries (see `actors::node::prompts`), configured as the
 /// sample tenants' prompts of the same ids.
-pub const PROMPTS: [&str; 8] = [
+pub const PROMPTS: [&str; 10] = [
     "welcome",
     "menu",
     "music",
@@ -64,6 +64,8 @@ pub const PROMPTS: [&str; 8] = [
     "ewt_suffix",
     "agent_prefix",
     "agent_suffix",
+    "voicemail",
+    "voicemail_thanks",
 ];
 
 /// What `cluster.json` publishes about the sample (agents and their phone passwords).
@@ -160,6 +162,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 periodic_announcement: None,
                 agent_announcement: None,
                 repeat_caller: None,
+                voicemail: None,
             })));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));

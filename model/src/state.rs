@@ -42,6 +42,13 @@ pub enum Command {
     PutAgentSession {
         session: AgentSession,
     },
+    /// R3.20: an agent handled a voicemail (idempotent for the same agent).
+    HandleVoicemail {
+        tenant: TenantId,
+        id: String,
+        agent: AgentId,
+        at_ms: u64,
+    },
     /// The call's final record; removes its checkpoint. `fence`: the writing owner.
     RecordCdr {
         cdr: Box<Cdr>,
@@ -126,6 +133,9 @@ pub struct ReplicatedState {
     /// oldest first; kept from the CDRs as they are recorded.
     #[serde(default)]
     pub callers: BTreeMap<String, Vec<PastCall>>,
+    /// R3.20: queue voicemails, by `tenant/call id`.
+    #[serde(default)]
+    pub voicemails: BTreeMap<String, Voicemail>,
     /// Live calls' checkpoints, by call id.
     #[serde(default)]
     pub calls: BTreeMap<String, CallCheckpoint>,
@@ -214,11 +224,18 @@ impl ReplicatedState {
                 self.calls.remove(cdr.call_id.as_str());
                 if !self.cdrs.contains_key(cdr.call_id.as_str()) {
                     self.remember_caller(cdr);
+                    self.keep_voicemail(cdr);
                     self.cdrs.insert(cdr.call_id.0.clone(), (**cdr).clone());
                 }
                 Ok(())
             }
             Command::PutCall { checkpoint } => self.put_call(checkpoint),
+            Command::HandleVoicemail {
+                tenant,
+                id,
+                agent,
+                at_ms,
+            } => self.handle_voicemail(tenant, id, agent, *at_ms),
             Command::Restore { state, down, at_ms } => {
                 *self = (**state).clone();
                 for node in down {
@@ -636,6 +653,56 @@ impl ReplicatedState {
         history.sort_by_key(|c| c.at_ms);
         let excess = history.len().saturating_sub(CALLER_HISTORY);
         history.drain(..excess);
+    }
+
+    /// R3.20: a CDR with a message makes a new voicemail.
+    fn keep_voicemail(&mut self, cdr: &Cdr) {
+        let (Some(tenant), Some(mark)) = (&cdr.tenant, &cdr.voicemail) else {
+            return;
+        };
+        self.voicemails.insert(
+            key(tenant, cdr.call_id.as_str()),
+            Voicemail {
+                tenant: tenant.clone(),
+                id: cdr.call_id.0.clone(),
+                queue: mark.queue.clone(),
+                caller: cdr.caller.clone(),
+                at_ms: mark.started_at_ms,
+                duration_ms: mark.duration_ms,
+                recording_id: cdr.recording_id.clone(),
+                status: VoicemailStatus::New,
+                handled_by: None,
+                handled_at_ms: None,
+            },
+        );
+    }
+
+    fn handle_voicemail(
+        &mut self,
+        tenant: &TenantId,
+        id: &str,
+        agent: &AgentId,
+        at_ms: u64,
+    ) -> Result<(), ApplyError> {
+        if !self.agents.contains_key(&key(tenant, agent.as_str())) {
+            return Err(ApplyError::NotFound(format!("agent {tenant}/{agent}")));
+        }
+        let v = self
+            .voicemails
+            .get_mut(&key(tenant, id))
+            .ok_or_else(|| ApplyError::NotFound(format!("voicemail {tenant}/{id}")))?;
+        match &v.handled_by {
+            Some(by) if by == agent => Ok(()),
+            Some(by) => Err(ApplyError::InUse(format!(
+                "voicemail {id} was handled by agent {by}"
+            ))),
+            None => {
+                v.status = VoicemailStatus::Handled;
+                v.handled_by = Some(agent.clone());
+                v.handled_at_ms = Some(at_ms.max(v.at_ms));
+                Ok(())
+            }
+        }
     }
 
     /// A known caller of `tenant` (R3.12); `number` as dialled, normalised here.

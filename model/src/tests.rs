@@ -381,6 +381,7 @@ fn sample_cdr() -> Cdr {
         periodic_announcements: 0,
         repeat_caller: None,
         routed_by: Vec::new(),
+        voicemail: None,
     }
 }
 
@@ -728,4 +729,58 @@ fn time_windows_follow_local_time_days_and_midnight() {
     ] {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn a_cdr_with_a_message_makes_a_voicemail_handled_once() {
+    let (mut state, _) = sample_state();
+    let gd: TenantId = "gd".parse().unwrap();
+    let mut cdr = sample_cdr();
+    cdr.call_id = CallId("3-7-ab".into());
+    cdr.caller = "13800000000".into();
+    cdr.recording_id = Some("3-7-ab".into());
+    cdr.voicemail = Some(VoicemailMark {
+        queue: "billing".parse().unwrap(),
+        started_at_ms: 10_000,
+        duration_ms: 4_000,
+    });
+    let record = Command::RecordCdr {
+        cdr: Box::new(cdr),
+        fence: None,
+    };
+    assert_eq!(state.apply(&record).error, None);
+    let v = &state.voicemails["gd/3-7-ab"];
+    assert_eq!(
+        (v.status, v.duration_ms, v.recording_id.as_deref()),
+        (VoicemailStatus::New, 4_000, Some("3-7-ab"))
+    );
+    let handle = |agent: &str, at_ms| Command::HandleVoicemail {
+        tenant: gd.clone(),
+        id: "3-7-ab".into(),
+        agent: agent.parse().unwrap(),
+        at_ms,
+    };
+    assert_eq!(state.apply(&handle("1001", 70_000)).error, None);
+    assert_eq!(
+        state.apply(&handle("1001", 80_000)).error,
+        None,
+        "idempotent"
+    );
+    assert!(matches!(
+        state.apply(&handle("1002", 90_000)).error,
+        Some(ApplyError::InUse(_))
+    ));
+    assert!(matches!(
+        state.apply(&handle("9999", 90_000)).error,
+        Some(ApplyError::NotFound(_))
+    ));
+    let v = &state.voicemails["gd/3-7-ab"];
+    assert_eq!(v.status, VoicemailStatus::Handled);
+    assert_eq!(v.handling_ms(), Some(60_000));
+    // A retried CDR does not reset it.
+    assert_eq!(state.apply(&record).error, None);
+    assert_eq!(
+        state.voicemails["gd/3-7-ab"].status,
+        VoicemailStatus::Handled
+    );
 }

@@ -469,3 +469,93 @@ async fn interflow_moves_the_call_to_the_first_queue_that_takes_it() -> Result<(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_caller_leaves_a_voicemail_that_an_agent_handles() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    set_queue(&c, T, GENERAL, |q| {
+        q["voicemail"] = json!({"key": "*", "prompt": "voicemail", "max_ms": 20_000,
+                                "thanks": "voicemail_thanks"});
+    })
+    .await?;
+    let from = now_ms();
+    // Key 0, 2 s of music, *, the prompt and its tone, 4 s of speech, #: thanks, BYE.
+    let caller = Sipp::new("carrier_voicemail.xml", &c.work().join("sipp"), "message")
+        .remote(&c.sip(1))
+        .service("075595598")
+        .key("caller_prefix", "1376000000")
+        .timeout(60);
+    succeeds(caller.spawn()?).await?;
+    let cdrs = cdrs_for(&c, 2, from, &["1376"]).await?;
+    let cdr = cdr_of(&cdrs, "1376").expect("checked");
+    let message = n(&cdr["voicemail"], "duration_ms");
+    ensure!(
+        s(cdr, "disposition") == "released"
+            && s(cdr, "reason") == "voicemail"
+            && s(&cdr["voicemail"], "queue") == GENERAL
+            && (2_000..10_000).contains(&message),
+        "a message of about 4 s: {cdr}"
+    );
+    let id = s(cdr, "call_id");
+    let listed = c
+        .api(0)
+        .get_json(&format!(
+            "/api/v1/tenants/{T}/voicemails?status=new&queue={GENERAL}"
+        ))
+        .await?;
+    let v = as_array(listed)
+        .into_iter()
+        .find(|v| s(v, "id") == id)
+        .ok_or_else(|| anyhow::anyhow!("voicemail {id} not listed as new"))?;
+    ensure!(
+        n(&v, "duration_ms") == message && s(&v, "caller").starts_with("1376"),
+        "{v}"
+    );
+    // Its audio: the call's recording, the caller on the right channel.
+    let wav = wav_info(&c.api(0).get_recording(&s(&v, "recording_id")).await?)?;
+    ensure!(
+        wav.channels == 2 && wav.duration_ms as i64 >= message && wav.rms[1] > 100.0,
+        "the caller's message is in the recording: {wav:?}"
+    );
+    // An agent handles it (admin CLI); the handling time is reported.
+    let agent = c.tenant(T)?.agents[0].agent.clone();
+    let handled = cli(
+        &c,
+        &[
+            "voicemail",
+            "handle",
+            "--tenant",
+            T,
+            "--id",
+            &id,
+            "--agent",
+            &agent,
+        ],
+    )
+    .await?;
+    ensure!(
+        s(&handled, "status") == "handled"
+            && s(&handled, "handled_by") == agent
+            && handled["handling_ms"].as_u64().is_some(),
+        "{handled}"
+    );
+    let again = c
+        .api(1)
+        .post_json(
+            &format!("/api/v1/tenants/{T}/voicemails/{id}/handle"),
+            &json!({"agent": c.tenant(T)?.agents[1].agent}),
+        )
+        .await;
+    ensure!(again.is_err(), "handled once, by one agent: {again:?}");
+    let listed = cli(
+        &c,
+        &["voicemail", "list", "--tenant", T, "--status", "handled"],
+    )
+    .await?;
+    ensure!(
+        as_array(listed).iter().any(|v| s(v, "id") == id),
+        "listed as handled"
+    );
+    Ok(())
+}

@@ -1348,7 +1348,9 @@ fn queues_are_added_and_removed_and_the_priority_changed_while_the_call_waits() 
     drain(&mut m);
     let billing: QueueId = "billing".parse().unwrap();
     let general: QueueId = "general".parse().unwrap();
-    let q = m.requeue(5_000, &[billing.clone()], &[], Some(9)).unwrap();
+    let q = m
+        .requeue(5_000, std::slice::from_ref(&billing), &[], Some(9))
+        .unwrap();
     assert_eq!(q, vec![general.clone(), billing.clone()]);
     let out = drain(&mut m);
     assert!(out.iter().any(|o| matches!(o, CallOutput::Enqueue { queue, priority: 9, arriving: true, enqueued_at_ms: 4_000, .. } if *queue == billing)));
@@ -1358,7 +1360,9 @@ fn queues_are_added_and_removed_and_the_priority_changed_while_the_call_waits() 
     assert_eq!(r.waiting_in(), vec![general.clone(), billing.clone()]);
     assert_eq!(queues_of(&out).0, vec!["general", "billing"]);
     // Removing the first queue makes the other the call's queue (its music and rules).
-    let q = m.requeue(7_000, &[], &[general.clone()], None).unwrap();
+    let q = m
+        .requeue(7_000, &[], std::slice::from_ref(&general), None)
+        .unwrap();
     assert_eq!(q, vec![billing.clone()]);
     let (joined, left) = queues_of(&drain(&mut m));
     assert_eq!(
@@ -1366,14 +1370,16 @@ fn queues_are_added_and_removed_and_the_priority_changed_while_the_call_waits() 
         (vec!["billing".to_string()], vec!["general".to_string()])
     );
     assert!(
-        m.requeue(8_000, &[], &[billing.clone()], None).is_err(),
+        m.requeue(8_000, &[], std::slice::from_ref(&billing), None)
+            .is_err(),
         "one queue at least"
     );
     assert!(m
         .requeue(8_000, &["nosuch".parse().unwrap()], &[], None)
         .is_err());
     // A queue that refuses the added call is simply dropped.
-    m.requeue(9_000, &[general.clone()], &[], None).unwrap();
+    m.requeue(9_000, std::slice::from_ref(&general), &[], None)
+        .unwrap();
     drain(&mut m);
     m.handle(
         9_001,
@@ -1391,4 +1397,111 @@ fn queues_are_added_and_removed_and_the_priority_changed_while_the_call_waits() 
     let (_, mut left) = queues_of(&drain(&mut m));
     left.sort();
     assert_eq!(left, vec!["billing", "general"]);
+}
+
+fn with_voicemail() -> CallSetup {
+    setup_with(|q| {
+        q.voicemail = Some(model::VoicemailBox {
+            key: '5',
+            prompt: "welcome".parse().unwrap(),
+            max_ms: 10_000,
+            thanks: Some("timeout".parse().unwrap()),
+        })
+    })
+}
+
+#[test]
+fn a_waiting_caller_leaves_a_message_ended_by_hash_or_its_time() {
+    // `#` after 3 s.
+    let mut m = CallMachine::new(with_voicemail());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    m.handle(6_000, CallInput::Digit('5'));
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::Dequeue {
+        queue: "billing".parse().unwrap()
+    }));
+    assert_eq!(plays(&out), vec!["welcome".to_string()]);
+    assert_eq!(m.state_name(), "voicemail");
+    assert_eq!(m.poll_timeout(), None, "no deadline while the prompt plays");
+    m.handle(8_000, CallInput::PlayDone);
+    assert!(drain(&mut m).contains(&CallOutput::RecordVoicemail));
+    assert_eq!(m.poll_timeout(), Some(18_000));
+    m.handle(8_001, CallInput::Recording { id: "1-1".into() });
+    m.handle(11_000, CallInput::Digit('#'));
+    assert_eq!(plays(&drain(&mut m)), vec!["timeout".to_string()]);
+    m.handle(12_000, CallInput::PlayDone);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(cdr.reason.as_deref(), Some("voicemail"));
+    assert_eq!(cdr.recording_id.as_deref(), Some("1-1"));
+    assert_eq!(
+        cdr.voicemail,
+        Some(model::VoicemailMark {
+            queue: "billing".parse().unwrap(),
+            started_at_ms: 8_000,
+            duration_ms: 3_000
+        })
+    );
+    assert_eq!(cdr.wait_ms, 2_000);
+
+    // The time runs out at 10 s.
+    let mut m = CallMachine::new(with_voicemail());
+    to_queue(&mut m, '2');
+    m.handle(6_000, CallInput::Digit('5'));
+    m.handle(8_000, CallInput::PlayDone);
+    m.handle(18_000, CallInput::Digit('4'));
+    assert_eq!(
+        m.state_name(),
+        "voicemail",
+        "other keys are part of the message"
+    );
+    m.handle_timeout(18_000);
+    m.handle(19_000, CallInput::PlayDone);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.voicemail.map(|v| v.duration_ms), Some(10_000));
+
+    // Hanging up while recording leaves the message; during the prompt, none.
+    let mut m = CallMachine::new(with_voicemail());
+    to_queue(&mut m, '2');
+    m.handle(6_000, CallInput::Digit('5'));
+    m.handle(8_000, CallInput::PlayDone);
+    m.handle(9_500, CallInput::CustomerHangup);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(
+        (cdr.disposition, cdr.voicemail.map(|v| v.duration_ms)),
+        (Disposition::Released, Some(1_500))
+    );
+    let mut m = CallMachine::new(with_voicemail());
+    to_queue(&mut m, '2');
+    m.handle(6_000, CallInput::Digit('5'));
+    m.handle(7_000, CallInput::CustomerHangup);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(
+        (cdr.disposition, cdr.voicemail),
+        (Disposition::Abandoned, None)
+    );
+}
+
+#[test]
+fn the_voicemail_key_while_an_agent_rings_frees_the_agent_first() {
+    let mut m = CallMachine::new(with_voicemail());
+    to_queue(&mut m, '2');
+    offer_to(&mut m, 5_000, "1003");
+    drain(&mut m);
+    m.handle(5_500, CallInput::Digit('5'));
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::CancelAgent));
+    assert!(out.contains(&CallOutput::OfferDone {
+        queue: "billing".parse().unwrap(),
+        agent: "1003".parse().unwrap(),
+        answered: false
+    }));
+    assert_eq!(m.state_name(), "voicemail");
+    // A takeover during the message ends the call (the audio is on the old node).
+    m.handle(7_000, CallInput::PlayDone);
+    let (_, out) = restored_in(with_voicemail(), &m, 9_000);
+    let cdr = cdr_of(&out);
+    assert_eq!(cdr.reason.as_deref(), Some("voicemail cut by a node loss"));
+    assert_eq!(cdr.voicemail.map(|v| v.started_at_ms), Some(7_000));
 }

@@ -1129,6 +1129,25 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 }
                 metrics::counter!("callgrid_calls_answered_total", "tenant" => state.tenant.to_string()).increment(1);
             }
+            CallOutput::RecordVoicemail => {
+                // R3.20: the message goes into the call's recording (the caller's channel).
+                let dir = recording_dir(rt);
+                let path = dir.join(format!("{call_id}.wav"));
+                let recorded = match std::fs::create_dir_all(&dir) {
+                    Ok(()) => state.media.record(path).await.is_ok(),
+                    Err(_) => false,
+                };
+                if recorded {
+                    state.machine.handle(
+                        rt.now_ms(),
+                        CallInput::Recording {
+                            id: call_id.to_string(),
+                        },
+                    );
+                } else {
+                    warn!(call = %call_id, "voicemail recording unavailable");
+                }
+            }
             CallOutput::HangupCustomer => state.customer.bye(rt),
             CallOutput::HangupAgent => {
                 if let Some(agent) = state.agent.as_mut() {

@@ -13,7 +13,7 @@ use tracing::warn;
 use super::Runtime;
 
 /// The WAVs bundled into the binary (`scripts/make-prompts` regenerates the spoken ones).
-const BUILTIN: [(&str, &[u8]); 36] = [
+const BUILTIN: [(&str, &[u8]); 38] = [
     ("welcome", include_bytes!("../../prompts/welcome.wav")),
     ("menu", include_bytes!("../../prompts/menu.wav")),
     ("music", include_bytes!("../../prompts/music.wav")),
@@ -27,6 +27,11 @@ const BUILTIN: [(&str, &[u8]); 36] = [
     (
         "agent_suffix",
         include_bytes!("../../prompts/agent_suffix.wav"),
+    ),
+    ("voicemail", include_bytes!("../../prompts/voicemail.wav")),
+    (
+        "voicemail_thanks",
+        include_bytes!("../../prompts/voicemail_thanks.wav"),
     ),
     ("number_0", include_bytes!("../../prompts/number_0.wav")),
     ("number_1", include_bytes!("../../prompts/number_1.wav")),

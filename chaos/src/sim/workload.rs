@@ -107,6 +107,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 periodic_announcement: None,
                 agent_announcement: None,
                 repeat_caller: None,
+                voicemail: None,
             })),
         });
     }

@@ -68,6 +68,11 @@ enum Command {
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
     Unbridge,
+    /// Record the legs without relaying them (a voicemail).
+    Record {
+        record_to: PathBuf,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
     Stats {
         reply: oneshot::Sender<MediaStats>,
     },
@@ -185,6 +190,15 @@ impl CallMediaHandle {
     pub async fn bridge(&self, record_to: Option<PathBuf>) -> Result<(), MediaError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Bridge { record_to, reply }).await?;
+        answer.await.map_err(|_| MediaError::SessionClosed)?
+    }
+
+    /// Records what the legs send, unrelayed, into the call's stereo WAV (a queue voicemail,
+    /// R3.20: the caller on its channel, the other silent). Fails if the file cannot be
+    /// created.
+    pub async fn record(&self, record_to: PathBuf) -> Result<(), MediaError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Record { record_to, reply }).await?;
         answer.await.map_err(|_| MediaError::SessionClosed)?
     }
 
@@ -312,6 +326,12 @@ impl Driver {
                 let _ = reply.send(self.bridge(record_to));
             }
             Command::Unbridge => self.core.handle_unbridge(),
+            Command::Record { record_to, reply } => {
+                let result = self
+                    .open_recorder(record_to)
+                    .map(|()| self.core.handle_record(now()));
+                let _ = reply.send(result);
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(self.core.stats());
             }
@@ -346,13 +366,18 @@ impl Driver {
 
     fn bridge(&mut self, record_to: Option<PathBuf>) -> Result<(), MediaError> {
         if let Some(path) = record_to {
-            // One recording per call: a re-bridge after hold continues the
-            // file already open (the hold shows up as silence).
-            if self.recorder.is_none() {
-                self.recorder = Some(DualChannelRecorder::create(path)?);
-            }
+            self.open_recorder(path)?;
         }
         self.core.handle_bridge(now(), self.recorder.is_some());
+        Ok(())
+    }
+
+    /// One recording per call: a re-bridge after hold continues the file already open (the
+    /// hold shows up as silence).
+    fn open_recorder(&mut self, path: PathBuf) -> Result<(), MediaError> {
+        if self.recorder.is_none() {
+            self.recorder = Some(DualChannelRecorder::create(path)?);
+        }
         Ok(())
     }
 

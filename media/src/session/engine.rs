@@ -167,6 +167,8 @@ pub struct MediaCore {
     /// Recording positions are measured from here; set by the first bridge
     /// that records, kept across unbridge so a hold becomes silence.
     recording_started: Option<Instant>,
+    /// Recording the legs' audio without relaying it (a queue voicemail, R3.20).
+    recording_unbridged: bool,
     rtp_timeout: Duration,
     outputs: VecDeque<Output>,
 }
@@ -177,6 +179,7 @@ impl MediaCore {
             legs: [None, None],
             bridged: false,
             recording_started: None,
+            recording_unbridged: false,
             rtp_timeout,
             outputs: VecDeque::new(),
         }
@@ -259,6 +262,15 @@ impl MediaCore {
         }
         for state in self.legs.iter_mut().flatten() {
             state.sender.start_talkspurt();
+        }
+    }
+
+    /// Records what the legs send without relaying it (a voicemail, R3.20): the caller's
+    /// audio goes to its channel of [`Output::Record`], from `now`.
+    pub fn handle_record(&mut self, now: Instant) {
+        self.recording_unbridged = true;
+        if self.recording_started.is_none() {
+            self.recording_started = Some(now);
         }
     }
 
@@ -375,7 +387,7 @@ impl MediaCore {
     }
 
     fn on_audio(&mut self, now: Instant, leg: LegId, codec: Codec, packet: &RtpPacket) {
-        if !self.bridged {
+        if !self.bridged && !self.recording_unbridged {
             return;
         }
         if let Some(started) = self.recording_started {
@@ -396,6 +408,9 @@ impl MediaCore {
                     samples,
                 });
             }
+        }
+        if !self.bridged {
+            return;
         }
         let Some(other) = self.legs[leg.other().index()].as_mut() else {
             return;
@@ -642,6 +657,42 @@ mod tests {
         );
         assert_eq!(core.poll_timeout(), None);
         assert_eq!(core.stats().customer.packets_out, 10);
+    }
+
+    #[test]
+    fn a_voicemail_records_the_caller_without_relaying_it() {
+        let mut core = core_with_legs(Codec::Pcmu, Codec::Pcmu);
+        let t0 = Instant::now();
+        let pcm = vec![1000i16; 160];
+        let payload = g711::encode(Codec::Pcmu, &pcm);
+        let packet = |seq| phone_packet(seq, u32::from(seq) * 160, 0, payload.clone());
+        // Neither bridged nor recording: nothing to record.
+        core.handle_datagram(t0, LegId::Customer, addr(CUSTOMER_SDP), &packet(1));
+        assert!(!drain(&mut core)
+            .iter()
+            .any(|o| matches!(o, Output::Record { .. })));
+        core.handle_record(t0);
+        core.handle_datagram(t0, LegId::Customer, addr(CUSTOMER_SDP), &packet(2));
+        let outputs = drain(&mut core);
+        let recorded: Vec<(u64, usize)> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Record {
+                    channel,
+                    position_samples,
+                    samples,
+                } => {
+                    assert_eq!(*channel, LegId::Customer.channel());
+                    Some((*position_samples, samples.len()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recorded, vec![(0, 160)]);
+        assert!(
+            transmits(&outputs).is_empty(),
+            "nothing relayed to the agent leg"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod health;
 mod openapi;
 mod queues;
 mod recordings;
+mod voicemails;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -145,6 +146,7 @@ pub fn router(state: Shared) -> Router {
         .merge(agents::routes())
         .merge(queues::routes())
         .merge(customers::routes())
+        .merge(voicemails::routes())
         .route("/calls", get(calls::list))
         .route("/calls/{call}/queues", post(calls::requeue))
         .route("/dr/seed", post(dr::seed))

@@ -80,6 +80,20 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
+        "/api/v1/tenants/{tenant}/voicemails",
+        &[(
+            "get",
+            "R3.20: queue voicemails by time (?status=new|handled&queue=&from=&to=), with handling_ms once handled; the audio is GET /api/v1/recordings/{recording_id}",
+        )],
+    ),
+    (
+        "/api/v1/tenants/{tenant}/voicemails/{id}/handle",
+        &[(
+            "post",
+            "R3.20: an agent handled the voicemail: {\"agent\"}",
+        )],
+    ),
+    (
         "/api/v1/tenants/{tenant}/customers",
         &[
             ("get", "List known callers (R3.12; ?tag= to filter)"),

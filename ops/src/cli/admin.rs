@@ -469,6 +469,18 @@ pub struct QueueFields {
     /// With --agent-prefix: the prompt after the number ("at your service").
     #[arg(long, requires = "agent_prefix")]
     pub agent_suffix: Option<PromptId>,
+    /// R3.20: the key (0-9, *) a waiting caller presses to leave a message.
+    #[arg(long, requires = "voicemail_prompt")]
+    pub voicemail_key: Option<char>,
+    /// With --voicemail-key: played before recording ("after the tone ...").
+    #[arg(long, requires = "voicemail_key")]
+    pub voicemail_prompt: Option<PromptId>,
+    /// The longest message, 1000-30000 ms (default 30000).
+    #[arg(long, requires = "voicemail_key")]
+    pub voicemail_max_ms: Option<u64>,
+    /// Played after the message, before the platform hangs up.
+    #[arg(long, requires = "voicemail_key")]
+    pub voicemail_thanks: Option<PromptId>,
     /// R3.16: repeat callers (at least --repeat-count calls in this period: hour, day, month
     /// or year) are offered first to the agents who served them.
     #[arg(long, requires_all = ["repeat_mode", "repeat_wait_ms"])]
@@ -691,6 +703,21 @@ fn queue_body(f: &QueueFields) -> anyhow::Result<(Map<String, Value>, QueueId)> 
                     .as_ref()
                     .zip(f.periodic_every_ms)
                     .map(|(p, every)| json!({"prompt": p.as_str(), "every_ms": every})),
+            ),
+            (
+                "voicemail",
+                f.voicemail_key
+                    .zip(f.voicemail_prompt.as_ref())
+                    .map(|(key, prompt)| {
+                        let mut v = json!({"key": key.to_string(), "prompt": prompt.as_str()});
+                        if let Some(max) = f.voicemail_max_ms {
+                            v["max_ms"] = json!(max);
+                        }
+                        if let Some(thanks) = &f.voicemail_thanks {
+                            v["thanks"] = json!(thanks.as_str());
+                        }
+                        v
+                    }),
             ),
             (
                 "repeat_caller",

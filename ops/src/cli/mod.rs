@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod customer;
 pub mod output;
+pub mod voicemail;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,9 @@ pub enum Command {
     /// Agents of a tenant: configuration and runtime control (sign-in, ready...).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Queue voicemails: list, mark handled (R3.20).
+    #[command(subcommand)]
+    Voicemail(voicemail::VoicemailCommand),
     /// Live calls, and the queues a waiting call waits in (R3.10).
     #[command(subcommand)]
     Call(call::CallCommand),
@@ -142,6 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(c) => agent::run(c).await,
         Command::Customer(c) => customer::run(c).await,
         Command::Call(c) => call::run(c).await,
+        Command::Voicemail(c) => voicemail::run(c).await,
         Command::Extension(c) => admin::run_extension(c).await,
         Command::Trunk(c) => admin::run_trunk(c).await,
         Command::Flow(c) => admin::run_flow(c).await,

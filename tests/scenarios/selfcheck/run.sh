@@ -35,6 +35,14 @@ sleep 0.5
 (cd $W && sipp -sf $S/carrier_wait_release.xml -p 47067 -mp 47170 -s 075595598 -key caller_prefix 1380013800 $common 127.0.0.1:47066 >/dev/null 2>&1); ok $? "carrier_wait_release.xml"
 wait; ok "$(cat $W/uas4.rc)" "selfcheck/uas_node_release.xml (wait release)"
 
+# carrier_voicemail: the stand-in node hangs up after the message (DTMF 0, *, # must arrive)
+(cd $W && sipp -sf $C/uas_node_release.xml -p 47068 -mp 47230 -key rtp_sink 47211 -set release_ms 23000 $common >/dev/null 2>&1; echo $? > uas5.rc) &
+python3 $C/rtp_sink.py 47211 24 > $W/sink6.txt &
+sleep 0.5
+(cd $W && sipp -sf $S/carrier_voicemail.xml -p 47069 -mp 47240 -s 075595598 -key caller_prefix 1380013800 $common 127.0.0.1:47068 >/dev/null 2>&1); ok $? "carrier_voicemail.xml"
+wait; ok "$(cat $W/uas5.rc)" "selfcheck/uas_node_release.xml (voicemail)"; cat $W/sink6.txt
+grep -q "dtmf events \[0, 10, 11\]" $W/sink6.txt; ok $? "carrier_voicemail.xml sent DTMF 0 * #"
+
 # agent_register then agent_phone on the same port, called by a stand-in node
 printf 'SEQUENTIAL\n1001;secret;gd.callgrid.local;\n' > $W/agent.csv
 (cd $W && sipp -sf $C/registrar.xml -p 47070 $common >/dev/null 2>&1; echo $? > reg.rc) &

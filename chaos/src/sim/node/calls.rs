@@ -266,8 +266,12 @@ impl SimNode {
                         }
                     }
                 }
-                // The lost-call webhook (R3.22) leaves the cluster: nothing to simulate.
-                CallOutput::StopPlay | CallOutput::Bridge | CallOutput::LostCall { .. } => {}
+                // The lost-call webhook (R3.22) leaves the cluster, and the simulation has no
+                // audio to record (R3.20).
+                CallOutput::StopPlay
+                | CallOutput::Bridge
+                | CallOutput::LostCall { .. }
+                | CallOutput::RecordVoicemail => {}
                 CallOutput::Enqueue {
                     queue,
                     priority,
