@@ -87,6 +87,17 @@ pub fn call_needs(
         needs.prefer = mark.preferred.clone();
         needs.prefer_until_ms = mark.until_ms;
     }
+    // R3.4: a rule transferred the call to one agent, who waits for it in this queue.
+    if let Some(RuleStep {
+        action: RuleAction::TransferAgent { agent, queue: q },
+        ..
+    }) = cdr.rules.last()
+    {
+        if q == queue {
+            needs.prefer = vec![agent.clone()];
+            needs.prefer_until_ms = model::PREFER_ALWAYS;
+        }
+    }
     needs
 }
 
@@ -1403,7 +1414,8 @@ impl CallMachine {
         let allowed = !too_many
             && match &action {
                 RuleAction::Release { .. } => true,
-                RuleAction::TransferQueue { queue: next } => {
+                RuleAction::TransferQueue { queue: next }
+                | RuleAction::TransferAgent { queue: next, .. } => {
                     *next != queue && !visited(self, next) && self.setup.queues.contains_key(next)
                 }
                 RuleAction::TransferFlow { flow, node } => {
@@ -1433,7 +1445,9 @@ impl CallMachine {
                 self.cdr.reason = Some(rule.reason().into());
                 self.release(now_ms, prompt, Disposition::Released)
             }
-            RuleAction::TransferQueue { queue: next } => {
+            // R3.4: the agent's own transfer is in the trail, where `call_needs` finds it.
+            RuleAction::TransferQueue { queue: next }
+            | RuleAction::TransferAgent { queue: next, .. } => {
                 self.outputs.push_back(CallOutput::StopPlay);
                 self.enqueue(now_ms, next, self.priority);
             }

@@ -296,7 +296,8 @@ impl Queue {
         }
         for (_, rule) in self.rules() {
             match rule {
-                Some(RuleAction::TransferQueue { queue }) => queues.push(queue),
+                Some(RuleAction::TransferQueue { queue })
+                | Some(RuleAction::TransferAgent { queue, .. }) => queues.push(queue),
                 Some(RuleAction::Interflow { queues: to }) => queues.extend(to),
                 Some(RuleAction::TransferFlow { flow, .. }) => flows.push(flow),
                 Some(RuleAction::Release { prompt: Some(p) }) => prompts.push(p),
@@ -318,6 +319,12 @@ pub enum RuleAction {
         prompt: Option<PromptId>,
     },
     TransferQueue {
+        queue: QueueId,
+    },
+    /// R3.4: to one agent: the call waits in `queue` (one the agent serves) for that agent
+    /// only, until that queue's own rules move it on.
+    TransferAgent {
+        agent: AgentId,
         queue: QueueId,
     },
     TransferFlow {
@@ -606,7 +613,11 @@ impl ConfigItem {
                             });
                         }
                     }
-                    if let Some(RuleAction::TransferQueue { queue }) = rule {
+                    if let Some(
+                        RuleAction::TransferQueue { queue }
+                        | RuleAction::TransferAgent { queue, .. },
+                    ) = rule
+                    {
                         if *queue == q.id {
                             return Err(ModelError::Invalid {
                                 field,

@@ -423,6 +423,10 @@ pub struct PastCall {
 /// How many earlier calls are kept per caller.
 pub const CALLER_HISTORY: usize = 32;
 
+/// `CallNeeds::prefer_until_ms` for a call that waits for its preferred agents for good (a
+/// transfer to an agent, R3.4): it never widens; the queue's own rules move it on.
+pub const PREFER_ALWAYS: u64 = u64::MAX;
+
 /// What a queue must know of a call to pick its agent: the agents it needs (R3.12) and the
 /// agents it prefers (R3.16), each for a bounded time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -504,7 +508,8 @@ impl CallNeeds {
 
     /// The next time the needs widen, if they still will.
     pub fn next_change(&self, now_ms: u64) -> Option<u64> {
-        let prefer = self.preferring(now_ms).then_some(self.prefer_until_ms);
+        let prefer = (self.preferring(now_ms) && self.prefer_until_ms != PREFER_ALWAYS)
+            .then_some(self.prefer_until_ms);
         let relax = self.requiring(now_ms).then_some(self.relax_at_ms).flatten();
         prefer.into_iter().chain(relax).min()
     }

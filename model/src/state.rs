@@ -459,6 +459,15 @@ impl ReplicatedState {
                         id: id.clone(),
                     })?;
                 }
+                // A transfer to an agent names an agent of the tenant.
+                for (_, rule) in q.rules() {
+                    if let Some(crate::config::RuleAction::TransferAgent { agent, .. }) = rule {
+                        need(ConfigKey::Agent {
+                            tenant: q.tenant.clone(),
+                            id: agent.clone(),
+                        })?;
+                    }
+                }
                 // A transfer to a flow node names a node of that flow.
                 for (_, rule) in q.rules() {
                     if let Some(crate::config::RuleAction::TransferFlow {
@@ -599,7 +608,18 @@ impl ReplicatedState {
                 .agent_sessions
                 .get(&key(tenant, id.as_str()))
                 .filter(|s| s.status != AgentStatus::SignedOut)
-                .map(|_| "a signed-in session (sign the agent out first)".to_string()),
+                .map(|_| "a signed-in session (sign the agent out first)".to_string())
+                .or_else(|| {
+                    self.queues
+                        .values()
+                        .find(|q| {
+                            &q.tenant == tenant
+                                && q.rules().iter().any(|(_, r)| {
+                                    matches!(r, Some(crate::config::RuleAction::TransferAgent { agent, .. }) if agent == id)
+                                })
+                        })
+                        .map(|q| format!("queue {} (a rule transfers to the agent)", q.id))
+                }),
             ConfigKey::Extension { .. } | ConfigKey::Trunk { .. } | ConfigKey::Customer { .. } => {
                 None
             }

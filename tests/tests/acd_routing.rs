@@ -560,3 +560,51 @@ async fn a_call_waits_in_several_queues_changed_live_and_kept_across_a_queue_own
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_wait_transfers_the_call_to_one_agent_not_the_longest_idle() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    let (idle, _idle_phone) = agent_at(&c, 0, 0, "billing", &[], 1).await?;
+    let (chosen, chosen_phone) = agent_at(&c, 1, 1, "billing", &[], 1).await?;
+    // After 4 s in general (which nobody serves), to agent `chosen` through billing.
+    let target = format!("agent:{}@billing", chosen.agent);
+    cli(
+        &c,
+        &[
+            "queue",
+            "update",
+            "--tenant",
+            T,
+            "--id",
+            "general",
+            "--max-wait-ms",
+            "4000",
+            "--on-max-wait",
+            &target,
+        ],
+    )
+    .await?;
+    replicated(&c, &format!("/api/v1/tenants/{T}/queues/general"), |q| {
+        q["on_max_wait"]["action"] == "transfer_agent"
+    })
+    .await?;
+    c.api(0).ready(T, &idle.agent).await?;
+    until_state(&c, &idle.agent, "ready").await?;
+    c.api(1).ready(T, &chosen.agent).await?;
+    let from = now_ms();
+    succeeds(caller(&c, "to-agent", "1310000000", "0", 14_000, 2).spawn()?).await?;
+    let pr = chosen_phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(pr.exit_code == 0 && pr.successful == 1, "{pr:?}");
+    let cdrs = cdrs_for(&c, 1, from, &["1310"]).await?;
+    let cdr = cdr_of(&cdrs, "1310").expect("checked");
+    ensure!(
+        s(cdr, "agent") == chosen.agent
+            && s(cdr, "queue") == "billing"
+            && cdr["rules"][0]["rule"] == "max_wait"
+            && cdr["rules"][0]["action"]["agent"] == json!(chosen.agent),
+        "the rule's agent took the call, not the longest idle one: {cdr}"
+    );
+    ensure!(s(&c.api(0).get_agent(T, &idle.agent).await?, "state") == "ready");
+    Ok(())
+}

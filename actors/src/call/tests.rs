@@ -1505,3 +1505,31 @@ fn the_voicemail_key_while_an_agent_rings_frees_the_agent_first() {
     assert_eq!(cdr.reason.as_deref(), Some("voicemail cut by a node loss"));
     assert_eq!(cdr.voicemail.map(|v| v.started_at_ms), Some(7_000));
 }
+
+#[test]
+fn a_rule_transfers_the_call_to_one_agent_who_alone_is_offered_it() {
+    let setup = setup_with(|q| {
+        q.on_max_wait = Some(RuleAction::TransferAgent {
+            agent: "1002".parse().unwrap(),
+            queue: "general".parse().unwrap(),
+        })
+    });
+    let mut m = CallMachine::new(setup.clone());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let at = billing_deadline(&m);
+    m.handle_timeout(at);
+    let only_1002 = CallNeeds {
+        prefer: vec!["1002".parse().unwrap()],
+        prefer_until_ms: model::PREFER_ALWAYS,
+        ..CallNeeds::default()
+    };
+    assert_eq!(
+        enqueues(&drain(&mut m)),
+        vec![("general".into(), 0, only_1002.clone())]
+    );
+    assert_eq!(only_1002.next_change(at), None, "it never widens by itself");
+    // After a takeover the call still waits for that agent only.
+    let (_, out) = restored_in(setup, &m, at + 5_000);
+    assert_eq!(enqueues(&out), vec![("general".into(), 0, only_1002)]);
+}

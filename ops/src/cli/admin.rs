@@ -509,6 +509,15 @@ fn parse_rule_target(s: &str) -> Result<model::RuleAction, String> {
             .parse()
             .map(|queue| model::RuleAction::TransferQueue { queue })
             .map_err(|_| bad("queue", id)),
+        Some(("agent", rest)) => {
+            let (agent, queue) = rest
+                .split_once('@')
+                .ok_or_else(|| format!("{s:?}: write agent:<number>@<queue>"))?;
+            Ok(model::RuleAction::TransferAgent {
+                agent: agent.parse().map_err(|_| bad("agent", agent))?,
+                queue: queue.parse().map_err(|_| bad("queue", queue))?,
+            })
+        }
         Some(("interflow", list)) => {
             let queues = list
                 .split(',')
@@ -527,7 +536,7 @@ fn parse_rule_target(s: &str) -> Result<model::RuleAction, String> {
                 .map_err(|_| bad("flow", id))
         }
         _ => Err(format!(
-            "{s:?}: use `release`, `queue:<id>`, `interflow:<id>,<id>..` or `flow:<id>[:<node>]`"
+            "{s:?}: use `release`, `queue:<id>`, `agent:<number>@<queue>`, `interflow:<id>,<id>..` or `flow:<id>[:<node>]`"
         )),
     }
 }
