@@ -154,6 +154,12 @@ pub enum CallInput {
     },
     CustomerHangup,
     AgentHangup,
+    /// R3.11: the caller answered the callback.
+    CalledBack,
+    /// R3.11: the callback did not reach the caller.
+    CallbackFailed {
+        reason: String,
+    },
     /// The recording of the bridge, known when it started.
     Recording {
         id: String,
@@ -211,6 +217,15 @@ pub enum CallOutput {
     DialAgent {
         extension: ExtensionId,
         ring_timeout_ms: u64,
+        /// R3.11: a virtual call: the number the platform calls back once the agent answers
+        /// (the agent's "virtual call" event).
+        callback_to: Option<String>,
+    },
+    /// R3.11: call the caller back through `trunk`, for the agent who answered.
+    DialCustomer {
+        number: String,
+        trunk: TrunkId,
+        ring_timeout_ms: u64,
     },
     CancelAgent,
     Bridge,
@@ -250,6 +265,14 @@ enum State {
         agent: AgentId,
         agent_node: NodeId,
     },
+    /// R3.11: the agent answered a virtual call; the caller is being called back until
+    /// `deadline`.
+    CallingBack {
+        queue: QueueId,
+        agent: AgentId,
+        agent_node: NodeId,
+        deadline: u64,
+    },
     /// R3.20: leaving a message in `queue`'s voicemail: its prompt plays (`until` None), then
     /// the caller is recorded until `until`.
     Voicemail {
@@ -276,6 +299,10 @@ pub struct CallMachine {
     /// of one queue rings, the call has left the others (so they offer it no agent
     /// meanwhile) and joins them again, at its original place, if the agent does not answer.
     also: Vec<QueueId>,
+    /// R3.11: a virtual call: the caller left the line and keeps its place, to be called
+    /// back; `confirming_callback` while it hears the callback prompt before the hang-up.
+    virtual_call: bool,
+    confirming_callback: bool,
     /// R3.22: the last Queue node the call passed that reports lost calls, and its webhook.
     lost_call: Option<(String, String)>,
     /// R3.9: when the call next asks its queue for the estimated wait.
@@ -334,6 +361,7 @@ impl CallMachine {
             repeat_caller: None,
             routed_by: Vec::new(),
             voicemail: None,
+            callback: None,
         };
         Self {
             state: State::Setup,
@@ -346,6 +374,8 @@ impl CallMachine {
             },
             interflow: VecDeque::new(),
             also: Vec::new(),
+            virtual_call: false,
+            confirming_callback: false,
             lost_call: None,
             announce_at: None,
             periodic_at: None,
@@ -379,8 +409,10 @@ impl CallMachine {
                 priority,
                 enqueued_at_ms,
                 also,
+                callback,
             } => {
                 m.also = also;
+                m.virtual_call = callback;
                 m.resume_queued(now_ms, queue, priority, enqueued_at_ms, None, false)
             }
             CallPhase::Offering {
@@ -389,10 +421,12 @@ impl CallMachine {
                 enqueued_at_ms,
                 agent,
                 also,
+                callback,
                 ..
             } => {
                 // The offer is failed below: the call waits in all its queues again.
                 m.also = also;
+                m.virtual_call = callback;
                 m.resume_queued(
                     now_ms,
                     queue.clone(),
@@ -459,7 +493,15 @@ impl CallMachine {
         self.state = State::Queued {
             queue: queue.clone(),
         };
-        if let Some(music) = config.and_then(|q| q.music_prompt) {
+        if self.virtual_call {
+            // Nobody on the line: no music, no announcements.
+            self.periodic_at = None;
+            self.announce_at = None;
+        }
+        if let Some(music) = config
+            .and_then(|q| q.music_prompt)
+            .filter(|_| !self.virtual_call)
+        {
             self.outputs.push_back(CallOutput::Play {
                 prompt: music,
                 repeat: true,
@@ -496,6 +538,14 @@ impl CallMachine {
     fn leave_also(&mut self) {
         for queue in self.also.clone() {
             self.outputs.push_back(CallOutput::Dequeue { queue });
+        }
+    }
+
+    /// The agent being rung for the call, if any.
+    pub fn offered_agent(&self) -> Option<AgentId> {
+        match &self.state {
+            State::Offering { agent, .. } => Some(agent.clone()),
+            _ => None,
         }
     }
 
@@ -619,6 +669,7 @@ impl CallMachine {
                 priority: self.priority,
                 enqueued_at_ms,
                 also: self.also.clone(),
+                callback: self.virtual_call,
             },
             State::Offering {
                 queue,
@@ -632,6 +683,23 @@ impl CallMachine {
                 agent: agent.clone(),
                 extension: extension.clone(),
                 also: self.also.clone(),
+                callback: self.virtual_call,
+            },
+            // R3.11: a callback being dialled is not resumed elsewhere: a new owner fails the
+            // offer and the virtual call waits at its place to be offered again.
+            State::CallingBack { queue, agent, .. } => CallPhase::Offering {
+                queue: queue.clone(),
+                priority: self.priority,
+                enqueued_at_ms,
+                agent: agent.clone(),
+                extension: self.cdr.extension.clone().unwrap_or_else(|| {
+                    agent
+                        .as_str()
+                        .parse()
+                        .expect("agent numbers are extension numbers")
+                }),
+                also: Vec::new(),
+                callback: true,
             },
             State::Talking { queue, agent, .. } => CallPhase::Talking {
                 queue: queue.clone(),
@@ -710,6 +778,7 @@ impl CallMachine {
             State::Offering { .. } => "ringing_agent",
             State::Talking { .. } => "talking",
             State::Voicemail { .. } => "voicemail",
+            State::CallingBack { .. } => "calling_back",
             State::Releasing => "releasing",
             State::Ended => "ended",
         }
@@ -729,6 +798,7 @@ impl CallMachine {
             State::Ivr { menu_deadline, .. } => *menu_deadline,
             State::Offering { deadline, .. } => Some(*deadline),
             State::Voicemail { until, .. } => *until,
+            State::CallingBack { deadline, .. } => Some(*deadline),
             _ => None,
         };
         let (wait, announce) = match self.state {
@@ -772,6 +842,9 @@ impl CallMachine {
             State::Voicemail {
                 until: Some(until), ..
             } if now_ms >= until => self.end_voicemail(now_ms),
+            State::CallingBack { deadline, .. } if now_ms >= deadline => {
+                self.callback_failed(now_ms, "the caller did not answer the callback".into())
+            }
             State::Queued { queue } if self.announce_at.is_some_and(|at| now_ms >= at) => {
                 let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(now_ms);
                 self.announce_at = self
@@ -888,6 +961,10 @@ impl CallMachine {
                     _ => {}
                 },
                 State::Releasing => self.finish(now_ms, HangupBy::System, self.cdr.disposition),
+                State::Queued { .. } if self.confirming_callback => {
+                    self.confirming_callback = false;
+                    self.go_virtual();
+                }
                 State::Voicemail { queue, until: None } => {
                     let max_ms = self
                         .setup
@@ -940,6 +1017,21 @@ impl CallMachine {
                         }
                         if let Some(v) = voicemail {
                             self.start_voicemail(now_ms, queue, v);
+                        }
+                        return;
+                    }
+                }
+                // R3.11: the callback key: offline waiting.
+                if let State::Queued { queue } = &self.state {
+                    let queue = queue.clone();
+                    let offer = self
+                        .setup
+                        .queues
+                        .get(&queue)
+                        .and_then(|q| q.callback.clone());
+                    if let Some(offer) = offer.filter(|o| o.key == Some(digit)) {
+                        if !self.virtual_call && !self.confirming_callback {
+                            self.request_callback(now_ms, queue, offer.prompt);
                         }
                         return;
                     }
@@ -1009,9 +1101,11 @@ impl CallMachine {
                         extension: extension.clone(),
                         deadline: now_ms + ring_timeout_ms,
                     };
+                    let callback_to = self.virtual_call.then(|| self.setup.caller.clone());
                     self.outputs.push_back(CallOutput::DialAgent {
                         extension,
                         ring_timeout_ms,
+                        callback_to,
                     });
                 }
                 // Already ringing an agent for this queue (a re-Enqueue crossed the offer):
@@ -1077,6 +1171,10 @@ impl CallMachine {
                         agent_node,
                         notice: AgentNotice::Answered,
                     });
+                    if self.virtual_call {
+                        // R3.11: the agent took the virtual call: now call the caller back.
+                        return self.call_back(now_ms, queue, agent, agent_node);
+                    }
                     // R4.5: the caller hears the agent's number first; the bridge follows
                     // the last prompt.
                     let announcement = self
@@ -1181,11 +1279,38 @@ impl CallMachine {
             }
             CallInput::CustomerHangup => self.hangup(now_ms, HangupBy::Caller),
             CallInput::AgentHangup => {
-                if matches!(self.state, State::Talking { .. }) {
+                if matches!(
+                    self.state,
+                    State::Talking { .. } | State::CallingBack { .. }
+                ) {
                     self.hangup(now_ms, HangupBy::Agent);
                 }
             }
             CallInput::Recording { id } => self.cdr.recording_id = Some(id),
+            CallInput::CalledBack => {
+                if let State::CallingBack {
+                    queue,
+                    agent,
+                    agent_node,
+                    ..
+                } = self.state.clone()
+                {
+                    if let Some(mark) = self.cdr.callback.as_mut() {
+                        mark.answered_at_ms = Some(now_ms);
+                    }
+                    self.state = State::Talking {
+                        queue,
+                        agent,
+                        agent_node,
+                    };
+                    self.outputs.push_back(CallOutput::Bridge);
+                }
+            }
+            CallInput::CallbackFailed { reason } => {
+                if matches!(self.state, State::CallingBack { .. }) {
+                    self.callback_failed(now_ms, reason);
+                }
+            }
         }
     }
 
@@ -1419,10 +1544,11 @@ impl CallMachine {
                     *next != queue && !visited(self, next) && self.setup.queues.contains_key(next)
                 }
                 RuleAction::TransferFlow { flow, node } => {
-                    self.setup.flows.get(flow).is_some_and(|f| {
-                        f.nodes
-                            .contains_key(node.as_deref().unwrap_or(f.start.as_str()))
-                    })
+                    !self.virtual_call
+                        && self.setup.flows.get(flow).is_some_and(|f| {
+                            f.nodes
+                                .contains_key(node.as_deref().unwrap_or(f.start.as_str()))
+                        })
                 }
                 RuleAction::Interflow { queues } => queues.iter().any(|next| {
                     *next != queue && !visited(self, next) && self.setup.queues.contains_key(next)
@@ -1504,6 +1630,71 @@ impl CallMachine {
         }
     }
 
+    /// R3.11: the caller pressed the callback key: it hears the queue's callback prompt (if
+    /// any), then the platform hangs up and the call waits on, virtual.
+    fn request_callback(&mut self, now_ms: u64, queue: QueueId, prompt: Option<PromptId>) {
+        self.cdr.callback = Some(model::CallbackMark {
+            queue,
+            requested_at_ms: now_ms,
+            by: "key".into(),
+            dialled_at_ms: None,
+            answered_at_ms: None,
+        });
+        self.stop_announcing();
+        self.outputs.push_back(CallOutput::StopPlay);
+        match prompt {
+            Some(prompt) => {
+                self.confirming_callback = true;
+                self.outputs.push_back(CallOutput::Play {
+                    prompt,
+                    repeat: false,
+                });
+            }
+            None => self.go_virtual(),
+        }
+    }
+
+    /// R3.11: the caller's line closes; the call keeps its place in its queues.
+    fn go_virtual(&mut self) {
+        self.virtual_call = true;
+        self.announce_at = None;
+        self.periodic_at = None;
+        self.outputs.push_back(CallOutput::StopPlay);
+        self.outputs.push_back(CallOutput::HangupCustomer);
+    }
+
+    /// R3.11: the agent answered a virtual call: dial the caller through the queue's trunk.
+    fn call_back(&mut self, now_ms: u64, queue: QueueId, agent: AgentId, agent_node: NodeId) {
+        let config = self.setup.queues.get(&queue);
+        let trunk = config
+            .and_then(|q| q.callback.as_ref())
+            .map(|c| c.trunk.clone());
+        let ring_timeout_ms = config.map_or(30_000, |q| q.ring_timeout_ms);
+        self.state = State::CallingBack {
+            queue,
+            agent,
+            agent_node,
+            deadline: now_ms + ring_timeout_ms,
+        };
+        let Some(trunk) = trunk else {
+            return self.callback_failed(now_ms, "the queue no longer offers callbacks".into());
+        };
+        if let Some(mark) = self.cdr.callback.as_mut() {
+            mark.dialled_at_ms = Some(now_ms);
+        }
+        self.outputs.push_back(CallOutput::DialCustomer {
+            number: self.setup.caller.clone(),
+            trunk,
+            ring_timeout_ms,
+        });
+    }
+
+    /// R3.11: the callback failed: the agent is freed, the call ends.
+    fn callback_failed(&mut self, now_ms: u64, reason: String) {
+        self.cdr.reason = Some(reason);
+        self.finish(now_ms, HangupBy::System, Disposition::Released);
+    }
+
     /// R3.20: the caller leaves the line (all its queues) for `queue`'s voicemail.
     fn start_voicemail(&mut self, now_ms: u64, queue: QueueId, v: model::VoicemailBox) {
         self.stop_announcing();
@@ -1562,6 +1753,8 @@ impl CallMachine {
     fn release(&mut self, now_ms: u64, prompt: Option<PromptId>, disposition: Disposition) {
         self.stop_announcing();
         self.cdr.disposition = disposition;
+        // Nobody hears a prompt on a virtual call (R3.11).
+        let prompt = prompt.filter(|_| !self.virtual_call);
         match prompt {
             Some(prompt) => {
                 self.state = State::Releasing;
@@ -1581,6 +1774,49 @@ impl CallMachine {
 
     /// One side hung up.
     fn hangup(&mut self, now_ms: u64, by: HangupBy) {
+        // R3.11: nobody is on a virtual call's line to hang up (a late BYE, or the media
+        // timeout of the closed leg, means nothing).
+        if by == HangupBy::Caller
+            && self.virtual_call
+            && matches!(
+                self.state,
+                State::Queued { .. } | State::Offering { .. } | State::CallingBack { .. }
+            )
+        {
+            return;
+        }
+        // R3.11: a caller who hangs up after waiting long enough keeps its place.
+        if by == HangupBy::Caller && !self.virtual_call {
+            if let State::Queued { queue } | State::Offering { queue, .. } = &self.state {
+                let queue = queue.clone();
+                let waited = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
+                let keeps = self
+                    .setup
+                    .queues
+                    .get(&queue)
+                    .and_then(|q| q.callback.as_ref())
+                    .and_then(|c| c.after_ms)
+                    .is_some_and(|after| waited >= after);
+                // Hanging up during the callback prompt is the hang-up the caller expects.
+                if keeps || self.confirming_callback {
+                    if self.cdr.callback.is_none() {
+                        self.cdr.callback = Some(model::CallbackMark {
+                            queue,
+                            requested_at_ms: now_ms,
+                            by: "hangup".into(),
+                            dialled_at_ms: None,
+                            answered_at_ms: None,
+                        });
+                    }
+                    self.confirming_callback = false;
+                    self.virtual_call = true;
+                    self.stop_announcing();
+                    self.announce_at = None;
+                    self.periodic_at = None;
+                    return;
+                }
+            }
+        }
         match self.state.clone() {
             State::Ended => {}
             State::Talking { .. } => self.finish(now_ms, by, Disposition::Answered),
@@ -1618,6 +1854,10 @@ impl CallMachine {
             State::Voicemail { until: None, .. } | State::Setup | State::Ivr { .. } => {
                 self.finish(now_ms, by, Disposition::Abandoned)
             }
+            State::CallingBack { .. } => {
+                self.cdr.reason = Some("the agent hung up before the callback was answered".into());
+                self.finish(now_ms, by, Disposition::Released)
+            }
         }
     }
 
@@ -1628,6 +1868,12 @@ impl CallMachine {
             queue,
             agent,
             agent_node,
+        }
+        | State::CallingBack {
+            queue,
+            agent,
+            agent_node,
+            ..
         } = &previous
         {
             let acw_ms = self.setup.queues.get(queue).map_or(0, |q| q.acw_ms);

@@ -40,6 +40,7 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         repeat_caller: None,
         routed_by: Vec::new(),
         voicemail: None,
+        callback: None,
     }
 }
 

@@ -96,6 +96,27 @@ pub struct Queue {
     /// R3.20: waiting callers may leave a message instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voicemail: Option<VoicemailBox>,
+    /// R3.11: waiting callers may be called back instead of holding the line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackOffer>,
+}
+
+/// R3.11 virtual queueing: a waiting caller who presses `key` (offline waiting), or who hangs
+/// up after waiting at least `after_ms`, keeps its place without a line open. When its turn
+/// comes and an agent answers the offer, the platform calls the caller back through `trunk`
+/// and bridges them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackOffer {
+    pub trunk: TrunkId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<char>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+    /// Played to a caller who pressed `key` before the platform hangs up ("we will call you
+    /// back").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptId>,
 }
 
 /// R3.20: a queue's voicemail. A waiting caller who presses `key` leaves the line, hears
@@ -294,6 +315,9 @@ impl Queue {
             prompts.push(&v.prompt);
             prompts.extend(v.thanks.iter());
         }
+        if let Some(c) = &self.callback {
+            prompts.extend(c.prompt.iter());
+        }
         for (_, rule) in self.rules() {
             match rule {
                 Some(RuleAction::TransferQueue { queue })
@@ -439,6 +463,10 @@ pub struct Trunk {
     pub id: TrunkId,
     pub name: String,
     pub sources: Vec<IpAddr>,
+    /// Where the platform sends its own calls out through this trunk (R3.11 callbacks):
+    /// the carrier's SIP address, `ip:port` (UDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<std::net::SocketAddr>,
 }
 
 /// A recorded prompt. `file` names a WAV known to every node: a bundled sample prompt
@@ -594,6 +622,26 @@ impl ConfigItem {
                 }
                 if let Some(r) = &q.repeat_caller {
                     r.validate()?;
+                }
+                if let Some(c) = &q.callback {
+                    if c.key.is_none() && c.after_ms.is_none() {
+                        return Err(ModelError::Invalid {
+                            field: "callback",
+                            why: "set a key, after_ms, or both",
+                        });
+                    }
+                    if let Some(after) = c.after_ms {
+                        check_range("callback after_ms", after, 0, 3_600_000)?;
+                    }
+                    let taken = [q.cancel_key, q.voicemail.as_ref().map(|v| v.key)];
+                    if c.key
+                        .is_some_and(|k| !"0123456789*#".contains(k) || taken.contains(&Some(k)))
+                    {
+                        return Err(ModelError::Invalid {
+                            field: "callback key",
+                            why: "one of 0-9 * #, not the cancel or voicemail key",
+                        });
+                    }
                 }
                 if let Some(v) = &q.voicemail {
                     check_range("voicemail max_ms", v.max_ms, 1_000, VOICEMAIL_MAX_MS)?;

@@ -223,6 +223,22 @@ pub struct Cdr {
     /// R3.20: the caller left a message in this queue's voicemail (in the call's recording).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voicemail: Option<VoicemailMark>,
+    /// R3.11: the caller chose to be called back (or hung up and kept its place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackMark>,
+}
+
+/// R3.11: a virtual call: when the caller left the line, how, and the callback's course.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackMark {
+    pub queue: QueueId,
+    pub requested_at_ms: u64,
+    /// `key` (offline waiting) or `hangup` (an early hang-up kept its place).
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialled_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at_ms: Option<u64>,
 }
 
 /// R3.20: a message left while queued: when recording started and how long it ran.
@@ -394,6 +410,9 @@ pub enum CallPhase {
         /// R3.10: the other queues the call waits in at the same time.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         also: Vec<QueueId>,
+        /// R3.11: a virtual call: the caller is not on the line (it is called back).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        callback: bool,
     },
     /// Ringing `agent` for `queue` (offered again after a takeover).
     Offering {
@@ -405,6 +424,9 @@ pub enum CallPhase {
         /// R3.10: the other queues the call waits in again if the agent does not answer.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         also: Vec<QueueId>,
+        /// R3.11: ringing the agent for a virtual call (the caller is called back on answer).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        callback: bool,
     },
     Talking {
         queue: QueueId,

@@ -117,6 +117,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
             id: id("carrier"),
             name: "Carrier trunk (loopback)".into(),
             sources: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            outbound: None,
         }),
     }];
     let mut info = SampleInfo {
@@ -163,6 +164,7 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 agent_announcement: None,
                 repeat_caller: None,
                 voicemail: None,
+                callback: None,
             })));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));

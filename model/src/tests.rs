@@ -382,6 +382,7 @@ fn sample_cdr() -> Cdr {
         repeat_caller: None,
         routed_by: Vec::new(),
         voicemail: None,
+        callback: None,
     }
 }
 

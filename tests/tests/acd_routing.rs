@@ -289,7 +289,7 @@ async fn vip_callers_wait_higher_and_only_for_agents_with_the_tag_even_after_the
     c.api(a).ready(T, &senior.agent).await?;
     until_state(&c, &senior.agent, "talking").await?;
     // A second VIP arrives; the agent without the tag takes the plain caller, not the VIP.
-    let vip2 = caller(&c, "vip2", "1383000000", "2", 60_000, a).spawn()?;
+    let vip2 = caller(&c, "vip2", "1383000000", "2", 30_000, a).spawn()?;
     until_waiting(&c, T, "billing", 2).await?;
     c.api(b).ready(T, &plain.agent).await?;
     until_state(&c, &plain.agent, "talking").await?;
@@ -606,5 +606,111 @@ async fn max_wait_transfers_the_call_to_one_agent_not_the_longest_idle() -> Resu
         "the rule's agent took the call, not the longest idle one: {cdr}"
     );
     ensure!(s(&c.api(0).get_agent(T, &idle.agent).await?, "state") == "ready");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_who_hangs_up_early_keeps_its_place_and_is_called_back() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    let work = c.work().join("sipp");
+    std::fs::create_dir_all(&work)?;
+    // The customer's phone behind the carrier: a SIPp UAS that answers the callback.
+    let customer_port = free_port();
+    let customer = Sipp::new("agent_phone.xml", &work, "customer")
+        .port(customer_port)
+        .calls(Some(1))
+        .timeout(120)
+        .spawn()?;
+    let trunk_path = "/api/v1/trunks/carrier";
+    let mut trunk = c.api(0).get_json(trunk_path).await?;
+    trunk["outbound"] = json!(format!("127.0.0.1:{customer_port}"));
+    c.api(0).put_json(trunk_path, &trunk).await?;
+    replicated(&c, trunk_path, |t| t["outbound"] == trunk["outbound"]).await?;
+    cli(
+        &c,
+        &[
+            "queue",
+            "update",
+            "--tenant",
+            T,
+            "--id",
+            "general",
+            "--callback-trunk",
+            "carrier",
+            "--callback-after-ms",
+            "2000",
+        ],
+    )
+    .await?;
+    replicated(&c, &format!("/api/v1/tenants/{T}/queues/general"), |q| {
+        q["callback"]["after_ms"] == 2000
+    })
+    .await?;
+    // The agent of general: signed in, not ready yet; its phone hangs up after 3 s of talk.
+    let agent = c.tenant(T)?.agents[0].clone();
+    set_agent(&c, T, &agent.agent, |a| a["skills"] = json!(["general"])).await?;
+    c.api(1).sign_in(T, &agent.agent, &agent.extension).await?;
+    let phone = AgentPhone::start(
+        &work,
+        &c.sip(1),
+        &c.tenant(T)?.domain,
+        &agent,
+        Register::Digest("SHA-256"),
+        "agent_phone_hangup.xml",
+        Some(1),
+        Some(3_000),
+    )
+    .await?;
+    let events = EventLog::connect(&c.api(2)).await?;
+    let from = now_ms();
+    // The caller waits 5 s in general, then hangs up: it keeps its place.
+    let run = Sipp::new("carrier_abandon.xml", &work, "early")
+        .remote(&c.sip(2))
+        .service("075595598")
+        .key("caller_prefix", "1320000000")
+        .set("hold_ms", "5000")
+        .timeout(60);
+    succeeds(run.spawn()?).await?;
+    let call = waiting_call(&c, 0, "1320", 1).await?;
+    ensure!(
+        s(&call, "state") == "queued",
+        "the virtual call waits: {call}"
+    );
+    ensure!(queue_waiting(&c, T, "general").await == Some(1));
+    // The agent gets ready: it is offered the virtual call, answers, and the platform
+    // calls the customer back and bridges them; the agent hangs up after 3 s.
+    c.api(1).ready(T, &agent.agent).await?;
+    let pr = phone.run.wait(Duration::from_secs(60)).await?;
+    ensure!(
+        pr.exit_code == 0 && pr.successful == 1,
+        "agent phone: {pr:?}"
+    );
+    let cr = customer.wait(Duration::from_secs(60)).await?;
+    ensure!(
+        cr.exit_code == 0 && cr.successful == 1,
+        "the customer was called back: {cr:?}"
+    );
+    let cdrs = cdrs_for(&c, 0, from, &["1320"]).await?;
+    let cdr = cdr_of(&cdrs, "1320").expect("checked");
+    let mark = &cdr["callback"];
+    ensure!(
+        s(cdr, "disposition") == "answered"
+            && s(cdr, "agent") == agent.agent
+            && s(mark, "by") == "hangup"
+            && n(mark, "answered_at_ms") >= n(mark, "dialled_at_ms")
+            && n(mark, "dialled_at_ms") > n(mark, "requested_at_ms"),
+        "called back and answered: {cdr}"
+    );
+    let virtual_call = events
+        .snapshot()
+        .into_iter()
+        .find(|e| s(e, "type") == "virtual_call")
+        .ok_or_else(|| anyhow::anyhow!("no virtual-call event"))?;
+    ensure!(
+        s(&virtual_call, "agent") == agent.agent
+            && s(&virtual_call, "customer").starts_with("1320"),
+        "{virtual_call}"
+    );
     Ok(())
 }

@@ -1533,3 +1533,119 @@ fn a_rule_transfers_the_call_to_one_agent_who_alone_is_offered_it() {
     let (_, out) = restored_in(setup, &m, at + 5_000);
     assert_eq!(enqueues(&out), vec![("general".into(), 0, only_1002)]);
 }
+
+fn with_callback(key: Option<char>, after_ms: Option<u64>) -> CallSetup {
+    setup_with(|q| {
+        q.callback = Some(model::CallbackOffer {
+            trunk: "carrier".parse().unwrap(),
+            key,
+            after_ms,
+            prompt: None,
+        })
+    })
+}
+
+#[test]
+fn a_caller_who_chooses_offline_waiting_is_called_back_when_an_agent_answers() {
+    let mut m = CallMachine::new(with_callback(Some('3'), None));
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    m.handle(6_000, CallInput::Digit('3'));
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::HangupCustomer), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, CallOutput::Dequeue { .. })),
+        "keeps its place"
+    );
+    assert!(matches!(
+        m.phase(),
+        Some(CallPhase::Queued { callback: true, .. })
+    ));
+    // The offer rings the agent with the virtual-call number.
+    offer_to(&mut m, 9_000, "1003");
+    let out = drain(&mut m);
+    assert!(out.iter().any(
+        |o| matches!(o, CallOutput::DialAgent { callback_to: Some(n), .. } if n == "13800000000")
+    ));
+    m.handle(9_100, CallInput::AgentRinging);
+    m.handle(10_000, CallInput::AgentAnswered);
+    let out = drain(&mut m);
+    assert!(
+        out.contains(&CallOutput::DialCustomer {
+            number: "13800000000".into(),
+            trunk: "carrier".parse().unwrap(),
+            ring_timeout_ms: 15_000
+        }),
+        "{out:?}"
+    );
+    assert!(
+        !out.contains(&CallOutput::Bridge),
+        "not before the customer answers"
+    );
+    assert_eq!(m.state_name(), "calling_back");
+    m.handle(13_000, CallInput::CalledBack);
+    assert!(drain(&mut m).contains(&CallOutput::Bridge));
+    m.handle(40_000, CallInput::CustomerHangup);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.disposition, Disposition::Answered);
+    let mark = cdr.callback.expect("a callback mark");
+    assert_eq!(
+        (
+            mark.by.as_str(),
+            mark.requested_at_ms,
+            mark.dialled_at_ms,
+            mark.answered_at_ms
+        ),
+        ("key", 6_000, Some(10_000), Some(13_000))
+    );
+}
+
+#[test]
+fn an_early_hang_up_keeps_the_place_only_after_the_queues_time() {
+    // Hung up after 5 s with after_ms 3 s: virtual, still queued, survives a takeover.
+    let setup = with_callback(None, Some(3_000));
+    let mut m = CallMachine::new(setup.clone());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    m.handle(9_000, CallInput::CustomerHangup);
+    assert!(drain(&mut m).is_empty(), "no dequeue, no CDR");
+    assert_eq!(m.state_name(), "queued");
+    let (r, out) = restored_in(setup.clone(), &m, 12_000);
+    assert!(matches!(
+        r.phase(),
+        Some(CallPhase::Queued { callback: true, .. })
+    ));
+    assert!(
+        !out.iter().any(|o| matches!(o, CallOutput::Play { .. })),
+        "no music to nobody"
+    );
+    // The callback fails: the agent is freed and the call ends released.
+    let mut r = r;
+    offer_to(&mut r, 13_000, "1003");
+    r.handle(14_000, CallInput::AgentAnswered);
+    drain(&mut r);
+    r.handle(
+        15_000,
+        CallInput::CallbackFailed {
+            reason: "486".into(),
+        },
+    );
+    let out = drain(&mut r);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        CallOutput::Agent {
+            notice: AgentNotice::Ended { .. },
+            ..
+        }
+    )));
+    let cdr = cdr_of(&out);
+    assert_eq!(
+        (cdr.disposition, cdr.reason.as_deref()),
+        (Disposition::Released, Some("486"))
+    );
+    // Hung up after 2 s: abandoned as usual.
+    let mut m = CallMachine::new(setup);
+    to_queue(&mut m, '2');
+    m.handle(6_000, CallInput::CustomerHangup);
+    assert_eq!(cdr_of(&drain(&mut m)).disposition, Disposition::Abandoned);
+}

@@ -101,6 +101,15 @@ pub enum Event {
         stats: QueueStats,
         at_ms: u64,
     },
+    /// R3.11: an agent is offered a virtual call: the platform calls `customer` back once
+    /// the agent answers.
+    VirtualCall {
+        call_id: CallId,
+        tenant: TenantId,
+        agent: AgentId,
+        customer: String,
+        at_ms: u64,
+    },
     CallEnded {
         call_id: CallId,
         tenant: Option<TenantId>,

@@ -19,7 +19,7 @@ use sip::message::{Method, Request, Response};
 use sip::transaction::{TransactionKey, Transport};
 use sip::SipMessage;
 
-use super::api::LiveCall;
+use super::api::{Event, LiveCall};
 use super::mesh::{AgentEnvelope, CallEnvelope};
 use super::sip_legs::{AgentLeg, CustomerLeg};
 use super::Runtime;
@@ -139,6 +139,8 @@ pub struct CallState {
     machine: CallMachine,
     customer: CustomerLeg,
     agent: Option<AgentLeg>,
+    /// R3.11: our INVITE calling the customer back (the customer's leg from then on).
+    callback: Option<AgentLeg>,
     media: CallMediaHandle,
     tenant: model::TenantId,
     domain: String,
@@ -236,7 +238,11 @@ impl Actor for CallActor {
                     };
                     state.machine.handle(now, input);
                     if leg == LegId::Customer {
-                        state.customer.bye(rt);
+                        // The called-back customer's leg is our INVITE's (R3.11).
+                        match state.callback.as_mut() {
+                            Some(callback) => callback.bye(rt),
+                            None => state.customer.bye(rt),
+                        }
                     }
                 }
                 _ => {}
@@ -365,6 +371,9 @@ impl Actor for CallActor {
         if let Some(agent) = &state.agent {
             rt.endpoint().unbind(&agent.sip_call_id);
         }
+        if let Some(leg) = &state.callback {
+            rt.endpoint().unbind(&leg.sip_call_id);
+        }
         if !state.machine.is_ended() || state.abandoned {
             // Stopped from outside (node shutdown, or the call moved to another node).
             let _ = state.media.stop().await;
@@ -413,6 +422,7 @@ async fn start_new(
         machine,
         customer,
         agent: None,
+        callback: None,
         media,
         tenant,
         domain,
@@ -540,7 +550,14 @@ async fn take_over(
         checkpoint.customer.remote_sdp.as_deref(),
     )
     .await?;
-    if resumed {
+    // R3.11: a virtual call has no caller on the line to bring here.
+    let virtual_call = matches!(
+        checkpoint.phase,
+        CallPhase::Queued { callback: true, .. } | CallPhase::Offering { callback: true, .. }
+    );
+    if virtual_call {
+        customer.closed = true;
+    } else if resumed {
         customer.reinvite(rt, myself.clone(), &local);
     }
 
@@ -622,6 +639,7 @@ async fn take_over(
         ack_pending: false,
         commit_wait: None,
         lease_check_armed: false,
+        callback: None,
     };
     update_live(rt, &state);
     Ok(state)
@@ -636,7 +654,11 @@ fn checkpoint(
 ) -> Option<tokio::sync::oneshot::Receiver<()>> {
     let phase = state.machine.phase()?;
     // Not answered yet: nothing another node could resume.
-    let customer = state.customer.checkpoint()?;
+    // R3.11: a called-back customer is reached through our own INVITE's dialog.
+    let customer = match state.callback.as_ref().and_then(AgentLeg::checkpoint) {
+        Some(leg) => leg,
+        None => state.customer.checkpoint()?,
+    };
     let agent = match phase {
         CallPhase::Talking { .. } => state.agent.as_ref().and_then(AgentLeg::checkpoint),
         _ => None,
@@ -697,12 +719,21 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
             source,
             transport,
         } => {
+            let from_callback = state
+                .callback
+                .as_ref()
+                .is_some_and(|c| request.call_id() == Some(c.sip_call_id.as_str()));
             let from_customer = request.call_id() == Some(state.customer.sip_call_id.as_str());
             match request.method {
                 Method::Bye => {
                     rt.endpoint()
                         .respond(key, Response::for_request(&request, 200, "OK"));
-                    if from_customer {
+                    if from_callback {
+                        if let Some(leg) = state.callback.as_mut() {
+                            leg.closed = true;
+                        }
+                        state.machine.handle(now, CallInput::CustomerHangup);
+                    } else if from_customer {
                         state.customer.closed = true;
                         state.machine.handle(now, CallInput::CustomerHangup);
                         // A BYE before our 2xx was ACKed still ends the call; stop resending.
@@ -714,7 +745,9 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
                 }
                 Method::Invite => {
                     // A session refresh or re-offer: answer with our current description.
-                    let leg_sdp = if from_customer {
+                    let leg_sdp = if from_callback {
+                        state.callback.as_ref().and_then(|c| c.local_sdp.clone())
+                    } else if from_customer {
                         state.customer.local_sdp.clone()
                     } else {
                         state.agent.as_ref().and_then(|a| a.local_sdp.clone())
@@ -752,6 +785,15 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
             let cseq = response.cseq().map(|(n, _)| n);
             if response.call_id() == Some(state.customer.sip_call_id.as_str()) {
                 return on_reinvite_response(rt, state, now, LegId::Customer, &response).await;
+            }
+            if let Some(leg) = state.callback.as_mut() {
+                if response.call_id() == Some(leg.sip_call_id.as_str()) {
+                    if leg.reinvite.is_some() && leg.reinvite == cseq {
+                        return on_reinvite_response(rt, state, now, LegId::Customer, &response)
+                            .await;
+                    }
+                    return on_callback_response(rt, state, now, &response).await;
+                }
             }
             let Some(agent) = state.agent.as_mut() else {
                 return;
@@ -840,6 +882,19 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
             sip_call_id,
             method,
         } => {
+            let callback_invite = state
+                .callback
+                .as_ref()
+                .is_some_and(|c| c.sip_call_id == sip_call_id)
+                && method == Method::Invite;
+            if callback_invite {
+                state.machine.handle(
+                    now,
+                    CallInput::CallbackFailed {
+                        reason: "the carrier did not answer the callback".into(),
+                    },
+                );
+            }
             let agent_invite = state
                 .agent
                 .as_ref()
@@ -854,6 +909,62 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
                     },
                 );
             }
+        }
+    }
+}
+
+/// R3.11: the carrier's answers to our callback INVITE.
+async fn on_callback_response(
+    rt: &Arc<Runtime>,
+    state: &mut CallState,
+    now: u64,
+    response: &Response,
+) {
+    if matches!(response.status, 100..=199) {
+        return;
+    }
+    let Some(leg) = state.callback.as_mut() else {
+        return;
+    };
+    match response.status {
+        200..=299 => {
+            if !leg.on_2xx(rt, response, true) {
+                return;
+            }
+            if state.machine.state_name() != "calling_back" {
+                // The agent gave up meanwhile: hang the customer up.
+                leg.bye(rt);
+                return;
+            }
+            let Some(description) = response_sdp(response) else {
+                leg.bye(rt);
+                state.machine.handle(
+                    now,
+                    CallInput::CallbackFailed {
+                        reason: "the callback was answered without SDP".into(),
+                    },
+                );
+                return;
+            };
+            let (codec, dtmf) = media::sdp::negotiate(&description, &[Codec::Pcma, Codec::Pcmu])
+                .unwrap_or((Codec::Pcmu, None));
+            if let Err(error) = state
+                .media
+                .set_remote(LegId::Customer, description, codec, dtmf)
+                .await
+            {
+                warn!(%error, "callback media");
+            }
+            state.machine.handle(now, CallInput::CalledBack);
+        }
+        status => {
+            leg.final_failure = true;
+            state.machine.handle(
+                now,
+                CallInput::CallbackFailed {
+                    reason: format!("the callback was answered {status}"),
+                },
+            );
         }
     }
 }
@@ -1020,7 +1131,69 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                     },
                 );
             }
-            CallOutput::DialAgent { extension, .. } => {
+            CallOutput::DialCustomer {
+                number,
+                trunk,
+                ring_timeout_ms: _,
+            } => {
+                let gateway = rt
+                    .cluster
+                    .read(|s| s.trunks.get(trunk.as_str()).and_then(|t| t.outbound));
+                let Some(gateway) = gateway else {
+                    state.machine.handle(
+                        rt.now_ms(),
+                        CallInput::CallbackFailed {
+                            reason: format!("trunk {trunk} has no outbound address"),
+                        },
+                    );
+                    continue;
+                };
+                let port = match state.media.add_leg(LegId::Customer).await {
+                    Ok(port) => port,
+                    Err(error) => {
+                        state.machine.handle(
+                            rt.now_ms(),
+                            CallInput::CallbackFailed {
+                                reason: format!("no media port: {error}"),
+                            },
+                        );
+                        continue;
+                    }
+                };
+                let offer = local_description(
+                    rt,
+                    port,
+                    vec![Codec::Pcma, Codec::Pcmu],
+                    Some(media::sdp::DEFAULT_DTMF_PAYLOAD_TYPE),
+                );
+                let caller_id = state.machine.route().access_code.clone();
+                let leg = AgentLeg::invite_number(
+                    rt,
+                    myself.clone(),
+                    &number,
+                    gateway,
+                    &caller_id,
+                    &call_id,
+                    &offer,
+                );
+                info!(call = %call_id, %number, %gateway, "calling the customer back");
+                state.callback = Some(leg);
+            }
+            CallOutput::DialAgent {
+                extension,
+                callback_to,
+                ..
+            } => {
+                if let (Some(customer), Some(agent)) = (&callback_to, state.machine.offered_agent())
+                {
+                    rt.publish(Event::VirtualCall {
+                        call_id: call_id.clone(),
+                        tenant: state.tenant.clone(),
+                        agent,
+                        customer: customer.clone(),
+                        at_ms: rt.now_ms(),
+                    });
+                }
                 let bindings = rt.cluster.read(|s| {
                     s.live_bindings(&state.tenant, &extension, rt.now_ms())
                         .into_iter()
@@ -1148,7 +1321,10 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                     warn!(call = %call_id, "voicemail recording unavailable");
                 }
             }
-            CallOutput::HangupCustomer => state.customer.bye(rt),
+            CallOutput::HangupCustomer => match state.callback.as_mut() {
+                Some(leg) => leg.cancel_or_bye(rt),
+                None => state.customer.bye(rt),
+            },
             CallOutput::HangupAgent => {
                 if let Some(agent) = state.agent.as_mut() {
                     agent.cancel_or_bye(rt);

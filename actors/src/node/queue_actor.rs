@@ -86,6 +86,7 @@ impl Actor for QueueActor {
                             priority,
                             enqueued_at_ms,
                             also,
+                            ..
                         } if *q == queue || also.contains(&queue) => {
                             Some((*priority, *enqueued_at_ms, None))
                         }

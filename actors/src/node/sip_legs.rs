@@ -264,12 +264,67 @@ impl AgentLeg {
         } else {
             Transport::Udp
         };
+        let from = NameAddr::new(Uri::sip(Some(caller), domain, None));
+        let to = NameAddr::new(Uri::sip(Some(extension.as_str()), domain, None));
+        Some(Self::send_invite(
+            rt,
+            owner,
+            target,
+            binding.source,
+            transport,
+            from,
+            to,
+            call,
+            offer,
+        ))
+    }
+
+    /// R3.11: our INVITE to `number` through a carrier's `gateway` (a callback); the caller
+    /// id is the access code the customer dialled.
+    #[allow(clippy::too_many_arguments)] // Like `invite`.
+    pub fn invite_number(
+        rt: &Runtime,
+        owner: ActorRef<CallMsg>,
+        number: &str,
+        gateway: SocketAddr,
+        caller_id: &str,
+        call: &CallId,
+        offer: &MediaDescription,
+    ) -> AgentLeg {
+        let host = gateway.ip().to_string();
+        let target = Uri::sip(Some(number), &host, Some(gateway.port()));
+        let local = rt.config.sip_addr.ip().to_string();
+        let from = NameAddr::new(Uri::sip(Some(caller_id), &local, None));
+        let to = NameAddr::new(Uri::sip(Some(number), &host, None));
+        Self::send_invite(
+            rt,
+            owner,
+            target,
+            gateway,
+            Transport::Udp,
+            from,
+            to,
+            call,
+            offer,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_invite(
+        rt: &Runtime,
+        owner: ActorRef<CallMsg>,
+        target: Uri,
+        dest: SocketAddr,
+        transport: Transport,
+        mut from: NameAddr,
+        to: NameAddr,
+        call: &CallId,
+        offer: &MediaDescription,
+    ) -> AgentLeg {
         let mut rng = rand::thread_rng();
         let sip_call_id = sip::message::new_call_id(&mut rng, &rt.config.sip_addr.ip().to_string());
         let branch = sip::message::new_branch(&mut rng);
-        let mut from = NameAddr::new(Uri::sip(Some(caller), domain, None));
         from.set_tag(&sip::message::new_tag(&mut rng));
-        let to = NameAddr::new(Uri::sip(Some(extension.as_str()), domain, None));
         let sdp = sdp_text(offer);
         let mut invite = Request::new(Method::Invite, target);
         let via = Via::new(
@@ -292,11 +347,11 @@ impl AgentLeg {
         invite.headers.push("Content-Type", "application/sdp");
         invite.body = sdp.clone().into_bytes();
         rt.endpoint()
-            .send_request(invite.clone(), binding.source, transport, Some(owner));
-        Some(AgentLeg {
+            .send_request(invite.clone(), dest, transport, Some(owner));
+        AgentLeg {
             sip_call_id,
             invite,
-            dest: binding.source,
+            dest,
             transport,
             dialog: None,
             local_sdp: Some(sdp),
@@ -305,7 +360,7 @@ impl AgentLeg {
             final_failure: false,
             closed: false,
             reinvite: None,
-        })
+        }
     }
 
     /// The answered leg as a new owner rebuilt it from a checkpoint.

@@ -108,6 +108,7 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 agent_announcement: None,
                 repeat_caller: None,
                 voicemail: None,
+                callback: None,
             })),
         });
     }

@@ -469,6 +469,19 @@ pub struct QueueFields {
     /// With --agent-prefix: the prompt after the number ("at your service").
     #[arg(long, requires = "agent_prefix")]
     pub agent_suffix: Option<PromptId>,
+    /// R3.11: callbacks go out through this trunk (it needs an outbound address); with
+    /// --callback-key and/or --callback-after-ms.
+    #[arg(long)]
+    pub callback_trunk: Option<TrunkId>,
+    /// The key a waiting caller presses to be called back instead of holding.
+    #[arg(long, requires = "callback_trunk")]
+    pub callback_key: Option<char>,
+    /// A caller who hangs up after waiting this long keeps its place and is called back.
+    #[arg(long, requires = "callback_trunk")]
+    pub callback_after_ms: Option<u64>,
+    /// Played after the callback key, before the platform hangs up.
+    #[arg(long, requires = "callback_trunk")]
+    pub callback_prompt: Option<PromptId>,
     /// R3.20: the key (0-9, *) a waiting caller presses to leave a message.
     #[arg(long, requires = "voicemail_prompt")]
     pub voicemail_key: Option<char>,
@@ -714,6 +727,22 @@ fn queue_body(f: &QueueFields) -> anyhow::Result<(Map<String, Value>, QueueId)> 
                     .map(|(p, every)| json!({"prompt": p.as_str(), "every_ms": every})),
             ),
             (
+                "callback",
+                f.callback_trunk.as_ref().map(|trunk| {
+                    let mut c = json!({"trunk": trunk.as_str()});
+                    if let Some(key) = f.callback_key {
+                        c["key"] = json!(key.to_string());
+                    }
+                    if let Some(after) = f.callback_after_ms {
+                        c["after_ms"] = json!(after);
+                    }
+                    if let Some(prompt) = &f.callback_prompt {
+                        c["prompt"] = json!(prompt.as_str());
+                    }
+                    c
+                }),
+            ),
+            (
                 "voicemail",
                 f.voicemail_key
                     .zip(f.voicemail_prompt.as_ref())
@@ -902,6 +931,9 @@ pub struct TrunkFields {
     /// Source addresses the carrier sends from, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub sources: Option<Vec<IpAddr>>,
+    /// Where the platform's own calls go out (R3.11 callbacks): the carrier's ip:port.
+    #[arg(long)]
+    pub outbound: Option<std::net::SocketAddr>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
@@ -957,6 +989,7 @@ fn trunk_body(f: &TrunkFields) -> anyhow::Result<(Map<String, Value>, TrunkId)> 
             ("id", Some(json!(id.as_str()))),
             ("name", str_value(f.name.clone())),
             ("sources", list_value(f.sources.clone())),
+            ("outbound", f.outbound.map(|a| json!(a.to_string()))),
         ],
     );
     Ok((body, id))

@@ -268,10 +268,12 @@ impl SimNode {
                 }
                 // The lost-call webhook (R3.22) leaves the cluster, and the simulation has no
                 // audio to record (R3.20).
+                // Nor callbacks (R3.11: the simulated queues offer none).
                 CallOutput::StopPlay
                 | CallOutput::Bridge
                 | CallOutput::LostCall { .. }
-                | CallOutput::RecordVoicemail => {}
+                | CallOutput::RecordVoicemail
+                | CallOutput::DialCustomer { .. } => {}
                 CallOutput::Enqueue {
                     queue,
                     priority,

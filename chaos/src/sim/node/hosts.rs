@@ -41,6 +41,7 @@ impl SimNode {
                             priority,
                             enqueued_at_ms,
                             also,
+                            ..
                         } if q == queue || also.contains(queue) => {
                             Some((*priority, *enqueued_at_ms, None))
                         }
