@@ -159,17 +159,8 @@ impl Actor for AgentActor {
                     // agent announces itself again, which updates what its queues know.
                     let s = machine.session();
                     for queue in skills {
-                        let fit = fit(rt, &s.tenant, &s.agent, &queue);
-                        rt.send_queue(
-                            &s.tenant,
-                            &queue,
-                            QueueInput::AgentAvailable {
-                                agent: s.agent.clone(),
-                                agent_node: rt.node_id(),
-                                idle_since_ms: s.idle_since_ms,
-                                fit,
-                            },
-                        );
+                        let input = available(rt, &s, &queue, s.idle_since_ms);
+                        rt.send_queue(&s.tenant, &queue, input);
                     }
                 }
             }
@@ -210,16 +201,8 @@ impl Actor for AgentActor {
                             && machine.skills().contains(&queue)
                         {
                             let s = machine.session();
-                            rt.send_queue(
-                                &s.tenant,
-                                &queue,
-                                QueueInput::AgentAvailable {
-                                    agent: s.agent.clone(),
-                                    agent_node: rt.node_id(),
-                                    idle_since_ms: s.idle_since_ms,
-                                    fit: fit(rt, &s.tenant, &s.agent, &queue),
-                                },
-                            );
+                            let input = available(rt, &s, &queue, s.idle_since_ms);
+                            rt.send_queue(&s.tenant, &queue, input);
                         }
                         None
                     }
@@ -240,11 +223,27 @@ impl Actor for AgentActor {
     }
 }
 
-/// The agent's tags and skill level in `queue` (R3.12), from the replicated config.
-fn fit(rt: &Runtime, tenant: &TenantId, agent: &AgentId, queue: &QueueId) -> model::AgentFit {
-    rt.cluster
-        .read(|s| s.agent(tenant, agent).map(|a| a.fit(queue)))
-        .unwrap_or_default()
+/// The agent's availability to `queue`, with its tags and skill level there (R3.12) from the
+/// replicated config.
+fn available(
+    rt: &Runtime,
+    session: &AgentSession,
+    queue: &QueueId,
+    idle_since_ms: u64,
+) -> QueueInput {
+    let fit = rt
+        .cluster
+        .read(|s| {
+            s.agent(&session.tenant, &session.agent)
+                .map(|a| a.fit(queue))
+        })
+        .unwrap_or_default();
+    QueueInput::AgentAvailable {
+        agent: session.agent.clone(),
+        agent_node: rt.node_id(),
+        idle_since_ms,
+        fit,
+    }
 }
 
 /// Carries out the machine's outputs and arms its timer.
@@ -260,12 +259,7 @@ fn drive(rt: &Arc<Runtime>, myself: &ActorRef<AgentMsg>, machine: &mut AgentMach
             } => {
                 for queue in queues {
                     let input = if available {
-                        QueueInput::AgentAvailable {
-                            agent: session.agent.clone(),
-                            agent_node: rt.node_id(),
-                            idle_since_ms,
-                            fit: fit(rt, &session.tenant, &session.agent, &queue),
-                        }
+                        self::available(rt, &session, &queue, idle_since_ms)
                     } else {
                         QueueInput::AgentUnavailable {
                             agent: session.agent.clone(),

@@ -1283,20 +1283,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                     .set_failover_recording(recorded.then_some(part), offset);
             }
             CallOutput::Bridge => {
-                let dir = recording_dir(rt);
-                let path = dir.join(format!("{call_id}.wav"));
-                let recorded = match std::fs::create_dir_all(&dir) {
-                    Ok(()) => state.media.bridge(Some(path)).await.is_ok(),
-                    Err(_) => false,
-                };
-                if recorded {
-                    state.machine.handle(
-                        rt.now_ms(),
-                        CallInput::Recording {
-                            id: call_id.to_string(),
-                        },
-                    );
-                } else {
+                if !start_recording(rt, state, &call_id, Recording::Bridge).await {
                     warn!(call = %call_id, "recording unavailable; bridging unrecorded");
                     let _ = state.media.bridge(None).await;
                 }
@@ -1304,20 +1291,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
             }
             CallOutput::RecordVoicemail => {
                 // R3.20: the message goes into the call's recording (the caller's channel).
-                let dir = recording_dir(rt);
-                let path = dir.join(format!("{call_id}.wav"));
-                let recorded = match std::fs::create_dir_all(&dir) {
-                    Ok(()) => state.media.record(path).await.is_ok(),
-                    Err(_) => false,
-                };
-                if recorded {
-                    state.machine.handle(
-                        rt.now_ms(),
-                        CallInput::Recording {
-                            id: call_id.to_string(),
-                        },
-                    );
-                } else {
+                if !start_recording(rt, state, &call_id, Recording::Voicemail).await {
                     warn!(call = %call_id, "voicemail recording unavailable");
                 }
             }
@@ -1362,6 +1336,40 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
             || CallMsg::Tick,
         ));
     }
+}
+
+/// What the call's recording holds: the bridge, or a voicemail (R3.20).
+enum Recording {
+    Bridge,
+    Voicemail,
+}
+
+/// Starts the call's recording (`DATA_DIR/recordings/<call id>.wav`) and tells the machine
+/// its id; false if it could not be started (the caller decides what to do without it).
+async fn start_recording(
+    rt: &Runtime,
+    state: &mut CallState,
+    call_id: &CallId,
+    what: Recording,
+) -> bool {
+    let dir = recording_dir(rt);
+    let path = dir.join(format!("{call_id}.wav"));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return false;
+    }
+    let started = match what {
+        Recording::Bridge => state.media.bridge(Some(path)).await,
+        Recording::Voicemail => state.media.record(path).await,
+    };
+    if started.is_ok() {
+        state.machine.handle(
+            rt.now_ms(),
+            CallInput::Recording {
+                id: call_id.to_string(),
+            },
+        );
+    }
+    started.is_ok()
 }
 
 fn update_live(rt: &Runtime, state: &CallState) {
