@@ -227,6 +227,12 @@ pub enum CallOutput {
         trunk: TrunkId,
         ring_timeout_ms: u64,
     },
+    /// R3.4: call `number` through `trunk` for a transfer out; its answers come back as the
+    /// agent leg's (`AgentRinging`, `AgentAnswered`, `AgentFailed`, `AgentHangup`).
+    DialOut {
+        number: String,
+        trunk: TrunkId,
+    },
     CancelAgent,
     Bridge,
     HangupCustomer,
@@ -278,6 +284,13 @@ enum State {
     Voicemail {
         queue: QueueId,
         until: Option<u64>,
+    },
+    /// R3.4: transferred to an external number: ringing it until `deadline`, or (None)
+    /// answered and bridged.
+    External {
+        number: String,
+        trunk: TrunkId,
+        deadline: Option<u64>,
     },
     /// Playing a last prompt before the platform hangs up.
     Releasing,
@@ -362,6 +375,7 @@ impl CallMachine {
             routed_by: Vec::new(),
             voicemail: None,
             callback: None,
+            external: None,
         };
         Self {
             state: State::Setup,
@@ -458,6 +472,20 @@ impl CallMachine {
                 };
                 m.outputs.push_back(CallOutput::Bridge);
             }
+            CallPhase::External {
+                number,
+                trunk,
+                answered: true,
+            } => {
+                m.state = State::External {
+                    number,
+                    trunk,
+                    deadline: None,
+                };
+                m.outputs.push_back(CallOutput::Bridge);
+            }
+            // The INVITE died with its node: dial again from here.
+            CallPhase::External { number, trunk, .. } => m.dial_out(now_ms, number, trunk),
             CallPhase::Releasing => {
                 if m.cdr.voicemail.as_ref().is_some_and(|v| v.duration_ms == 0) {
                     m.cdr.reason = Some("voicemail cut by a node loss".into());
@@ -542,6 +570,19 @@ impl CallMachine {
     }
 
     /// The agent being rung for the call, if any.
+    /// Whether the agent leg's INVITE is still wanted: an agent being offered the call, or an
+    /// external number being dialled (R3.4). A late 2xx otherwise is hung up.
+    pub fn awaits_answer(&self) -> bool {
+        matches!(
+            self.state,
+            State::Offering { .. }
+                | State::External {
+                    deadline: Some(_),
+                    ..
+                }
+        )
+    }
+
     pub fn offered_agent(&self) -> Option<AgentId> {
         match &self.state {
             State::Offering { agent, .. } => Some(agent.clone()),
@@ -706,6 +747,15 @@ impl CallMachine {
                 agent: agent.clone(),
                 bridged_at_ms: self.cdr.agent_answered_at_ms.unwrap_or(0),
             },
+            State::External {
+                number,
+                trunk,
+                deadline,
+            } => CallPhase::External {
+                number: number.clone(),
+                trunk: trunk.clone(),
+                answered: deadline.is_none(),
+            },
             // R3.20: a message is recorded on this node; a takeover cannot continue it, so the
             // new owner ends the call (what was recorded stays on this node's disk).
             State::Releasing | State::Voicemail { .. } => CallPhase::Releasing,
@@ -779,6 +829,10 @@ impl CallMachine {
             State::Talking { .. } => "talking",
             State::Voicemail { .. } => "voicemail",
             State::CallingBack { .. } => "calling_back",
+            State::External {
+                deadline: Some(_), ..
+            } => "dialling_out",
+            State::External { deadline: None, .. } => "external",
             State::Releasing => "releasing",
             State::Ended => "ended",
         }
@@ -799,6 +853,7 @@ impl CallMachine {
             State::Offering { deadline, .. } => Some(*deadline),
             State::Voicemail { until, .. } => *until,
             State::CallingBack { deadline, .. } => Some(*deadline),
+            State::External { deadline, .. } => *deadline,
             _ => None,
         };
         let (wait, announce) = match self.state {
@@ -844,6 +899,13 @@ impl CallMachine {
             } if now_ms >= until => self.end_voicemail(now_ms),
             State::CallingBack { deadline, .. } if now_ms >= deadline => {
                 self.callback_failed(now_ms, "the caller did not answer the callback".into())
+            }
+            State::External {
+                deadline: Some(deadline),
+                ..
+            } if now_ms >= deadline => {
+                self.outputs.push_back(CallOutput::CancelAgent);
+                self.external_failed(now_ms, "it did not answer".into());
             }
             State::Queued { queue } if self.announce_at.is_some_and(|at| now_ms >= at) => {
                 let enqueued_at_ms = self.cdr.enqueued_at_ms.unwrap_or(now_ms);
@@ -1139,6 +1201,35 @@ impl CallMachine {
                     }
                 }
             }
+            CallInput::AgentAnswered if matches!(self.state, State::External { .. }) => {
+                if let State::External {
+                    number,
+                    trunk,
+                    deadline: Some(_),
+                } = self.state.clone()
+                {
+                    if let Some(mark) = self.cdr.external.as_mut() {
+                        mark.answered_at_ms = Some(now_ms);
+                    }
+                    self.state = State::External {
+                        number,
+                        trunk,
+                        deadline: None,
+                    };
+                    self.outputs.push_back(CallOutput::Bridge);
+                }
+            }
+            CallInput::AgentFailed { reason, .. }
+                if matches!(
+                    self.state,
+                    State::External {
+                        deadline: Some(_),
+                        ..
+                    }
+                ) =>
+            {
+                self.external_failed(now_ms, reason)
+            }
             CallInput::AgentAnswered => {
                 if let State::Offering {
                     queue,
@@ -1281,7 +1372,9 @@ impl CallMachine {
             CallInput::AgentHangup => {
                 if matches!(
                     self.state,
-                    State::Talking { .. } | State::CallingBack { .. }
+                    State::Talking { .. }
+                        | State::CallingBack { .. }
+                        | State::External { deadline: None, .. }
                 ) {
                     self.hangup(now_ms, HangupBy::Agent);
                 }
@@ -1553,6 +1646,8 @@ impl CallMachine {
                 RuleAction::Interflow { queues } => queues.iter().any(|next| {
                     *next != queue && !visited(self, next) && self.setup.queues.contains_key(next)
                 }),
+                // Nobody is on a virtual call's line to put through.
+                RuleAction::TransferNumber { .. } => !self.virtual_call,
             };
         self.cdr.rules.push(RuleStep {
             queue,
@@ -1588,6 +1683,12 @@ impl CallMachine {
                 self.outputs.push_back(CallOutput::StopPlay);
                 self.enqueue(now_ms, first, self.priority);
             }
+            RuleAction::TransferNumber { number, trunk } => {
+                self.outputs.push_back(CallOutput::StopPlay);
+                self.max_wait_deadline = None;
+                self.cdr.wait_ms = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
+                self.dial_out(now_ms, number, trunk);
+            }
             RuleAction::TransferFlow { flow, node } => {
                 self.outputs.push_back(CallOutput::StopPlay);
                 self.max_wait_deadline = None;
@@ -1599,6 +1700,37 @@ impl CallMachine {
                 self.enter_node(now_ms, &node);
             }
         }
+    }
+
+    /// R3.4: rings the external number of a transfer (again, after a takeover).
+    fn dial_out(&mut self, now_ms: u64, number: String, trunk: TrunkId) {
+        if self.cdr.external.is_none() {
+            self.cdr.external = Some(model::ExternalMark {
+                number: number.clone(),
+                trunk: trunk.clone(),
+                dialled_at_ms: now_ms,
+                answered_at_ms: None,
+            });
+        }
+        self.outputs.push_back(CallOutput::DialOut {
+            number: number.clone(),
+            trunk: trunk.clone(),
+        });
+        self.state = State::External {
+            number,
+            trunk,
+            deadline: Some(now_ms + model::EXTERNAL_RING_MS),
+        };
+    }
+
+    /// R3.4: the external number did not take the call: it is released with the reason.
+    fn external_failed(&mut self, now_ms: u64, reason: String) {
+        let number = match &self.state {
+            State::External { number, .. } => number.clone(),
+            _ => return,
+        };
+        self.cdr.reason = Some(format!("transfer to {number} failed: {reason}"));
+        self.release(now_ms, None, Disposition::Released);
     }
 
     fn offer_failed(
@@ -1858,6 +1990,15 @@ impl CallMachine {
                 self.cdr.reason = Some("the agent hung up before the callback was answered".into());
                 self.finish(now_ms, by, Disposition::Released)
             }
+            State::External {
+                deadline: Some(_), ..
+            } => {
+                self.outputs.push_back(CallOutput::CancelAgent);
+                self.finish(now_ms, by, Disposition::Abandoned)
+            }
+            State::External { deadline: None, .. } => {
+                self.finish(now_ms, by, Disposition::Transferred)
+            }
         }
     }
 
@@ -1888,11 +2029,19 @@ impl CallMachine {
                 self.outputs.push_back(CallOutput::HangupAgent);
             }
         }
+        if let State::External { deadline: None, .. } = &previous {
+            let answered = self.cdr.external.as_ref().and_then(|e| e.answered_at_ms);
+            self.cdr.talk_ms = now_ms.saturating_sub(answered.unwrap_or(now_ms));
+            if by != HangupBy::Agent {
+                self.outputs.push_back(CallOutput::HangupAgent);
+            }
+        }
         // A caller who left a message stopped waiting when it chose to (`start_voicemail`).
         if matches!(previous, State::Queued { .. } | State::Offering { .. })
             || (disposition != Disposition::Answered
                 && self.cdr.enqueued_at_ms.is_some()
-                && self.cdr.voicemail.is_none())
+                && self.cdr.voicemail.is_none()
+                && self.cdr.external.is_none())
         {
             self.cdr.wait_ms = now_ms.saturating_sub(self.cdr.enqueued_at_ms.unwrap_or(now_ms));
         }

@@ -41,6 +41,7 @@ fn cdr(id: &str, agent: &str, queue: &str, enqueued: u64, ring: u64, end: u64) -
         routed_by: Vec::new(),
         voicemail: None,
         callback: None,
+        external: None,
     }
 }
 

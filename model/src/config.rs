@@ -222,6 +222,22 @@ impl WaitAnnouncement {
     }
 }
 
+/// How long an external number (R3.4) may ring before the transfer is given up.
+pub const EXTERNAL_RING_MS: u64 = 30_000;
+
+/// A number the platform may dial out to: 3 to 24 digits, a leading `+` allowed.
+fn check_dial_number(field: &'static str, number: &str) -> Result<(), ModelError> {
+    let digits = number.strip_prefix('+').unwrap_or(number);
+    if (3..=24).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ModelError::Invalid {
+            field,
+            why: "an external number is 3 to 24 digits, a leading + allowed",
+        })
+    }
+}
+
 /// The prompts that speak `minutes` (1 to 99): "twenty", "three" for 23.
 pub fn number_prompts(minutes: u64) -> Vec<PromptId> {
     let n = minutes.clamp(1, 99);
@@ -297,6 +313,17 @@ impl Queue {
         ]
     }
 
+    /// The trunks the queue's rules and callback offer dial out through.
+    pub fn trunks(&self) -> Vec<&TrunkId> {
+        let rules = self.rules().into_iter().filter_map(|(_, rule)| match rule {
+            Some(RuleAction::TransferNumber { trunk, .. }) => Some(trunk),
+            _ => None,
+        });
+        rules
+            .chain(self.callback.as_ref().map(|c| &c.trunk))
+            .collect()
+    }
+
     /// The queues, flows and prompts the queue refers to, for reference checks.
     pub fn references(&self) -> (Vec<&QueueId>, Vec<&FlowId>, Vec<&PromptId>) {
         let (mut queues, mut flows, mut prompts) = (Vec::new(), Vec::new(), Vec::new());
@@ -355,6 +382,14 @@ pub enum RuleAction {
         flow: FlowId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<String>,
+    },
+    /// R3.4 transfer to an external number: the platform calls `number` through `trunk`'s
+    /// outbound address and bridges the caller to whoever answers (the call then leaves the
+    /// center; its CDR's `external` mark has the course). Not answered within
+    /// `EXTERNAL_RING_MS`, or refused: the call is released with the reason.
+    TransferNumber {
+        number: String,
+        trunk: TrunkId,
     },
     /// R3.17 interflow: to the first of `queues` that takes the call (each judges it with
     /// its own max-queued and all-busy rules as it arrives; a refusal moves it to the next).
@@ -660,6 +695,9 @@ impl ConfigItem {
                                 why: "interflow to 1 to 8 other queues",
                             });
                         }
+                    }
+                    if let Some(RuleAction::TransferNumber { number, .. }) = rule {
+                        check_dial_number(field, number)?;
                     }
                     if let Some(
                         RuleAction::TransferQueue { queue }

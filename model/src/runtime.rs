@@ -132,6 +132,8 @@ pub enum Disposition {
     Answered,
     /// The caller hung up before reaching an agent.
     Abandoned,
+    /// R3.4: a queue rule transferred the call to an external number, which answered.
+    Transferred,
     /// The platform released the call (max wait, IVR hang-up node, no route).
     Released,
     /// Refused before answer (unknown number, not a trunk, overload).
@@ -226,6 +228,20 @@ pub struct Cdr {
     /// R3.11: the caller chose to be called back (or hung up and kept its place).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackMark>,
+    /// R3.4: a queue rule transferred the call to an external number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalMark>,
+}
+
+/// R3.4: the course of a transfer to an external number: dialled through `trunk` when the
+/// rule fired, answered (the caller was bridged to it) or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalMark {
+    pub number: String,
+    pub trunk: TrunkId,
+    pub dialled_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at_ms: Option<u64>,
 }
 
 /// R3.11: a virtual call: when the caller left the line, how, and the callback's course.
@@ -432,6 +448,15 @@ pub enum CallPhase {
         queue: QueueId,
         agent: AgentId,
         bridged_at_ms: u64,
+    },
+    /// R3.4: transferred to an external number (the CDR's `external` mark): dialled, or
+    /// `answered` and bridged. A new owner re-INVITEs both legs of an answered transfer and
+    /// dials a ringing one again.
+    External {
+        number: String,
+        trunk: TrunkId,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        answered: bool,
     },
     /// Playing a last prompt before the platform hangs up.
     Releasing,

@@ -459,6 +459,9 @@ impl ReplicatedState {
                         id: id.clone(),
                     })?;
                 }
+                for id in q.trunks() {
+                    need(ConfigKey::Trunk { id: id.clone() })?;
+                }
                 // A transfer to an agent names an agent of the tenant.
                 for (_, rule) in q.rules() {
                     if let Some(crate::config::RuleAction::TransferAgent { agent, .. }) = rule {
@@ -620,9 +623,12 @@ impl ReplicatedState {
                         })
                         .map(|q| format!("queue {} (a rule transfers to the agent)", q.id))
                 }),
-            ConfigKey::Extension { .. } | ConfigKey::Trunk { .. } | ConfigKey::Customer { .. } => {
-                None
-            }
+            ConfigKey::Trunk { id } => self
+                .queues
+                .values()
+                .find(|q| q.trunks().contains(&id))
+                .map(|q| format!("queue {} of tenant {}", q.id, q.tenant)),
+            ConfigKey::Extension { .. } | ConfigKey::Customer { .. } => None,
         }
     }
 

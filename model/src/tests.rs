@@ -383,6 +383,7 @@ fn sample_cdr() -> Cdr {
         routed_by: Vec::new(),
         voicemail: None,
         callback: None,
+        external: None,
     }
 }
 
@@ -522,6 +523,25 @@ fn max_wait_and_cancel_rules_check_their_key_flow_and_node() {
         node: None,
     });
     assert!(update(&mut state, &q).is_err(), "an unknown flow");
+    // R3.4: an external number dials out through an existing trunk, which is then in use.
+    let external = |number: &str, trunk: &str| RuleAction::TransferNumber {
+        number: number.into(),
+        trunk: trunk.parse().unwrap(),
+    };
+    q.on_cancel = Some(external("95598", "nowhere"));
+    assert!(update(&mut state, &q).is_err(), "an unknown trunk");
+    for bad in ["", "12", "955-98", "+", &"1".repeat(25)] {
+        q.on_cancel = Some(external(bad, "carrier"));
+        assert!(update(&mut state, &q).is_err(), "{bad:?}");
+    }
+    q.on_cancel = Some(external("+8675595598", "carrier"));
+    assert_eq!(update(&mut state, &q), Ok(()));
+    let trunk = Command::Delete {
+        key: ConfigKey::Trunk {
+            id: "carrier".parse().unwrap(),
+        },
+    };
+    assert!(state.apply(&trunk).error.is_some(), "the trunk is in use");
 }
 
 #[test]

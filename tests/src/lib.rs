@@ -266,6 +266,12 @@ impl Api {
         })
     }
 
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(path)), &format!("DELETE {path}"))
+            .await?;
+        Ok(())
+    }
+
     pub async fn health(&self) -> Result<Value> {
         let r = self.http.get(self.url("/health")).send().await?;
         if !r.status().is_success() {

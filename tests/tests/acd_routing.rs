@@ -12,10 +12,13 @@
 //! - R3.16 repeat caller: a caller who called within the day is offered to the agent who
 //!   served it last although another agent has been idle longer; when that agent is not
 //!   ready the call waits the queue's bound for it, then any agent takes it.
+//! - R3.4 transfers: max wait sends a call to one agent (not the longest idle), or to an
+//!   external number behind the carrier, bridged, which survives the kill of the call's node.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use callgrid_tests::probe::RtpProbe;
 use callgrid_tests::*;
 use serde_json::{json, Value};
 
@@ -711,6 +714,137 @@ async fn a_caller_who_hangs_up_early_keeps_its_place_and_is_called_back() -> Res
         s(&virtual_call, "agent") == agent.agent
             && s(&virtual_call, "customer").starts_with("1320"),
         "{virtual_call}"
+    );
+    Ok(())
+}
+
+/// R3.4 transfer to an external number, across a kill: after 4 s in general (nobody serves
+/// it), the queue's rule puts the caller through to 95598 behind the carrier (a SIPp phone at
+/// the trunk's outbound address, with an RTP probe), set with the CLI. Then `kill -9` of the
+/// call's node: a survivor re-INVITEs both ends, media flows again at both, the caller hangs
+/// up toward the new node and the external phone takes its BYE; one CDR, transferred, with
+/// the external mark and a failover mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_wait_transfers_to_an_external_number_which_survives_a_node_kill() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    let work = c.work().join("sipp");
+    std::fs::create_dir_all(&work)?;
+    let lo = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let external_probe = RtpProbe::bind(lo, 1)?;
+    external_probe.csv(&work.join("external_probe.csv"))?;
+    let external_port = free_port();
+    let external = Sipp::new("agent_phone_failover.xml", &work, "external")
+        .port(external_port)
+        .inf(&work.join("external_probe.csv"))
+        .calls(Some(1))
+        .timeout(120)
+        .spawn()?;
+    let trunk_path = "/api/v1/trunks/carrier";
+    let mut trunk = c.api(0).get_json(trunk_path).await?;
+    trunk["outbound"] = json!(format!("127.0.0.1:{external_port}"));
+    c.api(0).put_json(trunk_path, &trunk).await?;
+    replicated(&c, trunk_path, |t| t["outbound"] == trunk["outbound"]).await?;
+    cli(
+        &c,
+        &[
+            "queue",
+            "update",
+            "--tenant",
+            T,
+            "--id",
+            "general",
+            "--max-wait-ms",
+            "4000",
+            "--on-max-wait",
+            "number:95598@carrier",
+        ],
+    )
+    .await?;
+    replicated(&c, &format!("/api/v1/tenants/{T}/queues/general"), |q| {
+        q["on_max_wait"]["action"] == "transfer_number" && q["on_max_wait"]["number"] == "95598"
+    })
+    .await?;
+    // A trunk a rule dials out through cannot be deleted.
+    let refused = c.api(1).delete(trunk_path).await;
+    ensure!(refused.is_err(), "the trunk in use was deleted");
+
+    let caller_probe = RtpProbe::bind(lo, 1)?;
+    caller_probe.csv(&work.join("caller_probe.csv"))?;
+    let killed = c.info.nodes[2].id;
+    let killed_ip = c.sip(2).parse::<std::net::SocketAddr>()?.ip();
+    let from = now_ms();
+    let carrier = Sipp::new("carrier_failover.xml", &work, "caller")
+        .remote(&c.sip(2))
+        .service("075595598")
+        .key("caller_prefix", "1330000000")
+        .inf(&work.join("caller_probe.csv"))
+        .set("digit", "none")
+        .set("reinvite_ms", "90000")
+        .set("talk_ms", "6000")
+        .timeout(150)
+        .spawn()?;
+    let api = c.api(0);
+    wait_until(Duration::from_secs(60), "the call put through", || async {
+        let calls = api.get_json("/api/v1/calls").await.ok()?;
+        calls.as_array()?.iter().find_map(|call| {
+            (s(call, "caller").starts_with("1330") && s(call, "state") == "external").then_some(())
+        })
+    })
+    .await?;
+    // Media both ways before the kill, then from a survivor after it.
+    let heard = |p: &RtpProbe, after: Option<std::time::Instant>| {
+        p.report(0)
+            .arrivals()
+            .any(|(t, src)| after.is_none_or(|a| t > a && src.ip() != killed_ip))
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "media through the bridge",
+        || async { (heard(&caller_probe, None) && heard(&external_probe, None)).then_some(()) },
+    )
+    .await?;
+    let kill_at = std::time::Instant::now();
+    c.kill_node(killed).await?;
+    let alive = c.apis_except(&[killed]);
+    c.wait_declared_down(killed, &alive).await?;
+    wait_until(
+        Duration::from_secs(30),
+        "media from the new owner",
+        || async {
+            (heard(&caller_probe, Some(kill_at)) && heard(&external_probe, Some(kill_at)))
+                .then_some(())
+        },
+    )
+    .await?;
+    succeeds(carrier).await?;
+    let er = external.wait(Duration::from_secs(60)).await?;
+    ensure!(
+        er.exit_code == 0 && er.successful == 1,
+        "the external phone: {er:?}"
+    );
+    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 300_000);
+    let cdrs = cdrs_when(&alive[0], &q, 60, "the CDR", |cdrs| {
+        cdr_of(cdrs, "1330").is_some()
+    })
+    .await?;
+    let cdr = cdr_of(&cdrs, "1330").expect("checked");
+    let mark = &cdr["external"];
+    ensure!(
+        s(cdr, "disposition") == "transferred"
+            && cdr["rules"][0]["rule"] == "max_wait"
+            && s(mark, "number") == "95598"
+            && n(mark, "answered_at_ms") >= n(mark, "dialled_at_ms")
+            && n(cdr, "talk_ms") >= 5_000
+            && cdr["failovers"].as_array().map(Vec::len) == Some(1),
+        "transferred, answered, taken over once: {cdr}"
+    );
+    ensure!(
+        cdrs.iter()
+            .filter(|c| s(c, "caller").starts_with("1330"))
+            .count()
+            == 1,
+        "one CDR"
     );
     Ok(())
 }

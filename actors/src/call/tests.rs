@@ -1649,3 +1649,124 @@ fn an_early_hang_up_keeps_the_place_only_after_the_queues_time() {
     m.handle(6_000, CallInput::CustomerHangup);
     assert_eq!(cdr_of(&drain(&mut m)).disposition, Disposition::Abandoned);
 }
+
+fn with_external() -> CallSetup {
+    setup_with(|q| {
+        q.on_max_wait = Some(RuleAction::TransferNumber {
+            number: "95598".into(),
+            trunk: "carrier".parse().unwrap(),
+        })
+    })
+}
+
+#[test]
+fn a_rule_transfers_the_call_to_an_external_number_which_is_bridged_on_answer() {
+    let mut m = CallMachine::new(with_external());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let at = billing_deadline(&m);
+    m.handle_timeout(at);
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::Dequeue {
+        queue: "billing".parse().unwrap()
+    }));
+    assert!(out.contains(&CallOutput::DialOut {
+        number: "95598".into(),
+        trunk: "carrier".parse().unwrap()
+    }));
+    assert_eq!(m.state_name(), "dialling_out");
+    assert!(m.awaits_answer());
+    assert_eq!(m.poll_timeout(), Some(at + model::EXTERNAL_RING_MS));
+    m.handle(at + 1_000, CallInput::AgentRinging);
+    m.handle(at + 3_000, CallInput::AgentAnswered);
+    assert_eq!(drain(&mut m), vec![CallOutput::Bridge]);
+    assert_eq!(m.state_name(), "external");
+    assert_eq!(
+        m.phase(),
+        Some(CallPhase::External {
+            number: "95598".into(),
+            trunk: "carrier".parse().unwrap(),
+            answered: true
+        })
+    );
+    // A takeover bridges the answered transfer again.
+    let (restored, out) = restored_in(with_external(), &m, at + 5_000);
+    assert_eq!(restored.state_name(), "external");
+    assert!(out.contains(&CallOutput::Bridge));
+    // The external party hangs up: the caller is hung up, the CDR says transferred.
+    m.handle(at + 63_000, CallInput::AgentHangup);
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::HangupCustomer));
+    assert!(!out.contains(&CallOutput::HangupAgent));
+    let cdr = cdr_of(&out);
+    assert_eq!(cdr.disposition, Disposition::Transferred);
+    assert_eq!(cdr.hangup_by, HangupBy::Agent);
+    assert_eq!(cdr.talk_ms, 60_000);
+    assert_eq!(cdr.agent, None);
+    let mark = cdr.external.expect("the external mark");
+    assert_eq!(
+        (mark.dialled_at_ms, mark.answered_at_ms),
+        (at, Some(at + 3_000))
+    );
+    assert_eq!(cdr.wait_ms, at - cdr.enqueued_at_ms.unwrap());
+}
+
+#[test]
+fn an_external_number_that_refuses_or_never_answers_releases_the_call_with_the_reason() {
+    let mut m = CallMachine::new(with_external());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let at = billing_deadline(&m);
+    m.handle_timeout(at);
+    drain(&mut m);
+    m.handle(
+        at + 500,
+        CallInput::AgentFailed {
+            no_answer: true,
+            reason: "answered 486".into(),
+        },
+    );
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.disposition, Disposition::Released);
+    assert_eq!(
+        cdr.reason.as_deref(),
+        Some("transfer to 95598 failed: answered 486")
+    );
+
+    let mut m = CallMachine::new(with_external());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    m.handle_timeout(at);
+    drain(&mut m);
+    // Ringing when its node died: the new owner dials again (the old INVITE is cancelled).
+    let (mut m, out) = restored_in(with_external(), &m, at + 2_000);
+    assert!(out.iter().any(|o| matches!(o, CallOutput::DialOut { .. })));
+    m.handle_timeout(at + 2_000 + model::EXTERNAL_RING_MS);
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::CancelAgent));
+    assert_eq!(
+        cdr_of(&out).reason.as_deref(),
+        Some("transfer to 95598 failed: it did not answer")
+    );
+    assert_eq!(
+        cdr_of(&out).external.unwrap().dialled_at_ms,
+        at,
+        "first dial kept"
+    );
+}
+
+#[test]
+fn a_caller_who_hangs_up_while_the_external_number_rings_abandons_and_cancels_it() {
+    let mut m = CallMachine::new(with_external());
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let at = billing_deadline(&m);
+    m.handle_timeout(at);
+    drain(&mut m);
+    m.handle(at + 1_000, CallInput::CustomerHangup);
+    let out = drain(&mut m);
+    assert!(out.contains(&CallOutput::CancelAgent));
+    assert_eq!(cdr_of(&out).disposition, Disposition::Abandoned);
+    // A late answer is no longer wanted (the actor hangs it up).
+    assert!(!m.awaits_answer());
+}

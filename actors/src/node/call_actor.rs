@@ -564,7 +564,7 @@ async fn take_over(
     let mut agent = None;
     match (&checkpoint.phase, &checkpoint.agent, &checkpoint.ringing) {
         _ if !resumed => {}
-        (CallPhase::Talking { .. }, Some(leg), _) => {
+        (CallPhase::Talking { .. } | CallPhase::External { answered: true, .. }, Some(leg), _) => {
             if let Some(mut leg_state) = AgentLeg::restore(leg) {
                 rt.endpoint().bind(&leg_state.sip_call_id, myself.clone());
                 let local =
@@ -573,11 +573,18 @@ async fn take_over(
                 agent = Some(leg_state);
             }
         }
-        (CallPhase::Offering { .. }, _, Some(ringing)) => AgentLeg::cancel_stale(rt, ringing),
+        (CallPhase::Offering { .. } | CallPhase::External { .. }, _, Some(ringing)) => {
+            AgentLeg::cancel_stale(rt, ringing)
+        }
         _ => {}
     }
 
-    if resumed && matches!(checkpoint.phase, CallPhase::Talking { .. }) {
+    if resumed
+        && matches!(
+            checkpoint.phase,
+            CallPhase::Talking { .. } | CallPhase::External { answered: true, .. }
+        )
+    {
         // Send media at once on both legs: phones behind NAT, or that follow the source of
         // the RTP they receive (symmetric RTP), find this node before (or without) taking the
         // re-INVITE's SDP into account. The bridge relays from then on.
@@ -660,11 +667,16 @@ fn checkpoint(
         None => state.customer.checkpoint()?,
     };
     let agent = match phase {
-        CallPhase::Talking { .. } => state.agent.as_ref().and_then(AgentLeg::checkpoint),
+        CallPhase::Talking { .. } | CallPhase::External { answered: true, .. } => {
+            state.agent.as_ref().and_then(AgentLeg::checkpoint)
+        }
         _ => None,
     };
     let ringing = match phase {
-        CallPhase::Offering { .. } => state.agent.as_ref().and_then(AgentLeg::pending_invite),
+        CallPhase::Offering { .. }
+        | CallPhase::External {
+            answered: false, ..
+        } => state.agent.as_ref().and_then(AgentLeg::pending_invite),
         _ => None,
     };
     let key = CheckpointKey {
@@ -814,7 +826,7 @@ async fn on_sip(rt: &Arc<Runtime>, state: &mut CallState, now: u64, event: SipEv
                     if !first {
                         return;
                     }
-                    if state.machine.state_name() != "ringing_agent" {
+                    if !state.machine.awaits_answer() {
                         // The offer was withdrawn while the phone answered: hang it up.
                         agent.ack(rt);
                         agent.bye(rt);
@@ -1178,6 +1190,54 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 );
                 info!(call = %call_id, %number, %gateway, "calling the customer back");
                 state.callback = Some(leg);
+            }
+            CallOutput::DialOut { number, trunk } => {
+                // R3.4: the external number takes the agent leg's place (its answers come
+                // back through the agent leg's path).
+                let gateway = rt
+                    .cluster
+                    .read(|s| s.trunks.get(trunk.as_str()).and_then(|t| t.outbound));
+                let ready = match gateway {
+                    None => Err(format!("trunk {trunk} has no outbound address")),
+                    Some(gateway) => state
+                        .media
+                        .add_leg(LegId::Agent)
+                        .await
+                        .map(|port| (gateway, port))
+                        .map_err(|error| format!("no media port: {error}")),
+                };
+                let (gateway, port) = match ready {
+                    Ok(ready) => ready,
+                    Err(reason) => {
+                        state.machine.handle(
+                            rt.now_ms(),
+                            CallInput::AgentFailed {
+                                no_answer: false,
+                                reason,
+                            },
+                        );
+                        continue;
+                    }
+                };
+                let offer = local_description(
+                    rt,
+                    port,
+                    vec![Codec::Pcma, Codec::Pcmu],
+                    Some(media::sdp::DEFAULT_DTMF_PAYLOAD_TYPE),
+                );
+                // The call data carried along: the external party sees the caller's number.
+                let caller_id = state.machine.cdr_so_far().caller.clone();
+                let leg = AgentLeg::invite_number(
+                    rt,
+                    myself.clone(),
+                    &number,
+                    gateway,
+                    &caller_id,
+                    &call_id,
+                    &offer,
+                );
+                info!(call = %call_id, %number, %gateway, "transferring to an external number");
+                state.agent = Some(leg);
             }
             CallOutput::DialAgent {
                 extension,

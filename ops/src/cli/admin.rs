@@ -512,7 +512,8 @@ pub struct QueueFields {
     pub api: ApiArgs,
 }
 
-/// What a queue rule does, from the command line: `release`, `queue:<id>` or
+/// What a queue rule does, from the command line: `release`, `queue:<id>`,
+/// `agent:<number>@<queue>`, `number:<digits>@<trunk>`, `interflow:<ids>` or
 /// `flow:<id>[:<node>]` (the prompt of a release comes from its own flag).
 fn parse_rule_target(s: &str) -> Result<model::RuleAction, String> {
     let bad = |what: &str, id: &str| format!("{id:?} is not a {what} id");
@@ -529,6 +530,15 @@ fn parse_rule_target(s: &str) -> Result<model::RuleAction, String> {
             Ok(model::RuleAction::TransferAgent {
                 agent: agent.parse().map_err(|_| bad("agent", agent))?,
                 queue: queue.parse().map_err(|_| bad("queue", queue))?,
+            })
+        }
+        Some(("number", rest)) => {
+            let (number, trunk) = rest
+                .split_once('@')
+                .ok_or_else(|| format!("{s:?}: write number:<digits>@<trunk>"))?;
+            Ok(model::RuleAction::TransferNumber {
+                number: number.to_string(),
+                trunk: trunk.parse().map_err(|_| bad("trunk", trunk))?,
             })
         }
         Some(("interflow", list)) => {
@@ -549,7 +559,7 @@ fn parse_rule_target(s: &str) -> Result<model::RuleAction, String> {
                 .map_err(|_| bad("flow", id))
         }
         _ => Err(format!(
-            "{s:?}: use `release`, `queue:<id>`, `agent:<number>@<queue>`, `interflow:<id>,<id>..` or `flow:<id>[:<node>]`"
+            "{s:?}: use `release`, `queue:<id>`, `agent:<number>@<queue>`, `number:<digits>@<trunk>`, `interflow:<id>,<id>..` or `flow:<id>[:<node>]`"
         )),
     }
 }
@@ -1249,11 +1259,20 @@ mod tests {
                 queues: vec!["billing".parse().unwrap(), "outage".parse().unwrap()]
             })
         );
+        assert_eq!(
+            parse_rule_target("number:95598@carrier"),
+            Ok(RuleAction::TransferNumber {
+                number: "95598".into(),
+                trunk: "carrier".parse().unwrap()
+            })
+        );
         for bad in [
             "queue:",
             "flow:",
             "flow:main:",
             "hangup",
+            "number:95598",
+            "number:95598@",
             "agent:1001",
             "interflow:",
             "interflow:a,,b",

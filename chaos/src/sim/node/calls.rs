@@ -273,7 +273,8 @@ impl SimNode {
                 | CallOutput::Bridge
                 | CallOutput::LostCall { .. }
                 | CallOutput::RecordVoicemail
-                | CallOutput::DialCustomer { .. } => {}
+                | CallOutput::DialCustomer { .. }
+                | CallOutput::DialOut { .. } => {}
                 CallOutput::Enqueue {
                     queue,
                     priority,
