@@ -122,6 +122,7 @@ pub struct AgentMachine {
     idle_since_ms: u64,
     calls_answered: u64,
     away_ms: std::collections::BTreeMap<String, u64>,
+    state_ms: std::collections::BTreeMap<String, u64>,
     version: u64,
     reserved_by: Option<QueueId>,
     outputs: VecDeque<AgentOutput>,
@@ -140,6 +141,7 @@ impl AgentMachine {
             idle_since_ms: 0,
             calls_answered: 0,
             away_ms: Default::default(),
+            state_ms: Default::default(),
             version: 0,
             reserved_by: None,
             outputs: VecDeque::new(),
@@ -155,6 +157,7 @@ impl AgentMachine {
         m.idle_since_ms = session.idle_since_ms;
         m.calls_answered = session.calls_answered;
         m.away_ms = session.away_ms.clone();
+        m.state_ms = session.state_ms.clone();
         m.version = session.version;
         m
     }
@@ -183,6 +186,7 @@ impl AgentMachine {
             idle_since_ms: self.idle_since_ms,
             calls_answered: self.calls_answered,
             away_ms: self.away_ms.clone(),
+            state_ms: self.state_ms.clone(),
             owner: self.owner,
             version: self.version,
             fence: None,
@@ -425,6 +429,14 @@ impl AgentMachine {
     }
 
     fn set_status(&mut self, now_ms: u64, status: AgentStatus) {
+        // R4.9: the stretch that ends now counts to its state (a signed-out agent's time
+        // is nobody's).
+        if self.status != AgentStatus::SignedOut {
+            *self
+                .state_ms
+                .entry(self.status.name().to_string())
+                .or_default() += now_ms.saturating_sub(self.since_ms);
+        }
         self.status = status;
         self.since_ms = now_ms;
         self.version += 1;
@@ -543,6 +555,21 @@ mod tests {
             "idle since the end of after-call work"
         );
         assert_eq!(m.session().calls_answered, 1);
+        // R4.9: the time of each ended stretch, talk time included; restored with the rest.
+        let expected: std::collections::BTreeMap<String, u64> = [
+            ("not_ready", 10),
+            ("ready", 10),
+            ("reserved", 10),
+            ("ringing", 10),
+            ("talking", 60),
+            ("after_call_work", 2_000),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(m.session().state_ms, expected);
+        let again = AgentMachine::restore(&m.session(), 2, Vec::new());
+        assert_eq!(again.session().state_ms, expected);
     }
 
     #[test]

@@ -139,6 +139,7 @@ fn agent_state_stream_catches_a_second_call_while_engaged() {
         idle_since_ms: 0,
         calls_answered: 0,
         away_ms: Default::default(),
+        state_ms: Default::default(),
         owner: 1,
         version: since_ms,
         fence: None,

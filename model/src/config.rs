@@ -424,6 +424,45 @@ pub struct Agent {
     /// minimum (VIP layers, R3.12).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub levels: BTreeMap<QueueId, u8>,
+    /// R4.8: the agent's group (team), for the agent-state view and a team's supervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// R4.8: the hotline (one of the tenant's access codes) the agent works for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotline: Option<String>,
+    /// R4.8: what the agent may do, overriding its role's defaults (`Permission::defaults`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<std::collections::BTreeSet<Permission>>,
+}
+
+/// R4.8: an operation the platform allows an agent only with the permission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// R4.7: send an agent away (training, study, meeting, interview) and end it.
+    SetAway,
+    /// R3.20: mark a queue voicemail handled.
+    HandleVoicemail,
+    /// R3.10: add or remove a waiting call's queues, or change its priority, when the request
+    /// names who makes it.
+    ManageCalls,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 3] = [
+        Permission::SetAway,
+        Permission::HandleVoicemail,
+        Permission::ManageCalls,
+    ];
+
+    /// What a role may do unless the agent's `permissions` say otherwise: agents handle
+    /// voicemail; team leads and supervisors also manage agents' away states and calls.
+    pub fn defaults(role: AgentRole) -> std::collections::BTreeSet<Permission> {
+        match role {
+            AgentRole::Agent => [Permission::HandleVoicemail].into(),
+            AgentRole::TeamLead | AgentRole::Supervisor => Permission::ALL.into(),
+        }
+    }
 }
 
 /// R3.18: who an agent is in the center.
@@ -441,6 +480,17 @@ impl Agent {
     /// default.
     pub fn takes_calls(&self) -> bool {
         self.takes_calls.unwrap_or(self.role == AgentRole::Agent)
+    }
+
+    /// The agent's permissions (R4.8): its own list, else its role's defaults.
+    pub fn permissions(&self) -> std::collections::BTreeSet<Permission> {
+        self.permissions
+            .clone()
+            .unwrap_or_else(|| Permission::defaults(self.role))
+    }
+
+    pub fn may(&self, permission: Permission) -> bool {
+        self.permissions().contains(&permission)
     }
 
     /// What a queue knows of the agent to match a call's needs (R3.12).
@@ -725,6 +775,17 @@ impl ConfigItem {
                 crate::script::check_tags("agent tags", &a.tags)?;
                 for level in a.levels.values() {
                     check_range("skill level", u64::from(*level), 1, 10)?;
+                }
+                if let Some(group) = &a.group {
+                    check_text("agent group", group, 64)?;
+                }
+                if a.hotline.as_ref().is_some_and(|h| {
+                    h.is_empty() || h.len() > 24 || !h.bytes().all(|b| b.is_ascii_digit())
+                }) {
+                    return Err(ModelError::Invalid {
+                        field: "hotline",
+                        why: "an access code of the tenant, digits",
+                    });
                 }
                 Ok(())
             }

@@ -115,6 +115,10 @@ pub struct AgentSession {
     /// only (the current one runs from `since_ms`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub away_ms: std::collections::BTreeMap<String, u64>,
+    /// R4.9: time spent in each state (by `AgentStatus::name`), ended stretches only (the
+    /// current one runs from `since_ms`): `talking` is the agent's talk time.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub state_ms: std::collections::BTreeMap<String, u64>,
     /// The node hosting the AgentActor when this was written.
     pub owner: NodeId,
     /// Monotonic per agent; a checkpoint older than the stored one is ignored.

@@ -181,6 +181,10 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
                 takes_calls: None,
                 levels: Default::default(),
                 tags: Vec::new(),
+                // Two teams of five.
+                group: Some(format!("team{}", n / 5 + 1)),
+                hotline: None,
+                permissions: None,
             }));
             let extension =
                 Extension::with_password(tenant.clone(), id(&number), &password, &domain)

@@ -492,6 +492,18 @@ impl ReplicatedState {
             }
             ConfigItem::Agent(a) => {
                 tenant_of(&a.tenant)?;
+                if let Some(hotline) = &a.hotline {
+                    let known = self
+                        .tenants
+                        .get(a.tenant.as_str())
+                        .is_some_and(|t| t.access_codes.iter().any(|c| &c.code == hotline));
+                    if !known {
+                        return Err(ApplyError::NotFound(format!(
+                            "hotline {hotline} (an access code of tenant {})",
+                            a.tenant
+                        )));
+                    }
+                }
                 for s in &a.skills {
                     need(ConfigKey::Queue {
                         tenant: a.tenant.clone(),

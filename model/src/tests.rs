@@ -59,6 +59,9 @@ fn references_are_checked_and_deletes_blocked_while_in_use() {
         takes_calls: None,
         levels: Default::default(),
         tags: Vec::new(),
+        group: None,
+        hotline: None,
+        permissions: None,
     };
     let out = state.apply(&Command::Create {
         item: ConfigItem::Agent(orphan),
@@ -146,6 +149,7 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         idle_since_ms: 0,
         calls_answered: 0,
         away_ms: Default::default(),
+        state_ms: Default::default(),
         owner: 1,
         version,
         fence: None,
@@ -803,5 +807,45 @@ fn a_cdr_with_a_message_makes_a_voicemail_handled_once() {
     assert_eq!(
         state.voicemails["gd/3-7-ab"].status,
         VoicemailStatus::Handled
+    );
+}
+
+#[test]
+fn permissions_default_by_role_and_hotlines_are_access_codes() {
+    let (mut state, _) = sample_state();
+    let mut agent = state
+        .agents
+        .values()
+        .find(|a| a.id.as_str() == "1001")
+        .cloned()
+        .expect("sample agent");
+    assert!(agent.may(Permission::HandleVoicemail) && !agent.may(Permission::SetAway));
+    agent.role = AgentRole::Supervisor;
+    assert!(Permission::ALL.iter().all(|p| agent.may(*p)));
+    agent.permissions = Some([Permission::ManageCalls].into());
+    assert!(agent.may(Permission::ManageCalls) && !agent.may(Permission::SetAway));
+    let mut put = |a: &Agent| {
+        let item = ConfigItem::Agent(a.clone());
+        item.validate().map_err(|e| e.to_string())?;
+        match state.apply(&Command::Update { item }).error {
+            None => Ok(()),
+            Some(e) => Err(e.to_string()),
+        }
+    };
+    agent.hotline = Some("95598".into());
+    agent.group = Some("north team".into());
+    assert_eq!(put(&agent), Ok(()));
+    agent.hotline = Some("12345".into());
+    assert!(put(&agent).is_err(), "not an access code of the tenant");
+    agent.hotline = Some("955a8".into());
+    assert!(put(&agent).is_err(), "not digits");
+    agent.hotline = None;
+    agent.group = Some("x".repeat(65));
+    assert!(put(&agent).is_err(), "a group name of 65 characters");
+    let json = serde_json::json!({"tenant": "gd", "id": "1001", "name": "A", "skills": [],
+        "permissions": ["set_away", "fly"]});
+    assert!(
+        serde_json::from_value::<Agent>(json).is_err(),
+        "an unknown permission"
     );
 }

@@ -8,6 +8,8 @@
 //!   bridge follows it.
 //! - R4.7 away states: only a manager (team lead, supervisor) sends an agent to training and
 //!   ends it; the agent's own ready is refused meanwhile; the time is kept per reason.
+//! - R4.8 agent settings (group, hotline, permissions through the CLI) and their enforcement;
+//!   R4.9 the agent-state view: counts per state, each agent's calls and talk time, per group.
 
 use std::time::Duration;
 
@@ -159,6 +161,193 @@ async fn skill_reset_roles_and_away_states_apply_live_to_a_signed_in_agent() -> 
     ensure!(
         session["away_ms"].get("training").is_some(),
         "training time kept apart: {session}"
+    );
+    Ok(())
+}
+
+/// R4.8 agent settings and permissions, R4.9 agent-state view: the CLI sets an agent's
+/// group, hotline and permissions (a bad hotline or permission is refused); a plain agent
+/// granted `set_away` sends another away while a team lead stripped of its permissions
+/// cannot (403), nor handle a voicemail, nor move a caller between queues; the agent-state
+/// view (from another node than the agent's) counts the agents per state while one talks,
+/// then has its call and talk time, per group too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_settings_permissions_and_the_agent_state_view() -> Result<()> {
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    let work = c.work().join("sipp");
+    std::fs::create_dir_all(&work)?;
+    let update = |id: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec!["agent", "update", "--tenant", T, "--id", id];
+        args.extend_from_slice(extra);
+        args
+    };
+    cli(
+        &c,
+        &update(
+            "1001",
+            &[
+                "--group",
+                "north team",
+                "--hotline",
+                "95598",
+                "--permissions",
+                "set_away",
+            ],
+        ),
+    )
+    .await?;
+    cli(
+        &c,
+        &update("1002", &["--role", "team-lead", "--permissions", "none"]),
+    )
+    .await?;
+    for bad in [
+        update("1001", &["--hotline", "12345"]),
+        update("1001", &["--permissions", "fly"]),
+    ] {
+        ensure!(cli(&c, &bad).await.is_err(), "{bad:?} was accepted");
+    }
+    let path = format!("/api/v1/tenants/{T}/agents/1001");
+    replicated(&c, &path, |a| {
+        s(a, "group") == "north team"
+            && s(a, "hotline") == "95598"
+            && a["effective_permissions"] == serde_json::json!(["set_away"])
+    })
+    .await?;
+    let lead = c.api(2).get_agent(T, "1002").await?;
+    ensure!(
+        lead["effective_permissions"] == serde_json::json!([]) && s(&lead, "role") == "team_lead",
+        "{lead}"
+    );
+
+    // 1003 signs in at node 1; a caller waits in general meanwhile.
+    let agent = c.tenant(T)?.agents[2].clone();
+    let api = c.api(1);
+    api.sign_in(T, &agent.agent, &agent.extension).await?;
+    let phone = AgentPhone::start(
+        &work,
+        &c.sip(1),
+        &c.tenant(T)?.domain,
+        &agent,
+        Register::Digest("SHA-256"),
+        "agent_phone.xml",
+        Some(1),
+        None,
+    )
+    .await?;
+    let run = caller(&c, &work, "viewed", "1361000000", 0).spawn()?;
+    until_waiting(&c, T, "general", 1).await?;
+    let calls = c.api(0).get_json("/api/v1/calls").await?;
+    let call = calls
+        .as_array()
+        .and_then(|l| l.iter().find(|x| s(x, "caller").starts_with("1361")))
+        .map(|x| s(x, "call_id").to_string())
+        .ok_or_else(|| anyhow::anyhow!("the call is not listed: {calls}"))?;
+    let requeue = format!("/api/v1/calls/{call}/queues");
+    let refused = api
+        .post_json(&requeue, &serde_json::json!({"priority": 9, "by": "1002"}))
+        .await;
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("manage_calls")),
+        "a team lead without manage_calls moved a call: {refused:?}"
+    );
+    let handled = api
+        .post_json(
+            &format!("/api/v1/tenants/{T}/voicemails/{call}/handle"),
+            &serde_json::json!({"agent": "1002"}),
+        )
+        .await;
+    ensure!(
+        handled
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
+        "handled without handle_voicemail: {handled:?}"
+    );
+
+    // While 1003 talks, the view (node 2; 1003's actor is elsewhere or not) counts it.
+    api.ready(T, &agent.agent).await?;
+    let states = format!("/api/v1/tenants/{T}/agent-states");
+    let view = wait_until(
+        Duration::from_secs(20),
+        "1003 talking in the view",
+        || async {
+            let v = c.api(2).get_json(&states).await.ok()?;
+            (v["counts"]["talking"] == 1).then_some(v)
+        },
+    )
+    .await?;
+    let signed_out = c.tenant(T)?.agents.len() as i64 - 1;
+    ensure!(
+        n(&view["counts"], "signed_out") == signed_out
+            && view["agents"].as_array().map(Vec::len) == Some(signed_out as usize + 1),
+        "{view}"
+    );
+    let r = run.wait(Duration::from_secs(90)).await?;
+    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
+    let pr = phone.run.wait(Duration::from_secs(30)).await?;
+    ensure!(pr.exit_code == 0 && pr.successful == 1, "{pr:?}");
+    // After the call: one call answered, its talk time (the caller talked 15 s), ready again.
+    let row = wait_until(Duration::from_secs(20), "1003's call counted", || async {
+        let v = c.api(2).get_json(&states).await.ok()?;
+        v["agents"]
+            .as_array()?
+            .iter()
+            .find(|a| s(a, "agent") == agent.agent && n(a, "calls_answered") == 1)
+            .filter(|a| s(a, "state") != "talking")
+            .cloned()
+    })
+    .await?;
+    ensure!(
+        (10_000..20_000).contains(&n(&row, "talk_ms"))
+            && n(&row["state_ms"], "talking") == n(&row, "talk_ms"),
+        "talk time of a 15 s call: {row}"
+    );
+
+    // R4.7 with R4.8: the granted agent sends 1003 away; the stripped team lead cannot.
+    let away = format!("/api/v1/tenants/{T}/agents/{}/away", agent.agent);
+    let refused = api
+        .post_json(
+            &away,
+            &serde_json::json!({"reason": "meeting", "manager": "1002"}),
+        )
+        .await;
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
+        "{refused:?}"
+    );
+    api.post_json(
+        &away,
+        &serde_json::json!({"reason": "meeting", "manager": "1001"}),
+    )
+    .await?;
+    wait_until(Duration::from_secs(10), "1003 away in the view", || async {
+        let v = c.api(0).get_json(&states).await.ok()?;
+        (v["counts"]["away"] == 1).then_some(())
+    })
+    .await?;
+    // Per group, through the CLI.
+    let group = cli(
+        &c,
+        &["agent", "states", "--tenant", T, "--group", "north team"],
+    )
+    .await?;
+    let agents: Vec<String> = group["agents"]
+        .as_array()
+        .map(|l| l.iter().map(|a| s(a, "agent")).collect())
+        .unwrap_or_default();
+    ensure!(agents == ["1001"], "the north team: {group}");
+    let team2 = c
+        .api(0)
+        .get_json(&format!("{states}?group=team2&queue=general"))
+        .await?;
+    ensure!(
+        team2["agents"].as_array().map(Vec::len) == Some(5),
+        "sample team2: {team2}"
     );
     Ok(())
 }

@@ -47,10 +47,51 @@ pub struct AgentView {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub levels: std::collections::BTreeMap<QueueId, u8>,
+    /// R4.8: group, hotline and permissions as configured (none: the role's defaults), and
+    /// the permissions in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<std::collections::BTreeSet<model::Permission>>,
+    pub effective_permissions: std::collections::BTreeSet<model::Permission>,
     pub state: String,
     pub session: Option<AgentSession>,
     /// The node hosting the agent's actor (rendezvous placement).
     pub owner: NodeId,
+}
+
+/// R4.9: the agent-state view of a tenant (or one group, or one queue's agents) at `at_ms`:
+/// how many agents are in each state, and each agent's state, time in it, calls and talk
+/// time. Read from the replicated agent sessions, so any node answers the same within the
+/// replication lag; the `agent_state` events on `/api/v1/events` carry each change live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStates {
+    pub tenant: TenantId,
+    pub at_ms: u64,
+    /// Agents per state name (`signed_out`, `ready`, `talking`, ...); every state is listed.
+    pub counts: std::collections::BTreeMap<String, usize>,
+    pub agents: Vec<AgentStateRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStateRow {
+    pub agent: AgentId,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub state: String,
+    /// The not-ready reason, or the away reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub since_ms: u64,
+    pub in_state_ms: u64,
+    pub calls_answered: u64,
+    /// Time talking, the current call included.
+    pub talk_ms: u64,
+    /// Time in each state, the current stretch included.
+    pub state_ms: std::collections::BTreeMap<String, u64>,
 }
 
 /// A queue as the API and wallboard show it (R4.9).
@@ -129,6 +170,10 @@ pub struct Requeue {
     pub remove: Vec<QueueId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// R4.8: the agent making the change, who needs the `manage_calls` permission (a
+    /// business system or the IVR's own requests name nobody).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<AgentId>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -312,10 +312,27 @@ impl Actor for CallActor {
             }
             CallMsg::Resume => {}
             CallMsg::Requeue(change, reply) => {
-                let result =
-                    state
-                        .machine
-                        .requeue(now, &change.add, &change.remove, change.priority);
+                let refused = change.by.as_ref().and_then(|by| {
+                    let may = rt.cluster.read(|s| {
+                        s.agent(&state.tenant, by)
+                            .map(|a| a.may(model::Permission::ManageCalls))
+                    });
+                    match may {
+                        None => Some(format!("agent {by} of tenant {} is unknown", state.tenant)),
+                        Some(false) => {
+                            Some(format!("agent {by} has no manage_calls permission (R4.8)"))
+                        }
+                        Some(true) => None,
+                    }
+                });
+                let result = match refused {
+                    Some(refusal) => Err(refusal),
+                    None => {
+                        state
+                            .machine
+                            .requeue(now, &change.add, &change.remove, change.priority)
+                    }
+                };
                 let _ = reply.send(result);
             }
             CallMsg::Recheckpoint => {

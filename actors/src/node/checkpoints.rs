@@ -304,6 +304,7 @@ mod tests {
                 idle_since_ms: 0,
                 calls_answered: 0,
                 away_ms: Default::default(),
+                state_ms: Default::default(),
                 owner: 1,
                 version,
                 fence: None,

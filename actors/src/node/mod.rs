@@ -1062,6 +1062,10 @@ impl Node {
                         takes_calls: a.takes_calls,
                         tags: a.tags.clone(),
                         levels: a.levels.clone(),
+                        group: a.group.clone(),
+                        hotline: a.hotline.clone(),
+                        permissions: a.permissions.clone(),
+                        effective_permissions: a.permissions(),
                         state: session
                             .as_ref()
                             .map_or("signed_out", |s| s.status.name())
@@ -1072,6 +1076,85 @@ impl Node {
                 })
             })
             .ok_or_else(|| NodeError::NotFound(format!("agent {tenant}/{agent}")))
+    }
+
+    /// R4.9: the agent-state view of `tenant`'s agents, of one `group` or one `queue` if
+    /// given.
+    pub fn agent_states(
+        &self,
+        tenant: &TenantId,
+        group: Option<&str>,
+        queue: Option<&QueueId>,
+    ) -> Result<AgentStates, NodeError> {
+        let now = self.runtime.now_ms();
+        self.runtime.cluster.read(|s| {
+            if !s.tenants.contains_key(tenant.as_str()) {
+                return Err(NodeError::NotFound(format!("tenant {tenant}")));
+            }
+            if let Some(q) = queue {
+                s.queue(tenant, q)
+                    .ok_or_else(|| NodeError::NotFound(format!("queue {tenant}/{q}")))?;
+            }
+            let mut counts: std::collections::BTreeMap<String, usize> = [
+                "signed_out",
+                "not_ready",
+                "ready",
+                "reserved",
+                "ringing",
+                "talking",
+                "after_call_work",
+                "away",
+            ]
+            .into_iter()
+            .map(|state| (state.to_string(), 0))
+            .collect();
+            let mut agents: Vec<AgentStateRow> = s
+                .agents
+                .values()
+                .filter(|a| &a.tenant == tenant)
+                .filter(|a| group.is_none_or(|g| a.group.as_deref() == Some(g)))
+                .filter(|a| queue.is_none_or(|q| a.serving_queues().contains(q)))
+                .map(|a| {
+                    let session = s.agent_session(tenant, &a.id);
+                    let status =
+                        session.map_or(model::AgentStatus::SignedOut, |x| x.status.clone());
+                    let since_ms = session.map_or(0, |x| x.since_ms);
+                    let in_state_ms = match status {
+                        model::AgentStatus::SignedOut => 0,
+                        _ => now.saturating_sub(since_ms),
+                    };
+                    let mut state_ms = session.map(|x| x.state_ms.clone()).unwrap_or_default();
+                    if in_state_ms > 0 {
+                        *state_ms.entry(status.name().to_string()).or_default() += in_state_ms;
+                    }
+                    let reason = match &status {
+                        model::AgentStatus::NotReady { reason } => Some(reason.clone()),
+                        model::AgentStatus::Away { reason, .. } => Some(reason.name().to_string()),
+                        _ => None,
+                    };
+                    *counts.entry(status.name().to_string()).or_default() += 1;
+                    AgentStateRow {
+                        agent: a.id.clone(),
+                        name: a.name.clone(),
+                        group: a.group.clone(),
+                        state: status.name().to_string(),
+                        reason,
+                        since_ms,
+                        in_state_ms,
+                        calls_answered: session.map_or(0, |x| x.calls_answered),
+                        talk_ms: state_ms.get("talking").copied().unwrap_or(0),
+                        state_ms,
+                    }
+                })
+                .collect();
+            agents.sort_by(|a, b| a.agent.as_str().cmp(b.agent.as_str()));
+            Ok(AgentStates {
+                tenant: tenant.clone(),
+                at_ms: now,
+                counts,
+                agents,
+            })
+        })
     }
 
     pub fn agent_views(&self, tenant: &TenantId) -> Vec<AgentView> {

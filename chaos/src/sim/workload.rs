@@ -159,6 +159,9 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
                 takes_calls: None,
                 levels: Default::default(),
                 tags: Vec::new(),
+                group: None,
+                hotline: None,
+                permissions: None,
             }),
         });
     }

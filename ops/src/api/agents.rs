@@ -2,14 +2,14 @@
 //! configuration, and runtime control (sign-in, ready, not-ready, sign-out) on any node.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
 
-use actors::node::{AgentCommand, AgentView};
-use model::{Agent, AgentId, AgentSession, ExtensionId, TenantId};
+use actors::node::{AgentCommand, AgentStates, AgentView};
+use model::{Agent, AgentId, AgentSession, ExtensionId, QueueId, TenantId};
 
 use super::config_items::{create_scoped, delete_scoped, update_scoped};
 use super::error::{parse_id, ApiError, ApiResult};
@@ -27,6 +27,7 @@ pub fn routes() -> Router<Shared> {
                 .put(update_scoped::<Agent>)
                 .delete(delete_scoped::<Agent>),
         )
+        .route("/tenants/{tenant}/agent-states", get(states))
         .route("/tenants/{tenant}/agents/{id}/sign-in", post(sign_in))
         .route("/tenants/{tenant}/agents/{id}/ready", post(ready))
         .route("/tenants/{tenant}/agents/{id}/not-ready", post(not_ready))
@@ -61,6 +62,28 @@ async fn list(
             .map(merged)
             .collect(),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatesQuery {
+    group: Option<String>,
+    queue: Option<String>,
+}
+
+/// R4.9: `GET /tenants/{tenant}/agent-states[?group=G][&queue=Q]`.
+async fn states(
+    State(state): State<Shared>,
+    Path(tenant): Path<String>,
+    Query(query): Query<StatesQuery>,
+) -> ApiResult<Json<AgentStates>> {
+    let tenant: TenantId = parse_id(&tenant)?;
+    let queue: Option<QueueId> = query.queue.as_deref().map(parse_id).transpose()?;
+    state
+        .node
+        .agent_states(&tenant, query.group.as_deref(), queue.as_ref())
+        .map(Json)
+        .map_err(ApiError::node)
 }
 
 async fn show(
@@ -154,17 +177,29 @@ async fn sign_out(
     command(&state, &tenant, &agent, AgentCommand::SignOut).await
 }
 
-/// R4.7: who asks for an away state must be a manager of the tenant (a team lead or a
-/// supervisor, R3.18).
+/// R4.7: who asks for an away state must be a manager of the tenant: one with the
+/// `set_away` permission (R4.8; by default team leads and supervisors, R3.18).
 fn check_manager(state: &Shared, tenant: &str, manager: &AgentId) -> ApiResult<()> {
     let tenant: TenantId = parse_id(tenant)?;
-    let role = state
+    check_permission(state, &tenant, manager, model::Permission::SetAway)
+}
+
+/// R4.8: `agent` of `tenant` exists and has `permission`.
+pub fn check_permission(
+    state: &Shared,
+    tenant: &TenantId,
+    agent: &AgentId,
+    permission: model::Permission,
+) -> ApiResult<()> {
+    let may = state
         .cluster
-        .read(|s| s.agent(&tenant, manager).map(|a| a.role))
-        .ok_or_else(|| ApiError::not_found(format!("manager {tenant}/{manager}")))?;
-    if role == model::AgentRole::Agent {
-        return Err(ApiError::invalid(format!(
-            "manager: {manager} is an agent; away states are set by team leads and supervisors"
+        .read(|s| s.agent(tenant, agent).map(|a| a.may(permission)))
+        .ok_or_else(|| ApiError::not_found(format!("agent {tenant}/{agent}")))?;
+    if !may {
+        let name = serde_json::to_value(permission).unwrap_or_default();
+        return Err(ApiError::forbidden(format!(
+            "agent {agent} has no {} permission",
+            name.as_str().unwrap_or("such")
         )));
     }
     Ok(())

@@ -67,6 +67,16 @@ impl ApiError {
         )
     }
 
+    /// R4.8: the acting agent lacks the permission.
+    pub fn forbidden(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "E-FORBIDDEN",
+            e.to_string(),
+            "act as an agent with the permission, or grant it (agent update --permissions)",
+        )
+    }
+
     pub fn invalid(e: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,

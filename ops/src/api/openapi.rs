@@ -133,6 +133,13 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "/api/v1/tenants/{tenant}/agent-states",
+        &[(
+            "get",
+            "Agent-state view (R4.9): agents per state, and each agent's state, time in it, calls and talk time (?group=, ?queue=)",
+        )],
+    ),
+    (
         "/api/v1/tenants/{tenant}/agents/{agent}",
         &[
             ("get", "Show an agent with its state and session"),
@@ -160,7 +167,7 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         "/api/v1/tenants/{tenant}/agents/{agent}/away",
         &[(
             "post",
-            "A manager sends the agent away (R4.7): {\"reason\": training|study|meeting|interview, \"manager\"}",
+            "A manager (set_away permission) sends the agent away (R4.7): {\"reason\": training|study|meeting|interview, \"manager\"}",
         )],
     ),
     (

@@ -88,6 +88,12 @@ async fn handle(
         return Err(ApiError::bad_id(format!("{id:?} is not a voicemail id")));
     }
     let body: HandleBody = serde_json::from_slice(&body).map_err(ApiError::bad_body)?;
+    super::agents::check_permission(
+        &state,
+        &tenant,
+        &body.agent,
+        model::Permission::HandleVoicemail,
+    )?;
     write(
         &state,
         Command::HandleVoicemail {

@@ -39,6 +39,24 @@ pub enum AgentCommand {
     Away(AgentControl),
     /// R4.7: a manager ends the agent's away state (--manager M, --ready to make it ready).
     Back(AgentControl),
+    /// R4.9: the agent-state view: agents per state, and each agent's state, time in it,
+    /// calls and talk time (--group, --queue to narrow it; --watch N to refresh every N s).
+    States(StatesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatesArgs {
+    #[arg(long)]
+    pub tenant: TenantId,
+    #[arg(long)]
+    pub group: Option<String>,
+    #[arg(long)]
+    pub queue: Option<QueueId>,
+    /// Refresh every N seconds (1-3600) until interrupted.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub watch: Option<u64>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +93,16 @@ pub struct AgentFields {
     /// The agent's skill level in a queue, QUEUE=1..10 (repeatable; replaces all levels).
     #[arg(long = "level", value_parser = parse_level)]
     pub levels: Vec<(QueueId, u8)>,
+    /// R4.8: the agent's group (team); empty to clear.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// R4.8: the hotline (an access code of the tenant) the agent works for; empty to clear.
+    #[arg(long)]
+    pub hotline: Option<String>,
+    /// R4.8: what the agent may do, comma separated: set_away, handle_voicemail,
+    /// manage_calls; `default` for its role's defaults, `none` for nothing.
+    #[arg(long, value_parser = parse_permissions)]
+    pub permissions: Option<PermissionsArg>,
     #[arg(long)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
@@ -200,6 +228,30 @@ pub async fn run(command: AgentCommand) -> anyhow::Result<()> {
             let manager = need_manager(&c)?;
             control(&c, "back", json!({"manager": manager, "ready": c.ready})).await
         }
+        AgentCommand::States(a) => {
+            let client = ApiClient::new(&a.api.api, a.api.token.as_deref())?;
+            // The query, encoded by `url` (a group name may hold spaces or `&`).
+            let mut query = reqwest::Url::parse("http://localhost/")?;
+            if let Some(group) = &a.group {
+                query.query_pairs_mut().append_pair("group", group);
+            }
+            if let Some(queue) = &a.queue {
+                query.query_pairs_mut().append_pair("queue", queue.as_str());
+            }
+            let path = match query.query() {
+                Some(q) => format!("/api/v1/tenants/{}/agent-states?{q}", a.tenant),
+                None => format!("/api/v1/tenants/{}/agent-states", a.tenant),
+            };
+            loop {
+                let view = client.request(Method::GET, &path, None).await?;
+                print_states(&view, a.api.output);
+                let Some(every) = a.watch else {
+                    return Ok(());
+                };
+                tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+                println!();
+            }
+        }
     }
 }
 
@@ -238,6 +290,15 @@ fn agent_body(f: &AgentFields) -> anyhow::Result<(Map<String, Value>, AgentId)> 
                     .map(|s| json!(s.iter().map(QueueId::as_str).collect::<Vec<_>>())),
             ),
             ("role", f.role.map(|r| json!(r))),
+            ("group", f.group.as_ref().map(|g| optional(g))),
+            ("hotline", f.hotline.as_ref().map(|h| optional(h))),
+            (
+                "permissions",
+                f.permissions.as_ref().map(|p| match p {
+                    PermissionsArg::Default => Value::Null,
+                    PermissionsArg::These(list) => json!(list),
+                }),
+            ),
             ("takes_calls", f.takes_calls.map(|t| json!(t))),
             (
                 "tags",
@@ -258,6 +319,76 @@ fn agent_body(f: &AgentFields) -> anyhow::Result<(Map<String, Value>, AgentId)> 
         ],
     );
     Ok((body, id))
+}
+
+/// An empty text clears an optional field (JSON null).
+fn optional(text: &str) -> Value {
+    match text {
+        "" => Value::Null,
+        text => json!(text),
+    }
+}
+
+/// `--permissions`: the role's defaults, or a list (possibly empty).
+#[derive(Clone, Debug)]
+pub enum PermissionsArg {
+    Default,
+    These(Vec<model::Permission>),
+}
+
+fn parse_permissions(s: &str) -> Result<PermissionsArg, String> {
+    match s {
+        "default" => Ok(PermissionsArg::Default),
+        "none" | "" => Ok(PermissionsArg::These(Vec::new())),
+        list => list
+            .split(',')
+            .map(|p| {
+                serde_json::from_value(json!(p.trim().replace('-', "_"))).map_err(|_| {
+                    format!("{p:?}: use set_away, handle_voicemail, manage_calls, default or none")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(PermissionsArg::These),
+    }
+}
+
+/// Prints the agent-state view (R4.9): the counts, then one row per agent.
+fn print_states(view: &Value, format: super::OutputFormat) {
+    if matches!(format, super::OutputFormat::Json) {
+        return output::print(view, format);
+    }
+    let counts = view["counts"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64() != Some(0))
+                .map(|(state, n)| format!("{state} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    println!("{}: {}", view["tenant"].as_str().unwrap_or("?"), counts);
+    let rows: Vec<Value> = view["agents"]
+        .as_array()
+        .map(|agents| {
+            agents
+                .iter()
+                .map(|a| {
+                    json!({
+                        "agent": a["agent"],
+                        "name": a["name"],
+                        "state": a["state"],
+                        "group": a["group"],
+                        "reason": a["reason"],
+                        "in_state_s": a["in_state_ms"].as_u64().unwrap_or(0) / 1_000,
+                        "calls": a["calls_answered"],
+                        "talk_s": a["talk_ms"].as_u64().unwrap_or(0) / 1_000,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("{}", output::table(&Value::Array(rows)));
 }
 
 /// `QUEUE=LEVEL`, the level 1-10.
@@ -283,4 +414,30 @@ async fn control(c: &AgentControl, action: &str, body: Value) -> anyhow::Result<
     let answer = client.request(Method::POST, &path, Some(&body)).await?;
     output::print(&answer, c.api.output);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_parse_as_a_list_the_defaults_or_none() {
+        use model::Permission::*;
+        let these = |s: &str| match parse_permissions(s) {
+            Ok(PermissionsArg::These(list)) => Some(list),
+            _ => None,
+        };
+        assert_eq!(
+            these("set_away,handle-voicemail"),
+            Some(vec![SetAway, HandleVoicemail])
+        );
+        assert_eq!(these("none"), Some(vec![]));
+        assert!(matches!(
+            parse_permissions("default"),
+            Ok(PermissionsArg::Default)
+        ));
+        assert!(parse_permissions("set_away,fly").is_err());
+        assert_eq!(optional(""), Value::Null);
+        assert_eq!(optional("team1"), json!("team1"));
+    }
 }
