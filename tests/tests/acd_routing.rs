@@ -11,7 +11,10 @@
 //!   checkpoints), and the senior agent takes it when free.
 //! - R3.16 repeat caller: a caller who called within the day is offered to the agent who
 //!   served it last although another agent has been idle longer; when that agent is not
-//!   ready the call waits the queue's bound for it, then any agent takes it.
+//!   ready the call waits the queue's bound for it (also across the kill of the call's
+//!   node), then any agent takes it.
+//! - R3.11 callback: a caller who hangs up early keeps its place as a virtual call, also
+//!   across the kill of its node, and is called back and bridged when an agent answers.
 //! - R3.4 transfers: max wait sends a call to one agent (not the longest idle), or to an
 //!   external number behind the carrier, bridged, which survives the kill of the call's node.
 
@@ -355,11 +358,13 @@ async fn vip_callers_wait_higher_and_only_for_agents_with_the_tag_even_after_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_repeat_caller_reaches_the_agent_who_served_it_last() -> Result<()> {
+async fn a_repeat_caller_reaches_the_agent_who_served_it_last_and_waits_for_it_across_a_kill(
+) -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up(true)?;
     set_queue(&c, T, "billing", |q| {
-        q["repeat_caller"] = json!({"period": "day", "count": 1, "mode": "last", "wait_ms": 4_000});
+        q["repeat_caller"] =
+            json!({"period": "day", "count": 1, "mode": "last", "wait_ms": 15_000});
     })
     .await?;
     let (first_agent, first_phone) = agent_at(&c, 0, 0, "billing", &[], 1).await?;
@@ -386,14 +391,34 @@ async fn a_repeat_caller_reaches_the_agent_who_served_it_last() -> Result<()> {
     succeeds(call2).await?;
     let lp = last_phone.run.wait(Duration::from_secs(30)).await?;
     ensure!(lp.exit_code == 0 && lp.successful == 2, "{lp:?}");
-    // Its agent is not ready now: the third call waits 4 s for it, then the other takes it.
+    // Its agent is not ready now: the third call waits 15 s for it, then the other takes it,
+    // although the call's node dies while it waits (the hold is rebuilt from the call's
+    // checkpoint by the survivor that takes it over).
     until_state(&c, &last_agent.agent, "ready").await?;
     c.api(1).not_ready(T, &last_agent.agent, "lunch").await?;
-    succeeds(caller(&c, "call3", "1391000000", "2", 8_000, 1).spawn()?).await?;
+    let work = c.work().join("sipp");
+    let probe = RtpProbe::bind(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1)?;
+    probe.csv(&work.join("call3_probe.csv"))?;
+    let call3 = Sipp::new("carrier_failover.xml", &work, "call3")
+        .remote(&c.sip(2))
+        .service("075595598")
+        .key("caller_prefix", "1391000000")
+        .inf(&work.join("call3_probe.csv"))
+        .set("digit", "2")
+        .set("reinvite_ms", "60000")
+        .set("talk_ms", "25000")
+        .timeout(120)
+        .spawn()?;
+    until_waiting(&c, T, "billing", 1).await?;
+    let killed = c.info.nodes[2].id;
+    c.kill_node(killed).await?;
+    let alive = c.apis_except(&[killed]);
+    c.wait_declared_down(killed, &alive).await?;
+    succeeds(call3).await?;
     let fp = first_phone.run.wait(Duration::from_secs(30)).await?;
     ensure!(fp.exit_code == 0 && fp.successful == 1, "{fp:?}");
     let cdrs = cdrs_when(
-        &c.api(2),
+        &c.api(0),
         &format!("tenant={T}&from={from}&to={}", now_ms() + 60_000),
         60,
         "three CDRs of the caller",
@@ -424,8 +449,11 @@ async fn a_repeat_caller_reaches_the_agent_who_served_it_last() -> Result<()> {
     let third = calls[2];
     let waited = n(third, "first_offered_at_ms") - n(third, "enqueued_at_ms");
     ensure!(
-        s(third, "agent") == first_agent.agent && waited >= 4_000,
-        "held {waited} ms for its agent, then offered to the other: {third}"
+        s(third, "agent") == first_agent.agent
+            && waited >= 15_000
+            && third["repeat_caller"]["preferred"] == json!([last_agent.agent])
+            && third["failovers"][0]["from_node"] == killed,
+        "held {waited} ms for its agent across the kill, then offered to the other: {third}"
     );
     Ok(())
 }
@@ -613,7 +641,8 @@ async fn max_wait_transfers_the_call_to_one_agent_not_the_longest_idle() -> Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_caller_who_hangs_up_early_keeps_its_place_and_is_called_back() -> Result<()> {
+async fn a_caller_who_hangs_up_early_keeps_its_place_across_a_node_kill_and_is_called_back(
+) -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up(true)?;
     let work = c.work().join("sipp");
@@ -665,7 +694,7 @@ async fn a_caller_who_hangs_up_early_keeps_its_place_and_is_called_back() -> Res
         Some(3_000),
     )
     .await?;
-    let events = EventLog::connect(&c.api(2)).await?;
+    let events = EventLog::connect(&c.api(0)).await?;
     let from = now_ms();
     // The caller waits 5 s in general, then hangs up: it keeps its place.
     let run = Sipp::new("carrier_abandon.xml", &work, "early")
@@ -681,8 +710,24 @@ async fn a_caller_who_hangs_up_early_keeps_its_place_and_is_called_back() -> Res
         "the virtual call waits: {call}"
     );
     ensure!(queue_waiting(&c, T, "general").await == Some(1));
+    // The virtual call's node dies: a survivor takes it over, with no caller to re-INVITE,
+    // and it keeps its place.
+    let killed = n(&call, "node") as u64;
+    ensure!(
+        killed == c.info.nodes[2].id,
+        "the call is anchored where it came in: {call}"
+    );
+    c.kill_node(killed).await?;
+    let alive = c.apis_except(&[killed]);
+    c.wait_declared_down(killed, &alive).await?;
+    let taken = waiting_call(&c, 0, "1320", 1).await?;
+    ensure!(
+        n(&taken, "node") as u64 != killed && s(&taken, "state") == "queued",
+        "the virtual call waits on a survivor: {taken}"
+    );
+    ensure!(queue_waiting(&c, T, "general").await == Some(1));
     // The agent gets ready: it is offered the virtual call, answers, and the platform
-    // calls the customer back and bridges them; the agent hangs up after 3 s.
+    // (the new owner) calls the customer back and bridges them; the agent hangs up after 3 s.
     c.api(1).ready(T, &agent.agent).await?;
     let pr = phone.run.wait(Duration::from_secs(60)).await?;
     ensure!(
@@ -702,8 +747,9 @@ async fn a_caller_who_hangs_up_early_keeps_its_place_and_is_called_back() -> Res
             && s(cdr, "agent") == agent.agent
             && s(mark, "by") == "hangup"
             && n(mark, "answered_at_ms") >= n(mark, "dialled_at_ms")
-            && n(mark, "dialled_at_ms") > n(mark, "requested_at_ms"),
-        "called back and answered: {cdr}"
+            && n(mark, "dialled_at_ms") > n(mark, "requested_at_ms")
+            && cdr["failovers"][0]["from_node"] == killed,
+        "called back by the new owner and answered: {cdr}"
     );
     let virtual_call = events
         .snapshot()
