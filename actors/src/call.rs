@@ -486,6 +486,42 @@ impl CallMachine {
             }
             // The INVITE died with its node: dial again from here.
             CallPhase::External { number, trunk, .. } => m.dial_out(now_ms, number, trunk),
+            // R3.20: the prompt again, or the rest of the message (in this node's part).
+            CallPhase::Voicemail {
+                queue,
+                until_ms: None,
+            } => {
+                let prompt = m
+                    .setup
+                    .queues
+                    .get(&queue)
+                    .and_then(|q| q.voicemail.as_ref())
+                    .map(|v| v.prompt.clone());
+                match prompt {
+                    Some(prompt) => {
+                        m.state = State::Voicemail { queue, until: None };
+                        m.outputs.push_back(CallOutput::Play {
+                            prompt,
+                            repeat: false,
+                        });
+                    }
+                    None => m.fail(now_ms, "the queue's voicemail is gone"),
+                }
+            }
+            CallPhase::Voicemail {
+                queue,
+                until_ms: Some(until),
+            } => {
+                m.state = State::Voicemail {
+                    queue,
+                    until: Some(until),
+                };
+                if now_ms >= until {
+                    m.end_voicemail(now_ms);
+                } else {
+                    m.outputs.push_back(CallOutput::RecordVoicemail);
+                }
+            }
             CallPhase::Releasing => {
                 if m.cdr.voicemail.as_ref().is_some_and(|v| v.duration_ms == 0) {
                     m.cdr.reason = Some("voicemail cut by a node loss".into());
@@ -756,9 +792,11 @@ impl CallMachine {
                 trunk: trunk.clone(),
                 answered: deadline.is_none(),
             },
-            // R3.20: a message is recorded on this node; a takeover cannot continue it, so the
-            // new owner ends the call (what was recorded stays on this node's disk).
-            State::Releasing | State::Voicemail { .. } => CallPhase::Releasing,
+            State::Voicemail { queue, until } => CallPhase::Voicemail {
+                queue: queue.clone(),
+                until_ms: *until,
+            },
+            State::Releasing => CallPhase::Releasing,
             State::Ended => return None,
         })
     }
@@ -827,7 +865,8 @@ impl CallMachine {
             State::Queued { .. } => "queued",
             State::Offering { .. } => "ringing_agent",
             State::Talking { .. } => "talking",
-            State::Voicemail { .. } => "voicemail",
+            State::Voicemail { until: None, .. } => "voicemail",
+            State::Voicemail { until: Some(_), .. } => "recording_voicemail",
             State::CallingBack { .. } => "calling_back",
             State::External {
                 deadline: Some(_), ..

@@ -462,6 +462,15 @@ pub enum CallPhase {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         answered: bool,
     },
+    /// R3.20: leaving a message in `queue`'s voicemail: its prompt plays (`until_ms` None),
+    /// or the caller is recorded until `until_ms`. A new owner re-INVITEs the caller and
+    /// plays the prompt again, or records the rest of the message in a part of its own (the
+    /// failover mark names it).
+    Voicemail {
+        queue: QueueId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<u64>,
+    },
     /// Playing a last prompt before the platform hangs up.
     Releasing,
 }

@@ -559,3 +559,123 @@ async fn a_waiting_caller_leaves_a_voicemail_that_an_agent_handles() -> Result<(
     );
     Ok(())
 }
+
+/// R3.20 across a kill: a caller leaving a message when its node dies is re-INVITEd by a
+/// survivor, which records the rest of the message in a part of its own; `#` there ends it,
+/// and the voicemail counts from the message's first start, its failover mark naming the
+/// new part (the caller's tone is in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_being_left_when_its_node_dies_is_recorded_to_the_end_by_a_survivor() -> Result<()>
+{
+    let _l = CLUSTER_LOCK.lock().await;
+    let c = ClusterGuard::up(true)?;
+    set_queue(&c, T, GENERAL, |q| {
+        q["voicemail"] = json!({"key": "*", "prompt": "voicemail", "max_ms": 30_000,
+                                "thanks": "voicemail_thanks"});
+    })
+    .await?;
+    let work = c.work().join("sipp");
+    std::fs::create_dir_all(&work)?;
+    let lo = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let probe = callgrid_tests::probe::RtpProbe::bind(lo, 1)?;
+    probe.csv(&work.join("message_probe.csv"))?;
+    let killed = c.info.nodes[2].id;
+    let killed_ip = c.sip(2).parse::<std::net::SocketAddr>()?.ip();
+    let from = now_ms();
+    // Key 0 to general; the platform ends the call after the thanks.
+    let caller = Sipp::new("carrier_failover.xml", &work, "message")
+        .remote(&c.sip(2))
+        .service("075595598")
+        .key("caller_prefix", "1377000000")
+        .inf(&work.join("message_probe.csv"))
+        .set("digit", "0")
+        .set("reinvite_ms", "90000")
+        .set("talk_ms", "90000")
+        .timeout(150)
+        .spawn()?;
+    let state_of = |node: usize| {
+        let api = c.api(node);
+        async move {
+            let calls = api.get_json("/api/v1/calls").await.ok()?;
+            calls.as_array()?.iter().find_map(|call| {
+                s(call, "caller")
+                    .starts_with("1377")
+                    .then(|| (s(call, "state").to_string(), n(call, "node") as u64))
+            })
+        }
+    };
+    wait_until(Duration::from_secs(30), "the caller queued", || async {
+        state_of(0).await.filter(|(st, _)| st == "queued")
+    })
+    .await?;
+    probe.send_dtmf(0, '*')?;
+    wait_until(Duration::from_secs(30), "the message recorded", || async {
+        state_of(0)
+            .await
+            .filter(|(st, _)| st == "recording_voicemail")
+    })
+    .await?;
+    let kill_at = std::time::Instant::now();
+    c.kill_node(killed).await?;
+    let alive = c.apis_except(&[killed]);
+    c.wait_declared_down(killed, &alive).await?;
+    let (_, owner) = wait_until(
+        Duration::from_secs(30),
+        "the message taken over",
+        || async {
+            state_of(0)
+                .await
+                .filter(|(st, node)| st == "recording_voicemail" && *node != killed)
+        },
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(20),
+        "media from the new owner",
+        || async {
+            probe
+                .report(0)
+                .arrivals()
+                .any(|(t, src)| t > kill_at && src.ip() != killed_ip)
+                .then_some(())
+        },
+    )
+    .await?;
+    // The caller goes on speaking (the probe's tone) to the new owner for 2 s, then presses
+    // #: this pause is the caller's behaviour, not a wait for the platform.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    probe.send_dtmf(0, '#')?;
+    succeeds(caller).await?;
+    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 300_000);
+    let cdrs = cdrs_when(&alive[0], &q, 60, "the CDR", |cdrs| {
+        cdr_of(cdrs, "1377").is_some()
+    })
+    .await?;
+    let cdr = cdr_of(&cdrs, "1377").expect("checked");
+    let message = n(&cdr["voicemail"], "duration_ms");
+    let mark = &cdr["failovers"][0];
+    ensure!(
+        s(cdr, "reason") == "voicemail"
+            && message >= 2_000
+            && n(mark, "from_node") as u64 == killed
+            && n(mark, "to_node") as u64 == owner
+            && n(mark, "recording_offset_ms") < message,
+        "one message across the kill: {cdr}"
+    );
+    let part = s(mark, "recording_id").to_string();
+    let wav = wav_info(&alive[0].get_recording(&part).await?)?;
+    ensure!(
+        wav.duration_ms >= 1_500 && wav.rms[1] > 100.0,
+        "the rest of the message is in the new owner's part: {wav:?}"
+    );
+    let listed = alive[0]
+        .get_json(&format!("/api/v1/tenants/{T}/voicemails?status=new"))
+        .await?;
+    ensure!(
+        as_array(listed)
+            .iter()
+            .any(|v| s(v, "id") == s(cdr, "call_id")),
+        "the voicemail is listed"
+    );
+    Ok(())
+}

@@ -1498,12 +1498,34 @@ fn the_voicemail_key_while_an_agent_rings_frees_the_agent_first() {
         answered: false
     }));
     assert_eq!(m.state_name(), "voicemail");
-    // A takeover during the message ends the call (the audio is on the old node).
+    // A takeover during the prompt plays it again.
+    let (p, out) = restored_in(with_voicemail(), &m, 6_500);
+    assert_eq!(plays(&out), vec!["welcome".to_string()]);
+    assert_eq!(p.state_name(), "voicemail");
+    // A takeover during the message records the rest until the original end, in a part of
+    // the new owner's; `#` there ends it, and the message counts from its first start.
     m.handle(7_000, CallInput::PlayDone);
-    let (_, out) = restored_in(with_voicemail(), &m, 9_000);
-    let cdr = cdr_of(&out);
-    assert_eq!(cdr.reason.as_deref(), Some("voicemail cut by a node loss"));
-    assert_eq!(cdr.voicemail.map(|v| v.started_at_ms), Some(7_000));
+    assert_eq!(m.state_name(), "recording_voicemail");
+    let (mut m, out) = restored_in(with_voicemail(), &m, 9_000);
+    assert!(out.contains(&CallOutput::RecordVoicemail), "{out:?}");
+    assert_eq!(m.poll_timeout(), Some(17_000));
+    m.handle(12_000, CallInput::Digit('#'));
+    m.handle(13_000, CallInput::PlayDone);
+    let cdr = cdr_of(&drain(&mut m));
+    assert_eq!(cdr.reason.as_deref(), Some("voicemail"));
+    assert_eq!(
+        cdr.voicemail.map(|v| (v.started_at_ms, v.duration_ms)),
+        Some((7_000, 5_000))
+    );
+    // Past its end when taken over: the message is complete.
+    let mut late = CallMachine::new(with_voicemail());
+    to_queue(&mut late, '2');
+    drain(&mut late);
+    late.handle(6_000, CallInput::Digit('5'));
+    late.handle(7_000, CallInput::PlayDone);
+    let (_, out) = restored_in(with_voicemail(), &late, 30_000);
+    assert!(!out.contains(&CallOutput::RecordVoicemail));
+    assert!(plays(&out).contains(&"timeout".to_string()), "the thanks");
 }
 
 #[test]

@@ -596,19 +596,23 @@ async fn take_over(
         _ => {}
     }
 
-    if resumed
-        && matches!(
-            checkpoint.phase,
-            CallPhase::Talking { .. } | CallPhase::External { answered: true, .. }
-        )
-    {
-        // Send media at once on both legs: phones behind NAT, or that follow the source of
-        // the RTP they receive (symmetric RTP), find this node before (or without) taking the
-        // re-INVITE's SDP into account. The bridge relays from then on.
-        let silence = media::prompt::Prompt::from_samples("takeover-silence", vec![0; 2_400]);
-        for leg in [LegId::Customer, LegId::Agent] {
-            let _ = media.play(leg, silence.clone(), false).await;
+    // Send media at once on the legs that would otherwise hear nothing from this node:
+    // phones behind NAT, or that follow the source of the RTP they receive (symmetric RTP),
+    // find this node before (or without) taking the re-INVITE's SDP into account. The
+    // bridge relays from then on; a caller leaving a message (R3.20) is sent nothing else.
+    let silent_legs: &[LegId] = match checkpoint.phase {
+        _ if !resumed => &[],
+        CallPhase::Talking { .. } | CallPhase::External { answered: true, .. } => {
+            &[LegId::Customer, LegId::Agent]
         }
+        CallPhase::Voicemail {
+            until_ms: Some(_), ..
+        } => &[LegId::Customer],
+        _ => &[],
+    };
+    let silence = media::prompt::Prompt::from_samples("takeover-silence", vec![0; 2_400]);
+    for leg in silent_legs {
+        let _ = media.play(*leg, silence.clone(), false).await;
     }
     let now = rt.now_ms();
     let setup = CallSetup {
@@ -1334,30 +1338,16 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 }
             }
             CallOutput::Bridge if state.takeover_since_ms.is_some() => {
-                // The recording goes on in a new part on this node; the CDR's failover mark
-                // names it and where it starts in the call's timeline (the gap is silence).
-                let part = format!(
-                    "{}-f{}-{call_id}",
-                    rt.node_id(),
-                    state.machine.cdr_so_far().failovers.len()
-                );
-                let dir = recording_dir(rt);
-                let recorded = std::fs::create_dir_all(&dir).is_ok()
-                    && state
-                        .media
-                        .bridge(Some(dir.join(format!("{part}.wav"))))
-                        .await
-                        .is_ok();
-                if !recorded {
+                if !record_failover_part(rt, state, &call_id, Recording::Bridge).await {
                     warn!(call = %call_id, "recording unavailable after the takeover");
                     let _ = state.media.bridge(None).await;
                 }
-                let offset = rt
-                    .now_ms()
-                    .saturating_sub(state.machine.cdr_so_far().agent_answered_at_ms.unwrap_or(0));
-                state
-                    .machine
-                    .set_failover_recording(recorded.then_some(part), offset);
+            }
+            CallOutput::RecordVoicemail if state.takeover_since_ms.is_some() => {
+                // R3.20: the rest of the message, in this node's part.
+                if !record_failover_part(rt, state, &call_id, Recording::Voicemail).await {
+                    warn!(call = %call_id, "voicemail recording unavailable after the takeover");
+                }
             }
             CallOutput::Bridge => {
                 if !start_recording(rt, state, &call_id, Recording::Bridge).await {
@@ -1419,6 +1409,37 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
 enum Recording {
     Bridge,
     Voicemail,
+}
+
+/// After a takeover, the recording goes on in a new part on this node: the CDR's failover
+/// mark names it and where it starts in the call's timeline (from the bridge, or from the
+/// start of the message; the gap is silence). False if it could not be started.
+async fn record_failover_part(
+    rt: &Runtime,
+    state: &mut CallState,
+    call_id: &CallId,
+    what: Recording,
+) -> bool {
+    let cdr = state.machine.cdr_so_far();
+    let part = format!("{}-f{}-{call_id}", rt.node_id(), cdr.failovers.len());
+    let from_ms = match what {
+        Recording::Bridge => cdr
+            .agent_answered_at_ms
+            .or_else(|| cdr.external.as_ref().and_then(|e| e.answered_at_ms)),
+        Recording::Voicemail => cdr.voicemail.as_ref().map(|v| v.started_at_ms),
+    };
+    let offset = rt.now_ms().saturating_sub(from_ms.unwrap_or(0));
+    let dir = recording_dir(rt);
+    let path = dir.join(format!("{part}.wav"));
+    let recorded = std::fs::create_dir_all(&dir).is_ok()
+        && match what {
+            Recording::Bridge => state.media.bridge(Some(path)).await.is_ok(),
+            Recording::Voicemail => state.media.record(path).await.is_ok(),
+        };
+    state
+        .machine
+        .set_failover_recording(recorded.then_some(part), offset);
+    recorded
 }
 
 /// Starts the call's recording (`DATA_DIR/recordings/<call id>.wav`) and tells the machine
