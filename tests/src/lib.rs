@@ -1097,6 +1097,33 @@ pub fn wav_info(bytes: &[u8]) -> Result<WavInfo> {
     })
 }
 
+/// Waits for a SIPp run of one call to end successfully.
+pub async fn succeeds(run: SippRun) -> Result<()> {
+    let r = run.wait(Duration::from_secs(120)).await?;
+    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
+    Ok(())
+}
+
+/// `tenant`'s CDRs since `from` (from node `node`'s API), once every caller prefix has one.
+pub async fn cdrs_for(
+    c: &ClusterGuard,
+    tenant: &str,
+    node: usize,
+    from: u64,
+    prefixes: &[&str],
+) -> Result<Vec<Value>> {
+    let q = format!("tenant={tenant}&from={from}&to={}", now_ms() + 300_000);
+    cdrs_when(&c.api(node), &q, 60, "the calls' CDRs", |cdrs| {
+        prefixes.iter().all(|p| cdr_of(cdrs, p).is_some())
+    })
+    .await
+}
+
+/// The CDR of the caller whose number starts with `prefix`.
+pub fn cdr_of<'a>(cdrs: &'a [Value], prefix: &str) -> Option<&'a Value> {
+    cdrs.iter().find(|c| s(c, "caller").starts_with(prefix))
+}
+
 /// Waits (up to `secs`) until the CDR query `q` on `api` gives CDRs for which `pred` holds.
 pub async fn cdrs_when(
     api: &Api,

@@ -46,30 +46,6 @@ fn caller(
         .timeout(120)
 }
 
-async fn succeeds(run: SippRun) -> Result<()> {
-    let r = run.wait(Duration::from_secs(120)).await?;
-    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
-    Ok(())
-}
-
-/// The CDRs since `from`, once every caller prefix has one.
-async fn cdrs_for(
-    c: &ClusterGuard,
-    node: usize,
-    from: u64,
-    prefixes: &[&str],
-) -> Result<Vec<Value>> {
-    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 300_000);
-    cdrs_when(&c.api(node), &q, 60, "the calls' CDRs", |cdrs| {
-        prefixes.iter().all(|p| cdr_of(cdrs, p).is_some())
-    })
-    .await
-}
-
-fn cdr_of<'a>(cdrs: &'a [Value], prefix: &str) -> Option<&'a Value> {
-    cdrs.iter().find(|c| s(c, "caller").starts_with(prefix))
-}
-
 /// `HH:MM` in China time, `offset_min` from now.
 fn china_time(offset_min: i64) -> String {
     let local = (now_ms() / 60_000) as i64 + 480 + offset_min;
@@ -196,7 +172,7 @@ async fn a_tagged_caller_goes_straight_to_its_special_queue_in_its_time_window()
         pr.exit_code == 0 && pr.successful == 1,
         "agent phone: {pr:?}"
     );
-    let cdrs = cdrs_for(&c, 0, from, &["1371", "1373"]).await?;
+    let cdrs = cdrs_for(&c, T, 0, from, &["1371", "1373"]).await?;
     let e = cdr_of(&cdrs, "1371").expect("checked");
     ensure!(
         s(e, "queue") == "outage"
@@ -219,7 +195,7 @@ async fn a_tagged_caller_goes_straight_to_its_special_queue_in_its_time_window()
     set_rules(rules(-30, 30)).await?;
     let from = now_ms();
     succeeds(caller(&c, "evening", "1372000000", "0", 1_000, 1).spawn()?).await?;
-    let cdrs = cdrs_for(&c, 2, from, &["1372"]).await?;
+    let cdrs = cdrs_for(&c, T, 2, from, &["1372"]).await?;
     let v = cdr_of(&cdrs, "1372").expect("checked");
     ensure!(
         s(v, "queue") == "complaint" && v["routed_by"] == json!(["elderly-evening"]),
@@ -339,7 +315,7 @@ async fn vip_callers_wait_higher_and_only_for_agents_with_the_tag_even_after_the
         pp.exit_code == 0 && pp.successful == 1,
         "plain phone: {pp:?}"
     );
-    let cdrs = cdrs_for(&c, a, from, &["1381", "1382", "1383"]).await?;
+    let cdrs = cdrs_for(&c, T, a, from, &["1381", "1382", "1383"]).await?;
     let v = cdr_of(&cdrs, "1382").expect("checked");
     ensure!(
         s(v, "agent") == senior.agent
@@ -583,7 +559,7 @@ async fn a_call_waits_in_several_queues_changed_live_and_kept_across_a_queue_own
     succeeds(run).await?;
     let pr = phone.run.wait(Duration::from_secs(30)).await?;
     ensure!(pr.exit_code == 0 && pr.successful == 1, "{pr:?}");
-    let cdrs = cdrs_for(&c, a, from, &["1301"]).await?;
+    let cdrs = cdrs_for(&c, T, a, from, &["1301"]).await?;
     let cdr = cdr_of(&cdrs, "1301").expect("checked");
     ensure!(
         s(cdr, "queue") == "billing" && n(cdr, "priority") == 50 && s(cdr, "agent") == agent.agent,
@@ -627,7 +603,7 @@ async fn max_wait_transfers_the_call_to_one_agent_not_the_longest_idle() -> Resu
     succeeds(caller(&c, "to-agent", "1310000000", "0", 14_000, 2).spawn()?).await?;
     let pr = chosen_phone.run.wait(Duration::from_secs(30)).await?;
     ensure!(pr.exit_code == 0 && pr.successful == 1, "{pr:?}");
-    let cdrs = cdrs_for(&c, 1, from, &["1310"]).await?;
+    let cdrs = cdrs_for(&c, T, 1, from, &["1310"]).await?;
     let cdr = cdr_of(&cdrs, "1310").expect("checked");
     ensure!(
         s(cdr, "agent") == chosen.agent
@@ -739,7 +715,7 @@ async fn a_caller_who_hangs_up_early_keeps_its_place_across_a_node_kill_and_is_c
         cr.exit_code == 0 && cr.successful == 1,
         "the customer was called back: {cr:?}"
     );
-    let cdrs = cdrs_for(&c, 0, from, &["1320"]).await?;
+    let cdrs = cdrs_for(&c, T, 0, from, &["1320"]).await?;
     let cdr = cdr_of(&cdrs, "1320").expect("checked");
     let mark = &cdr["callback"];
     ensure!(

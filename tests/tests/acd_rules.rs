@@ -35,31 +35,6 @@ fn waiting_caller(c: &ClusterGuard, name: &str, prefix: &str, hold_ms: u64, node
         .set("hold_ms", &hold_ms.to_string())
 }
 
-/// Waits for the SIPp run to end successfully.
-async fn succeeds(run: SippRun) -> Result<()> {
-    let r = run.wait(Duration::from_secs(60)).await?;
-    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
-    Ok(())
-}
-
-/// The CDRs since `from`, once every caller prefix has one (from node `node`'s API).
-async fn cdrs_for(
-    c: &ClusterGuard,
-    node: usize,
-    from: u64,
-    prefixes: &[&str],
-) -> Result<Vec<Value>> {
-    let q = format!("tenant={T}&from={from}&to={}", now_ms() + 120_000);
-    cdrs_when(&c.api(node), &q, 30, "the calls' CDRs", |cdrs| {
-        prefixes.iter().all(|p| cdr_of(cdrs, p).is_some())
-    })
-    .await
-}
-
-fn cdr_of<'a>(cdrs: &'a [Value], prefix: &str) -> Option<&'a Value> {
-    cdrs.iter().find(|c| s(c, "caller").starts_with(prefix))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_releases_the_next_call() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
@@ -81,14 +56,14 @@ async fn a_full_queue_releases_the_next_call() -> Result<()> {
         "the first call still waits, alone: {still:?} waiting {} ms after it started",
         now_ms() - from
     );
-    let cdrs = cdrs_for(&c, 2, from, &["1372"]).await?;
+    let cdrs = cdrs_for(&c, T, 2, from, &["1372"]).await?;
     let released = cdr_of(&cdrs, "1372").expect("checked");
     ensure!(
         s(released, "disposition") == "released" && s(released, "reason") == "max_queued",
         "{released}"
     );
     succeeds(first).await?;
-    let cdrs = cdrs_for(&c, 0, from, &["1371"]).await?;
+    let cdrs = cdrs_for(&c, T, 0, from, &["1371"]).await?;
     let kept = cdr_of(&cdrs, "1371").expect("checked");
     ensure!(s(kept, "disposition") == "abandoned", "{kept}");
     Ok(())
@@ -111,7 +86,7 @@ async fn a_full_queue_transfers_the_next_call_to_its_overflow_queue() -> Result<
     ensure!(queue_waiting(&c, T, GENERAL).await == Some(1));
     succeeds(second).await?;
     succeeds(first).await?;
-    let cdrs = cdrs_for(&c, 1, from, &["1373", "1374"]).await?;
+    let cdrs = cdrs_for(&c, T, 1, from, &["1373", "1374"]).await?;
     let moved = cdr_of(&cdrs, "1374").expect("checked");
     ensure!(
         s(moved, "queue") == "billing" && s(moved, "disposition") == "abandoned",
@@ -142,7 +117,7 @@ async fn all_agents_busy_releases_or_transfers_the_call() -> Result<()> {
     until_waiting(&c, T, "billing", 1).await?;
     ensure!(queue_waiting(&c, T, GENERAL).await == Some(0));
     succeeds(moved).await?;
-    let cdrs = cdrs_for(&c, 0, from, &["1375", "1376"]).await?;
+    let cdrs = cdrs_for(&c, T, 0, from, &["1375", "1376"]).await?;
     let r = cdr_of(&cdrs, "1375").expect("checked");
     ensure!(
         s(r, "disposition") == "released" && s(r, "reason") == "all_busy",
@@ -190,7 +165,7 @@ async fn max_wait_releases_or_transfers_the_call() -> Result<()> {
     until_waiting(&c, T, "billing", 1).await?;
     ensure!(queue_waiting(&c, T, GENERAL).await == Some(0));
     succeeds(moved).await?;
-    let cdrs = cdrs_for(&c, 0, from, &["1377", "1378"]).await?;
+    let cdrs = cdrs_for(&c, T, 0, from, &["1377", "1378"]).await?;
     let r = cdr_of(&cdrs, "1377").expect("checked");
     ensure!(
         s(r, "disposition") == "released" && s(r, "reason") == "max_wait",
@@ -237,7 +212,7 @@ async fn the_cancel_key_releases_or_transfers_the_call_to_a_flow() -> Result<()>
     until_waiting(&c, T, "billing", 1).await?;
     ensure!(queue_waiting(&c, T, GENERAL).await == Some(0));
     succeeds(moved).await?;
-    let cdrs = cdrs_for(&c, 2, from, &["1379", "1370"]).await?;
+    let cdrs = cdrs_for(&c, T, 2, from, &["1379", "1370"]).await?;
     let r = cdr_of(&cdrs, "1379").expect("checked");
     ensure!(
         s(r, "disposition") == "released" && s(r, "reason") == "cancel_key",
@@ -341,7 +316,7 @@ async fn the_estimated_wait_is_announced_after_15_s_even_after_the_queue_owner_d
         .await?;
     // Now a caller waits 20 s with nobody ready.
     succeeds(waiting_caller(&c, "waits", "1363000000", 20_000, b).spawn()?).await?;
-    let cdrs = cdrs_for(&c, a, from, &["1361", "1362", "1363"]).await?;
+    let cdrs = cdrs_for(&c, T, a, from, &["1361", "1362", "1363"]).await?;
     for served in ["1361", "1362"] {
         let cdr = cdr_of(&cdrs, served).expect("checked");
         ensure!(s(cdr, "disposition") == "answered", "{cdr}");
@@ -453,7 +428,7 @@ async fn interflow_moves_the_call_to_the_first_queue_that_takes_it() -> Result<(
     ensure!(queue_waiting(&c, T, GENERAL).await == Some(0));
     ensure!(queue_waiting(&c, T, "billing").await == Some(0));
     succeeds(moved).await?;
-    let cdrs = cdrs_for(&c, 2, from, &["1365"]).await?;
+    let cdrs = cdrs_for(&c, T, 2, from, &["1365"]).await?;
     let m = cdr_of(&cdrs, "1365").expect("checked");
     ensure!(
         s(m, "queue") == "outage" && s(m, "disposition") == "abandoned",
@@ -487,7 +462,7 @@ async fn a_waiting_caller_leaves_a_voicemail_that_an_agent_handles() -> Result<(
         .key("caller_prefix", "1376000000")
         .timeout(60);
     succeeds(caller.spawn()?).await?;
-    let cdrs = cdrs_for(&c, 2, from, &["1376"]).await?;
+    let cdrs = cdrs_for(&c, T, 2, from, &["1376"]).await?;
     let cdr = cdr_of(&cdrs, "1376").expect("checked");
     let message = n(&cdr["voicemail"], "duration_ms");
     ensure!(
