@@ -590,6 +590,12 @@ async fn take_over(
                 agent = Some(leg_state);
             }
         }
+        (CallPhase::Offering { callback: true, .. }, Some(leg), _) => {
+            if let Some(mut answered) = AgentLeg::restore(leg) {
+                info!(call = %call_id, "hanging up the agent of a callback cut by a node loss");
+                answered.bye(rt);
+            }
+        }
         (CallPhase::Offering { .. } | CallPhase::External { .. }, _, Some(ringing)) => {
             AgentLeg::cancel_stale(rt, ringing)
         }
@@ -689,6 +695,13 @@ fn checkpoint(
     };
     let agent = match phase {
         CallPhase::Talking { .. } | CallPhase::External { answered: true, .. } => {
+            state.agent.as_ref().and_then(AgentLeg::checkpoint)
+        }
+        // R3.11: the agent answered a virtual call and the caller is being called back: a
+        // new owner fails the offer, and hangs up the agent's answered leg with it.
+        CallPhase::Offering { callback: true, .. }
+            if state.machine.state_name() == "calling_back" =>
+        {
             state.agent.as_ref().and_then(AgentLeg::checkpoint)
         }
         _ => None,
