@@ -1887,8 +1887,15 @@ impl CallMachine {
     }
 
     fn note_voicemail_end(&mut self, now_ms: u64) {
+        // Never past the message's end (a takeover may come after it).
+        let end = match self.state {
+            State::Voicemail {
+                until: Some(until), ..
+            } => now_ms.min(until),
+            _ => now_ms,
+        };
         if let Some(mark) = self.cdr.voicemail.as_mut() {
-            mark.duration_ms = now_ms.saturating_sub(mark.started_at_ms);
+            mark.duration_ms = end.saturating_sub(mark.started_at_ms);
         }
         self.cdr.reason = Some("voicemail".into());
     }
@@ -2090,9 +2097,10 @@ impl CallMachine {
         self.cdr.ended_at_ms = now_ms;
         self.cdr.hangup_by = by;
         self.cdr.disposition = disposition;
-        if let (Some((node, webhook)), None) =
-            (self.lost_call.take(), self.cdr.agent_answered_at_ms)
-        {
+        // A transfer out that was answered (R3.4) reached a human too.
+        let lost =
+            self.cdr.agent_answered_at_ms.is_none() && disposition != Disposition::Transferred;
+        if let (Some((node, webhook)), true) = (self.lost_call.take(), lost) {
             self.outputs.push_back(CallOutput::LostCall {
                 webhook,
                 node,

@@ -397,6 +397,20 @@ impl ReplicatedState {
                         }),
                     }?;
                 }
+                // R4.8: an agent's hotline stays one of the tenant's access codes.
+                let orphan = self.agents.values().find(|a| {
+                    a.tenant == t.id
+                        && a.hotline
+                            .as_ref()
+                            .is_some_and(|h| !t.access_codes.iter().any(|c| &c.code == h))
+                });
+                if let Some(a) = orphan {
+                    return Err(ApplyError::InUse(format!(
+                        "access code {} is agent {}'s hotline",
+                        a.hotline.as_deref().unwrap_or_default(),
+                        a.id
+                    )));
+                }
                 // A routing rule only names this tenant's queues, flows and flow nodes.
                 for rule in &t.routing {
                     for id in rule.when.ivr_queue.iter().chain(match &rule.then {

@@ -1002,6 +1002,24 @@ fn a_caller_who_asked_for_a_human_and_never_reached_one_is_reported_once() {
     to_queue(&mut m, '0');
     m.handle(9_000, CallInput::CustomerHangup);
     assert!(lost_calls(&drain(&mut m)).is_empty());
+    // Put through to an external number that answered (R3.4): a human took it, nothing.
+    let mut setup = with_lost_call_webhook();
+    if let Some(q) = setup.queues.get_mut(&"billing".parse::<QueueId>().unwrap()) {
+        q.on_max_wait = Some(RuleAction::TransferNumber {
+            number: "95598".into(),
+            trunk: "carrier".parse().unwrap(),
+        });
+    }
+    let mut m = CallMachine::new(setup);
+    to_queue(&mut m, '2');
+    drain(&mut m);
+    let at = billing_deadline(&m);
+    m.handle_timeout(at);
+    m.handle(at + 1_000, CallInput::AgentAnswered);
+    m.handle(at + 9_000, CallInput::CustomerHangup);
+    let out = drain(&mut m);
+    assert_eq!(cdr_of(&out).disposition, Disposition::Transferred);
+    assert!(lost_calls(&out).is_empty());
 }
 
 #[test]
@@ -1453,7 +1471,7 @@ fn a_waiting_caller_leaves_a_message_ended_by_hash_or_its_time() {
     m.handle(18_000, CallInput::Digit('4'));
     assert_eq!(
         m.state_name(),
-        "voicemail",
+        "recording_voicemail",
         "other keys are part of the message"
     );
     m.handle_timeout(18_000);
@@ -1523,9 +1541,16 @@ fn the_voicemail_key_while_an_agent_rings_frees_the_agent_first() {
     drain(&mut late);
     late.handle(6_000, CallInput::Digit('5'));
     late.handle(7_000, CallInput::PlayDone);
-    let (_, out) = restored_in(with_voicemail(), &late, 30_000);
+    let (mut late, out) = restored_in(with_voicemail(), &late, 30_000);
     assert!(!out.contains(&CallOutput::RecordVoicemail));
     assert!(plays(&out).contains(&"timeout".to_string()), "the thanks");
+    late.handle(31_000, CallInput::PlayDone);
+    let cdr = cdr_of(&drain(&mut late));
+    assert_eq!(
+        cdr.voicemail.map(|v| v.duration_ms),
+        Some(10_000),
+        "the message's own length, not the time to the takeover"
+    );
 }
 
 #[test]

@@ -170,10 +170,6 @@ pub struct Requeue {
     pub remove: Vec<QueueId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
-    /// R4.8: the agent making the change, who needs the `manage_calls` permission (a
-    /// business system or the IVR's own requests name nobody).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub by: Option<AgentId>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,11 +20,11 @@ use sip::transaction::{TransactionKey, Transport};
 use sip::SipMessage;
 
 use super::api::{Event, LiveCall};
-use super::mesh::{AgentEnvelope, CallEnvelope};
+use super::mesh::{AgentEnvelope, CallEnvelope, Envelope};
 use super::sip_legs::{AgentLeg, CustomerLeg};
 use super::Runtime;
 use crate::call::{
-    caller_profile, flows_and_queues, CallInput, CallMachine, CallOutput, CallSetup,
+    caller_profile, flows_and_queues, AgentNotice, CallInput, CallMachine, CallOutput, CallSetup,
 };
 use crate::queue::QueueInput;
 
@@ -312,27 +312,10 @@ impl Actor for CallActor {
             }
             CallMsg::Resume => {}
             CallMsg::Requeue(change, reply) => {
-                let refused = change.by.as_ref().and_then(|by| {
-                    let may = rt.cluster.read(|s| {
-                        s.agent(&state.tenant, by)
-                            .map(|a| a.may(model::Permission::ManageCalls))
-                    });
-                    match may {
-                        None => Some(format!("agent {by} of tenant {} is unknown", state.tenant)),
-                        Some(false) => {
-                            Some(format!("agent {by} has no manage_calls permission (R4.8)"))
-                        }
-                        Some(true) => None,
-                    }
-                });
-                let result = match refused {
-                    Some(refusal) => Err(refusal),
-                    None => {
-                        state
-                            .machine
-                            .requeue(now, &change.add, &change.remove, change.priority)
-                    }
-                };
+                let result =
+                    state
+                        .machine
+                        .requeue(now, &change.add, &change.remove, change.priority);
                 let _ = reply.send(result);
             }
             CallMsg::Recheckpoint => {
@@ -590,10 +573,32 @@ async fn take_over(
                 agent = Some(leg_state);
             }
         }
-        (CallPhase::Offering { callback: true, .. }, Some(leg), _) => {
+        // R3.11: the agent had answered and the customer was being called back: hang the
+        // agent's phone up and end its call (the offer fails below: the call waits again),
+        // and cancel the INVITE to the customer; the next offer calls it back afresh.
+        (
+            CallPhase::Offering {
+                callback: true,
+                agent: answered_by,
+                ..
+            },
+            Some(leg),
+            ringing,
+        ) => {
             if let Some(mut answered) = AgentLeg::restore(leg) {
                 info!(call = %call_id, "hanging up the agent of a callback cut by a node loss");
                 answered.bye(rt);
+            }
+            rt.send_agent(
+                &tenant,
+                answered_by,
+                AgentEnvelope::Notice {
+                    call: call_id.clone(),
+                    notice: AgentNotice::Ended { acw_ms: 0 },
+                },
+            );
+            if let Some(ringing) = ringing {
+                AgentLeg::cancel_stale(rt, ringing);
             }
         }
         (CallPhase::Offering { .. } | CallPhase::External { .. }, _, Some(ringing)) => {
@@ -707,6 +712,12 @@ fn checkpoint(
         _ => None,
     };
     let ringing = match phase {
+        // R3.11: calling the customer back: our INVITE to it, for a new owner to CANCEL.
+        CallPhase::Offering { callback: true, .. }
+            if state.machine.state_name() == "calling_back" =>
+        {
+            state.callback.as_ref().and_then(AgentLeg::pending_invite)
+        }
         CallPhase::Offering { .. }
         | CallPhase::External {
             answered: false, ..
@@ -1280,12 +1291,14 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
             } => {
                 if let (Some(customer), Some(agent)) = (&callback_to, state.machine.offered_agent())
                 {
-                    rt.publish(Event::VirtualCall {
-                        call_id: call_id.clone(),
-                        tenant: state.tenant.clone(),
-                        agent,
-                        customer: customer.clone(),
-                        at_ms: rt.now_ms(),
+                    rt.broadcast(Envelope::Event {
+                        event: Box::new(Event::VirtualCall {
+                            call_id: call_id.clone(),
+                            tenant: state.tenant.clone(),
+                            agent,
+                            customer: customer.clone(),
+                            at_ms: rt.now_ms(),
+                        }),
                     });
                 }
                 let bindings = rt.cluster.read(|s| {
@@ -1356,7 +1369,10 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                     let _ = state.media.bridge(None).await;
                 }
             }
-            CallOutput::RecordVoicemail if state.takeover_since_ms.is_some() => {
+            CallOutput::RecordVoicemail
+                if state.takeover_since_ms.is_some()
+                    && state.machine.cdr_so_far().recording_id.is_some() =>
+            {
                 // R3.20: the rest of the message, in this node's part.
                 if !record_failover_part(rt, state, &call_id, Recording::Voicemail).await {
                     warn!(call = %call_id, "voicemail recording unavailable after the takeover");

@@ -50,6 +50,11 @@ pub enum Envelope {
         stats: QueueStats,
         at_ms: u64,
     },
+    /// An event of one node's actors for every node's event stream (R3.11's virtual call:
+    /// the agent's desktop may watch any node).
+    Event {
+        event: Box<super::api::Event>,
+    },
     /// For node `node`, through this node: the sender cannot reach it directly (a cut link
     /// between two live nodes that both still reach the others). One hop, never relayed on.
     Relay {

@@ -522,6 +522,7 @@ impl Runtime {
                     (None, CallEnvelope::WaitEstimate { .. }) => {}
                 }
             }
+            Envelope::Event { event } => self.publish(*event),
             Envelope::QueueStats {
                 tenant,
                 queue,

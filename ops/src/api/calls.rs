@@ -20,9 +20,24 @@ pub struct Requeued {
     pub queues: Vec<QueueId>,
 }
 
+/// The body of a queue change: the change, and who makes it (R4.8: an agent named here
+/// needs the `manage_calls` permission; a business system or the IVR names nobody).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequeueBody {
+    #[serde(default)]
+    add: Vec<QueueId>,
+    #[serde(default)]
+    remove: Vec<QueueId>,
+    #[serde(default)]
+    priority: Option<u8>,
+    #[serde(default)]
+    by: Option<model::AgentId>,
+}
+
 /// `POST /api/v1/calls/{call}/queues` (R3.10): `{"add": [...], "remove": [...],
-/// "priority": n}` for a call that waits in line (or rings an agent); forwarded to the
-/// call's node.
+/// "priority": n, "by": agent}` for a call that waits in line (or rings an agent);
+/// forwarded to the call's node.
 pub async fn requeue(
     State(state): State<Shared>,
     Path(call): Path<String>,
@@ -33,7 +48,20 @@ pub async fn requeue(
     if !valid {
         return Err(ApiError::bad_id(format!("{call:?} is not a call id")));
     }
-    let change: Requeue = serde_json::from_slice(&body).map_err(ApiError::bad_body)?;
+    let body: RequeueBody = serde_json::from_slice(&body).map_err(ApiError::bad_body)?;
+    if let Some(by) = &body.by {
+        // R4.8: the call's tenant from its replicated checkpoint (a waiting call has one).
+        let tenant = state
+            .cluster
+            .read(|s| s.calls.get(call.as_str()).map(|c| c.route.tenant.clone()))
+            .ok_or_else(|| ApiError::not_found(format!("waiting call {call}")))?;
+        super::agents::check_permission(&state, &tenant, by, model::Permission::ManageCalls)?;
+    }
+    let change = Requeue {
+        add: body.add,
+        remove: body.remove,
+        priority: body.priority,
+    };
     if change.add.is_empty() && change.remove.is_empty() && change.priority.is_none() {
         return Err(ApiError::bad_body(
             "nothing to change: give add, remove or priority",

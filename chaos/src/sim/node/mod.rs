@@ -951,7 +951,7 @@ impl SimNode {
                     self.send_queue(ctx, &tenant, &queue, QueueInput::Remove { call });
                 }
             }
-            Msg::Mesh(Envelope::QueueStats { .. }) => {}
+            Msg::Mesh(Envelope::QueueStats { .. } | Envelope::Event { .. }) => {}
         }
     }
 
