@@ -848,4 +848,11 @@ fn permissions_default_by_role_and_hotlines_are_access_codes() {
         serde_json::from_value::<Agent>(json).is_err(),
         "an unknown permission"
     );
+    // The access code (still 1001's hotline: the refused updates changed nothing) cannot go while it is an agent's hotline.
+    let mut tenant = state.tenants.get("gd").cloned().expect("sample tenant");
+    tenant.access_codes.clear();
+    let out = state.apply(&Command::Update {
+        item: ConfigItem::Tenant(tenant),
+    });
+    assert!(matches!(out.error, Some(ApplyError::InUse(_))), "{out:?}");
 }
