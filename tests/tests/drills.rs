@@ -25,7 +25,55 @@ fn drill(c: &ClusterGuard, args: &[&str]) -> Result<(bool, Value)> {
     Ok((out.status.success(), report))
 }
 
-fn check_kept(report: &Value) -> Result<()> {
+/// The node-log lines of each dropped call (CI keeps no cluster directory): the caller's
+/// number names its call id in "call answered by the platform"; every line with that id,
+/// from every node, in each node's order.
+fn print_dropped_call_logs(c: &ClusterGuard, report: &Value) {
+    let callers: Vec<&str> = report["dropped_calls"]
+        .as_array()
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if callers.is_empty() {
+        return;
+    }
+    let logs: Vec<(String, String)> = std::fs::read_dir(c.work())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path().join("node.log");
+            let text = std::fs::read_to_string(&path).ok()?;
+            Some((path.display().to_string(), text))
+        })
+        .collect();
+    for caller in callers {
+        let ids: Vec<String> = logs
+            .iter()
+            .flat_map(|(_, text)| text.lines())
+            .filter(|l| l.contains(&format!("caller={caller}")))
+            .filter_map(|l| l.split("call=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        eprintln!("--- dropped caller {caller}: call ids {ids:?}");
+        for (path, text) in &logs {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+                .take(200)
+                .collect();
+            if !lines.is_empty() {
+                eprintln!("--- {path}");
+                for line in lines {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+fn check_kept(c: &ClusterGuard, report: &Value) -> Result<()> {
+    print_dropped_call_logs(c, report);
     let invariants = report["invariants"]
         .as_object()
         .context("invariants")?
@@ -57,7 +105,7 @@ async fn losing_site_a_keeps_every_call() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up_with(true, "2,2,1", true)?;
     let (ok, report) = drill(&c, &["kill-site", "--site", "a", "--calls", "30"])?;
-    check_kept(&report)?;
+    check_kept(&c, &report)?;
     ensure!(ok, "drill exit status: {report:#}");
     ensure!(
         n(&report, "new_calls_answered") > 0,
@@ -90,7 +138,7 @@ async fn a_partition_never_double_books_and_the_node_rejoins() -> Result<()> {
             "12",
         ],
     )?;
-    check_kept(&report)?;
+    check_kept(&c, &report)?;
     ensure!(ok, "drill exit status: {report:#}");
     ensure!(
         report["rejoin_ms"].as_u64().is_some(),
@@ -180,7 +228,7 @@ async fn dr_takeover_answers_new_calls() -> Result<()> {
     // The restored cluster is whole: losing the dr node (its leader) now keeps every call,
     // served by the recovered nodes.
     let (ok, report) = drill(&c, &["kill-node", "--node", "3", "--calls", "8"])?;
-    check_kept(&report)?;
+    check_kept(&c, &report)?;
     ensure!(ok, "drill exit status: {report:#}");
     ensure!(n(&report, "new_calls_answered") > 0, "{report:#}");
     Ok(())
@@ -220,7 +268,7 @@ async fn a_rolling_restart_keeps_every_call() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
     let c = ClusterGuard::up_with(true, "1,1,1", true)?;
     let (ok, report) = drill(&c, &["rolling-restart", "--calls", "15"])?;
-    check_kept(&report)?;
+    check_kept(&c, &report)?;
     ensure!(ok, "drill exit status: {report:#}");
     let restarts = report["restarts"].as_array().context("restarts")?;
     ensure!(
@@ -255,7 +303,7 @@ async fn a_cut_link_between_two_live_nodes_keeps_every_call() -> Result<()> {
             "12",
         ],
     )?;
-    check_kept(&report)?;
+    check_kept(&c, &report)?;
     ensure!(ok, "drill exit status: {report:#}");
     ensure!(
         report["link_cut"] == serde_json::json!([1, 2]),

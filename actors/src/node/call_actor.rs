@@ -453,7 +453,7 @@ async fn start_new(
             attempt: 1,
         }),
     );
-    info!(call = %call_id, tenant = %state.tenant, "call answered by the platform");
+    info!(call = %call_id, tenant = %state.tenant, caller = %state.machine.cdr_so_far().caller, "call answered by the platform");
     update_live(rt, &state);
     Ok(state)
 }
