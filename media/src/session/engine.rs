@@ -317,11 +317,15 @@ impl MediaCore {
             }
         };
         state.stats.packets_in += 1;
-        if state.latched.is_none() {
-            // RFC 4961 symmetric RTP: NAT'd phones can only be reached at the
-            // address their packets come from. We latch on the first packet
-            // after each SDP only, so a stray or spoofed packet later cannot
-            // steal the stream.
+        // RFC 4961 symmetric RTP: NAT'd phones can only be reached at the address
+        // their packets come from. We latch on the first packet after each SDP
+        // only, so a stray or spoofed packet later cannot steal the stream; but
+        // a packet from the SDP address itself always wins. A stray packet may
+        // latch first: a node that restarts hands its calls new ports, and a
+        // port of this leg may be one another call's phone still sends to until
+        // its own re-INVITE reaches it (the leg's phone would then get nothing).
+        let from_sdp = state.remote.as_ref().is_some_and(|r| r.address == source);
+        if state.latched.is_none() || (from_sdp && state.latched != Some(source)) {
             state.latched = Some(source);
             debug!(?leg, %source, "RTP source latched");
         }
@@ -848,6 +852,22 @@ mod tests {
             }
         }
         assert_eq!(positions, vec![0, 160, 320, 480]);
+    }
+
+    #[test]
+    fn a_packet_from_the_sdp_address_wins_over_a_stray_latch() {
+        let mut core = core_with_legs(Codec::Pcmu, Codec::Pcmu);
+        let t0 = Instant::now();
+        // Another call's phone, still sending to this port after a restart.
+        let stray = addr("127.0.0.1:41000");
+        let audio = phone_packet(1, 1, 0, vec![0xFF; 160]);
+        core.handle_datagram(t0, LegId::Agent, stray, &audio);
+        assert_eq!(core.destination(LegId::Agent), Some(stray));
+        core.handle_datagram(t0, LegId::Agent, addr(AGENT_SDP), &audio);
+        assert_eq!(core.destination(LegId::Agent), Some(addr(AGENT_SDP)));
+        // And it keeps the stream: the stray cannot take it back.
+        core.handle_datagram(t0, LegId::Agent, stray, &audio);
+        assert_eq!(core.destination(LegId::Agent), Some(addr(AGENT_SDP)));
     }
 
     #[test]

@@ -30,14 +30,24 @@ struct Pool {
 
 impl PortAllocator {
     /// An allocator for the even ports in `min_port..=max_port` (e.g.
-    /// 20000-29998). An odd `min_port` is rounded up.
+    /// 20000-29998). An odd `min_port` is rounded up. The first search starts
+    /// at a random even port of the range: a node that restarts would otherwise
+    /// hand its first calls the very ports its previous run used, which the
+    /// phones of calls it is taking back may still be sending to.
     pub fn new(min_port: u16, max_port: u16) -> PortAllocator {
+        use rand::Rng;
         let min_port = min_port.saturating_add(min_port % 2);
+        let slots = if min_port <= max_port {
+            (max_port - min_port) / 2 + 1
+        } else {
+            1
+        };
+        let start = min_port + 2 * rand::thread_rng().gen_range(0..slots);
         PortAllocator {
             inner: Arc::new(Mutex::new(Pool {
                 min_port,
                 max_port,
-                next: min_port,
+                next: start,
                 in_use: HashSet::new(),
             })),
         }
