@@ -1193,96 +1193,47 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 trunk,
                 ring_timeout_ms: _,
             } => {
-                let gateway = rt
-                    .cluster
-                    .read(|s| s.trunks.get(trunk.as_str()).and_then(|t| t.outbound));
-                let Some(gateway) = gateway else {
-                    state.machine.handle(
-                        rt.now_ms(),
-                        CallInput::CallbackFailed {
-                            reason: format!("trunk {trunk} has no outbound address"),
-                        },
-                    );
-                    continue;
-                };
-                let port = match state.media.add_leg(LegId::Customer).await {
-                    Ok(port) => port,
-                    Err(error) => {
-                        state.machine.handle(
-                            rt.now_ms(),
-                            CallInput::CallbackFailed {
-                                reason: format!("no media port: {error}"),
-                            },
-                        );
-                        continue;
-                    }
-                };
-                let offer = local_description(
-                    rt,
-                    port,
-                    vec![Codec::Pcma, Codec::Pcmu],
-                    Some(media::sdp::DEFAULT_DTMF_PAYLOAD_TYPE),
-                );
                 let caller_id = state.machine.route().access_code.clone();
-                let leg = AgentLeg::invite_number(
+                let dialled = dial_number(
                     rt,
-                    myself.clone(),
+                    state,
+                    myself,
+                    LegId::Customer,
                     &number,
-                    gateway,
+                    &trunk,
                     &caller_id,
-                    &call_id,
-                    &offer,
-                );
-                info!(call = %call_id, %number, %gateway, "calling the customer back");
-                state.callback = Some(leg);
+                )
+                .await;
+                match dialled {
+                    Ok(leg) => {
+                        info!(call = %call_id, %number, "calling the customer back");
+                        state.callback = Some(leg);
+                    }
+                    Err(reason) => state
+                        .machine
+                        .handle(rt.now_ms(), CallInput::CallbackFailed { reason }),
+                }
             }
             CallOutput::DialOut { number, trunk } => {
                 // R3.4: the external number takes the agent leg's place (its answers come
-                // back through the agent leg's path).
-                let gateway = rt
-                    .cluster
-                    .read(|s| s.trunks.get(trunk.as_str()).and_then(|t| t.outbound));
-                let ready = match gateway {
-                    None => Err(format!("trunk {trunk} has no outbound address")),
-                    Some(gateway) => state
-                        .media
-                        .add_leg(LegId::Agent)
-                        .await
-                        .map(|port| (gateway, port))
-                        .map_err(|error| format!("no media port: {error}")),
-                };
-                let (gateway, port) = match ready {
-                    Ok(ready) => ready,
-                    Err(reason) => {
-                        state.machine.handle(
-                            rt.now_ms(),
-                            CallInput::AgentFailed {
-                                no_answer: false,
-                                reason,
-                            },
-                        );
-                        continue;
-                    }
-                };
-                let offer = local_description(
-                    rt,
-                    port,
-                    vec![Codec::Pcma, Codec::Pcmu],
-                    Some(media::sdp::DEFAULT_DTMF_PAYLOAD_TYPE),
-                );
-                // The call data carried along: the external party sees the caller's number.
+                // back through the agent leg's path). The call data carried along: the
+                // external party sees the caller's number.
                 let caller_id = state.machine.cdr_so_far().caller.clone();
-                let leg = AgentLeg::invite_number(
-                    rt,
-                    myself.clone(),
-                    &number,
-                    gateway,
-                    &caller_id,
-                    &call_id,
-                    &offer,
-                );
-                info!(call = %call_id, %number, %gateway, "transferring to an external number");
-                state.agent = Some(leg);
+                let dialled =
+                    dial_number(rt, state, myself, LegId::Agent, &number, &trunk, &caller_id).await;
+                match dialled {
+                    Ok(leg) => {
+                        info!(call = %call_id, %number, "transferring to an external number");
+                        state.agent = Some(leg);
+                    }
+                    Err(reason) => state.machine.handle(
+                        rt.now_ms(),
+                        CallInput::AgentFailed {
+                            no_answer: false,
+                            reason,
+                        },
+                    ),
+                }
             }
             CallOutput::DialAgent {
                 extension,
@@ -1438,6 +1389,45 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
 enum Recording {
     Bridge,
     Voicemail,
+}
+
+/// Our INVITE to `number` through `trunk`'s outbound address (R3.11 callbacks, R3.4
+/// transfers out), its media on `leg`; the reason if it cannot be sent.
+async fn dial_number(
+    rt: &Runtime,
+    state: &mut CallState,
+    myself: &ActorRef<CallMsg>,
+    leg: LegId,
+    number: &str,
+    trunk: &model::TrunkId,
+    caller_id: &str,
+) -> Result<AgentLeg, String> {
+    let gateway = rt
+        .cluster
+        .read(|s| s.trunks.get(trunk.as_str()).and_then(|t| t.outbound))
+        .ok_or_else(|| format!("trunk {trunk} has no outbound address"))?;
+    let port = state
+        .media
+        .add_leg(leg)
+        .await
+        .map_err(|error| format!("no media port: {error}"))?;
+    let offer = local_description(
+        rt,
+        port,
+        vec![Codec::Pcma, Codec::Pcmu],
+        Some(media::sdp::DEFAULT_DTMF_PAYLOAD_TYPE),
+    );
+    let call_id = state.machine.call_id().clone();
+    debug!(call = %call_id, %number, %gateway, "INVITE out through the trunk");
+    Ok(AgentLeg::invite_number(
+        rt,
+        myself.clone(),
+        number,
+        gateway,
+        caller_id,
+        &call_id,
+        &offer,
+    ))
 }
 
 /// After a takeover, the recording goes on in a new part on this node: the CDR's failover
