@@ -434,6 +434,16 @@ async fn a_repeat_caller_reaches_the_agent_who_served_it_last_and_waits_for_it_a
     Ok(())
 }
 
+/// Points the carrier trunk's outbound address (callbacks, transfers out) at a local SIPp
+/// phone on `port`, on every node.
+async fn carrier_dials_out_to(c: &ClusterGuard, port: u16) -> Result<()> {
+    let path = "/api/v1/trunks/carrier";
+    let mut trunk = c.api(0).get_json(path).await?;
+    trunk["outbound"] = json!(format!("127.0.0.1:{port}"));
+    c.api(0).put_json(path, &trunk).await?;
+    replicated(c, path, |t| t["outbound"] == trunk["outbound"]).await
+}
+
 /// The live call of a caller whose number starts with `prefix`, once it waits in `n` queues.
 async fn waiting_call(c: &ClusterGuard, node: usize, prefix: &str, n: usize) -> Result<Value> {
     wait_until(
@@ -630,11 +640,7 @@ async fn a_caller_who_hangs_up_early_keeps_its_place_across_a_node_kill_and_is_c
         .calls(Some(1))
         .timeout(120)
         .spawn()?;
-    let trunk_path = "/api/v1/trunks/carrier";
-    let mut trunk = c.api(0).get_json(trunk_path).await?;
-    trunk["outbound"] = json!(format!("127.0.0.1:{customer_port}"));
-    c.api(0).put_json(trunk_path, &trunk).await?;
-    replicated(&c, trunk_path, |t| t["outbound"] == trunk["outbound"]).await?;
+    carrier_dials_out_to(&c, customer_port).await?;
     cli(
         &c,
         &[
@@ -763,11 +769,7 @@ async fn max_wait_transfers_to_an_external_number_which_survives_a_node_kill() -
         .calls(Some(1))
         .timeout(120)
         .spawn()?;
-    let trunk_path = "/api/v1/trunks/carrier";
-    let mut trunk = c.api(0).get_json(trunk_path).await?;
-    trunk["outbound"] = json!(format!("127.0.0.1:{external_port}"));
-    c.api(0).put_json(trunk_path, &trunk).await?;
-    replicated(&c, trunk_path, |t| t["outbound"] == trunk["outbound"]).await?;
+    carrier_dials_out_to(&c, external_port).await?;
     cli(
         &c,
         &[
@@ -789,7 +791,7 @@ async fn max_wait_transfers_to_an_external_number_which_survives_a_node_kill() -
     })
     .await?;
     // A trunk a rule dials out through cannot be deleted.
-    let refused = c.api(1).delete(trunk_path).await;
+    let refused = c.api(1).delete("/api/v1/trunks/carrier").await;
     ensure!(refused.is_err(), "the trunk in use was deleted");
 
     let caller_probe = RtpProbe::bind(lo, 1)?;
