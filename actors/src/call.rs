@@ -619,6 +619,11 @@ impl CallMachine {
         )
     }
 
+    /// R3.11: the agent answered a virtual call and the caller is being called back.
+    pub fn calling_back(&self) -> bool {
+        matches!(self.state, State::CallingBack { .. })
+    }
+
     pub fn offered_agent(&self) -> Option<AgentId> {
         match &self.state {
             State::Offering { agent, .. } => Some(agent.clone()),

@@ -704,18 +704,14 @@ fn checkpoint(
         }
         // R3.11: the agent answered a virtual call and the caller is being called back: a
         // new owner fails the offer, and hangs up the agent's answered leg with it.
-        CallPhase::Offering { callback: true, .. }
-            if state.machine.state_name() == "calling_back" =>
-        {
+        CallPhase::Offering { callback: true, .. } if state.machine.calling_back() => {
             state.agent.as_ref().and_then(AgentLeg::checkpoint)
         }
         _ => None,
     };
     let ringing = match phase {
         // R3.11: calling the customer back: our INVITE to it, for a new owner to CANCEL.
-        CallPhase::Offering { callback: true, .. }
-            if state.machine.state_name() == "calling_back" =>
-        {
+        CallPhase::Offering { callback: true, .. } if state.machine.calling_back() => {
             state.callback.as_ref().and_then(AgentLeg::pending_invite)
         }
         CallPhase::Offering { .. }
@@ -988,7 +984,7 @@ async fn on_callback_response(
             if !leg.on_2xx(rt, response, true) {
                 return;
             }
-            if state.machine.state_name() != "calling_back" {
+            if !state.machine.calling_back() {
                 // The agent gave up meanwhile: hang the customer up.
                 leg.bye(rt);
                 return;
