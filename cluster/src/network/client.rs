@@ -112,24 +112,32 @@ impl Connection {
         }
     }
 
+    /// One request and its response. Cancellation-safe: the stream is taken out for the
+    /// exchange and put back only once the response is read, so a caller that gives up
+    /// half-way (its future dropped between the write and the read) takes the connection
+    /// with it, and the next request never reads the previous one's late response.
     async fn exchange(&mut self, request: &Request) -> Result<Response, CallError> {
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| self.unreachable(e.to_string()))?;
-            // Raft messages are small and latency-bound.
-            let _ = stream.set_nodelay(true);
-            self.stream = Some(stream);
-        }
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(&self.addr)
+                    .await
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                // Raft messages are small and latency-bound.
+                let _ = stream.set_nodelay(true);
+                stream
+            }
+        };
         let (peer, addr) = (self.peer, self.addr.clone());
-        let stream = self.stream.as_mut().expect("connected just above");
         let transport = |source| CallError::Transport {
             peer,
             addr: addr.clone(),
             source,
         };
-        write_frame(stream, request).await.map_err(transport)?;
-        read_frame(stream).await.map_err(transport)
+        write_frame(&mut stream, request).await.map_err(transport)?;
+        let response = read_frame(&mut stream).await.map_err(transport)?;
+        self.stream = Some(stream);
+        Ok(response)
     }
 }
 
