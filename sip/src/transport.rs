@@ -53,9 +53,9 @@ impl SipTransport {
     /// Binds UDP and TCP on the same address (with port 0, UDP picks the
     /// port and TCP takes the same one) and starts the receive tasks.
     pub async fn bind(addr: SocketAddr) -> io::Result<(SipTransport, mpsc::Receiver<Inbound>)> {
-        let udp = Arc::new(UdpSocket::bind(addr).await?);
+        let (udp, listener) = bind_pair(addr).await?;
+        let udp = Arc::new(udp);
         let local = udp.local_addr()?;
-        let listener = TcpListener::bind(local).await?;
         let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
         let transport = SipTransport {
             udp,
@@ -205,6 +205,23 @@ async fn accept_loop(listener: TcpListener, transport: SipTransport) {
             }
         }
     }
+}
+
+/// Binds UDP and TCP on the same port. With port 0 the kernel picks the UDP port, which a
+/// TCP socket (an outgoing connection's local port, say) may already hold: then another
+/// port is tried.
+async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    const ATTEMPTS: usize = 32;
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let udp = UdpSocket::bind(addr).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(listener) => return Ok((udp, listener)),
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
 }
 
 #[cfg(test)]
