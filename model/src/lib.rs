@@ -14,6 +14,7 @@
 //!
 //! No IO, no clock, no async: this crate is pure.
 
+pub mod bench;
 pub mod config;
 pub mod flow;
 pub mod ids;

@@ -60,6 +60,11 @@ pub enum Command {
     PutCall {
         checkpoint: Box<CallCheckpoint>,
     },
+    /// Removes call checkpoints without a CDR: the synthetic calls of the Raft bench
+    /// (`POST /api/v1/bench/raft`), which were never calls. Unknown ids are ignored.
+    DiscardCalls {
+        call_ids: Vec<CallId>,
+    },
     /// A node proves it reaches a quorum (its lease, DESIGN.md "Placement and ownership").
     /// Ignored unless `epoch` is the node's current epoch and it is up.
     Heartbeat {
@@ -286,6 +291,12 @@ impl ReplicatedState {
                 }
                 _ => Err(ApplyError::Invalid(format!("node {node} is not down"))),
             },
+            Command::DiscardCalls { call_ids } => {
+                for id in call_ids {
+                    self.calls.remove(id.as_str());
+                }
+                Ok(())
+            }
             Command::Batch { commands } => {
                 let mut first_error = None;
                 for c in commands {

@@ -9,6 +9,7 @@
 //! status (2 for bad input); nothing the operator types can panic the binary.
 
 mod api;
+mod bench;
 mod cli;
 mod config;
 mod demo;

@@ -6,6 +6,7 @@
 //! (agents, queues, calls) come from the call-control runtime (`actors::node::Node`).
 
 mod agents;
+pub mod bench;
 mod calls;
 mod cdrs;
 mod commands;
@@ -159,6 +160,7 @@ pub fn router(state: Shared) -> Router {
         .route("/cdrs", get(cdrs::list))
         .route("/recordings/{id}", get(recordings::download))
         .route("/events", get(events::stream))
+        .route("/bench/raft", post(bench::raft))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,

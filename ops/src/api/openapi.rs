@@ -273,6 +273,13 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
             "WebSocket: agent-state, queue and call-ended events as JSON frames",
         )],
     ),
+    (
+        "/api/v1/bench/raft",
+        &[(
+            "post",
+            "Raft bench: {checkpoints, concurrency} synthetic call checkpoints through this node's checkpoint writer, timed to commit, then discarded",
+        )],
+    ),
 ];
 
 const PUBLIC: [&str; 3] = ["/health", "/metrics", "/api/v1/openapi.json"];

@@ -174,8 +174,10 @@ pub fn generate_configs(dir: &Path, sites: &[&str]) -> Vec<NodeFileConfig> {
             raft_addr: p.raft_addr,
             mesh_addr: p.mesh_addr,
             media_ip: p.sip_addr.ip(),
+            // 20,000 even ports: room for 10,000 bridged calls (two legs each) per node; each
+            // node has its own loopback address, so the ranges do not collide.
             rtp_port_min: 20000,
-            rtp_port_max: 29999,
+            rtp_port_max: 59999,
             data_dir: node_dir(dir, *id).join("data"),
             admin_token: token.clone(),
             mesh_cookie: cookie.clone(),

@@ -72,6 +72,9 @@ pub enum Command {
     /// Failover drills against a cluster from `cluster up --sample`: kill a node or a site,
     /// partition a node; prints one JSON report.
     Drill(crate::drill::DrillArgs),
+    /// Performance scenarios against a cluster from `cluster up --sample` (caps, ceiling,
+    /// concurrent, signin, events, raft, media): prints one JSON document per run.
+    Bench(crate::bench::BenchArgs),
     /// Disaster recovery: turn the dr site into the cluster when both active sites are lost.
     #[command(subcommand)]
     Dr(DrCommand),
@@ -153,6 +156,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prompt(c) => admin::run_prompt(c).await,
         Command::Demo(args) => run_demo(args).await,
         Command::Drill(args) => crate::drill::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Dr(DrCommand::Takeover { dir, force }) => {
             let report = cluster::dr_takeover(&dir, force).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

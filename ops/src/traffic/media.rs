@@ -131,6 +131,8 @@ pub struct MediaReport {
     /// The outage a takeover caused: from the last packet received before the last refresh
     /// to the first one after it (None without a refresh, or if media never came back).
     pub refresh_gap_ms: Option<u64>,
+    /// RFC 3550 interarrival jitter of the received stream at the end, in microseconds.
+    pub jitter_us: u64,
 }
 
 impl MediaReport {
@@ -167,9 +169,29 @@ struct LegStats {
     max_gap: Duration,
     refreshes: u32,
     last_refresh: Option<RefreshMark>,
+    /// RFC 3550 6.4.1 interarrival jitter, in RTP timestamp units (8 kHz), and the last
+    /// packet's transit time it is computed from.
+    jitter: f64,
+    last_transit: Option<f64>,
 }
 
 impl LegStats {
+    /// A received packet's RTP timestamp, for the jitter estimate (RFC 3550 A.8).
+    fn on_timestamp(&mut self, now: Instant, timestamp: u32) {
+        let Some(started) = self.started else { return };
+        let arrival = now.saturating_duration_since(started).as_secs_f64() * 8000.0;
+        let transit = arrival - f64::from(timestamp);
+        if let Some(last) = self.last_transit {
+            // Timestamps wrap at 2^32 (and a new stream restarts them): such a jump is not
+            // jitter.
+            let d = (transit - last).abs();
+            if d < 8000.0 {
+                self.jitter += (d - self.jitter) / 16.0;
+            }
+        }
+        self.last_transit = Some(transit);
+    }
+
     fn on_received(&mut self, now: Instant) {
         self.received += 1;
         if let Some(last) = self.last_received {
@@ -211,6 +233,7 @@ impl LegStats {
             rtp_in_after_refresh: refresh.map_or(0, |r| self.received.saturating_sub(r.received)),
             rtp_out_after_refresh: refresh.map_or(0, |r| self.sent.saturating_sub(r.sent)),
             refresh_gap_ms: refresh.and_then(|r| r.gap).map(ms),
+            jitter_us: (self.jitter / 8.0 * 1000.0) as u64,
         }
     }
 }
@@ -402,8 +425,11 @@ async fn run_leg(
                 // From any source: after a takeover the new node's media comes from an
                 // address we have never seen, before or after its re-INVITE reaches us.
                 if let Ok((n, _)) = received {
-                    if buf.get(..n).is_some_and(|d| RtpPacket::parse(d).is_ok()) {
-                        lock(&stats).on_received(Instant::now());
+                    if let Some(packet) = buf.get(..n).and_then(|d| RtpPacket::parse(d).ok()) {
+                        let now = Instant::now();
+                        let mut stats = lock(&stats);
+                        stats.on_received(now);
+                        stats.on_timestamp(now, packet.timestamp);
                     }
                 }
             }
@@ -453,6 +479,31 @@ fn dtmf_schedule(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_is_zero_for_a_steady_stream_and_grows_with_uneven_arrivals() {
+        let start = Instant::now();
+        let mut steady = LegStats {
+            started: Some(start),
+            ..LegStats::default()
+        };
+        for i in 0..100u32 {
+            steady.on_timestamp(start + Duration::from_millis(u64::from(i) * 20), i * 160);
+        }
+        assert_eq!(steady.report(start).jitter_us, 0);
+        let mut uneven = LegStats {
+            started: Some(start),
+            ..LegStats::default()
+        };
+        for i in 0..200u32 {
+            // Every other packet arrives 4 ms late: |D| is 4 ms each time, so J tends to 4 ms.
+            let late = if i % 2 == 1 { 4 } else { 0 };
+            let at = start + Duration::from_millis(u64::from(i) * 20 + late);
+            uneven.on_timestamp(at, i * 160);
+        }
+        let jitter = uneven.report(start).jitter_us;
+        assert!((3_500..=4_000).contains(&jitter), "{jitter}");
+    }
 
     #[test]
     fn offer_round_trips_through_negotiation() {

@@ -1022,6 +1022,7 @@ mod tests {
             rtp_in_after_refresh: after,
             rtp_out_after_refresh: after,
             refresh_gap_ms: (refreshes > 0).then_some(gap),
+            jitter_us: 0,
         }
     }
 

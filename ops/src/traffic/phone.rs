@@ -64,6 +64,11 @@ pub enum PhoneEvent {
     },
     Ringing {
         call: String,
+        /// The caller number (the INVITE's From user).
+        caller: String,
+        /// When the INVITE arrived, in Unix microseconds (benches line it up with the
+        /// carrier's send time).
+        at_unix_us: u64,
     },
     Answered {
         call: String,
@@ -500,6 +505,7 @@ impl Phone {
 
     /// A new call: 180 now, 200 after the ring time (RFC 3261 13.3.1).
     async fn on_invite(&mut self, key: TransactionKey, request: Request, source: SocketAddr) {
+        let arrived = unix_us();
         if self.call.is_some() {
             self.ua.respond(
                 &key,
@@ -555,6 +561,8 @@ impl Phone {
         self.ua.respond(&key, ringing);
         self.report(PhoneEvent::Ringing {
             call: dialog.call_id.clone(),
+            caller: caller.clone(),
+            at_unix_us: arrived,
         });
         self.call = Some(Call {
             invite_key: key,
@@ -778,6 +786,13 @@ fn granted_expires(response: &Response) -> Option<u32> {
 }
 
 /// A uniformly random duration in `range` (the start if the range is empty).
+/// Now, in microseconds since the Unix epoch.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 pub fn random_in(range: &Range<Duration>) -> Duration {
     if range.end <= range.start {
         return range.start;

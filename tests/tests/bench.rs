@@ -1,0 +1,183 @@
+//! Issue 5: a smoke run of every `callgrid bench` scenario (seconds, low rates) against one
+//! sample cluster, so the benches never rot. The full runs are not part of the suite; their
+//! figures are in docs/PERFORMANCE.md. What is checked is the contract of the JSON document
+//! and that each scenario really measured something (calls answered, events seen,
+//! checkpoints committed), not the performance targets.
+
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use callgrid_tests::*;
+use serde_json::Value;
+
+fn bench(c: &ClusterGuard, scenario: &str, args: &[&str]) -> Result<Value> {
+    let out = Command::new(callgrid_bin())
+        .arg("bench")
+        .arg(scenario)
+        .arg("--dir")
+        .arg(c.work())
+        .args(args)
+        .output()
+        .context("running callgrid bench")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "bench {scenario} failed: {stdout}");
+    let report: Value = serde_json::from_str(&stdout)
+        .with_context(|| format!("bench report is not JSON: {stdout}"))?;
+    ensure!(report["scenario"] == scenario, "{report}");
+    ensure!(
+        report["machine"]["cores"].as_u64().unwrap_or(0) >= 1,
+        "{report}"
+    );
+    ensure!(report["parameters"].is_object(), "{report}");
+    let targets = report["targets"].as_array().context("targets")?;
+    ensure!(
+        targets
+            .iter()
+            .all(|t| t["name"].is_string() && t["pass"].is_boolean()),
+        "{report}"
+    );
+    let pass = targets.iter().all(|t| t["pass"] == true);
+    ensure!(
+        report["pass"] == pass,
+        "pass is every target's verdict: {report}"
+    );
+    Ok(report)
+}
+
+fn figure(report: &Value, name: &str) -> f64 {
+    report["figures"][name].as_f64().unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_scenario_runs_and_reports() -> Result<()> {
+    let c = ClusterGuard::up(true)?;
+
+    let raft = bench(
+        &c,
+        "raft",
+        &["--checkpoints", "3000", "--concurrency", "60"],
+    )?;
+    ensure!(figure(&raft, "committed") == 3000.0, "{raft}");
+    ensure!(figure(&raft, "committed_per_sec") > 0.0, "{raft}");
+    ensure!(
+        raft["figures"]["commit_ms"]["p99"].as_f64().unwrap_or(0.0) > 0.0,
+        "{raft}"
+    );
+    ensure!(figure(&raft, "checkpoints_per_entry") >= 1.0, "{raft}");
+    // The synthetic calls left no record.
+    let cdrs = c.api(0).get_cdrs("").await?;
+    ensure!(
+        !cdrs.iter().any(|c| c.to_string().contains("bench-")),
+        "the raft bench left CDRs"
+    );
+
+    let signin = bench(&c, "signin", &["--agents", "40", "--rounds", "1"])?;
+    ensure!(figure(&signin, "sign_ins") == 40.0, "{signin}");
+    ensure!(figure(&signin, "state_changes") == 160.0, "{signin}");
+    ensure!(figure(&signin, "errors") == 0.0, "{signin}");
+
+    let events = bench(&c, "events", &["--changes", "40", "--agents", "4"])?;
+    ensure!(figure(&events, "events") == 40.0, "{events}");
+    ensure!(figure(&events, "lost") == 0.0, "{events}");
+
+    let caps = bench(
+        &c,
+        "caps",
+        &[
+            "--start-rate",
+            "10",
+            "--rate-step",
+            "10",
+            "--max-rate",
+            "20",
+            "--step-secs",
+            "3",
+            "--talk-ms",
+            "300",
+            "--agents",
+            "30",
+        ],
+    )?;
+    let steps = caps["figures"]["steps"].as_array().context("steps")?;
+    ensure!(!steps.is_empty(), "{caps}");
+    ensure!(
+        steps[0]["succeeded"] == 30,
+        "every call of the first step answered: {caps}"
+    );
+    ensure!(
+        steps[0]["unrung"] == 0,
+        "every call rang an agent phone: {caps}"
+    );
+    ensure!(
+        steps[0]["ring_latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0,
+        "{caps}"
+    );
+    ensure!(figure(&caps, "max_sustained_caps") >= 10.0, "{caps}");
+    ensure!(figure(&caps, "ceiling_max_caps") >= 10.0, "{caps}");
+    ensure!(figure(&caps, "ceiling_ratio") > 0.0, "{caps}");
+
+    let ceiling = bench(
+        &c,
+        "ceiling",
+        &[
+            "--start-rate",
+            "20",
+            "--max-rate",
+            "20",
+            "--step-secs",
+            "2",
+            "--talk-ms",
+            "200",
+        ],
+    )?;
+    ensure!(figure(&ceiling, "max_sustained_caps") == 20.0, "{ceiling}");
+
+    let concurrent = bench(
+        &c,
+        "concurrent",
+        &["--calls", "60", "--start-rate", "60", "--hold-secs", "2"],
+    )?;
+    ensure!(figure(&concurrent, "established") == 60.0, "{concurrent}");
+    ensure!(figure(&concurrent, "failed") == 0.0, "{concurrent}");
+    ensure!(
+        figure(&concurrent, "memory_per_call_kib") >= 0.0,
+        "{concurrent}"
+    );
+    let quiet = bench(
+        &c,
+        "concurrent",
+        &[
+            "--calls",
+            "60",
+            "--start-rate",
+            "60",
+            "--hold-secs",
+            "2",
+            "--signalling-only",
+        ],
+    )?;
+    ensure!(figure(&quiet, "established") == 60.0, "{quiet}");
+    ensure!(quiet["parameters"]["signalling_only"] == true, "{quiet}");
+
+    let media = bench(
+        &c,
+        "media",
+        &["--calls", "10", "--start-rate", "20", "--hold-secs", "2"],
+    )?;
+    ensure!(figure(&media, "bridged") == 10.0, "{media}");
+    ensure!(figure(&media, "relayed_pps") > 0.0, "{media}");
+    ensure!(figure(&media, "loss_ratio") < 0.05, "{media}");
+    ensure!(
+        media["figures"]["jitter_ms"]["p50"]
+            .as_f64()
+            .unwrap_or(-1.0)
+            >= 0.0,
+        "{media}"
+    );
+
+    // Every run is kept as a file beside the cluster.
+    let saved = std::fs::read_dir(c.work().join("bench"))?.count();
+    ensure!(saved >= 8, "bench documents saved: {saved}");
+    Ok(())
+}
