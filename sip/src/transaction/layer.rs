@@ -1,6 +1,7 @@
 //! The transaction table: matching, dispatch and timer aggregation.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -20,12 +21,23 @@ pub enum TransactionError {
 }
 
 /// All transactions of one node. See the module docs for the call order.
+///
+/// Every operation touches one transaction (or, for a transport error, the few towards one
+/// destination), so it costs O(log n) in the number of live transactions: a transaction
+/// is dropped when it terminates, and its next deadline goes into a timer heap. The heap is
+/// lazy: each key keeps only its earliest scheduled entry (`scheduled`); an entry that fires
+/// before the transaction is due just reschedules it, and an entry whose key was rescheduled
+/// or dropped is skipped (its `slots` entry is gone).
 #[derive(Debug, Default)]
 pub struct TransactionLayer {
     timers: Timers,
     clients: HashMap<TransactionKey, ClientTransaction>,
     servers: HashMap<TransactionKey, ServerTransaction>,
     outputs: VecDeque<TransactionOutput>,
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    slots: HashMap<u64, TransactionKey>,
+    scheduled: HashMap<TransactionKey, (Instant, u64)>,
+    next_slot: u64,
 }
 
 /// The transaction key of a message per RFC 3261 17.1.3 / 17.2.3. Requests
@@ -92,7 +104,6 @@ impl TransactionLayer {
             Message::Request(request) => self.handle_request(now, request, source, transport),
             Message::Response(response) => self.handle_response(now, response, source),
         }
-        self.reap();
     }
 
     fn handle_request(
@@ -117,7 +128,11 @@ impl TransactionLayer {
             // RFC 3261 17.2.3: an ACK matches the INVITE server transaction
             // only for non-2xx responses; any other ACK is end-to-end.
             let to_tu = match self.servers.get_mut(&key) {
-                Some(tx) => tx.handle_ack(now),
+                Some(tx) => {
+                    let to_tu = tx.handle_ack(now);
+                    self.touch(&key);
+                    to_tu
+                }
                 None => true,
             };
             if to_tu {
@@ -129,6 +144,7 @@ impl TransactionLayer {
         if let Some(tx) = self.servers.get_mut(&key) {
             tracing::trace!(method = %request.method, "request retransmission absorbed");
             tx.handle_retransmission(&mut self.outputs);
+            self.touch(&key);
             return;
         }
         let tx = ServerTransaction::new(
@@ -140,6 +156,7 @@ impl TransactionLayer {
             self.timers,
         );
         self.servers.insert(key.clone(), tx);
+        self.touch(&key);
         if request.method == Method::Cancel {
             // RFC 3261 9.2: a CANCEL matches the INVITE server transaction
             // with the same branch and sent-by.
@@ -166,13 +183,18 @@ impl TransactionLayer {
     }
 
     fn handle_response(&mut self, now: Instant, response: Response, source: SocketAddr) {
-        let tx = response
+        let key = response
             .cseq()
             .and_then(|(_, method)| key_for(&response, &method, false))
-            .and_then(|key| self.clients.get_mut(&key));
-        match tx {
+            .filter(|key| self.clients.contains_key(key));
+        match key {
             // RFC 3261 17.1.3: branch, sent-by and CSeq method all match.
-            Some(tx) => tx.handle_response(now, response, &mut self.outputs),
+            Some(key) => {
+                if let Some(tx) = self.clients.get_mut(&key) {
+                    tx.handle_response(now, response, &mut self.outputs);
+                }
+                self.touch(&key);
+            }
             None => self
                 .outputs
                 .push_back(TransactionOutput::StrayResponse { response, source }),
@@ -221,6 +243,7 @@ impl TransactionLayer {
             &mut self.outputs,
         );
         self.clients.insert(key.clone(), tx);
+        self.touch(&key);
         key
     }
 
@@ -236,7 +259,7 @@ impl TransactionLayer {
             .get_mut(key)
             .ok_or_else(|| TransactionError::UnknownTransaction(key.clone()))?;
         let sent = tx.send_response(now, response, &mut self.outputs);
-        self.reap();
+        self.touch(key);
         if sent {
             Ok(())
         } else {
@@ -252,29 +275,46 @@ impl TransactionLayer {
         dest: SocketAddr,
         transport: Transport,
     ) {
+        let mut failed = Vec::new();
         for tx in self.clients.values_mut() {
             if tx.dest == dest && tx.transport == transport && tx.state != ClientState::Terminated {
                 tx.state = ClientState::Terminated;
                 self.outputs.push_back(TransactionOutput::TransportError {
                     key: tx.key.clone(),
                 });
+                failed.push(tx.key.clone());
             }
         }
-        self.reap();
+        for key in &failed {
+            self.touch(key);
+        }
     }
 
+    /// Fires the timers due by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for tx in self.clients.values_mut() {
-            if tx.next_deadline().is_some_and(|t| t <= now) {
-                tx.handle_timeout(now, &mut self.outputs);
+        while let Some(Reverse((at, slot))) = self.heap.peek().copied() {
+            if at > now {
+                break;
             }
-        }
-        for tx in self.servers.values_mut() {
-            if tx.next_deadline().is_some_and(|t| t <= now) {
-                tx.handle_timeout(now, &mut self.outputs);
+            self.heap.pop();
+            // Rescheduled or dropped since: skip.
+            let Some(key) = self.slots.remove(&slot) else {
+                continue;
+            };
+            self.scheduled.remove(&key);
+            if key.server {
+                if let Some(tx) = self.servers.get_mut(&key) {
+                    if tx.next_deadline().is_some_and(|t| t <= now) {
+                        tx.handle_timeout(now, &mut self.outputs);
+                    }
+                }
+            } else if let Some(tx) = self.clients.get_mut(&key) {
+                if tx.next_deadline().is_some_and(|t| t <= now) {
+                    tx.handle_timeout(now, &mut self.outputs);
+                }
             }
+            self.touch(&key);
         }
-        self.reap();
     }
 
     #[must_use]
@@ -282,25 +322,76 @@ impl TransactionLayer {
         self.outputs.pop_front()
     }
 
-    /// The earliest timer of any transaction. Linear in the number of
-    /// transactions, which is fine at the rates one node handles.
+    /// The earliest timer of any transaction. Stale heap entries on top (a timer that was
+    /// stopped or moved later) are dropped here, so the answer is exact.
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let clients = self
-            .clients
-            .values()
-            .filter_map(ClientTransaction::next_deadline);
-        let servers = self
-            .servers
-            .values()
-            .filter_map(ServerTransaction::next_deadline);
-        clients.chain(servers).min()
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, slot))) = self.heap.peek().copied() {
+            let Some(key) = self.slots.get(&slot).cloned() else {
+                self.heap.pop();
+                continue;
+            };
+            let actual = self.deadline_of(&key);
+            if actual == Some(at) {
+                return Some(at);
+            }
+            self.heap.pop();
+            self.slots.remove(&slot);
+            self.scheduled.remove(&key);
+            self.schedule(&key, actual);
+        }
+        None
     }
 
-    fn reap(&mut self) {
-        self.clients
-            .retain(|_, tx| tx.state != ClientState::Terminated);
-        self.servers
-            .retain(|_, tx| tx.state != ServerState::Terminated);
+    /// The next deadline of live transaction `key`; a terminated one is dropped here.
+    fn deadline_of(&mut self, key: &TransactionKey) -> Option<Instant> {
+        if key.server {
+            match self.servers.get(key) {
+                Some(tx) if tx.state == ServerState::Terminated => {
+                    self.servers.remove(key);
+                    None
+                }
+                Some(tx) => tx.next_deadline(),
+                None => None,
+            }
+        } else {
+            match self.clients.get(key) {
+                Some(tx) if tx.state == ClientState::Terminated => {
+                    self.clients.remove(key);
+                    None
+                }
+                Some(tx) => tx.next_deadline(),
+                None => None,
+            }
+        }
+    }
+
+    /// After anything happened to transaction `key`: drop it if it terminated, else make
+    /// sure its next deadline is in the heap.
+    fn touch(&mut self, key: &TransactionKey) {
+        let deadline = self.deadline_of(key);
+        self.schedule(key, deadline);
+    }
+
+    fn schedule(&mut self, key: &TransactionKey, deadline: Option<Instant>) {
+        match deadline {
+            None => {
+                if let Some((_, slot)) = self.scheduled.remove(key) {
+                    self.slots.remove(&slot);
+                }
+            }
+            // An entry at or before it is already there: it fires first and reschedules.
+            Some(at) if self.scheduled.get(key).is_some_and(|(t, _)| *t <= at) => {}
+            Some(at) => {
+                if let Some((_, old)) = self.scheduled.remove(key) {
+                    self.slots.remove(&old);
+                }
+                let slot = self.next_slot;
+                self.next_slot = self.next_slot.wrapping_add(1);
+                self.heap.push(Reverse((at, slot)));
+                self.slots.insert(slot, key.clone());
+                self.scheduled.insert(key.clone(), (at, slot));
+            }
+        }
     }
 }
