@@ -332,6 +332,15 @@ pub async fn concurrent(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Resu
     ));
     report.target(Target::at_most("failed", failed as f64, 0.0));
     report.note("memory per call is the growth of the node's RSS, media buffers included");
+    if nodes
+        .iter()
+        .any(|n| n.calls > 0 && n.memory_per_call_kib < 1.0)
+    {
+        report.note(
+            "a node's RSS hardly grew: its allocator reused memory an earlier run freed; \
+             measure memory on a freshly started cluster",
+        );
+    }
     Ok(report)
 }
 
