@@ -1,10 +1,23 @@
 //! Fixtures for benchmarks: a call checkpoint the size and shape of a real one (a caller in
 //! the IVR of a sample tenant, its SIP dialog and SDP), used by the node's Raft bench
-//! (`POST /api/v1/bench/raft`) and the criterion benches of checkpoint encoding.
+//! (`POST /api/v1/bench/raft`), and the reserved ids of its synthetic calls.
 
 use crate::config::Entry;
 use crate::ids::CallId;
 use crate::runtime::*;
+
+/// Synthetic calls' ids start with this; real call ids (`node-seq-random`) never do.
+pub const SYNTHETIC_PREFIX: &str = "bench-";
+
+/// The id of synthetic call `n` of Raft bench run `run`.
+pub fn synthetic_id(run: u64, n: u64) -> String {
+    format!("{SYNTHETIC_PREFIX}{run}-{n}")
+}
+
+/// A synthetic call of the Raft bench: never a call, so never taken over.
+pub fn is_synthetic(call_id: &str) -> bool {
+    call_id.starts_with(SYNTHETIC_PREFIX)
+}
 
 /// The SDP of a carrier's G.711 offer, as a checkpoint keeps it.
 const CARRIER_SDP: &str = "v=0\r\no=carrier 2890844526 2890844526 IN IP4 127.0.0.1\r\n\

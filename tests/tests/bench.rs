@@ -65,6 +65,10 @@ async fn every_bench_scenario_runs_and_reports() -> Result<()> {
         "{raft}"
     );
     ensure!(figure(&raft, "checkpoints_per_entry") >= 1.0, "{raft}");
+    ensure!(
+        figure(&raft, "left_behind") == 0.0,
+        "every synthetic checkpoint discarded: {raft}"
+    );
     // The synthetic calls left no record.
     let cdrs = c.api(0).get_cdrs("").await?;
     ensure!(

@@ -646,6 +646,8 @@ impl Runtime {
             let calls: Vec<(CallCheckpoint, u64, bool)> = s
                 .calls
                 .values()
+                // The Raft bench's synthetic checkpoints are not calls.
+                .filter(|c| !model::bench::is_synthetic(c.call_id.as_str()))
                 .filter_map(|c| {
                     if let Some((since, stale)) = s.orphaned(c) {
                         return Some((c.clone(), since, stale));

@@ -2,7 +2,10 @@
 //! measures the path calls use: synthetic call checkpoints (the size of a real one,
 //! `model::bench::call_checkpoint`) go through this node's checkpoint writer, which batches
 //! them into Raft entries; each is timed from submission to commit. Afterwards the synthetic
-//! checkpoints are discarded (`Command::DiscardCalls`), so no call, CDR or statistic is left.
+//! checkpoints are discarded (`Command::DiscardCalls`), so no call, CDR or statistic is left:
+//! the run and its clean-up go on in their own task even if the client goes away, late
+//! commits are waited for before the discard, and a node that takes calls over skips
+//! synthetic ids (`model::bench::is_synthetic`) should one be declared down meanwhile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ApiResult};
 use super::Shared;
 
-/// Most checkpoints one run may write (the backlog bound of the writer is larger).
+/// Most checkpoints one run may write. Writers wait for their commits, so at most
+/// `MAX_CONCURRENCY` are pending at once, well within the writer's backlog bound.
 pub const MAX_CHECKPOINTS: u32 = 200_000;
 /// Most writers at once.
 pub const MAX_CONCURRENCY: u32 = 4_096;
@@ -23,6 +27,10 @@ pub const MAX_CONCURRENCY: u32 = 4_096;
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Discards per Raft entry when cleaning up.
 const DISCARD_CHUNK: usize = 2_000;
+/// How long the clean-up waits for checkpoints still pending in the writer.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+/// Attempts per discard entry.
+const DISCARD_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +53,9 @@ pub struct RaftBenchResult {
     pub raft_entries: u64,
     /// Submission to commit, per checkpoint, in milliseconds (sorted samples' quantiles).
     pub commit_ms: Quantiles,
+    /// Synthetic checkpoints the clean-up could not discard (0 unless Raft lost its quorum).
+    #[serde(default)]
+    pub left_behind: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone, Copy, PartialEq)]
@@ -90,6 +101,18 @@ pub async fn raft(
             "concurrency: 1 to {MAX_CONCURRENCY}"
         )));
     }
+    // In its own task: a client that goes away must not stop the clean-up.
+    let run = tokio::spawn(run_raft(state, body.checkpoints, body.concurrency));
+    run.await
+        .map_err(|e| ApiError::invalid(format!("raft bench task: {e}")))?
+        .map(Json)
+}
+
+async fn run_raft(state: Shared, checkpoints: u32, concurrency: u32) -> ApiResult<RaftBenchResult> {
+    let body = RaftBench {
+        checkpoints,
+        concurrency,
+    };
     let rt = Arc::clone(state.node.runtime());
     let run: u64 = rand::random::<u32>().into();
     let fence = rt.fence();
@@ -109,7 +132,7 @@ pub async fn raft(
                 if i >= total {
                     break;
                 }
-                let id = format!("bench-{run}-{i}");
+                let id = model::bench::synthetic_id(run, i);
                 let checkpoint = model::bench::call_checkpoint(&id, fence, 1, rt.now_ms());
                 let submitted = Instant::now();
                 let committed = rt.checkpoints.submit_waiting(model::Command::PutCall {
@@ -137,9 +160,15 @@ pub async fn raft(
         .last_applied
         .unwrap_or(0)
         .saturating_sub(applied_before);
-    discard(&state, run, total).await?;
+    // A checkpoint that missed its commit deadline may still be in the writer: let it land
+    // first, or it would re-create its call after the discard.
+    let drain_until = Instant::now() + DRAIN_WAIT;
+    while rt.checkpoints.backlog() > 0 && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left_behind = discard(&state, run, total).await;
     let committed = latencies.len() as u64;
-    Ok(Json(RaftBenchResult {
+    Ok(RaftBenchResult {
         node: state.node_id,
         checkpoints: total,
         committed,
@@ -148,22 +177,36 @@ pub async fn raft(
         committed_per_sec: committed as f64 / seconds.max(1e-9),
         raft_entries,
         commit_ms: Quantiles::of(&mut latencies),
-    }))
+        left_behind,
+    })
 }
 
-/// Removes the run's synthetic checkpoints.
-async fn discard(state: &Shared, run: u64, total: u64) -> ApiResult<()> {
+/// Removes the run's synthetic checkpoints, each entry tried a few times; how many could
+/// not be removed.
+async fn discard(state: &Shared, run: u64, total: u64) -> u64 {
     let ids: Vec<model::CallId> = (0..total)
-        .map(|i| model::CallId(format!("bench-{run}-{i}")))
+        .map(|i| model::CallId(model::bench::synthetic_id(run, i)))
         .collect();
+    let mut left = 0;
     for chunk in ids.chunks(DISCARD_CHUNK) {
-        super::commands::write(
-            state,
-            model::Command::DiscardCalls {
+        let mut done = false;
+        for _ in 0..DISCARD_ATTEMPTS {
+            let command = model::Command::DiscardCalls {
                 call_ids: chunk.to_vec(),
-            },
-        )
-        .await?;
+            };
+            if super::commands::write(state, command).await.is_ok() {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !done {
+            tracing::warn!(
+                count = chunk.len(),
+                "raft bench: synthetic checkpoints not discarded"
+            );
+            left += chunk.len() as u64;
+        }
     }
-    Ok(())
+    left
 }

@@ -59,8 +59,10 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
     let p50 = results.iter().map(|r| r.commit_ms.p50).fold(0.0, f64::max);
     let p99 = results.iter().map(|r| r.commit_ms.p99).fold(0.0, f64::max);
     let entries = results.iter().map(|r| r.raft_entries).max().unwrap_or(0);
+    let left_behind: u64 = results.iter().map(|r| r.left_behind).sum();
     report.figure("committed", committed);
     report.figure("failed", failed);
+    report.figure("left_behind", left_behind);
     report.figure("seconds", longest);
     report.figure("wall_seconds_with_cleanup", seconds);
     report.figure("committed_per_sec", per_sec);
@@ -88,6 +90,7 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
     ));
     report.target(Target::at_most("commit_p99_ms", p99, RAFT_MAX_P99_MS));
     report.target(Target::at_most("failed", failed as f64, 0.0));
+    report.target(Target::at_most("left_behind", left_behind as f64, 0.0));
     Ok(report)
 }
 

@@ -178,7 +178,10 @@ pub async fn concurrent(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Resu
     let rate = args.start_rate.max(1);
     let instances = cluster.nodes.len().max(1);
     let ramp_secs = calls as u64 / u64::from(rate) + 1;
-    let hold_ms = (ramp_secs * 2 + 10 + args.hold_secs) * 1000;
+    // Calls come up within `wait_secs`; the first hangs up only after that wait and the
+    // measuring window, so the window never overlaps hang-ups.
+    let wait_secs = ramp_secs * 2 + 30;
+    let hold_ms = (wait_secs + args.hold_secs + 10) * 1000;
     let mut report = Report::new(
         "concurrent",
         json!({ "calls": calls, "signalling_only": args.signalling_only, "setup_rate": rate,
@@ -241,7 +244,7 @@ pub async fn concurrent(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Resu
         carriers.push(child);
     }
     // Wait until the calls are up (or stop growing).
-    let deadline = Instant::now() + Duration::from_secs(ramp_secs * 2 + 30);
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
     let mut held = BTreeMap::new();
     let mut best = 0;
     let mut still_since = Instant::now();
@@ -288,6 +291,7 @@ pub async fn concurrent(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Resu
         .fold(0.0, f64::max);
     let total_cpu: f64 = nodes.iter().map(|n| n.cpu_pct).sum();
     report.figure("established", established);
+    report.figure("established_peak_while_ramping", best.max(established));
     report.figure("established_at_window_end", held_end);
     report.figure("succeeded", succeeded);
     report.figure("failed", failed);
@@ -391,9 +395,9 @@ pub async fn media(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Re
             access_code: setup::ACCESS.into(),
             digit: None,
             digit_delay: Duration::ZERO,
-            // Everyone stays through the measuring window, then hangs up.
-            stay: (started + ramp + hold + Duration::from_secs(2))
-                .saturating_duration_since(Instant::now()),
+            // Everyone stays until the measuring window is over: the bench then hangs them
+            // up (`stop`); `stay` only bounds a run that goes wrong.
+            stay: ramp + hold + Duration::from_secs(60),
             limit: ramp + hold + Duration::from_secs(90),
         };
         let (received, failed) = (received.clone(), failed.clone());
@@ -443,6 +447,7 @@ pub async fn media(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Re
     let window = window_start.elapsed();
     let held = live_calls(&api, cluster).await;
     // The callers hang up now; the agents' phones report their side.
+    let _ = stop_tx.send(true);
     let mut agent_side = Received::default();
     let finish = Instant::now() + Duration::from_secs(60);
     let mut ended = 0;
@@ -465,7 +470,6 @@ pub async fn media(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Re
     for task in callers {
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
     }
-    let _ = stop_tx.send(true);
     phones.stop().await;
     setup::sign_out_all(&api, calls).await;
 

@@ -401,12 +401,15 @@ async fn run_step(
     } else {
         0.0
     };
-    // Calls SIPp never started (it could not keep up) count as failed.
-    let failed = failed + total.saturating_sub(succeeded + failed);
+    // Calls SIPp never started (it could not keep up) count as failed, and so does a call
+    // whose ring was never seen (a step cannot hold on latencies it did not measure).
+    let failed = (failed + total.saturating_sub(succeeded + failed)).max(unrung);
     let failed_ratio = failed as f64 / total.max(1) as f64;
+    let measured = !ring_ms.is_empty() && !answer_ms.is_empty();
     let ring = Quantiles::of(&mut ring_ms);
     let answer = Quantiles::of(&mut answer_ms);
-    let held = failed_ratio <= MAX_FAILED_RATIO
+    let held = measured
+        && failed_ratio <= MAX_FAILED_RATIO
         && ring.p99 <= MAX_SETUP_P99_MS
         && answer.p99 <= MAX_SETUP_P99_MS;
     Ok(Step {

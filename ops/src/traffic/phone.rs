@@ -194,8 +194,10 @@ impl Phone {
 
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         self.send_register(None);
+        // The owner dropping its sender (it gave up) also means shut down, not spin.
+        let mut owner_gone = false;
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || owner_gone {
                 self.hang_up().await;
                 // Answers given while hanging up must leave before the UA is dropped.
                 self.ua.flush().await;
@@ -209,7 +211,7 @@ impl Phone {
                         self.on_event(event).await;
                     }
                 }
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => owner_gone = changed.is_err(),
             }
         }
     }

@@ -22,8 +22,9 @@ pub enum TransactionError {
 
 /// All transactions of one node. See the module docs for the call order.
 ///
-/// Every operation touches one transaction (or, for a transport error, the few towards one
-/// destination), so it costs O(log n) in the number of live transactions: a transaction
+/// Every operation but a transport error touches one transaction, so it costs O(log n) in
+/// the number of live transactions (a transport error still scans the client transactions
+/// for those towards its destination): a transaction
 /// is dropped when it terminates, and its next deadline goes into a timer heap. The heap is
 /// lazy: each key keeps only its earliest scheduled entry (`scheduled`); an entry that fires
 /// before the transaction is due just reschedules it, and an entry whose key was rescheduled

@@ -462,3 +462,35 @@ fn transport_error_fails_client_transactions() {
     );
     assert_eq!(layer.len(), (0, 0));
 }
+
+#[test]
+fn the_timer_heap_answers_the_earliest_live_timer_after_others_stop_or_fire() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut layer = TransactionLayer::new();
+    let a = make_request(Method::Invite, "z9hG4bKheapA");
+    let b = make_request(Method::Invite, "z9hG4bKheapB");
+    layer.send_request(t0, a.clone(), peer(), Transport::Udp);
+    layer.send_request(t0 + ms(100), b, peer(), Transport::Udp);
+    let _ = drain(&mut layer);
+    // Timer A of the first INVITE.
+    assert_eq!(layer.poll_timeout(), Some(t0 + ms(500)));
+    // A provisional stops A's timers: its heap entry is stale, the answer is B's Timer A.
+    let ringing = Response::for_request(&a, 180, "Ringing").with_to_tag("h1");
+    layer.handle_incoming(
+        t0 + ms(200),
+        Message::Response(ringing),
+        peer(),
+        Transport::Udp,
+    );
+    let _ = drain(&mut layer);
+    assert_eq!(layer.poll_timeout(), Some(t0 + ms(600)));
+    // B's Timer A fires once (a retransmission) and doubles.
+    layer.handle_timeout(t0 + ms(600));
+    assert_eq!(transmitted(&drain(&mut layer)).len(), 1);
+    assert_eq!(layer.poll_timeout(), Some(t0 + ms(1600)));
+    // Nothing fires early.
+    layer.handle_timeout(t0 + ms(1599));
+    assert!(drain(&mut layer).is_empty());
+    assert_eq!(layer.len(), (2, 0));
+}
