@@ -280,6 +280,40 @@ impl QueueRule {
 }
 
 impl Queue {
+    /// A queue with its timings and no prompts, rules or announcements; set the rest with
+    /// struct update syntax.
+    pub fn new(
+        tenant: TenantId,
+        id: QueueId,
+        name: impl Into<String>,
+        max_wait_ms: u64,
+        ring_timeout_ms: u64,
+        acw_ms: u64,
+    ) -> Queue {
+        Queue {
+            tenant,
+            id,
+            name: name.into(),
+            max_wait_ms,
+            music_prompt: None,
+            timeout_prompt: None,
+            ring_timeout_ms,
+            acw_ms,
+            max_queued: None,
+            on_max_queued: None,
+            on_all_busy: None,
+            on_max_wait: None,
+            cancel_key: None,
+            on_cancel: None,
+            wait_announcement: None,
+            periodic_announcement: None,
+            agent_announcement: None,
+            repeat_caller: None,
+            voicemail: None,
+            callback: None,
+        }
+    }
+
     /// The action of `rule`, if configured.
     pub fn rule_action(&self, rule: QueueRule) -> Option<&RuleAction> {
         match rule {

@@ -145,26 +145,16 @@ pub fn sample(rng: &mut impl Rng) -> (Vec<Command>, SampleInfo) {
         }
         for queue in QUEUES {
             create(ConfigItem::Queue(Box::new(Queue {
-                tenant: tenant.clone(),
-                id: id(queue),
-                name: format!("{name} {queue}"),
-                max_wait_ms: 120_000,
                 music_prompt: Some(id("music")),
                 timeout_prompt: Some(id("timeout")),
-                ring_timeout_ms: 15_000,
-                acw_ms: 2_000,
-                max_queued: None,
-                on_max_queued: None,
-                on_all_busy: None,
-                on_max_wait: None,
-                cancel_key: None,
-                on_cancel: None,
-                wait_announcement: None,
-                periodic_announcement: None,
-                agent_announcement: None,
-                repeat_caller: None,
-                voicemail: None,
-                callback: None,
+                ..Queue::new(
+                    tenant.clone(),
+                    id(queue),
+                    format!("{name} {queue}"),
+                    120_000,
+                    15_000,
+                    2_000,
+                )
             })));
         }
         create(ConfigItem::Flow(sample_flow(&tenant)));

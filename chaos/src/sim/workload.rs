@@ -88,28 +88,14 @@ pub fn config(rng: &mut Rng, agents: usize) -> Vec<Command> {
     });
     for (i, _) in QUEUES.iter().enumerate() {
         out.push(Command::Create {
-            item: ConfigItem::Queue(Box::new(Queue {
-                tenant: t.clone(),
-                id: queue_id(i),
-                name: format!("Queue {i}"),
-                max_wait_ms: 30_000,
-                music_prompt: None,
-                timeout_prompt: None,
-                ring_timeout_ms: 4_000,
-                acw_ms: rng.range(0, 400),
-                max_queued: None,
-                on_max_queued: None,
-                on_all_busy: None,
-                on_max_wait: None,
-                cancel_key: None,
-                on_cancel: None,
-                wait_announcement: None,
-                periodic_announcement: None,
-                agent_announcement: None,
-                repeat_caller: None,
-                voicemail: None,
-                callback: None,
-            })),
+            item: ConfigItem::Queue(Box::new(Queue::new(
+                t.clone(),
+                queue_id(i),
+                format!("Queue {i}"),
+                30_000,
+                4_000,
+                rng.range(0, 400),
+            ))),
         });
     }
     for (e, (_, q, priority)) in ENTRIES.iter().enumerate() {

@@ -153,26 +153,15 @@ fn tenant(access: bool) -> Tenant {
 
 fn queue(queue: &str) -> Queue {
     Queue {
-        tenant: id(TENANT),
-        id: id(queue),
-        name: format!("Bench queue {queue}"),
-        max_wait_ms: 600_000,
         music_prompt: Some(id("music")),
-        timeout_prompt: None,
-        ring_timeout_ms: 15_000,
-        acw_ms: 0,
-        max_queued: None,
-        on_max_queued: None,
-        on_all_busy: None,
-        on_max_wait: None,
-        cancel_key: None,
-        on_cancel: None,
-        wait_announcement: None,
-        periodic_announcement: None,
-        agent_announcement: None,
-        repeat_caller: None,
-        voicemail: None,
-        callback: None,
+        ..Queue::new(
+            id(TENANT),
+            id(queue),
+            format!("Bench queue {queue}"),
+            600_000,
+            15_000,
+            0,
+        )
     }
 }
 
