@@ -74,6 +74,9 @@ pub struct Liveness {
     heard: Mutex<HashMap<u64, Instant>>,
     /// Measured detection: from the last heartbeat heard to the NodeDown commit (ms).
     last_detection_ms: Mutex<Option<u64>>,
+    /// How long this node's last two committed heartbeats took from send to applied (ms),
+    /// newest last: admission control's view of how close the lease is to starving.
+    beat_ms: Mutex<[Option<u64>; 2]>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -89,6 +92,7 @@ impl Liveness {
             lease_until: Mutex::new(None),
             heard: Mutex::default(),
             last_detection_ms: Mutex::new(None),
+            beat_ms: Mutex::default(),
             tasks: Mutex::default(),
         });
         let tasks = vec![
@@ -128,6 +132,15 @@ impl Liveness {
             .last_detection_ms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lower of this node's last two heartbeat commit times (ms): above half the lease,
+    /// heartbeats are slow for more than a blip and the lease is at risk. None until two
+    /// heartbeats committed. Heartbeats that failed (no quorum) are not counted: that is
+    /// degraded mode, not overload.
+    pub fn heartbeat_commit_ms(&self) -> Option<u64> {
+        let beats = self.beat_ms.lock().unwrap_or_else(|p| p.into_inner());
+        Some(beats[0]?.min(beats[1]?))
     }
 
     pub fn stop(&self) {
@@ -198,6 +211,10 @@ impl Liveness {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(sent + wait);
+        let took = sent.elapsed().as_millis() as u64;
+        let mut beats = self.beat_ms.lock().unwrap_or_else(|p| p.into_inner());
+        *beats = [beats[1], Some(took)];
+        metrics::histogram!("callgrid_heartbeat_commit_seconds").record(took as f64 / 1000.0);
     }
 }
 

@@ -47,9 +47,31 @@ pub struct Cluster {
     state: Arc<RwLock<model::ReplicatedState>>,
     applied_tx: broadcast::Sender<Applied>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Connections used to forward writes, one per leader we have forwarded to.
-    forwards: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Connection>>>>,
+    /// Connections used to forward writes, one per leader and lane: a connection carries one
+    /// request at a time, so liveness writes get their own and never wait behind a batch of
+    /// checkpoints (an alive but busy node must not look dead, docs/PERFORMANCE.md).
+    forwards: Mutex<HashMap<(u64, Lane), Arc<tokio::sync::Mutex<Connection>>>>,
     faults: FaultTable,
+}
+
+/// Which forwarding connection a write takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    /// Leases and membership: small, and late means a node is declared down.
+    Liveness,
+    /// Everything else: checkpoint batches, configuration.
+    Bulk,
+}
+
+impl Lane {
+    fn of(command: &model::Command) -> Lane {
+        match command {
+            model::Command::Heartbeat { .. }
+            | model::Command::NodeUp { .. }
+            | model::Command::NodeDown { .. } => Lane::Liveness,
+            _ => Lane::Bulk,
+        }
+    }
 }
 
 /// The outcome of one forwarding attempt.
@@ -200,7 +222,7 @@ impl Cluster {
         let connection = {
             let mut forwards = self.forwards.lock().unwrap_or_else(|p| p.into_inner());
             forwards
-                .entry(leader)
+                .entry((leader, Lane::of(command)))
                 .or_insert_with(|| {
                     Arc::new(tokio::sync::Mutex::new(Connection::new(
                         leader,

@@ -71,6 +71,34 @@ pub struct NodeFileConfig {
     /// site looks the same, so this trades split-brain risk for unattended recovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dr_auto_takeover_after_ms: Option<u64>,
+    /// When the node refuses new calls with 503 (DESIGN.md "Overload"); each bound left out
+    /// takes its default.
+    #[serde(default, skip_serializing_if = "AdmissionConfig::is_default")]
+    pub admission: AdmissionConfig,
+}
+
+/// The `[admission]` table: the bounds past which new INVITEs get 503 and Retry-After.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Calls on this node (default 20,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<usize>,
+    /// Checkpoints waiting for Raft (default 2,048: four full entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_checkpoint_backlog: Option<usize>,
+    /// Smoothed lateness of the node's event loop (default 150 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_loop_lag_ms: Option<u64>,
+    /// Commit time of the lease heartbeats, two in a row (default half of `lease_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_heartbeat_ms: Option<u64>,
+}
+
+impl AdmissionConfig {
+    fn is_default(&self) -> bool {
+        *self == AdmissionConfig::default()
+    }
 }
 
 /// How to reach one peer.
@@ -168,6 +196,20 @@ impl NodeFileConfig {
         }
     }
 
+    /// The admission bounds: the file's, else the defaults for this node's lease.
+    pub fn admission(&self) -> actors::node::admission::AdmissionLimits {
+        let defaults = actors::node::admission::AdmissionLimits::for_lease(self.lease_ms);
+        let a = &self.admission;
+        actors::node::admission::AdmissionLimits {
+            max_calls: a.max_calls.unwrap_or(defaults.max_calls),
+            max_checkpoint_backlog: a
+                .max_checkpoint_backlog
+                .unwrap_or(defaults.max_checkpoint_backlog),
+            max_loop_lag_ms: a.max_loop_lag_ms.unwrap_or(defaults.max_loop_lag_ms),
+            max_heartbeat_ms: a.max_heartbeat_ms.unwrap_or(defaults.max_heartbeat_ms),
+        }
+    }
+
     pub fn self_info(&self) -> cluster::NodeInfo {
         cluster::NodeInfo {
             site: self.site.clone(),
@@ -237,6 +279,12 @@ impl NodeFileConfig {
             return Err((
                 format!("lease timings are inconsistent: {why}"),
                 "use lease_ms >= 2 * lease_heartbeat_ms and down_after_ms > lease_ms",
+            ));
+        }
+        if let Err(why) = self.admission().validate() {
+            return Err((
+                format!("[admission] is invalid: {why}"),
+                "give every admission bound a positive value, or leave it out for the default",
             ));
         }
         if self.heartbeat_ms == 0
@@ -424,6 +472,7 @@ mod tests {
             fault_injection: false,
             join_existing: false,
             dr_auto_takeover_after_ms: None,
+            admission: AdmissionConfig::default(),
         }
     }
 
@@ -466,5 +515,30 @@ mod tests {
         let mut bad = sample();
         bad.rtp_port_min = 30000;
         assert!(bad.validate().is_err());
+        let mut bad = sample();
+        bad.admission.max_loop_lag_ms = Some(0);
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn admission_bounds_default_from_the_lease_and_can_be_set() {
+        let config = sample();
+        let limits = config.admission();
+        assert_eq!(limits.max_heartbeat_ms, config.lease_ms / 2);
+        assert_eq!(limits.max_calls, 20_000);
+        let text = format!(
+            "{}\n[admission]\nmax_calls = 500\nmax_loop_lag_ms = 80\n",
+            to_toml(&sample()).unwrap()
+        );
+        let parsed = parse(&text).unwrap();
+        assert_eq!(parsed.admission().max_calls, 500);
+        assert_eq!(parsed.admission().max_loop_lag_ms, 80);
+        assert_eq!(
+            parsed.admission().max_checkpoint_backlog,
+            limits.max_checkpoint_backlog
+        );
+        assert_eq!(parse(&to_toml(&parsed).unwrap()).unwrap(), parsed);
+        let typo = format!("{text}max_call = 1\n");
+        assert_eq!(code(parse(&typo).unwrap_err()), "E-CONFIG-PARSE");
     }
 }

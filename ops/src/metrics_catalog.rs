@@ -15,6 +15,10 @@ pub const CALLS_ANSWERED_TOTAL: &str = "callgrid_calls_answered_total";
 pub const CALLS_ABANDONED_TOTAL: &str = "callgrid_calls_abandoned_total";
 /// Calls refused before answer (label: reason).
 pub const CALLS_REJECTED_TOTAL: &str = "callgrid_calls_rejected_total";
+/// Smoothed lateness of this node's event loop, an admission-control input.
+pub const EVENT_LOOP_LAG_SECONDS: &str = "callgrid_event_loop_lag_seconds";
+/// Time from sending a lease heartbeat to having it applied here.
+pub const HEARTBEAT_COMMIT_SECONDS: &str = "callgrid_heartbeat_commit_seconds";
 /// Calls in progress on this node.
 pub const CALLS_ACTIVE: &str = "callgrid_calls_active";
 /// Calls waiting per queue (labels: tenant, queue), set by the queue's owner.
@@ -65,7 +69,20 @@ pub fn describe() {
         "Raft write commit latency"
     );
     metrics::describe_counter!(SIP_BAD_MESSAGES_TOTAL, "Malformed SIP messages received");
-    metrics::describe_counter!(CALLS_REJECTED_TOTAL, "Calls refused before answer");
+    metrics::describe_counter!(
+        CALLS_REJECTED_TOTAL,
+        "Calls refused before answer (reason overload* when admission control refused them)"
+    );
+    metrics::describe_gauge!(
+        EVENT_LOOP_LAG_SECONDS,
+        metrics::Unit::Seconds,
+        "Smoothed event-loop lag of this node (admission control)"
+    );
+    metrics::describe_histogram!(
+        HEARTBEAT_COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Lease heartbeat time from send to applied on this node"
+    );
     metrics::describe_counter!(
         REGISTER_AUTH_FAILURES_TOTAL,
         "REGISTER digest authentication failures"

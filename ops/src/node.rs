@@ -175,6 +175,7 @@ fn node_config(config: &NodeFileConfig) -> actors::node::NodeConfig {
         secret: config.secret.clone(),
         peers: config.peer_infos(),
         lease: config.lease(),
+        admission: config.admission(),
     }
 }
 

@@ -24,10 +24,6 @@ use super::sip_legs::CustomerLeg;
 use super::Runtime;
 use crate::call::CallSetup;
 
-/// Above this many calls on a node, new INVITEs get 503 with Retry-After (DESIGN.md
-/// "Overload": admit only what can complete).
-pub const MAX_CALLS_PER_NODE: usize = 20_000;
-
 pub enum EndpointCmd {
     SendRequest {
         request: Request,
@@ -366,10 +362,15 @@ impl Endpoint {
                 .increment(1);
             return self.respond(&key, response);
         }
-        if self.rt.call_count() >= MAX_CALLS_PER_NODE {
+        if let Err(refusal) = self.rt.admit() {
+            // Past this node's headroom: the carrier tries another node (DESIGN.md "Overload").
             let mut response = Response::for_request(&request, 503, "Service Unavailable");
-            response.headers.set("Retry-After", "5");
-            metrics::counter!("callgrid_calls_rejected_total", "reason" => "overload").increment(1);
+            response
+                .headers
+                .set("Retry-After", refusal.retry_after_secs().to_string());
+            metrics::counter!("callgrid_calls_rejected_total", "reason" => refusal.label())
+                .increment(1);
+            debug!(?refusal, load = ?self.rt.load(), "new call refused: overload");
             return self.respond(&key, response);
         }
         let state = &self.rt.cluster;

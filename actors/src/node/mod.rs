@@ -12,6 +12,7 @@
 //! Raft voters; an envelope for one is sent to that node, whose runtime spawns it on demand
 //! and rebuilds it from replicated state. A call actor lives on the node that took the call.
 
+pub mod admission;
 pub mod agent_actor;
 pub mod api;
 pub mod call_actor;
@@ -65,6 +66,8 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, NodeInfo>,
     /// Lease and failure-detection timings.
     pub lease: LeaseConfig,
+    /// When the node refuses new calls (DESIGN.md "Overload").
+    pub admission: admission::AdmissionLimits,
 }
 
 /// What all drivers of a node share.
@@ -88,6 +91,7 @@ pub struct Runtime {
     call_counter: std::sync::atomic::AtomicU64,
     pub liveness: Arc<Liveness>,
     pub checkpoints: Arc<checkpoints::Checkpointer>,
+    pub loop_lag: Arc<admission::LoopLag>,
     /// After this node rejoins, it serves queue and agent actors it gains only once the
     /// previous owners' leases have run out (no two live owners).
     serve_after: Mutex<Option<tokio::time::Instant>>,
@@ -121,6 +125,21 @@ impl Runtime {
         });
         voters.retain(|n| !down.contains(n));
         voters
+    }
+
+    /// What admission control sees now.
+    pub fn load(&self) -> admission::Load {
+        admission::Load {
+            calls: self.call_count(),
+            checkpoint_backlog: self.checkpoints.backlog(),
+            loop_lag_ms: self.loop_lag.lag_ms(),
+            heartbeat_ms: self.liveness.heartbeat_commit_ms(),
+        }
+    }
+
+    /// Whether this node takes a new call now (DESIGN.md "Overload").
+    pub fn admit(&self) -> Result<(), admission::Refusal> {
+        admission::decide(&self.config.admission, &self.load())
     }
 
     /// True while this node holds its lease (it may host queue and agent actors).
@@ -862,6 +881,8 @@ impl Node {
         let media_ports =
             media::session::PortAllocator::new(config.rtp_port_min, config.rtp_port_max);
         config.lease.validate().map_err(NodeError::Cluster)?;
+        config.admission.validate().map_err(NodeError::Cluster)?;
+        let (loop_lag, lag_task) = admission::LoopLag::start();
         let liveness = Liveness::start(Arc::clone(&cluster), config.lease);
         let (checkpoints, checkpoint_task) = checkpoints::Checkpointer::start(Arc::clone(&cluster));
         let runtime = Arc::new(Runtime {
@@ -883,10 +904,11 @@ impl Node {
             call_counter: std::sync::atomic::AtomicU64::new(1),
             liveness,
             checkpoints,
+            loop_lag,
             serve_after: Mutex::new(None),
             rejoining: std::sync::atomic::AtomicBool::new(false),
         });
-        let mut tasks = vec![checkpoint_task];
+        let mut tasks = vec![checkpoint_task, lag_task];
         let dispatcher = Arc::downgrade(&runtime);
         tasks.push(tokio::spawn(async move {
             while let Some(envelope) = dispatched.recv().await {

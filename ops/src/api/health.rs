@@ -34,6 +34,8 @@ pub async fn health(State(state): State<Shared>) -> impl IntoResponse {
         "checkpoint_backlog": state.node.runtime().checkpoints.backlog(),
         "degraded": state.node.runtime().checkpoints.degraded(),
         "last_detection_ms": state.node.runtime().liveness.last_detection_ms(),
+        // Admission control (DESIGN.md "Overload"): whether new calls are taken, and why not.
+        "admission": admission(state.node.runtime()),
         // Lets `cluster up` tell its own node from another process on the same address.
         "pid": std::process::id(),
     });
@@ -45,6 +47,19 @@ pub async fn health(State(state): State<Shared>) -> impl IntoResponse {
         },
         Json(body),
     )
+}
+
+fn admission(rt: &actors::node::Runtime) -> serde_json::Value {
+    let load = rt.load();
+    let refusal = actors::node::admission::decide(&rt.config.admission, &load).err();
+    json!({
+        "open": refusal.is_none(),
+        "refusing": refusal.map(|r| r.label()),
+        "calls": load.calls,
+        "checkpoint_backlog": load.checkpoint_backlog,
+        "loop_lag_ms": load.loop_lag_ms,
+        "heartbeat_ms": load.heartbeat_ms,
+    })
 }
 
 pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {

@@ -192,6 +192,7 @@ pub fn generate_configs(dir: &Path, sites: &[&str]) -> Vec<NodeFileConfig> {
             fault_injection: false,
             join_existing: false,
             dr_auto_takeover_after_ms: None,
+            admission: Default::default(),
         })
         .collect()
 }
