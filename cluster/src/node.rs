@@ -50,9 +50,12 @@ pub struct Cluster {
     /// Connections used to forward writes, one per leader and lane: a connection carries one
     /// request at a time, so liveness writes get their own and never wait behind a batch of
     /// checkpoints (an alive but busy node must not look dead, docs/PERFORMANCE.md).
-    forwards: Mutex<HashMap<(u64, Lane), Arc<tokio::sync::Mutex<Connection>>>>,
+    forwards: Mutex<HashMap<(u64, Lane), SharedConnection>>,
     faults: FaultTable,
 }
+
+/// A forwarding connection, used by one write at a time.
+type SharedConnection = Arc<tokio::sync::Mutex<Connection>>;
 
 /// Which forwarding connection a write takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
