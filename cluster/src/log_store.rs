@@ -49,7 +49,8 @@ impl LogStore {
         Ok(self.db.get_meta(KEY_VOTE)?.is_none()
             && self.db.last_log()?.is_none()
             && self.db.get_meta(KEY_LAST_PURGED)?.is_none()
-            && self.db.get_snapshot()?.is_none())
+            && self.db.get_snapshot_meta()?.is_none()
+            && self.db.get_legacy_snapshot()?.is_none())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(

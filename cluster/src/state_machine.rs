@@ -3,6 +3,11 @@
 //! The state lives in memory behind an `Arc<RwLock>` shared with local readers; it is made
 //! durable by snapshots (the `snapshot` column family) plus the Raft log: on open the store
 //! restores the last snapshot and openraft re-applies the committed entries after it.
+//! A snapshot is megabytes of JSON (every call's checkpoint): encoding, decoding and writing
+//! it run on the blocking pool, never on the runtime's workers, which also carry Raft's
+//! heartbeats (a node stalled for a second by a snapshot looks dead, docs/PERFORMANCE.md).
+//! The snapshot's meta is stored apart from its data, so comparing snapshots reads bytes,
+//! not the whole state.
 //! Applying is pure (`ReplicatedState::apply`), so every replica computes the same state.
 
 // openraft's `StorageError` is large and its size is not ours to choose.
@@ -45,9 +50,10 @@ struct SnapshotBody {
     state: model::ReplicatedState,
 }
 
-/// What the `snapshot` column family holds (JSON): the meta and the data of the snapshot.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+/// What the `snapshot` column family held before meta and data were split (one JSON
+/// document); still read, so a node upgraded in place restores its last snapshot.
+#[derive(Deserialize)]
+struct LegacySnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
@@ -83,8 +89,8 @@ impl StateMachineStore {
             applied_tx,
             snapshot_counter: 0,
         };
-        if let Some(stored) = store.stored_snapshot()? {
-            store.restore(&stored.data)?;
+        if let Some((_, data)) = store.stored_snapshot()? {
+            store.restore(decode_body(&data)?);
             tracing::info!(last_applied = ?store.last_applied, "restored the state machine from its snapshot");
         }
         Ok(store)
@@ -100,68 +106,104 @@ impl StateMachineStore {
         self.applied_tx.clone()
     }
 
-    fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, RaftStorageError> {
-        match self.db.get_snapshot().map_err(read_error)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(read_error),
-        }
+    fn stored_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, RaftStorageError> {
+        stored_snapshot(&self.db)
     }
 
     /// Replaces the state with a snapshot's data.
-    fn restore(&mut self, data: &[u8]) -> Result<(), RaftStorageError> {
-        let body: SnapshotBody = serde_json::from_slice(data).map_err(read_error)?;
+    fn restore(&mut self, body: SnapshotBody) {
         self.last_applied = body.last_applied;
         self.last_membership = body.membership;
         *self
             .state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = body.state;
-        Ok(())
     }
+}
 
-    fn persist(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), RaftStorageError> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.to_vec(),
-        };
-        let bytes = serde_json::to_vec(&stored).map_err(write_error)?;
-        self.db.put_snapshot(&bytes).map_err(write_error)
+/// The stored snapshot's meta and data, if any.
+fn stored_snapshot(db: &Db) -> Result<Option<(SnapshotMeta, Vec<u8>)>, RaftStorageError> {
+    if let Some(meta) = stored_meta(db)? {
+        if let Some(data) = db.get_snapshot_data().map_err(read_error)? {
+            return Ok(Some((meta, data)));
+        }
     }
+    match db.get_legacy_snapshot().map_err(read_error)? {
+        Some(bytes) => {
+            let legacy: LegacySnapshot = serde_json::from_slice(&bytes).map_err(read_error)?;
+            Ok(Some((legacy.meta, legacy.data)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The stored snapshot's meta alone (a legacy snapshot is decoded whole, once).
+fn stored_meta(db: &Db) -> Result<Option<SnapshotMeta>, RaftStorageError> {
+    match db.get_snapshot_meta().map_err(read_error)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(read_error),
+        None => match db.get_legacy_snapshot().map_err(read_error)? {
+            Some(bytes) => serde_json::from_slice::<LegacySnapshot>(&bytes)
+                .map(|l| Some(l.meta))
+                .map_err(read_error),
+            None => Ok(None),
+        },
+    }
+}
+
+fn decode_body(data: &[u8]) -> Result<SnapshotBody, RaftStorageError> {
+    serde_json::from_slice(data).map_err(read_error)
+}
+
+fn persist(db: &Db, meta: &SnapshotMeta, data: &[u8]) -> Result<(), RaftStorageError> {
+    let meta = serde_json::to_vec(meta).map_err(write_error)?;
+    db.put_snapshot(&meta, data).map_err(write_error)
+}
+
+/// Runs CPU-heavy snapshot work on the blocking pool.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
+) -> Result<T, RaftStorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| write_error(std::io::Error::other(e.to_string())))?
 }
 
 /// Builds a snapshot from the state captured when openraft asked for the builder, so applying
 /// may continue while the snapshot is encoded and written.
 pub struct SnapshotBuilder {
     db: Arc<Db>,
-    body: SnapshotBody,
+    /// Taken by `build_snapshot` (a builder builds one snapshot).
+    body: Option<SnapshotBody>,
     snapshot_id: String,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, RaftStorageError> {
-        let data = serde_json::to_vec(&self.body).map_err(write_error)?;
+        let body = self.body.take().ok_or_else(|| {
+            write_error(std::io::Error::other(
+                "this snapshot builder was already used",
+            ))
+        })?;
         let meta = SnapshotMeta {
-            last_log_id: self.body.last_applied,
-            last_membership: self.body.membership.clone(),
+            last_log_id: body.last_applied,
+            last_membership: body.membership.clone(),
             snapshot_id: self.snapshot_id.clone(),
         };
-        // A snapshot installed from the leader while this one was being built may be newer;
-        // never replace it with an older one (the logs before it may be gone).
-        let newer_stored = match self.db.get_snapshot().map_err(read_error)? {
-            Some(bytes) => {
-                let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(read_error)?;
-                stored.meta.last_log_id > meta.last_log_id
+        let db = self.db.clone();
+        let stored = meta.clone();
+        let data = off_runtime(move || {
+            let data = serde_json::to_vec(&body).map_err(write_error)?;
+            // A snapshot installed from the leader while this one was being built may be
+            // newer; never replace it with an older one (the logs before it may be gone).
+            let newer_stored =
+                stored_meta(&db)?.is_some_and(|current| current.last_log_id > stored.last_log_id);
+            if !newer_stored {
+                persist(&db, &stored, &data)?;
             }
-            None => false,
-        };
-        if !newer_stored {
-            let stored = StoredSnapshot {
-                meta: meta.clone(),
-                data: data.clone(),
-            };
-            let bytes = serde_json::to_vec(&stored).map_err(write_error)?;
-            self.db.put_snapshot(&bytes).map_err(write_error)?;
-        }
+            drop(body);
+            Ok(data)
+        })
+        .await?;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built a snapshot");
         Ok(Snapshot {
             meta,
@@ -229,11 +271,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         SnapshotBuilder {
             db: self.db.clone(),
-            body: SnapshotBody {
+            body: Some(SnapshotBody {
                 last_applied: self.last_applied,
                 membership: self.last_membership.clone(),
                 state,
-            },
+            }),
             snapshot_id,
         }
     }
@@ -248,11 +290,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
-        self.restore(&data)?;
+        let db = self.db.clone();
+        let stored = meta.clone();
+        let body = off_runtime(move || {
+            let body = decode_body(&data)?;
+            persist(&db, &stored, &data)?;
+            Ok(body)
+        })
+        .await?;
+        self.restore(body);
         // The meta openraft hands us is authoritative for what the snapshot covers.
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
-        self.persist(meta, &data)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
         let _ = self.applied_tx.send(Applied {
             index: meta.last_log_id.map(|id| id.index).unwrap_or(0),
@@ -265,9 +314,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
-        Ok(self.stored_snapshot()?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        let db = self.db.clone();
+        Ok(off_runtime(move || stored_snapshot(&db))
+            .await?
+            .map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
     }
 }

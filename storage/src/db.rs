@@ -18,6 +18,11 @@ pub const CF_LOGS: &str = "logs";
 pub const CF_META: &str = "meta";
 /// Column family holding the current snapshot (meta + data).
 pub const CF_SNAPSHOT: &str = "snapshot";
+/// Keys of the snapshot column family.
+const SNAPSHOT_META: &str = "meta";
+const SNAPSHOT_DATA: &str = "data";
+/// Before meta and data were split, one JSON document under this key held both.
+const SNAPSHOT_LEGACY: &str = "current";
 
 const COLUMN_FAMILIES: [&str; 3] = [CF_LOGS, CF_META, CF_SNAPSHOT];
 
@@ -225,17 +230,36 @@ impl Db {
             })
     }
 
-    /// Replaces the stored snapshot (meta and data, already encoded), synced.
-    pub fn put_snapshot(&self, value: &[u8]) -> Result<(), StorageError> {
+    /// Replaces the stored snapshot, synced: its meta (small, read on its own to compare
+    /// snapshots) and its data (the state, megabytes), as two keys written together.
+    pub fn put_snapshot(&self, meta: &[u8], data: &[u8]) -> Result<(), StorageError> {
+        let cf = self.cf(CF_SNAPSHOT)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_SNAPSHOT)?, "current", value);
+        batch.put_cf(cf, SNAPSHOT_META, meta);
+        batch.put_cf(cf, SNAPSHOT_DATA, data);
+        batch.delete_cf(cf, SNAPSHOT_LEGACY);
         self.write(batch, "snapshot")
     }
 
-    /// The stored snapshot, if any.
-    pub fn get_snapshot(&self) -> Result<Option<Vec<u8>>, StorageError> {
+    /// The stored snapshot's meta, if any.
+    pub fn get_snapshot_meta(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get_snapshot_key(SNAPSHOT_META)
+    }
+
+    /// The stored snapshot's data, if any.
+    pub fn get_snapshot_data(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get_snapshot_key(SNAPSHOT_DATA)
+    }
+
+    /// A snapshot stored by an older version, as one document holding meta and data; read
+    /// only (the next snapshot replaces it).
+    pub fn get_legacy_snapshot(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get_snapshot_key(SNAPSHOT_LEGACY)
+    }
+
+    fn get_snapshot_key(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.db
-            .get_cf(self.cf(CF_SNAPSHOT)?, "current")
+            .get_cf(self.cf(CF_SNAPSHOT)?, key)
             .map_err(|source| StorageError::Read {
                 what: "snapshot",
                 source,

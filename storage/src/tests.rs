@@ -58,7 +58,7 @@ fn meta_and_snapshot_survive_reopen() {
     {
         let db = Db::open(dir.path()).unwrap();
         db.put_meta_json("vote", &(3u64, 2u64)).unwrap();
-        db.put_snapshot(b"snap").unwrap();
+        db.put_snapshot(b"meta", b"snap").unwrap();
         db.append_logs(entries(1..=2)).unwrap();
     }
     let db = Db::open(dir.path()).unwrap();
@@ -67,7 +67,9 @@ fn meta_and_snapshot_survive_reopen() {
         Some((3, 2))
     );
     assert_eq!(db.get_meta_json::<(u64, u64)>("absent").unwrap(), None);
-    assert_eq!(db.get_snapshot().unwrap(), Some(b"snap".to_vec()));
+    assert_eq!(db.get_snapshot_meta().unwrap(), Some(b"meta".to_vec()));
+    assert_eq!(db.get_snapshot_data().unwrap(), Some(b"snap".to_vec()));
+    assert_eq!(db.get_legacy_snapshot().unwrap(), None);
     assert_eq!(db.read_logs(Unbounded, Unbounded).unwrap(), entries(1..=2));
 }
 
