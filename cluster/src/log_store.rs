@@ -95,7 +95,33 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map(|(index, bytes)| Self::decode(*index, bytes))
             .collect()
     }
+
+    /// What one AppendEntries carries: openraft gives each message one heartbeat interval, so
+    /// a follower that fell behind must be sent its backlog in pieces it can take within that
+    /// time. Sent whole (up to 300 entries of hundreds of checkpoints each), every attempt
+    /// timed out and was retried from the start: the follower never caught up, lost its
+    /// lease and was declared down (docs/PERFORMANCE.md).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let raw = self
+            .db
+            .read_logs_upto(
+                std::ops::Bound::Included(start),
+                std::ops::Bound::Excluded(end),
+                MAX_APPEND_BYTES,
+            )
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        raw.iter()
+            .map(|(index, bytes)| Self::decode(*index, bytes))
+            .collect()
+    }
 }
+
+/// Most bytes of stored entries in one AppendEntries (one entry larger than this goes alone).
+pub const MAX_APPEND_BYTES: usize = 512 * 1024;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;

@@ -139,6 +139,17 @@ impl Db {
         start: Bound<u64>,
         end: Bound<u64>,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.read_logs_upto(start, end, usize::MAX)
+    }
+
+    /// Like `read_logs`, but stops once the entries read hold `max_bytes` (always at least
+    /// one entry when the range has one): what one replication message may carry.
+    pub fn read_logs_upto(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let first = match start {
             Bound::Included(i) => i,
             Bound::Excluded(i) => match i.checked_add(1) {
@@ -150,6 +161,7 @@ impl Db {
         let cf = self.cf(CF_LOGS)?;
         let key = log_key(first);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in self
             .db
             .iterator_cf(cf, IteratorMode::From(&key, Direction::Forward))
@@ -164,9 +176,10 @@ impl Db {
                 Bound::Excluded(e) => index >= e,
                 Bound::Unbounded => false,
             };
-            if past_end {
+            if past_end || (!out.is_empty() && bytes >= max_bytes) {
                 break;
             }
+            bytes += value.len();
             out.push((index, value.into_vec()));
         }
         Ok(out)

@@ -53,6 +53,26 @@ fn truncate_and_purge() {
 }
 
 #[test]
+fn a_limited_read_stops_at_the_byte_budget_but_never_returns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    db.append_logs(entries(1..=5)).unwrap();
+    let all = db.read_logs(Unbounded, Unbounded).unwrap();
+    let one = all[0].1.len();
+    let got = db
+        .read_logs_upto(Included(1), Excluded(6), 2 * one)
+        .unwrap();
+    assert_eq!(got, all[..2].to_vec(), "stops once the budget is reached");
+    let got = db.read_logs_upto(Included(3), Excluded(6), 1).unwrap();
+    assert_eq!(got, all[2..3].to_vec(), "one entry even over the budget");
+    assert_eq!(
+        db.read_logs_upto(Included(1), Excluded(6), usize::MAX)
+            .unwrap(),
+        all
+    );
+}
+
+#[test]
 fn meta_and_snapshot_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
