@@ -169,6 +169,15 @@ pub struct QueueMachine {
     seq: u64,
     outputs: VecDeque<QueueOutput>,
     last_stats: Option<QueueStats>,
+    /// When stats were last computed, and whether anything happened since: stats take a
+    /// pass over every waiting call, so they go out at most every `STATS_EVERY_MS` (the
+    /// wallboard's budget is 3 s, R8.1), not after each of thousands of inputs a second.
+    stats_at: Option<u64>,
+    stats_dirty: bool,
+    /// The earliest time a waiting call's needs widen, once computed: also a pass over every
+    /// waiting call, and asked for after every input. Forgotten whenever calls or their
+    /// needs may have changed.
+    widening: std::cell::Cell<Option<Option<u64>>>,
     /// The most calls that may wait (R3.5), from the queue's config.
     max_queued: Option<usize>,
     /// R3.3 applies: no signed-in agent of the queue is ready (set by the owner from the
@@ -179,6 +188,8 @@ pub struct QueueMachine {
     answered_at: VecDeque<u64>,
 }
 
+/// Stats go out at most this often while calls come and go.
+pub const STATS_EVERY_MS: u64 = 250;
 /// How many recent answers the service rate is measured over.
 pub const SERVICE_SAMPLES: usize = 20;
 /// Answers older than this say nothing about the current service rate.
@@ -204,21 +215,39 @@ impl QueueMachine {
         self.outputs.pop_front()
     }
 
+    /// When the machine next needs `handle_timeout`: a deadline below, or stats falling due.
     pub fn poll_timeout(&self) -> Option<u64> {
+        let stats = self
+            .stats_dirty
+            .then(|| self.stats_at.map_or(0, |at| at + STATS_EVERY_MS));
+        self.next_deadline().into_iter().chain(stats).min()
+    }
+
+    /// The next reservation timeout or widening of a waiting call's needs.
+    fn next_deadline(&self) -> Option<u64> {
         let reservations = self.agents.values().filter_map(|a| match a.slot {
             Slot::Reserving { since_ms, .. } => Some(since_ms + RESERVE_REPLY_TIMEOUT_MS),
             Slot::Idle => None,
         });
         // A waiting call whose needs widen later may then match an idle agent.
-        let widening = self
-            .waiting
-            .values()
-            .filter(|w| w.offered_to.is_none())
-            .filter_map(|w| w.needs.next_change(0));
+        let widening = match self.widening.get() {
+            Some(known) => known,
+            None => {
+                let next = self
+                    .waiting
+                    .values()
+                    .filter(|w| w.offered_to.is_none())
+                    .filter_map(|w| w.needs.next_change(0))
+                    .min();
+                self.widening.set(Some(next));
+                next
+            }
+        };
         reservations.chain(widening).min()
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.widening.set(None);
         let expired: Vec<(AgentId, CallId)> = self
             .agents
             .iter()
@@ -313,6 +342,9 @@ impl QueueMachine {
     }
 
     pub fn handle(&mut self, now_ms: u64, input: QueueInput) {
+        if !matches!(input, QueueInput::EstimateWait { .. }) {
+            self.widening.set(None);
+        }
         match input {
             QueueInput::Enqueue {
                 call,
@@ -665,6 +697,12 @@ impl QueueMachine {
                 call,
             });
         }
+        self.stats_dirty = true;
+        if self.stats_at.is_some_and(|at| now_ms < at + STATS_EVERY_MS) {
+            return; // poll_timeout asks for a tick when they are due
+        }
+        self.stats_at = Some(now_ms);
+        self.stats_dirty = false;
         let stats = self.stats();
         if self.last_stats.as_ref() != Some(&stats) {
             self.last_stats = Some(stats.clone());
@@ -851,13 +889,51 @@ mod tests {
         assert_eq!(q.waiting_calls(), vec![(CallId("c1".into()), 0, 10)]);
     }
 
+    fn stats_out(q: &mut QueueMachine) -> Vec<QueueStats> {
+        std::iter::from_fn(|| q.poll_output())
+            .filter_map(|o| match o {
+                QueueOutput::Stats(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stats_go_out_at_most_every_interval_and_never_stay_stale() {
+        let mut q = QueueMachine::new();
+        enqueue(&mut q, "c1", 0, 1_000);
+        assert_eq!(
+            stats_out(&mut q).len(),
+            1,
+            "the first change goes out at once"
+        );
+        assert_eq!(q.poll_timeout(), None, "nothing pending");
+        for (i, at) in (1_010..1_200).step_by(10).enumerate() {
+            enqueue(&mut q, &format!("c{}", i + 2), 0, at);
+        }
+        assert!(
+            stats_out(&mut q).is_empty(),
+            "a burst within the interval: no stats"
+        );
+        assert_eq!(
+            q.poll_timeout(),
+            Some(1_000 + STATS_EVERY_MS),
+            "but a tick is asked for when they fall due"
+        );
+        q.handle_timeout(1_000 + STATS_EVERY_MS);
+        let out = stats_out(&mut q);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].waiting, 20, "with the latest figures");
+        assert_eq!(q.poll_timeout(), None);
+    }
+
     #[test]
     fn silent_agent_reservation_times_out() {
         let mut q = QueueMachine::new();
         enqueue(&mut q, "c1", 0, 10);
         available(&mut q, "1001", 0, 20);
         let _ = reserves(&mut q);
-        assert_eq!(q.poll_timeout(), Some(20 + RESERVE_REPLY_TIMEOUT_MS));
+        assert_eq!(q.next_deadline(), Some(20 + RESERVE_REPLY_TIMEOUT_MS));
         q.handle_timeout(20 + RESERVE_REPLY_TIMEOUT_MS);
         assert_eq!(q.stats().agents_available, 0);
         assert_eq!(q.stats().offering, 0);
@@ -1249,10 +1325,10 @@ mod tests {
         join_needing(&mut q, "vip", 1_000, needs);
         available_as(&mut q, "1001", 500, 1_200, &[]);
         assert!(reserves(&mut q).is_empty(), "a level-1 agent is not enough");
-        assert_eq!(q.poll_timeout(), Some(11_000));
+        assert_eq!(q.next_deadline(), Some(11_000));
         q.handle_timeout(11_000);
         assert_eq!(reserves(&mut q), vec![("1001".into(), "vip".into())]);
-        assert_eq!(q.poll_timeout(), Some(11_000 + RESERVE_REPLY_TIMEOUT_MS));
+        assert_eq!(q.next_deadline(), Some(11_000 + RESERVE_REPLY_TIMEOUT_MS));
     }
 
     #[test]
@@ -1278,10 +1354,10 @@ mod tests {
         available_as(&mut q, "1001", 100, 1_000, &[]);
         join_needing(&mut q, "rc", 1_000, needs);
         assert!(reserves(&mut q).is_empty());
-        assert_eq!(q.poll_timeout(), Some(21_000));
+        assert_eq!(q.next_deadline(), Some(21_000));
         q.handle_timeout(21_000);
         assert_eq!(reserves(&mut q), vec![("1001".into(), "rc".into())]);
-        assert_eq!(q.poll_timeout(), Some(21_000 + RESERVE_REPLY_TIMEOUT_MS));
+        assert_eq!(q.next_deadline(), Some(21_000 + RESERVE_REPLY_TIMEOUT_MS));
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct QueueState {
     /// under a lease: no split brain).
     held: std::collections::VecDeque<QueueInput>,
     flush_armed: bool,
+    /// When the pending tick fires: a later deadline needs no new timer (with thousands of
+    /// calls waiting, one timer per input would flood the mailbox with ticks).
+    tick_at: Option<u64>,
 }
 
 impl Actor for QueueActor {
@@ -121,6 +124,7 @@ impl Actor for QueueActor {
             machine,
             held: waiting.into(),
             flush_armed: false,
+            tick_at: None,
         };
         arm_flush(&myself, &mut state);
         Ok(state)
@@ -149,11 +153,17 @@ impl Actor for QueueActor {
                 state.machine.handle(now, input)
             }
             QueueMsg::Tick | QueueMsg::Flush if !rt.holds_lease() => {
+                if matches!(message, QueueMsg::Tick) {
+                    state.tick_at = None;
+                }
                 state.flush_armed = false;
                 arm_flush(&myself, state);
                 return Ok(());
             }
-            QueueMsg::Tick => state.machine.handle_timeout(now),
+            QueueMsg::Tick => {
+                state.tick_at = None;
+                state.machine.handle_timeout(now)
+            }
             QueueMsg::Flush => {
                 state.flush_armed = false;
                 refresh_limits(rt, state);
@@ -252,11 +262,15 @@ impl Actor for QueueActor {
             }
         }
         if let Some(at) = state.machine.poll_timeout() {
-            // Reservation-reply timeouts only; a spurious tick is harmless.
-            drop(myself.send_after(
-                Duration::from_millis(at.saturating_sub(rt.now_ms())),
-                || QueueMsg::Tick,
-            ));
+            // A spurious tick is harmless; a missing one is not, so a tick is armed whenever
+            // the machine's deadline comes before the pending one.
+            if state.tick_at.is_none_or(|pending| at < pending) {
+                state.tick_at = Some(at);
+                drop(myself.send_after(
+                    Duration::from_millis(at.saturating_sub(rt.now_ms())),
+                    || QueueMsg::Tick,
+                ));
+            }
         }
         Ok(())
     }
