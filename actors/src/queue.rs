@@ -342,9 +342,33 @@ impl QueueMachine {
     }
 
     pub fn handle(&mut self, now_ms: u64, input: QueueInput) {
-        if !matches!(input, QueueInput::EstimateWait { .. }) {
-            self.widening.set(None);
+        // The cached earliest widening: a removal may leave it early (a spurious tick, which
+        // recomputes it); an Enqueue (every waiting call re-states its place each second)
+        // only adds its own call's deadline; agents' replies may put calls back: recompute.
+        let enqueued = match &input {
+            QueueInput::Enqueue { call, .. } => Some(call.clone()),
+            QueueInput::Remove { .. } | QueueInput::EstimateWait { .. } => None,
+            _ => {
+                self.widening.set(None);
+                None
+            }
+        };
+        self.handle_input(now_ms, input);
+        if let (Some(call), Some(cached)) = (enqueued, self.widening.get()) {
+            let deadline = self
+                .positions
+                .get(&call)
+                .and_then(|p| self.waiting.get(p))
+                .filter(|w| w.offered_to.is_none())
+                .and_then(|w| w.needs.next_change(0));
+            if let Some(deadline) = deadline {
+                self.widening
+                    .set(Some(Some(cached.map_or(deadline, |c| c.min(deadline)))));
+            }
         }
+    }
+
+    fn handle_input(&mut self, now_ms: u64, input: QueueInput) {
         match input {
             QueueInput::Enqueue {
                 call,
@@ -1312,6 +1336,36 @@ mod tests {
         );
         available_as(&mut q, "1002", 900, 1_300, &["cantonese", "vip"]);
         assert_eq!(reserves(&mut q), vec![("1002".into(), "c1".into())]);
+    }
+
+    #[test]
+    fn the_earliest_widening_follows_calls_coming_and_going() {
+        let mut q = QueueMachine::new();
+        let relax = |at| CallNeeds {
+            min_level: 5,
+            relax_at_ms: Some(at),
+            ..CallNeeds::default()
+        };
+        join_needing(&mut q, "late", 1_000, relax(20_000));
+        assert_eq!(q.next_deadline(), Some(20_000));
+        join_needing(&mut q, "early", 1_100, relax(9_000));
+        assert_eq!(
+            q.next_deadline(),
+            Some(9_000),
+            "a new call's earlier deadline"
+        );
+        // Re-stating a place (every second) changes nothing.
+        join_needing(&mut q, "late", 2_000, relax(20_000));
+        assert_eq!(q.next_deadline(), Some(9_000));
+        q.handle(
+            2_100,
+            QueueInput::Remove {
+                call: CallId("early".into()),
+            },
+        );
+        // The removed call's deadline may stay as a spurious tick, which recomputes.
+        q.handle_timeout(9_000);
+        assert_eq!(q.next_deadline(), Some(20_000));
     }
 
     #[test]
