@@ -132,6 +132,14 @@ impl RtpSender {
         self.relay_mapping = None;
     }
 
+    /// Lets `samples` of silence pass without sending (the far end does not want media
+    /// now): the media clock runs on, no sequence number is used, and the next audio packet
+    /// starts a talkspurt.
+    pub fn skip(&mut self, samples: u32) {
+        self.next_timestamp = self.next_timestamp.wrapping_add(samples);
+        self.start_talkspurt();
+    }
+
     fn take_sequence(&mut self) -> u16 {
         let sequence = self.next_sequence;
         self.next_sequence = self.next_sequence.wrapping_add(1);

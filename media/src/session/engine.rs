@@ -463,15 +463,45 @@ impl MediaCore {
             return;
         };
         let destination = state.destination();
+        if destination.is_none() {
+            // Nobody to send to (a=inactive or sendonly, or no address yet): the prompt's
+            // time passes without encoding a frame every 20 ms, so a call on hold costs no
+            // timer and no work until the far end wants media again or the prompt ends.
+            if let Some(playback) = state.playback.as_mut() {
+                if playback.next_due > now {
+                    return;
+                }
+                let frames = ((now - playback.next_due).as_micros() / FRAME_DURATION.as_micros())
+                    as usize
+                    + 1;
+                let count = playback.prompt.frame_count();
+                playback.next_due += FRAME_DURATION * frames as u32;
+                state.sender.skip(FRAME_SAMPLES as u32 * frames as u32);
+                if playback.repeat && count > 0 {
+                    playback.next_frame = (playback.next_frame + frames) % count;
+                } else {
+                    playback.next_frame += frames;
+                    if playback.next_frame >= count {
+                        state.playback = None;
+                        state.sender.start_talkspurt();
+                        self.outputs
+                            .push_back(Output::Event(MediaEvent::PlayDone { leg }));
+                    }
+                }
+            }
+            return;
+        }
         let codec = state.remote.as_ref().map_or(Codec::Pcmu, |r| r.codec);
         while let Some(playback) = state.playback.as_mut() {
             if playback.next_due > now {
                 break;
             }
             if now - playback.next_due > MAX_PLAYBACK_LAG {
-                // We were not scheduled for a while; resume from now rather
-                // than flood the phone's jitter buffer with the backlog.
+                // We were not scheduled for a while (or the far end did not want
+                // media); resume from now rather than flood the phone's jitter
+                // buffer with the backlog, as a new talkspurt.
                 playback.next_due = now;
+                state.sender.start_talkspurt();
             }
             let frame = match playback.prompt.frame(playback.next_frame) {
                 Some(frame) => frame,
@@ -508,7 +538,18 @@ impl MediaCore {
             .iter()
             .flatten()
             .flat_map(|state| {
-                let playback = state.playback.as_ref().map(|p| p.next_due);
+                let playback = state.playback.as_ref().and_then(|p| {
+                    if state.destination().is_some() {
+                        Some(p.next_due)
+                    } else if p.repeat {
+                        // Music nobody receives: nothing to do until media is wanted again.
+                        None
+                    } else {
+                        // A prompt nobody receives still ends on time (the IVR waits on it).
+                        let left = p.prompt.frame_count().saturating_sub(p.next_frame);
+                        Some(p.next_due + FRAME_DURATION * left as u32)
+                    }
+                });
                 let timeout = state
                     .last_packet_at
                     .filter(|_| !state.timeout_reported)
@@ -661,6 +702,52 @@ mod tests {
         );
         assert_eq!(core.poll_timeout(), None);
         assert_eq!(core.stats().customer.packets_out, 10);
+    }
+
+    #[test]
+    fn a_leg_that_wants_no_media_costs_no_frames_but_prompts_end_on_time() {
+        let mut core = core_with_legs(Codec::Pcmu, Codec::Pcmu);
+        let mut inactive = remote(CUSTOMER_SDP, Codec::Pcmu);
+        inactive.direction = Direction::Inactive;
+        core.handle_set_remote(LegId::Customer, &inactive, Codec::Pcmu, Some(101));
+        let t0 = Instant::now();
+        // Music on hold nobody receives: no deadline at all.
+        let music = Prompt::tone("moh", &[400.0], 200, 0, 200);
+        core.handle_play(t0, LegId::Customer, music, true);
+        assert_eq!(core.poll_timeout(), None);
+        core.handle_timeout(t0 + Duration::from_secs(5));
+        assert!(transmits(&drain(&mut core)).is_empty());
+        // A prompt nobody receives still ends when it would have (10 frames, 200 ms).
+        let prompt = Prompt::tone("t", &[400.0], 200, 0, 200);
+        let t1 = t0 + Duration::from_secs(6);
+        core.handle_play(t1, LegId::Customer, prompt, false);
+        assert_eq!(core.poll_timeout(), Some(t1 + Duration::from_millis(200)));
+        core.handle_timeout(t1 + Duration::from_millis(200));
+        let outputs = drain(&mut core);
+        assert!(transmits(&outputs).is_empty());
+        assert_eq!(
+            events(&outputs),
+            vec![MediaEvent::PlayDone {
+                leg: LegId::Customer
+            }]
+        );
+        // Media wanted again: music resumes from now, as a new talkspurt.
+        let music = Prompt::tone("moh", &[400.0], 200, 0, 200);
+        let t2 = t1 + Duration::from_secs(1);
+        core.handle_play(t2, LegId::Customer, music, true);
+        core.handle_set_remote(
+            LegId::Customer,
+            &remote(CUSTOMER_SDP, Codec::Pcmu),
+            Codec::Pcmu,
+            Some(101),
+        );
+        let t3 = t2 + Duration::from_secs(3);
+        assert_eq!(core.poll_timeout(), Some(t2));
+        core.handle_timeout(t3);
+        let sent = transmits(&drain(&mut core));
+        assert_eq!(sent.len(), 1, "no backlog flood");
+        assert!(sent[0].2.marker);
+        assert_eq!(core.poll_timeout(), Some(t3 + Duration::from_millis(20)));
     }
 
     #[test]
