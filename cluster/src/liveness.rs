@@ -77,6 +77,8 @@ pub struct Liveness {
     /// How long this node's last two committed heartbeats took from send to applied (ms),
     /// newest last: admission control's view of how close the lease is to starving.
     beat_ms: Mutex<[Option<u64>; 2]>,
+    /// Set by `stop`: a lease wait still running takes no lease after it.
+    stopped: std::sync::atomic::AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -93,6 +95,7 @@ impl Liveness {
             heard: Mutex::default(),
             last_detection_ms: Mutex::new(None),
             beat_ms: Mutex::default(),
+            stopped: Default::default(),
             tasks: Mutex::default(),
         });
         let tasks = vec![
@@ -144,6 +147,8 @@ impl Liveness {
     }
 
     pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for task in self
             .tasks
             .lock()
@@ -159,7 +164,7 @@ impl Liveness {
         self.cluster.node_id()
     }
 
-    async fn beat(&self) {
+    async fn beat(self: &Arc<Self>) {
         let me = self.me();
         let (epoch, down) = self.cluster.read(|s| (s.epoch(me), s.is_down(me)));
         if down {
@@ -195,7 +200,16 @@ impl Liveness {
             }
         }
         // Committed; the lease also needs this node to have applied it (so it has seen every
-        // ownership change committed before it).
+        // ownership change committed before it). That wait runs apart, so a node that is
+        // behind in applying still sends its heartbeats every period: waiting here would
+        // space them out to the lease length, close to the silence that declares it down.
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.take_lease(epoch, at_ms, sent, wait).await });
+    }
+
+    /// Holds the lease of the heartbeat sent at `sent` once this node has applied it.
+    async fn take_lease(&self, epoch: u64, at_ms: u64, sent: Instant, wait: Duration) {
+        let me = self.me();
         let applied = || {
             self.cluster.read(|s| {
                 s.nodes
@@ -210,7 +224,16 @@ impl Liveness {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(sent + wait);
+        {
+            let mut lease = self.lease_until.lock().unwrap_or_else(|p| p.into_inner());
+            if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            // Heartbeats overlap now: a later one may already hold a longer lease.
+            if lease.is_none_or(|until| until < sent + wait) {
+                *lease = Some(sent + wait);
+            }
+        }
         let took = sent.elapsed().as_millis() as u64;
         let mut beats = self.beat_ms.lock().unwrap_or_else(|p| p.into_inner());
         *beats = [beats[1], Some(took)];
