@@ -76,7 +76,9 @@ pub struct Liveness {
     last_detection_ms: Mutex<Option<u64>>,
     /// How long this node's last two committed heartbeats took from send to applied (ms),
     /// newest last: admission control's view of how close the lease is to starving.
-    beat_ms: Mutex<[Option<u64>; 2]>,
+    /// With when each was measured: a figure older than two leases says nothing any more
+    /// (no heartbeat committed since: degraded mode, not overload).
+    beat_ms: Mutex<[Option<(u64, Instant)>; 2]>,
     /// Set by `stop`: a lease wait still running takes no lease after it.
     stopped: std::sync::atomic::AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -139,11 +141,16 @@ impl Liveness {
 
     /// The lower of this node's last two heartbeat commit times (ms): above half the lease,
     /// heartbeats are slow for more than a blip and the lease is at risk. None until two
-    /// heartbeats committed. Heartbeats that failed (no quorum) are not counted: that is
-    /// degraded mode, not overload.
+    /// heartbeats committed, and once either is older than two leases. Heartbeats that
+    /// failed or timed out are not counted (no quorum is degraded mode, not overload; a
+    /// node too busy to commit any shows in its event-loop lag and checkpoint backlog).
     pub fn heartbeat_commit_ms(&self) -> Option<u64> {
         let beats = self.beat_ms.lock().unwrap_or_else(|p| p.into_inner());
-        Some(beats[0]?.min(beats[1]?))
+        let fresh = |beat: Option<(u64, Instant)>| {
+            beat.filter(|(_, at)| at.elapsed() < Duration::from_millis(2 * self.config.lease_ms))
+                .map(|(ms, _)| ms)
+        };
+        Some(fresh(beats[0])?.min(fresh(beats[1])?))
     }
 
     pub fn stop(&self) {
@@ -236,7 +243,7 @@ impl Liveness {
         }
         let took = sent.elapsed().as_millis() as u64;
         let mut beats = self.beat_ms.lock().unwrap_or_else(|p| p.into_inner());
-        *beats = [beats[1], Some(took)];
+        *beats = [beats[1], Some((took, Instant::now()))];
         metrics::histogram!("callgrid_heartbeat_commit_seconds").record(took as f64 / 1000.0);
     }
 }
