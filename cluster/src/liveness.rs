@@ -227,6 +227,9 @@ impl Liveness {
         let deadline = sent + wait;
         while !applied() {
             if Instant::now() >= deadline {
+                // Committed but not applied here in time: this node is behind (overload),
+                // not cut off; admission control sees it as a heartbeat of a whole lease.
+                self.note_beat(sent.elapsed().as_millis() as u64);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -241,7 +244,10 @@ impl Liveness {
                 *lease = Some(sent + wait);
             }
         }
-        let took = sent.elapsed().as_millis() as u64;
+        self.note_beat(sent.elapsed().as_millis() as u64);
+    }
+
+    fn note_beat(&self, took: u64) {
         let mut beats = self.beat_ms.lock().unwrap_or_else(|p| p.into_inner());
         *beats = [beats[1], Some((took, Instant::now()))];
         metrics::histogram!("callgrid_heartbeat_commit_seconds").record(took as f64 / 1000.0);
@@ -274,7 +280,17 @@ async fn listen(liveness: std::sync::Weak<Liveness>) {
                 let Some(l) = liveness.upgrade() else { return };
                 note(&l, &a.command);
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Heartbeats were missed here, not necessarily sent late: count every node
+                // as heard now rather than judge by an older time (a live node's lease may
+                // still run; declaring it down a little later is always safe).
+                let Some(l) = liveness.upgrade() else { return };
+                let now = Instant::now();
+                let mut heard = l.heard.lock().unwrap_or_else(|p| p.into_inner());
+                for time in heard.values_mut() {
+                    *time = now;
+                }
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }

@@ -67,6 +67,10 @@ pub struct StateMachineStore {
     applied_tx: broadcast::Sender<Applied>,
     /// Distinguishes snapshots built at the same log id.
     snapshot_counter: u64,
+    /// Held while a snapshot is compared with the stored one and written: openraft builds
+    /// in a task of its own, so a build and an install may write at the same time, and an
+    /// older build must not overwrite a newer installed snapshot.
+    snapshot_write: Arc<std::sync::Mutex<()>>,
 }
 
 fn read_error(e: impl std::error::Error + 'static) -> RaftStorageError {
@@ -88,6 +92,7 @@ impl StateMachineStore {
             last_membership: StoredMembership::default(),
             applied_tx,
             snapshot_counter: 0,
+            snapshot_write: Arc::default(),
         };
         if let Some((_, data)) = store.stored_snapshot()? {
             store.restore(decode_body(&data)?);
@@ -114,10 +119,18 @@ impl StateMachineStore {
     fn restore(&mut self, body: SnapshotBody) {
         self.last_applied = body.last_applied;
         self.last_membership = body.membership;
-        *self
-            .state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = body.state;
+        let old = std::mem::replace(
+            &mut *self
+                .state
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            body.state,
+        );
+        // Freeing megabytes of replaced state is work too: off the runtime when there is one.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
+            Err(_) => drop(old),
+        }
     }
 }
 
@@ -175,6 +188,7 @@ pub struct SnapshotBuilder {
     /// Taken by `build_snapshot` (a builder builds one snapshot).
     body: Option<SnapshotBody>,
     snapshot_id: String,
+    snapshot_write: Arc<std::sync::Mutex<()>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -191,8 +205,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let db = self.db.clone();
         let stored = meta.clone();
+        let lock = self.snapshot_write.clone();
         let data = off_runtime(move || {
             let data = serde_json::to_vec(&body).map_err(write_error)?;
+            let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
             // A snapshot installed from the leader while this one was being built may be
             // newer; never replace it with an older one (the logs before it may be gone).
             let newer_stored =
@@ -277,6 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 state,
             }),
             snapshot_id,
+            snapshot_write: self.snapshot_write.clone(),
         }
     }
 
@@ -292,8 +309,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let db = self.db.clone();
         let stored = meta.clone();
+        let lock = self.snapshot_write.clone();
         let body = off_runtime(move || {
             let body = decode_body(&data)?;
+            let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
             persist(&db, &stored, &data)?;
             Ok(body)
         })

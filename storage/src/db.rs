@@ -176,7 +176,7 @@ impl Db {
                 Bound::Excluded(e) => index >= e,
                 Bound::Unbounded => false,
             };
-            if past_end || (!out.is_empty() && bytes >= max_bytes) {
+            if past_end || (!out.is_empty() && bytes + value.len() > max_bytes) {
                 break;
             }
             bytes += value.len();

@@ -17,7 +17,14 @@
 //!   bound (half the lease by default), so the next ones may not commit in time.
 //!
 //! A node without quorum (degraded mode, R1.6) keeps admitting: its heartbeats fail rather
-//! than commit slowly, and its backlog is bounded by the checkpointer itself.
+//! than commit slowly (and a heartbeat figure goes stale after two leases), and its
+//! checkpoint backlog, which grows by design while Raft cannot commit, is bounded by the
+//! checkpointer itself (`MAX_PENDING`), not here.
+//!
+//! The heartbeat bound (half the lease) is where the lease starts to lapse between
+//! heartbeats: a node whose commits take longer sends its next heartbeat only after the
+//! last one committed. Admission closes there, as the node's lease begins to flicker and
+//! well before the leader's silence (`down_after_ms`) would declare it down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +72,8 @@ pub struct Load {
     pub loop_lag_ms: u64,
     /// The lower of the last two heartbeat commit times; None before two committed.
     pub heartbeat_ms: Option<u64>,
+    /// Raft cannot commit (no quorum): the backlog grows by design and does not count.
+    pub degraded: bool,
 }
 
 /// Why a new call was refused.
@@ -102,7 +111,7 @@ pub fn decide(limits: &AdmissionLimits, load: &Load) -> Result<(), Refusal> {
     if load.calls >= limits.max_calls {
         return Err(Refusal::Calls);
     }
-    if load.checkpoint_backlog > limits.max_checkpoint_backlog {
+    if !load.degraded && load.checkpoint_backlog > limits.max_checkpoint_backlog {
         return Err(Refusal::CheckpointBacklog);
     }
     if load.loop_lag_ms > limits.max_loop_lag_ms {
@@ -174,6 +183,7 @@ mod tests {
             checkpoint_backlog: 2048,
             loop_lag_ms: 150,
             heartbeat_ms: Some(250),
+            degraded: false,
         };
         assert_eq!(
             decide(&limits(), &busy_but_fine),
@@ -200,6 +210,16 @@ mod tests {
             Err(Refusal::Heartbeat)
         );
         assert_eq!(over(|l| l.heartbeat_ms = None), Ok(()));
+    }
+
+    #[test]
+    fn a_node_without_quorum_keeps_admitting_with_a_backlog() {
+        let degraded = Load {
+            checkpoint_backlog: 40_000,
+            degraded: true,
+            ..Load::default()
+        };
+        assert_eq!(decide(&limits(), &degraded), Ok(()));
     }
 
     #[test]

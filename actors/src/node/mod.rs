@@ -134,6 +134,7 @@ impl Runtime {
             checkpoint_backlog: self.checkpoints.backlog(),
             loop_lag_ms: self.loop_lag.lag_ms(),
             heartbeat_ms: self.liveness.heartbeat_commit_ms(),
+            degraded: self.checkpoints.degraded(),
         }
     }
 

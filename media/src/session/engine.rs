@@ -481,7 +481,9 @@ impl MediaCore {
                     playback.next_frame = (playback.next_frame + frames) % count;
                 } else {
                     playback.next_frame += frames;
-                    if playback.next_frame >= count {
+                    // Past the last frame's slot, as on a leg that sends (PlayDone comes 20
+                    // ms after the last frame was due).
+                    if playback.next_frame > count {
                         state.playback = None;
                         state.sender.start_talkspurt();
                         self.outputs
@@ -500,8 +502,10 @@ impl MediaCore {
                 // We were not scheduled for a while (or the far end did not want
                 // media); resume from now rather than flood the phone's jitter
                 // buffer with the backlog, as a new talkspurt.
+                // The media clock runs on over the gap (skip also starts a talkspurt).
+                let gap = (now - playback.next_due).as_micros() as u64 * 8 / 1000;
+                state.sender.skip(gap as u32);
                 playback.next_due = now;
-                state.sender.start_talkspurt();
             }
             let frame = match playback.prompt.frame(playback.next_frame) {
                 Some(frame) => frame,

@@ -59,6 +59,7 @@ fn admission(rt: &actors::node::Runtime) -> serde_json::Value {
         "checkpoint_backlog": load.checkpoint_backlog,
         "loop_lag_ms": load.loop_lag_ms,
         "heartbeat_ms": load.heartbeat_ms,
+        "degraded": load.degraded,
     })
 }
 
