@@ -1099,8 +1099,13 @@ pub fn wav_info(bytes: &[u8]) -> Result<WavInfo> {
 
 /// Waits for a SIPp run of one call to end successfully.
 pub async fn succeeds(run: SippRun) -> Result<()> {
+    let cmd = run.cmd.clone();
     let r = run.wait(Duration::from_secs(120)).await?;
-    ensure!(r.exit_code == 0 && r.successful == 1, "{r:?}");
+    ensure!(
+        r.exit_code == 0 && r.successful == 1,
+        "{r:?}: {}",
+        sipp_errors(&cmd)
+    );
     Ok(())
 }
 

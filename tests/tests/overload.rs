@@ -82,19 +82,16 @@ async fn a_slow_node_sheds_new_calls_instead_of_being_declared_down() -> Result<
 
     // A carrier's INVITE to the slow node gets 503 with Retry-After (the scenario checks both
     // and ACKs in the INVITE's transaction).
-    let refused = Sipp::new("carrier_refused.xml", &work, "refused")
-        .remote(&c.sip(slow))
-        .service("075595598")
-        .key("caller_prefix", "1380013800")
-        .timeout(30)
-        .spawn()?;
-    let rcmd = refused.cmd.clone();
-    let r = refused.wait(Duration::from_secs(45)).await?;
-    ensure!(
-        r.exit_code == 0 && r.successful == 1,
-        "the slow node answers 503 with Retry-After: {r:?}: {}",
-        sipp_errors(&rcmd)
-    );
+    succeeds(
+        Sipp::new("carrier_refused.xml", &work, "refused")
+            .remote(&c.sip(slow))
+            .service("075595598")
+            .key("caller_prefix", "1380013800")
+            .timeout(30)
+            .spawn()?,
+    )
+    .await
+    .context("the slow node answers 503 with Retry-After")?;
     ensure!(
         rejected(&api, "overload_heartbeat").await? >= 1,
         "the refusal is counted by reason"
@@ -122,21 +119,18 @@ async fn a_slow_node_sheds_new_calls_instead_of_being_declared_down() -> Result<
         admission(&api).await.filter(|a| a["open"] == json!(true))
     })
     .await?;
-    let caller = Sipp::new("carrier_ivr.xml", &work, "admitted")
-        .remote(&c.sip(slow))
-        .service("075595598")
-        .key("caller_prefix", "1380013801")
-        .set("digit", "none")
-        .set("talk_ms", "500")
-        .timeout(30)
-        .spawn()?;
-    let ccmd = caller.cmd.clone();
-    let r = caller.wait(Duration::from_secs(45)).await?;
-    ensure!(
-        r.exit_code == 0 && r.successful == 1,
-        "the node takes calls again: {r:?}: {}",
-        sipp_errors(&ccmd)
-    );
+    succeeds(
+        Sipp::new("carrier_ivr.xml", &work, "admitted")
+            .remote(&c.sip(slow))
+            .service("075595598")
+            .key("caller_prefix", "1380013801")
+            .set("digit", "none")
+            .set("talk_ms", "500")
+            .timeout(30)
+            .spawn()?,
+    )
+    .await
+    .context("the node takes calls again")?;
     let h = c.api(0).health().await?;
     ensure!(
         h["down_nodes"].as_array().is_some_and(|d| d.is_empty()),
