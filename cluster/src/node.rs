@@ -26,6 +26,10 @@ use crate::ClusterError;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while no leader is known or the leader hint is stale.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Bulk forwarding connections per leader: as many forwarded writes wait for their commit at
+/// once. Two for the checkpoint writer's batches in flight, one more so that a configuration
+/// write does not wait behind both.
+const BULK_CONNECTIONS: usize = 3;
 
 /// A snapshot of this node's Raft status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -47,10 +51,13 @@ pub struct Cluster {
     state: Arc<RwLock<model::ReplicatedState>>,
     applied_tx: broadcast::Sender<Applied>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Connections used to forward writes, one per leader and lane: a connection carries one
+    /// Connections used to forward writes, by leader, lane and slot: a connection carries one
     /// request at a time, so liveness writes get their own and never wait behind a batch of
-    /// checkpoints (an alive but busy node must not look dead, docs/PERFORMANCE.md).
-    forwards: Mutex<HashMap<(u64, Lane), SharedConnection>>,
+    /// checkpoints (an alive but busy node must not look dead, docs/PERFORMANCE.md), and
+    /// bulk writes have `BULK_CONNECTIONS` of them.
+    forwards: Mutex<HashMap<(u64, Lane, usize), SharedConnection>>,
+    /// Which bulk connection a write waits for when all are busy (round robin).
+    next_bulk: std::sync::atomic::AtomicUsize,
     faults: FaultTable,
 }
 
@@ -67,6 +74,14 @@ enum Lane {
 }
 
 impl Lane {
+    /// How many connections to one leader the lane has.
+    fn connections(self) -> usize {
+        match self {
+            Lane::Liveness => 1,
+            Lane::Bulk => BULK_CONNECTIONS,
+        }
+    }
+
     fn of(command: &model::Command) -> Lane {
         match command {
             model::Command::Heartbeat { .. }
@@ -138,6 +153,7 @@ impl Cluster {
             applied_tx,
             server: Mutex::new(Some(server)),
             forwards: Mutex::default(),
+            next_bulk: Default::default(),
             faults,
         }))
     }
@@ -222,20 +238,7 @@ impl Cluster {
         command: &model::Command,
         deadline: Instant,
     ) -> Result<Forwarded, ClusterError> {
-        let connection = {
-            let mut forwards = self.forwards.lock().unwrap_or_else(|p| p.into_inner());
-            forwards
-                .entry((leader, Lane::of(command)))
-                .or_insert_with(|| {
-                    Arc::new(tokio::sync::Mutex::new(Connection::new(
-                        leader,
-                        node.raft_addr.clone(),
-                        self.faults.clone(),
-                    )))
-                })
-                .clone()
-        };
-        let mut connection = connection.lock().await;
+        let mut connection = self.connection(leader, node, Lane::of(command)).await;
         let remaining = deadline.saturating_duration_since(Instant::now());
         match connection
             .call(&Request::ClientWrite(command.clone()), remaining)
@@ -261,6 +264,43 @@ impl Cluster {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A free connection of `lane` to `leader`, or, when all are busy, the next one in turn
+    /// once it is free.
+    async fn connection(
+        &self,
+        leader: u64,
+        node: &NodeInfo,
+        lane: Lane,
+    ) -> tokio::sync::OwnedMutexGuard<Connection> {
+        let slots: Vec<SharedConnection> = {
+            let mut forwards = self.forwards.lock().unwrap_or_else(|p| p.into_inner());
+            (0..lane.connections())
+                .map(|slot| {
+                    forwards
+                        .entry((leader, lane, slot))
+                        .or_insert_with(|| {
+                            Arc::new(tokio::sync::Mutex::new(Connection::new(
+                                leader,
+                                node.raft_addr.clone(),
+                                self.faults.clone(),
+                            )))
+                        })
+                        .clone()
+                })
+                .collect()
+        };
+        for slot in &slots {
+            if let Ok(free) = Arc::clone(slot).try_lock_owned() {
+                return free;
+            }
+        }
+        let turn = self
+            .next_bulk
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % slots.len();
+        Arc::clone(&slots[turn]).lock_owned().await
     }
 
     /// Runs `f` on this node's applied state (possibly behind the leader by a few entries).

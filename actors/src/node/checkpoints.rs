@@ -7,12 +7,20 @@
 //! replaces its pending checkpoint. The backlog is bounded (`MAX_PENDING` keys); past it a
 //! new checkpoint is refused and counted, never blocking call handling. The backlog size is
 //! on `/health` and in `callgrid_checkpoint_backlog`; it drains by itself when quorum returns.
+//!
+//! Up to `MAX_IN_FLIGHT` batches are written at once (docs/PERFORMANCE.md, "Caps"): a new
+//! checkpoint goes out while earlier batches wait for their commit, instead of waiting for
+//! them first. Writes of different keys commute (each key carries its own version), so the
+//! only order to keep is per key: a key with a batch in flight is not taken into another
+//! until that batch is done, and its newer checkpoint waits in the backlog meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use cluster::Cluster;
@@ -22,6 +30,13 @@ use model::Command;
 pub const MAX_PENDING: usize = 50_000;
 /// Most commands in one Raft entry.
 pub const MAX_BATCH: usize = 512;
+/// Most batches written at once. Two: a checkpoint that arrives while a batch is being
+/// committed goes out at once instead of waiting for that commit (commit p50 8-9 ms → 6-7 ms
+/// at 10 writers per node, `callgrid bench raft`), and at saturation batches stay as large as
+/// with one in flight. Four halved the checkpoints per entry there and lost throughput to the
+/// per-entry costs (docs/PERFORMANCE.md). A follower forwards them on as many connections
+/// (`cluster::Cluster::write`).
+pub const MAX_IN_FLIGHT: usize = 2;
 
 /// Told when the checkpoint (or a newer one of its key) is committed.
 type Waiter = tokio::sync::oneshot::Sender<()>;
@@ -32,6 +47,8 @@ struct Pending {
     waiters: BTreeMap<String, Vec<Waiter>>,
     /// Keys in arrival order of their first pending write (oldest first).
     order: Vec<String>,
+    /// Keys of the batches being written: not taken again until their batch is done.
+    in_flight: HashSet<String>,
 }
 
 /// Handle to the writer task.
@@ -137,13 +154,32 @@ impl Checkpointer {
         self.degraded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The oldest pending checkpoints, up to `MAX_BATCH`, of keys with no batch in flight;
+    /// their keys are in flight from now until `release`.
     fn take_batch(&self) -> Vec<(String, Command)> {
+        let mut guard = self.pending.lock().expect("checkpoint lock");
+        let pending = &mut *guard;
+        let mut batch = Vec::new();
+        let mut waiting = Vec::new();
+        for key in pending.order.drain(..) {
+            if batch.len() == MAX_BATCH || pending.in_flight.contains(&key) {
+                waiting.push(key);
+            } else if let Some(command) = pending.by_key.remove(&key) {
+                pending.in_flight.insert(key.clone());
+                batch.push((key, command));
+            }
+        }
+        pending.order = waiting;
+        batch
+    }
+
+    /// The batch with these keys is done (committed, refused or failed): they may be taken
+    /// again.
+    fn release<'a>(&self, keys: impl IntoIterator<Item = &'a String>) {
         let mut pending = self.pending.lock().expect("checkpoint lock");
-        let n = pending.order.len().min(MAX_BATCH);
-        let keys: Vec<String> = pending.order.drain(..n).collect();
-        keys.into_iter()
-            .filter_map(|k| pending.by_key.remove(&k).map(|c| (k, c)))
-            .collect()
+        for key in keys {
+            pending.in_flight.remove(key);
+        }
     }
 
     /// The batch is committed: wake whoever waits on its keys (unless a newer checkpoint of
@@ -188,105 +224,169 @@ impl Checkpointer {
     }
 }
 
+/// One batch being written, and what its outcome is handled with.
+struct Written {
+    batch: Vec<(String, Command)>,
+    /// Keys of calls the cluster had never heard of when the batch was taken.
+    unknown: Vec<String>,
+    result: Result<model::Outcome, cluster::ClusterError>,
+}
+
+async fn write_batch(
+    cluster: Arc<Cluster>,
+    batch: Vec<(String, Command)>,
+    unknown: Vec<String>,
+) -> Written {
+    let command = if batch.len() == 1 {
+        batch[0].1.clone()
+    } else {
+        Command::Batch {
+            commands: batch.iter().map(|(_, c)| c.clone()).collect(),
+        }
+    };
+    let result = cluster.write(command).await;
+    Written {
+        batch,
+        unknown,
+        result,
+    }
+}
+
+/// Calls the cluster has never heard of (no checkpoint, no CDR) are still this node's after
+/// a rejoin (kept through the NodeDown): their pending writes, fenced with the old epoch, get
+/// the current one; a known call's stay as they are and are refused. Returns their keys.
+fn refence_unknown(cluster: &Cluster, batch: &mut [(String, Command)]) -> Vec<String> {
+    let node = cluster.node_id();
+    cluster.read(|s| {
+        let current = model::Fence {
+            node,
+            epoch: s.epoch(node),
+        };
+        let mut unknown = Vec::new();
+        for (key, command) in batch.iter_mut() {
+            let Some(id) = key.strip_prefix("call:") else {
+                continue;
+            };
+            if s.calls.contains_key(id) || s.cdrs.contains_key(id) {
+                continue;
+            }
+            unknown.push(key.clone());
+            if fence_of(command).is_some_and(|f| f != current) {
+                refence(command, current);
+            }
+        }
+        unknown
+    })
+}
+
 async fn run(me: std::sync::Weak<Checkpointer>, cluster: Arc<Cluster>) {
     let mut failures = 0u32;
     let node = cluster.node_id();
+    let mut writes = FuturesUnordered::new();
+    // After a failed write, no new batch starts before this (backing off while degraded).
+    let mut pause_until: Option<Instant> = None;
     loop {
         let Some(cp) = me.upgrade() else { return };
-        if cluster.read(|s| s.is_down(node)) {
-            // Declared down: anything written now is refused. Wait for the rejoin (the
-            // backlog is kept, and what belongs to calls this node keeps is re-fenced below).
-            drop(cp);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
-        let mut batch = cp.take_batch();
-        // Calls the cluster has never heard of (no checkpoint, no CDR) are still this node's
-        // after a rejoin (kept through the NodeDown): their pending writes, fenced with the old
-        // epoch, get the current one; a known call's stay as they are and are refused.
-        let unknown: Vec<String> = cluster.read(|s| {
-            let current = model::Fence {
-                node,
-                epoch: s.epoch(node),
-            };
-            let mut unknown = Vec::new();
-            for (key, command) in &mut batch {
-                let Some(id) = key.strip_prefix("call:") else {
-                    continue;
-                };
-                if s.calls.contains_key(id) || s.cdrs.contains_key(id) {
-                    continue;
+        // Declared down: anything written now is refused. Wait for the rejoin (the backlog is
+        // kept, and what belongs to calls this node keeps is re-fenced when it is taken).
+        let down = cluster.read(|s| s.is_down(node));
+        let paused = pause_until.is_some_and(|t| Instant::now() < t);
+        if !down && !paused {
+            while writes.len() < MAX_IN_FLIGHT {
+                let mut batch = cp.take_batch();
+                if batch.is_empty() {
+                    break;
                 }
-                unknown.push(key.clone());
-                if fence_of(command).is_some_and(|f| f != current) {
-                    refence(command, current);
-                }
+                let unknown = refence_unknown(&cluster, &mut batch);
+                writes.push(write_batch(Arc::clone(&cluster), batch, unknown));
             }
-            unknown
-        });
-        if batch.is_empty() {
-            let wake = Arc::clone(&cp.wake);
-            drop(cp);
-            // notify_one keeps a permit when nobody waits, so no wake-up is lost.
-            wake.notified().await;
-            continue;
         }
-        let commands: Vec<Command> = batch.iter().map(|(_, c)| c.clone()).collect();
-        let count = commands.len();
-        let command = if count == 1 {
-            commands.into_iter().next().expect("one command")
+        let wake = Arc::clone(&cp.wake);
+        drop(cp);
+        let may_start = !down && !paused && writes.len() < MAX_IN_FLIGHT;
+        let resume_at = if down {
+            Some(Instant::now() + Duration::from_millis(50))
+        } else if paused {
+            pause_until
         } else {
-            Command::Batch { commands }
+            None
         };
-        match cluster.write(command).await {
-            Ok(outcome) => {
-                if let Some(error) = outcome.error {
-                    // Independent checkpoints: a refused one (fenced: this node was declared
-                    // down) is not retried, and whoever waits on it is not told "committed"
-                    // (its receiver is dropped instead).
-                    debug!(%error, "a checkpoint in the batch was refused");
-                    let refused: Vec<String> = cluster.read(|s| {
-                        batch
-                            .iter()
-                            .filter(|(_, c)| fence_of(c).is_some_and(|f| s.fenced_out(f)))
-                            .map(|(k, _)| k.clone())
-                            .collect()
-                    });
-                    cp.refused(&refused);
-                    // A call nobody else knows must not lose its checkpoint or CDR: it is
-                    // written again once this node has rejoined (re-fenced above).
-                    let retry: Vec<(String, Command)> = batch
-                        .iter()
-                        .filter(|(k, _)| refused.contains(k) && unknown.contains(k))
-                        .cloned()
-                        .collect();
-                    if !retry.is_empty() {
-                        cp.restore(retry);
-                    }
-                    batch.retain(|(k, _)| !refused.contains(k));
+        tokio::select! {
+            Some(written) = writes.next(), if !writes.is_empty() => {
+                let Some(cp) = me.upgrade() else { return };
+                if let Some(backoff) = finish(&cp, &cluster, written, &mut failures) {
+                    pause_until = Some(Instant::now() + backoff);
                 }
-                failures = 0;
-                cp.committed(&batch);
-                cp.degraded
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                metrics::counter!("callgrid_checkpoints_committed_total").increment(count as u64);
-                metrics::histogram!("callgrid_checkpoint_batch_size").record(count as f64);
             }
-            Err(error) => {
-                failures += 1;
-                if failures == 1 {
-                    warn!(%error, count, "checkpoints not committed; keeping them (degraded)");
-                }
-                cp.degraded
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                cp.restore(batch);
-                drop(cp);
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
-                continue;
-            }
+            // notify_one keeps a permit when nobody waits, so no wake-up is lost.
+            _ = wake.notified(), if may_start => {}
+            _ = tokio::time::sleep_until(resume_at.unwrap_or_else(Instant::now)), if resume_at.is_some() => {}
         }
-        metrics::gauge!("callgrid_checkpoint_backlog").set(cp.backlog() as f64);
     }
+}
+
+/// Handles a finished write; returns how long to wait before the next batch when it failed.
+fn finish(
+    cp: &Checkpointer,
+    cluster: &Cluster,
+    written: Written,
+    failures: &mut u32,
+) -> Option<Duration> {
+    let Written {
+        mut batch,
+        unknown,
+        result,
+    } = written;
+    cp.release(batch.iter().map(|(k, _)| k));
+    let count = batch.len();
+    let backoff = match result {
+        Ok(outcome) => {
+            if let Some(error) = outcome.error {
+                // Independent checkpoints: a refused one (fenced: this node was declared
+                // down) is not retried, and whoever waits on it is not told "committed"
+                // (its receiver is dropped instead).
+                debug!(%error, "a checkpoint in the batch was refused");
+                let refused: Vec<String> = cluster.read(|s| {
+                    batch
+                        .iter()
+                        .filter(|(_, c)| fence_of(c).is_some_and(|f| s.fenced_out(f)))
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                });
+                cp.refused(&refused);
+                // A call nobody else knows must not lose its checkpoint or CDR: it is
+                // written again once this node has rejoined (re-fenced when taken).
+                let retry: Vec<(String, Command)> = batch
+                    .iter()
+                    .filter(|(k, _)| refused.contains(k) && unknown.contains(k))
+                    .cloned()
+                    .collect();
+                if !retry.is_empty() {
+                    cp.restore(retry);
+                }
+                batch.retain(|(k, _)| !refused.contains(k));
+            }
+            *failures = 0;
+            cp.committed(&batch);
+            cp.degraded
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("callgrid_checkpoints_committed_total").increment(count as u64);
+            metrics::histogram!("callgrid_checkpoint_batch_size").record(count as f64);
+            None
+        }
+        Err(error) => {
+            *failures += 1;
+            if *failures == 1 {
+                warn!(%error, count, "checkpoints not committed; keeping them (degraded)");
+            }
+            cp.degraded
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            cp.restore(batch);
+            Some(Duration::from_millis(100 * u64::from((*failures).min(10))))
+        }
+    };
+    metrics::gauge!("callgrid_checkpoint_backlog").set(cp.backlog() as f64);
+    backoff
 }
 
 #[cfg(test)]
@@ -357,12 +457,69 @@ mod tests {
     }
 
     #[test]
+    fn a_key_in_flight_is_not_taken_again_until_released() {
+        let c = cp();
+        c.submit(session("1001", 1));
+        let first = c.take_batch();
+        assert_eq!(first.len(), 1);
+        c.submit(session("1001", 2));
+        c.submit(session("1002", 1));
+        let second = c.take_batch();
+        assert_eq!(
+            second,
+            vec![("agent:gd/1002".to_string(), session("1002", 1))],
+            "another key goes out beside the batch in flight; 1001's newer one waits"
+        );
+        assert_eq!(c.backlog(), 1);
+        assert!(c.take_batch().is_empty(), "nothing else may go out yet");
+        c.release(first.iter().map(|(k, _)| k));
+        c.committed(&first);
+        assert_eq!(
+            c.take_batch(),
+            vec![("agent:gd/1001".to_string(), session("1001", 2))],
+            "once its batch is done, the key's newer checkpoint goes out"
+        );
+    }
+
+    #[test]
+    fn a_waiter_is_told_only_when_the_newest_checkpoint_commits() {
+        let c = cp();
+        let mut first = c.submit_waiting(session("1001", 1));
+        let batch = c.take_batch();
+        let mut second = c.submit_waiting(session("1001", 2));
+        c.release(batch.iter().map(|(k, _)| k));
+        c.committed(&batch);
+        assert!(
+            first.try_recv().is_err(),
+            "a newer checkpoint is still pending"
+        );
+        let batch = c.take_batch();
+        c.release(batch.iter().map(|(k, _)| k));
+        c.committed(&batch);
+        assert!(first.try_recv().is_ok());
+        assert!(second.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_batch() {
+        let c = cp();
+        for n in 0..MAX_BATCH + 3 {
+            c.submit(session(&format!("{}", 1000 + n), 1));
+        }
+        assert_eq!(c.take_batch().len(), MAX_BATCH);
+        let rest = c.take_batch();
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[0].0, format!("agent:gd/{}", 1000 + MAX_BATCH));
+    }
+
+    #[test]
     fn a_failed_batch_goes_back_unless_superseded() {
         let c = cp();
         c.submit(session("1001", 1));
         c.submit(session("1002", 1));
         let batch = c.take_batch();
         c.submit(session("1002", 5));
+        c.release(batch.iter().map(|(k, _)| k));
         c.restore(batch);
         let again = c.take_batch();
         assert_eq!(again.len(), 2);
