@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod sample;
 pub mod script;
 pub mod state;
+mod tagged;
 
 pub use config::*;
 pub use flow::*;

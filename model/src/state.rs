@@ -12,11 +12,14 @@ use crate::flow::Flow;
 use crate::ids::*;
 use crate::runtime::*;
 use crate::script::*;
+use crate::tagged::internally_tagged;
 
+internally_tagged! {
+tag = "op", rename_all = "snake_case", twin = CommandFields;
 /// One replicated command. One Raft entry carries one command; `Batch` carries many
-/// (checkpoint batching, DESIGN.md "Replicated state").
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "op")]
+/// (checkpoint batching, DESIGN.md "Replicated state"). Encoded `{"op": "put_call", ...}`,
+/// and decoded without buffering when `op` comes first, as serde writes it (`crate::tagged`).
+#[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     Create {
         item: ConfigItem,
@@ -94,6 +97,7 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+}
 }
 
 /// Why a command was not applied.
