@@ -7,9 +7,10 @@
 // openraft's `StorageError` is large and its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -23,11 +24,109 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
-/// The Raft log of one node. Cheap to clone: clones share the database (the clone handed out
-/// by `get_log_reader` reads the same log).
+/// The Raft log of one node. Cheap to clone: clones share the database and the recent
+/// entries (the clone handed out by `get_log_reader` reads the same log).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Db>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// Most bytes (of their stored encoding) of recent entries kept decoded: about half a second
+/// of the log at the raft bench's saturation, so that the reads that follow an append find
+/// their entries here.
+pub const RECENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The last appended entries, a contiguous run of indexes, each with its encoded size. It
+/// mirrors the stored log's tail: appends, truncations and purges apply to both.
+#[derive(Debug, Default)]
+struct Recent {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, entry: Entry, size: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.get_log_id().index + 1 == entry.get_log_id().index);
+        if !follows {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.entries.push_back((entry, size));
+        while self.bytes > RECENT_BYTES && self.entries.len() > 1 {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Forgets entries from index `from` on.
+    fn truncate(&mut self, from: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.get_log_id().index >= from)
+        {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Forgets entries up to index `upto`.
+    fn purge(&mut self, upto: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(e, _)| e.get_log_id().index <= upto)
+        {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Entries `start..end` as the database would give them, within `max_bytes` of encoding
+    /// (never overshot, never empty), if every one of them is kept here; else None.
+    fn get(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.get_log_id().index;
+        let last = self.entries.back()?.0.get_log_id().index;
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (entry, size) in self
+            .entries
+            .range((start - first) as usize..(end - first) as usize)
+        {
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push(entry.clone());
+        }
+        Some(out)
+    }
+}
+
+/// `range` as `start..end`, end excluded; None when it cannot be (an overflow).
+fn half_open(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
+    let start = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&i) => i.checked_add(1)?,
+        Bound::Excluded(&i) => i,
+        Bound::Unbounded => return None,
+    };
+    Some((start, end))
 }
 
 fn io_error(
@@ -40,7 +139,14 @@ fn io_error(
 
 impl LogStore {
     pub fn new(db: Arc<Db>) -> LogStore {
-        LogStore { db }
+        LogStore {
+            db,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True when this node has never voted nor stored a log entry or snapshot: a brand new
@@ -85,6 +191,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
+        if let Some((start, end)) = half_open(&range) {
+            if let Some(entries) = self.recent().get(start, end, usize::MAX) {
+                return Ok(entries);
+            }
+        }
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
         let raw = self
@@ -106,6 +217,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, RaftStorageError> {
+        if let Some(entries) = self.recent().get(start, end, MAX_APPEND_BYTES) {
+            return Ok(entries);
+        }
         let raw = self
             .db
             .read_logs_upto(
@@ -172,6 +286,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
+        let mut decoded = Vec::new();
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(|e| {
                 RaftStorageError::from(StorageIOError::write_log_entry(
@@ -179,12 +294,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     AnyError::new(&e),
                 ))
             })?;
-            encoded.push((entry.get_log_id().index, bytes));
+            decoded.push((entry, bytes.len()));
+            encoded.push((decoded[decoded.len() - 1].0.get_log_id().index, bytes));
         }
         // `append_logs` returns only after the WAL is synced; only then may openraft count
         // these entries as durable.
         match self.db.append_logs(encoded) {
             Ok(()) => {
+                let mut recent = self.recent();
+                for (entry, size) in decoded {
+                    recent.push(entry, size);
+                }
+                drop(recent);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -197,6 +318,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         tracing::debug!(index = log_id.index, "truncating the raft log");
+        self.recent().truncate(log_id.index);
         self.db
             .delete_logs_from(log_id.index)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
@@ -204,10 +326,106 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         tracing::debug!(index = log_id.index, "purging the raft log");
+        self.recent().purge(log_id.index);
         let value = serde_json::to_vec(&log_id)
             .map_err(|e| RaftStorageError::from(StorageIOError::write_logs(AnyError::new(&e))))?;
         self.db
             .purge_logs_upto(log_id.index, KEY_LAST_PURGED, &value)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|e| e.iter().map(|e| e.get_log_id().index).collect())
+    }
+
+    fn recent(range: std::ops::RangeInclusive<u64>, size: usize) -> Recent {
+        let mut recent = Recent::default();
+        for i in range {
+            recent.push(entry(i), size);
+        }
+        recent
+    }
+
+    #[test]
+    fn serves_only_ranges_it_holds_whole() {
+        let r = recent(5..=9, 10);
+        assert_eq!(indexes(r.get(5, 10, usize::MAX)), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(r.get(7, 9, usize::MAX)), Some(vec![7, 8]));
+        assert_eq!(
+            r.get(4, 8, usize::MAX),
+            None,
+            "index 4 is only in the database"
+        );
+        assert_eq!(
+            r.get(8, 11, usize::MAX),
+            None,
+            "index 10 does not exist here"
+        );
+        assert_eq!(r.get(8, 8, usize::MAX), None);
+        assert_eq!(Recent::default().get(0, 1, usize::MAX), None);
+    }
+
+    #[test]
+    fn keeps_the_byte_budget_of_a_limited_read() {
+        let r = recent(1..=6, 100);
+        assert_eq!(
+            indexes(r.get(1, 7, 250)),
+            Some(vec![1, 2]),
+            "never overshot"
+        );
+        assert_eq!(indexes(r.get(3, 7, 50)), Some(vec![3]), "never empty");
+    }
+
+    #[test]
+    fn follows_truncation_purge_and_gaps() {
+        let mut r = recent(1..=6, 10);
+        r.truncate(4);
+        assert_eq!(indexes(r.get(1, 4, usize::MAX)), Some(vec![1, 2, 3]));
+        assert_eq!(r.get(1, 5, usize::MAX), None, "4 was truncated");
+        r.push(entry(4), 10);
+        assert_eq!(indexes(r.get(3, 5, usize::MAX)), Some(vec![3, 4]));
+        r.purge(2);
+        assert_eq!(r.get(2, 4, usize::MAX), None, "2 was purged");
+        assert_eq!(r.bytes, 20);
+        r.push(entry(9), 10);
+        assert_eq!(r.get(3, 5, usize::MAX), None, "a gap starts the run anew");
+        assert_eq!(indexes(r.get(9, 10, usize::MAX)), Some(vec![9]));
+        assert_eq!(r.bytes, 10);
+    }
+
+    #[test]
+    fn forgets_the_oldest_past_its_bound() {
+        let size = RECENT_BYTES / 4;
+        let r = recent(1..=6, size);
+        assert_eq!(r.bytes, 4 * size);
+        assert_eq!(indexes(r.get(3, 7, usize::MAX)), Some(vec![3, 4, 5, 6]));
+        assert_eq!(r.get(2, 7, usize::MAX), None);
+        let huge = recent(1..=2, RECENT_BYTES * 2);
+        assert_eq!(
+            indexes(huge.get(2, 3, usize::MAX)),
+            Some(vec![2]),
+            "the last entry is kept however large"
+        );
+    }
+
+    #[test]
+    fn ranges_become_half_open() {
+        assert_eq!(half_open(&(3..7)), Some((3, 7)));
+        assert_eq!(half_open(&(3..=7)), Some((3, 8)));
+        assert_eq!(half_open(&(..7)), Some((0, 7)));
+        assert_eq!(half_open(&(3..)), None);
+        assert_eq!(half_open(&(0..=u64::MAX)), None);
     }
 }
