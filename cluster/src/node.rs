@@ -183,13 +183,22 @@ impl Cluster {
     /// A rejected command is an `Ok(Outcome)` with an error; `Err` means it may not have been
     /// replicated (no leader, timeout, network).
     pub async fn write(&self, command: model::Command) -> Result<model::Outcome, ClusterError> {
+        self.write_shared(Arc::new(command)).await
+    }
+
+    /// `write` of a command the caller keeps too: a forwarded write is sent from it, and only
+    /// a write on the leader (openraft takes the command) clones it.
+    pub async fn write_shared(
+        &self,
+        command: Arc<model::Command>,
+    ) -> Result<model::Outcome, ClusterError> {
         let started = Instant::now();
         let deadline = started + WRITE_TIMEOUT;
         loop {
             let metrics = self.raft.metrics().borrow().clone();
             match metrics.current_leader {
                 Some(leader) if leader == self.node_id => {
-                    let written = timeout_at(deadline, self.raft.client_write(command.clone()))
+                    let written = timeout_at(deadline, self.raft.client_write((*command).clone()))
                         .await
                         .map_err(|_| ClusterError::Timeout {
                             doing: "committing a write",
@@ -235,13 +244,13 @@ impl Cluster {
         &self,
         leader: u64,
         node: &NodeInfo,
-        command: &model::Command,
+        command: &Arc<model::Command>,
         deadline: Instant,
     ) -> Result<Forwarded, ClusterError> {
         let mut connection = self.connection(leader, node, Lane::of(command)).await;
         let remaining = deadline.saturating_duration_since(Instant::now());
         match connection
-            .call(&Request::ClientWrite(command.clone()), remaining)
+            .call(&Request::ClientWrite(Arc::clone(command)), remaining)
             .await
         {
             Ok(Response::ClientWrite(Ok(outcome))) => Ok(Forwarded::Done(outcome)),

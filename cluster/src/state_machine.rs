@@ -34,11 +34,13 @@ pub const APPLIED_CHANNEL_CAPACITY: usize = 4096;
 
 /// One normal entry this node has applied, in log order; or a snapshot installed from the
 /// leader (`snapshot`, with an empty `Batch` as command), which replaced the state without
-/// per-command events: subscribers must re-read the state.
+/// per-command events: subscribers must re-read the state. The command is shared: the
+/// channel hands every subscriber its own `Applied`, and a batch of hundreds of checkpoints
+/// cloned per subscriber was a tenth of a follower's CPU under load (docs/PERFORMANCE.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Applied {
     pub index: u64,
-    pub command: model::Command,
+    pub command: Arc<model::Command>,
     pub snapshot: bool,
 }
 
@@ -262,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     // No receivers is fine: nobody is following yet.
                     let _ = self.applied_tx.send(Applied {
                         index: log_id.index,
-                        command,
+                        command: Arc::new(command),
                         snapshot: false,
                     });
                 }
@@ -324,9 +326,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
         let _ = self.applied_tx.send(Applied {
             index: meta.last_log_id.map(|id| id.index).unwrap_or(0),
-            command: model::Command::Batch {
+            command: Arc::new(model::Command::Batch {
                 commands: Vec::new(),
-            },
+            }),
             snapshot: true,
         });
         Ok(())

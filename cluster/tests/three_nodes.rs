@@ -112,7 +112,7 @@ async fn three_nodes_forward_reject_and_restart() -> Result<()> {
         let applied = tokio::time::timeout(APPLY, subscription.recv())
             .await
             .with_context(|| format!("node {} applied within {APPLY:?}", node.node_id()))??;
-        assert_eq!(applied.command, create);
+        assert_eq!(*applied.command, create);
         assert!(has_tenant(node), "node {} lacks the tenant", node.node_id());
     }
 

@@ -175,7 +175,7 @@ impl Checkpointer {
 
     /// The batch with these keys is done (committed, refused or failed): they may be taken
     /// again.
-    fn release<'a>(&self, keys: impl IntoIterator<Item = &'a String>) {
+    fn release(&self, keys: &[String]) {
         let mut pending = self.pending.lock().expect("checkpoint lock");
         for key in keys {
             pending.in_flight.remove(key);
@@ -184,9 +184,9 @@ impl Checkpointer {
 
     /// The batch is committed: wake whoever waits on its keys (unless a newer checkpoint of
     /// the key is pending again: they wait for that one).
-    fn committed(&self, batch: &[(String, Command)]) {
+    fn committed(&self, keys: &[String]) {
         let mut pending = self.pending.lock().expect("checkpoint lock");
-        for (key, _) in batch {
+        for key in keys {
             if pending.by_key.contains_key(key) {
                 continue;
             }
@@ -226,10 +226,24 @@ impl Checkpointer {
 
 /// One batch being written, and what its outcome is handled with.
 struct Written {
-    batch: Vec<(String, Command)>,
+    /// The checkpoints' keys, in the order of their commands in `command`.
+    keys: Vec<String>,
+    /// The batch (or its one checkpoint), shared with the cluster's write: not cloned.
+    command: Arc<Command>,
     /// Keys of calls the cluster had never heard of when the batch was taken.
     unknown: Vec<String>,
     result: Result<model::Outcome, cluster::ClusterError>,
+}
+
+impl Written {
+    /// Each key with its checkpoint.
+    fn checkpoints(&self) -> impl Iterator<Item = (&String, &Command)> {
+        let commands = match &*self.command {
+            Command::Batch { commands } => commands.as_slice(),
+            single => std::slice::from_ref(single),
+        };
+        self.keys.iter().zip(commands)
+    }
 }
 
 async fn write_batch(
@@ -237,16 +251,16 @@ async fn write_batch(
     batch: Vec<(String, Command)>,
     unknown: Vec<String>,
 ) -> Written {
-    let command = if batch.len() == 1 {
-        batch[0].1.clone()
+    let (keys, mut commands): (Vec<String>, Vec<Command>) = batch.into_iter().unzip();
+    let command = Arc::new(if commands.len() == 1 {
+        commands.pop().expect("one command")
     } else {
-        Command::Batch {
-            commands: batch.iter().map(|(_, c)| c.clone()).collect(),
-        }
-    };
-    let result = cluster.write(command).await;
+        Command::Batch { commands }
+    });
+    let result = cluster.write_shared(Arc::clone(&command)).await;
     Written {
-        batch,
+        keys,
+        command,
         unknown,
         result,
     }
@@ -332,23 +346,19 @@ fn finish(
     written: Written,
     failures: &mut u32,
 ) -> Option<Duration> {
-    let Written {
-        mut batch,
-        unknown,
-        result,
-    } = written;
-    cp.release(batch.iter().map(|(k, _)| k));
-    let count = batch.len();
-    let backoff = match result {
+    cp.release(&written.keys);
+    let count = written.keys.len();
+    let backoff = match &written.result {
         Ok(outcome) => {
-            if let Some(error) = outcome.error {
+            let mut committed = written.keys.clone();
+            if let Some(error) = &outcome.error {
                 // Independent checkpoints: a refused one (fenced: this node was declared
                 // down) is not retried, and whoever waits on it is not told "committed"
                 // (its receiver is dropped instead).
                 debug!(%error, "a checkpoint in the batch was refused");
                 let refused: Vec<String> = cluster.read(|s| {
-                    batch
-                        .iter()
+                    written
+                        .checkpoints()
                         .filter(|(_, c)| fence_of(c).is_some_and(|f| s.fenced_out(f)))
                         .map(|(k, _)| k.clone())
                         .collect()
@@ -356,18 +366,18 @@ fn finish(
                 cp.refused(&refused);
                 // A call nobody else knows must not lose its checkpoint or CDR: it is
                 // written again once this node has rejoined (re-fenced when taken).
-                let retry: Vec<(String, Command)> = batch
-                    .iter()
-                    .filter(|(k, _)| refused.contains(k) && unknown.contains(k))
-                    .cloned()
+                let retry: Vec<(String, Command)> = written
+                    .checkpoints()
+                    .filter(|(k, _)| refused.contains(k) && written.unknown.contains(k))
+                    .map(|(k, c)| (k.clone(), c.clone()))
                     .collect();
                 if !retry.is_empty() {
                     cp.restore(retry);
                 }
-                batch.retain(|(k, _)| !refused.contains(k));
+                committed.retain(|k| !refused.contains(k));
             }
             *failures = 0;
-            cp.committed(&batch);
+            cp.committed(&committed);
             cp.degraded
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("callgrid_checkpoints_committed_total").increment(count as u64);
@@ -381,6 +391,10 @@ fn finish(
             }
             cp.degraded
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            let batch = written
+                .checkpoints()
+                .map(|(k, c)| (k.clone(), c.clone()))
+                .collect();
             cp.restore(batch);
             Some(Duration::from_millis(100 * u64::from((*failures).min(10))))
         }
@@ -410,6 +424,10 @@ mod tests {
                 fence: None,
             },
         }
+    }
+
+    fn keys(batch: &[(String, Command)]) -> Vec<String> {
+        batch.iter().map(|(k, _)| k.clone()).collect()
     }
 
     fn cp() -> Checkpointer {
@@ -445,7 +463,7 @@ mod tests {
         let mut accepted = c.submit_waiting(session("1002", 1));
         let batch = c.take_batch();
         c.refused(&["agent:gd/1001".to_string()]);
-        c.committed(&batch[1..]);
+        c.committed(&keys(&batch[1..]));
         assert!(
             matches!(
                 refused.try_recv(),
@@ -472,8 +490,8 @@ mod tests {
         );
         assert_eq!(c.backlog(), 1);
         assert!(c.take_batch().is_empty(), "nothing else may go out yet");
-        c.release(first.iter().map(|(k, _)| k));
-        c.committed(&first);
+        c.release(&keys(&first));
+        c.committed(&keys(&first));
         assert_eq!(
             c.take_batch(),
             vec![("agent:gd/1001".to_string(), session("1001", 2))],
@@ -487,15 +505,15 @@ mod tests {
         let mut first = c.submit_waiting(session("1001", 1));
         let batch = c.take_batch();
         let mut second = c.submit_waiting(session("1001", 2));
-        c.release(batch.iter().map(|(k, _)| k));
-        c.committed(&batch);
+        c.release(&keys(&batch));
+        c.committed(&keys(&batch));
         assert!(
             first.try_recv().is_err(),
             "a newer checkpoint is still pending"
         );
         let batch = c.take_batch();
-        c.release(batch.iter().map(|(k, _)| k));
-        c.committed(&batch);
+        c.release(&keys(&batch));
+        c.committed(&keys(&batch));
         assert!(first.try_recv().is_ok());
         assert!(second.try_recv().is_ok());
     }
@@ -519,7 +537,7 @@ mod tests {
         c.submit(session("1002", 1));
         let batch = c.take_batch();
         c.submit(session("1002", 5));
-        c.release(batch.iter().map(|(k, _)| k));
+        c.release(&keys(&batch));
         c.restore(batch);
         let again = c.take_batch();
         assert_eq!(again.len(), 2);

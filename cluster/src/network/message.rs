@@ -5,6 +5,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::TypeConfig;
@@ -15,8 +17,9 @@ pub enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A follower forwards a client write to the node it believes is the leader.
-    ClientWrite(model::Command),
+    /// A follower forwards a client write to the node it believes is the leader (shared:
+    /// the sender keeps the command for a retry without cloning it).
+    ClientWrite(Arc<model::Command>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

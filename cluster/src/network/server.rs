@@ -1,6 +1,8 @@
 //! The server side of the Raft transport: accept connections on `raft_addr`, one task per
 //! connection, each answering request frames in order.
 
+use std::sync::Arc;
+
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -65,7 +67,11 @@ async fn handle(raft: &Raft, request: Request) -> Response {
         Request::InstallSnapshot(rpc) => {
             Response::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
-        Request::ClientWrite(command) => Response::ClientWrite(local_write(raft, command).await),
+        Request::ClientWrite(command) => {
+            // Just decoded, so nobody else holds it: unwrapping does not clone.
+            let command = Arc::try_unwrap(command).unwrap_or_else(|shared| (*shared).clone());
+            Response::ClientWrite(local_write(raft, command).await)
+        }
     }
 }
 
