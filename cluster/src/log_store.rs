@@ -29,7 +29,7 @@ const KEY_LAST_PURGED: &str = "last_purged";
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Db>,
-    recent: Arc<Mutex<Recent>>,
+    recent: EncodedEntries,
 }
 
 /// Most bytes (of their stored encoding) of recent entries kept decoded: about half a second
@@ -37,16 +37,48 @@ pub struct LogStore {
 /// their entries here.
 pub const RECENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// The last appended entries, a contiguous run of indexes, each with its encoded size. It
+/// The last appended entries, a contiguous run of indexes, each with its stored encoding. It
 /// mirrors the stored log's tail: appends, truncations and purges apply to both.
 #[derive(Debug, Default)]
-struct Recent {
-    entries: VecDeque<(Entry, usize)>,
+pub(crate) struct Recent {
+    entries: VecDeque<(Entry, Arc<[u8]>)>,
     bytes: usize,
 }
 
+/// The recent entries' encodings, for the transport: an AppendEntries carries entries as
+/// they are stored (`network::client`), so the leader encodes each entry once, not once per
+/// follower. Shared with the log store it comes from.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedEntries(Arc<Mutex<Recent>>);
+
+impl EncodedEntries {
+    /// Keeps entries just appended, with their stored encodings.
+    pub(crate) fn keep(&self, appended: Vec<(Entry, Arc<[u8]>)>) {
+        let mut recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (entry, encoded) in appended {
+            recent.push(entry, encoded);
+        }
+    }
+
+    /// The stored encoding of each entry, if every one is kept (same log id, not just the
+    /// same index).
+    pub fn of(&self, entries: &[Entry]) -> Option<Vec<Arc<[u8]>>> {
+        let recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let first = recent.entries.front()?.0.get_log_id().index;
+        entries
+            .iter()
+            .map(|entry| {
+                let at = entry.get_log_id().index.checked_sub(first)?;
+                let (kept, bytes) = recent.entries.get(usize::try_from(at).ok()?)?;
+                (kept.get_log_id() == entry.get_log_id()).then(|| Arc::clone(bytes))
+            })
+            .collect()
+    }
+}
+
 impl Recent {
-    fn push(&mut self, entry: Entry, size: usize) {
+    fn push(&mut self, entry: Entry, encoded: Arc<[u8]>) {
+        let size = encoded.len();
         let follows = self
             .entries
             .back()
@@ -56,10 +88,10 @@ impl Recent {
             self.bytes = 0;
         }
         self.bytes += size;
-        self.entries.push_back((entry, size));
+        self.entries.push_back((entry, encoded));
         while self.bytes > RECENT_BYTES && self.entries.len() > 1 {
-            if let Some((_, size)) = self.entries.pop_front() {
-                self.bytes -= size;
+            if let Some((_, encoded)) = self.entries.pop_front() {
+                self.bytes -= encoded.len();
             }
         }
     }
@@ -71,8 +103,8 @@ impl Recent {
             .back()
             .is_some_and(|(e, _)| e.get_log_id().index >= from)
         {
-            if let Some((_, size)) = self.entries.pop_back() {
-                self.bytes -= size;
+            if let Some((_, encoded)) = self.entries.pop_back() {
+                self.bytes -= encoded.len();
             }
         }
     }
@@ -84,8 +116,8 @@ impl Recent {
             .front()
             .is_some_and(|(e, _)| e.get_log_id().index <= upto)
         {
-            if let Some((_, size)) = self.entries.pop_front() {
-                self.bytes -= size;
+            if let Some((_, encoded)) = self.entries.pop_front() {
+                self.bytes -= encoded.len();
             }
         }
     }
@@ -100,14 +132,14 @@ impl Recent {
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (entry, size) in self
+        for (entry, encoded) in self
             .entries
             .range((start - first) as usize..(end - first) as usize)
         {
-            if !out.is_empty() && bytes + size > max_bytes {
+            if !out.is_empty() && bytes + encoded.len() > max_bytes {
                 break;
             }
-            bytes += size;
+            bytes += encoded.len();
             out.push(entry.clone());
         }
         Some(out)
@@ -141,12 +173,17 @@ impl LogStore {
     pub fn new(db: Arc<Db>) -> LogStore {
         LogStore {
             db,
-            recent: Arc::default(),
+            recent: EncodedEntries::default(),
         }
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+        self.recent.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The encodings of the entries this store appended last, for the transport.
+    pub fn encoded(&self) -> EncodedEntries {
+        self.recent.clone()
     }
 
     /// True when this node has never voted nor stored a log entry or snapshot: a brand new
@@ -294,18 +331,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     AnyError::new(&e),
                 ))
             })?;
-            decoded.push((entry, bytes.len()));
-            encoded.push((decoded[decoded.len() - 1].0.get_log_id().index, bytes));
+            let bytes: Arc<[u8]> = bytes.into();
+            encoded.push((entry.get_log_id().index, Arc::clone(&bytes)));
+            decoded.push((entry, bytes));
         }
         // `append_logs` returns only after the WAL is synced; only then may openraft count
         // these entries as durable.
         match self.db.append_logs(encoded) {
             Ok(()) => {
-                let mut recent = self.recent();
-                for (entry, size) in decoded {
-                    recent.push(entry, size);
-                }
-                drop(recent);
+                self.recent.keep(decoded);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -350,10 +384,14 @@ mod tests {
         entries.map(|e| e.iter().map(|e| e.get_log_id().index).collect())
     }
 
+    fn bytes(size: usize) -> Arc<[u8]> {
+        vec![b' '; size].into()
+    }
+
     fn recent(range: std::ops::RangeInclusive<u64>, size: usize) -> Recent {
         let mut recent = Recent::default();
         for i in range {
-            recent.push(entry(i), size);
+            recent.push(entry(i), bytes(size));
         }
         recent
     }
@@ -394,12 +432,12 @@ mod tests {
         r.truncate(4);
         assert_eq!(indexes(r.get(1, 4, usize::MAX)), Some(vec![1, 2, 3]));
         assert_eq!(r.get(1, 5, usize::MAX), None, "4 was truncated");
-        r.push(entry(4), 10);
+        r.push(entry(4), bytes(10));
         assert_eq!(indexes(r.get(3, 5, usize::MAX)), Some(vec![3, 4]));
         r.purge(2);
         assert_eq!(r.get(2, 4, usize::MAX), None, "2 was purged");
         assert_eq!(r.bytes, 20);
-        r.push(entry(9), 10);
+        r.push(entry(9), bytes(10));
         assert_eq!(r.get(3, 5, usize::MAX), None, "a gap starts the run anew");
         assert_eq!(indexes(r.get(9, 10, usize::MAX)), Some(vec![9]));
         assert_eq!(r.bytes, 10);
@@ -412,12 +450,37 @@ mod tests {
         assert_eq!(r.bytes, 4 * size);
         assert_eq!(indexes(r.get(3, 7, usize::MAX)), Some(vec![3, 4, 5, 6]));
         assert_eq!(r.get(2, 7, usize::MAX), None);
-        let huge = recent(1..=2, RECENT_BYTES * 2);
+        let huge = recent(1..=2, RECENT_BYTES + 1);
         assert_eq!(
             indexes(huge.get(2, 3, usize::MAX)),
             Some(vec![2]),
             "the last entry is kept however large"
         );
+    }
+
+    #[test]
+    fn hands_out_encodings_only_of_the_same_entries() {
+        let encoded = EncodedEntries::default();
+        {
+            let mut r = encoded.0.lock().unwrap();
+            for i in 3..=5 {
+                r.push(entry(i), format!("{{\"e\":{i}}}").into_bytes().into());
+            }
+        }
+        let got = encoded.of(&[entry(4), entry(5)]).expect("both kept");
+        assert_eq!(&*got[0], b"{\"e\":4}");
+        assert_eq!(&*got[1], b"{\"e\":5}");
+        assert!(encoded.of(&[entry(2)]).is_none(), "before the kept run");
+        assert!(encoded.of(&[entry(5), entry(6)]).is_none(), "past it");
+        let other_term = Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), 4),
+            payload: openraft::EntryPayload::Blank,
+        };
+        assert!(
+            encoded.of(&[other_term]).is_none(),
+            "same index, another entry"
+        );
+        assert_eq!(encoded.of(&[]), Some(vec![]));
     }
 
     #[test]

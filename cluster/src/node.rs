@@ -129,7 +129,7 @@ impl Cluster {
             .await
             .map_err(|source| ClusterError::Bind { addr, source })?;
         let faults = FaultTable::default();
-        let network = NetworkFactory::new(faults.clone());
+        let network = NetworkFactory::new(faults.clone(), log_store.encoded());
         let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -167,7 +167,7 @@ impl Cluster {
     ) -> Result<model::Outcome, ClusterError> {
         let written = timeout_at(
             Instant::now() + WRITE_TIMEOUT,
-            self.raft.client_write(command),
+            self.raft.client_write(Arc::new(command)),
         )
         .await
         .map_err(|_| ClusterError::Timeout {
@@ -186,8 +186,7 @@ impl Cluster {
         self.write_shared(Arc::new(command)).await
     }
 
-    /// `write` of a command the caller keeps too: a forwarded write is sent from it, and only
-    /// a write on the leader (openraft takes the command) clones it.
+    /// `write` of a command the caller keeps too (never cloned: the Raft entry shares it).
     pub async fn write_shared(
         &self,
         command: Arc<model::Command>,
@@ -198,12 +197,13 @@ impl Cluster {
             let metrics = self.raft.metrics().borrow().clone();
             match metrics.current_leader {
                 Some(leader) if leader == self.node_id => {
-                    let written = timeout_at(deadline, self.raft.client_write((*command).clone()))
-                        .await
-                        .map_err(|_| ClusterError::Timeout {
-                            doing: "committing a write",
-                            after: WRITE_TIMEOUT,
-                        })?;
+                    let written =
+                        timeout_at(deadline, self.raft.client_write(Arc::clone(&command)))
+                            .await
+                            .map_err(|_| ClusterError::Timeout {
+                                doing: "committing a write",
+                                after: WRITE_TIMEOUT,
+                            })?;
                     match written {
                         Ok(response) => {
                             tracing::debug!(node = self.node_id, index = response.log_id.index, elapsed = ?started.elapsed(), "write committed");

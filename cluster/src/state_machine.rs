@@ -264,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     // No receivers is fine: nobody is following yet.
                     let _ = self.applied_tx.send(Applied {
                         index: log_id.index,
-                        command: Arc::new(command),
+                        command,
                         snapshot: false,
                     });
                 }

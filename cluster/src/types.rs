@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
     /// callgrid's Raft types: entries carry `model::Command`, applying one yields `model::Outcome`.
+    /// The command is shared (`Arc`): openraft clones entries as it reads them back for
+    /// replication and apply, and the writer, the log store's recent entries and the applied
+    /// events all hold the same one (the encoding is the command's, as if unshared).
     pub TypeConfig:
-        D = model::Command,
+        D = std::sync::Arc<model::Command>,
         R = model::Outcome,
         NodeId = u64,
         Node = NodeInfo,

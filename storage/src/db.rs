@@ -121,9 +121,10 @@ impl Db {
 
     /// Appends (or overwrites) log entries, already encoded, in one synced batch: when this
     /// returns `Ok`, every entry survives a crash.
-    pub fn append_logs<I>(&self, entries: I) -> Result<(), StorageError>
+    pub fn append_logs<I, V>(&self, entries: I) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = (u64, Vec<u8>)>,
+        I: IntoIterator<Item = (u64, V)>,
+        V: AsRef<[u8]>,
     {
         let cf = self.cf(CF_LOGS)?;
         let mut batch = WriteBatch::default();

@@ -14,8 +14,9 @@ use openraft::raft::{
 use tokio::net::TcpStream;
 
 use super::fault::{Fault, FaultTable};
-use super::frame::{read_frame, write_frame, FrameError};
-use super::message::{Request, Response};
+use super::frame::{encode_frame, read_frame, write_encoded, FrameError};
+use super::message::{append_entries_frame, Request, Response};
+use crate::log_store::EncodedEntries;
 use crate::types::{NodeInfo, TypeConfig};
 
 /// Deadline of an append-entries or vote RPC (connect included).
@@ -80,6 +81,16 @@ impl Connection {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, CallError> {
+        let frame = encode_frame(request).map_err(|source| self.transport(source))?;
+        self.call_frame(&frame, timeout).await
+    }
+
+    /// `call` with the request already encoded as a frame.
+    pub async fn call_frame(
+        &mut self,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
         match self.faults.get(self.peer) {
             Some(Fault::Drop) => {
                 return Err(self.unreachable("dropped by fault injection".to_string()))
@@ -87,7 +98,7 @@ impl Connection {
             Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
             None => {}
         }
-        match tokio::time::timeout(timeout, self.exchange(request)).await {
+        match tokio::time::timeout(timeout, self.exchange(frame)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 self.stream = None;
@@ -104,6 +115,14 @@ impl Connection {
         }
     }
 
+    fn transport(&self, source: FrameError) -> CallError {
+        CallError::Transport {
+            peer: self.peer,
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
     fn unreachable(&self, reason: String) -> CallError {
         CallError::Unreachable {
             peer: self.peer,
@@ -116,7 +135,7 @@ impl Connection {
     /// exchange and put back only once the response is read, so a caller that gives up
     /// half-way (its future dropped between the write and the read) takes the connection
     /// with it, and the next request never reads the previous one's late response.
-    async fn exchange(&mut self, request: &Request) -> Result<Response, CallError> {
+    async fn exchange(&mut self, frame: &[u8]) -> Result<Response, CallError> {
         let mut stream = match self.stream.take() {
             Some(stream) => stream,
             None => {
@@ -134,7 +153,7 @@ impl Connection {
             addr: addr.clone(),
             source,
         };
-        write_frame(&mut stream, request).await.map_err(transport)?;
+        write_encoded(&mut stream, frame).await.map_err(transport)?;
         let response = read_frame(&mut stream).await.map_err(transport)?;
         self.stream = Some(stream);
         Ok(response)
@@ -158,11 +177,13 @@ fn rpc_error<E: std::error::Error>(e: CallError) -> RPCError<u64, NodeInfo, E> {
 #[derive(Clone, Debug, Default)]
 pub struct NetworkFactory {
     faults: FaultTable,
+    /// The local log store's recent encodings: AppendEntries carry them as they are.
+    encoded: EncodedEntries,
 }
 
 impl NetworkFactory {
-    pub fn new(faults: FaultTable) -> NetworkFactory {
-        NetworkFactory { faults }
+    pub fn new(faults: FaultTable, encoded: EncodedEntries) -> NetworkFactory {
+        NetworkFactory { faults, encoded }
     }
 }
 
@@ -173,6 +194,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerNetwork {
             target,
             connection: Connection::new(target, node.raft_addr.clone(), self.faults.clone()),
+            encoded: self.encoded.clone(),
         }
     }
 }
@@ -182,6 +204,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerNetwork {
     target: u64,
     connection: Connection,
+    encoded: EncodedEntries,
 }
 
 impl PeerNetwork {
@@ -211,7 +234,20 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
-        match self.call(Request::AppendEntries(rpc), RPC_TIMEOUT).await? {
+        let response = match append_entries_frame(&rpc, &self.encoded) {
+            Some(frame) => {
+                let frame = frame.map_err(|e| rpc_error(self.connection.transport(e)))?;
+                self.connection
+                    .call_frame(&frame, RPC_TIMEOUT)
+                    .await
+                    .map_err(|e| {
+                        tracing::debug!(peer = self.target, rpc = "append_entries", error = %e, "raft rpc failed");
+                        rpc_error(e)
+                    })?
+            }
+            None => self.call(Request::AppendEntries(rpc), RPC_TIMEOUT).await?,
+        };
+        match response {
             Response::AppendEntries(result) => {
                 result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }

@@ -28,18 +28,37 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let body = serde_json::to_vec(message).map_err(FrameError::Encode)?;
-    let len = u32::try_from(body.len())
+    write_encoded(writer, &encode_frame(message)?).await
+}
+
+/// `message` as one frame: the length prefix, then its JSON.
+pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, message).map_err(FrameError::Encode)?;
+    finish_frame(frame)
+}
+
+/// A frame whose body (after 4 bytes left for its length) was written by the caller: fills in
+/// the length prefix.
+pub fn finish_frame(mut frame: Vec<u8>) -> Result<Vec<u8>, FrameError> {
+    let body = frame.len().saturating_sub(4);
+    let len = u32::try_from(body)
         .ok()
         .filter(|len| *len <= MAX_FRAME_BYTES)
         .ok_or(FrameError::TooLarge {
-            len: body.len() as u64,
+            len: body as u64,
             max: MAX_FRAME_BYTES,
         })?;
-    let mut buffer = Vec::with_capacity(4 + body.len());
-    buffer.extend_from_slice(&len.to_be_bytes());
-    buffer.extend_from_slice(&body);
-    writer.write_all(&buffer).await?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(frame)
+}
+
+/// Writes an encoded frame and flushes.
+pub async fn write_encoded<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &[u8],
+) -> Result<(), FrameError> {
+    writer.write_all(frame).await?;
     writer.flush().await?;
     Ok(())
 }

@@ -67,11 +67,7 @@ async fn handle(raft: &Raft, request: Request) -> Response {
         Request::InstallSnapshot(rpc) => {
             Response::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
-        Request::ClientWrite(command) => {
-            // Just decoded, so nobody else holds it: unwrapping does not clone.
-            let command = Arc::try_unwrap(command).unwrap_or_else(|shared| (*shared).clone());
-            Response::ClientWrite(local_write(raft, command).await)
-        }
+        Request::ClientWrite(command) => Response::ClientWrite(local_write(raft, command).await),
     }
 }
 
@@ -79,7 +75,7 @@ async fn handle(raft: &Raft, request: Request) -> Response {
 /// node retries with the leader hint, so a stale hint cannot make a forwarding loop.
 async fn local_write(
     raft: &Raft,
-    command: model::Command,
+    command: Arc<model::Command>,
 ) -> Result<model::Outcome, WriteRejection> {
     match raft.client_write(command).await {
         Ok(response) => Ok(response.data),
