@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn append_entries_from_stored_encodings_is_the_same_frame() {
-        let entries = vec![
+        let entries = [
             entry(10, EntryPayload::Blank),
             entry(11, EntryPayload::Normal(Arc::new(put_call(1)))),
             entry(
