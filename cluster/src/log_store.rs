@@ -3,6 +3,17 @@
 //! Every mutation goes through a synced RocksDB write, and `append` fires openraft's
 //! `LogFlushed` callback only after that write returned: an entry is acknowledged only when
 //! it survives a crash (DESIGN.md, "flush the WAL before acknowledging an append or a vote").
+//!
+//! The entries appended last are also kept in memory, decoded and with their stored bytes
+//! (`Recent`, up to `RECENT_BYTES` of those bytes). openraft reads each entry back right after
+//! appending it: on every node to apply it, and on the leader once per follower to replicate
+//! it. Decoding those reads from RocksDB was most of the leader's CPU under load
+//! (docs/PERFORMANCE.md, "Raft"); a kept entry costs a clone of its `Arc`ed command, and an
+//! AppendEntries copies its stored bytes (`EncodedEntries`, `network::message`).
+//!
+//! So the leader applies the commands it appended as they are, and the followers as decoded
+//! from JSON: a `Command` must survive a JSON round trip unchanged (no skipped or lossy
+//! fields; model's `every_sample_command_round_trips_through_json` checks it).
 
 // openraft's `StorageError` is large and its size is not ours to choose.
 #![allow(clippy::result_large_err)]

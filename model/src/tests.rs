@@ -196,6 +196,31 @@ fn state_round_trips_through_json_for_snapshots() {
 }
 
 #[test]
+fn every_sample_command_round_trips_through_json() {
+    // The leader applies the commands it appended as they are (the log store keeps them
+    // decoded), the followers as decoded from JSON: they must be the same commands.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (commands, _) = crate::sample::sample(&mut rng);
+    let fence = Fence { node: 2, epoch: 1 };
+    let checkpoint = crate::bench::call_checkpoint("2-1-x", fence, 3, 1_700_000_000_000);
+    let cdr = Command::RecordCdr {
+        cdr: Box::new(checkpoint.cdr.clone()),
+        fence: Some(fence),
+    };
+    let put = Command::PutCall {
+        checkpoint: Box::new(checkpoint),
+    };
+    let batch = Command::Batch {
+        commands: commands.iter().cloned().chain([put, cdr]).collect(),
+    };
+    for command in commands.iter().chain([&batch]) {
+        let json = serde_json::to_vec(command).unwrap();
+        let back: Command = serde_json::from_slice(&json).unwrap();
+        assert_eq!(&back, command);
+    }
+}
+
+#[test]
 fn passwords_follow_policy() {
     assert!(validate_password("abc").is_err());
     assert!(validate_password("abcdefgh1").is_err());

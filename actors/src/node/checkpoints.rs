@@ -208,15 +208,26 @@ impl Checkpointer {
     }
 
     /// Puts a failed batch back, unless a newer checkpoint of the same key arrived meanwhile.
+    /// A call's CDR always goes back: a checkpoint of the call that arrived while the CDR was
+    /// being written is older news than the CDR (the call had ended), and would otherwise
+    /// replace it and bring the call back as live.
     fn restore(&self, batch: Vec<(String, Command)>) {
+        use std::collections::btree_map::Entry;
         let mut pending = self.pending.lock().expect("checkpoint lock");
         let mut front = Vec::new();
         for (key, command) in batch {
-            if let std::collections::btree_map::Entry::Vacant(slot) =
-                pending.by_key.entry(key.clone())
-            {
-                slot.insert(command);
-                front.push(key);
+            match pending.by_key.entry(key.clone()) {
+                Entry::Vacant(slot) => {
+                    slot.insert(command);
+                    front.push(key);
+                }
+                Entry::Occupied(mut slot) => {
+                    if matches!(command, Command::RecordCdr { .. })
+                        && matches!(slot.get(), Command::PutCall { .. })
+                    {
+                        slot.insert(command);
+                    }
+                }
             }
         }
         front.append(&mut pending.order);
@@ -328,9 +339,9 @@ async fn run(me: std::sync::Weak<Checkpointer>, cluster: Arc<Cluster>) {
         tokio::select! {
             Some(written) = writes.next(), if !writes.is_empty() => {
                 let Some(cp) = me.upgrade() else { return };
-                if let Some(backoff) = finish(&cp, &cluster, written, &mut failures) {
-                    pause_until = Some(Instant::now() + backoff);
-                }
+                // A batch that went through ends the back-off too: the leader is reachable.
+                pause_until = finish(&cp, &cluster, written, &mut failures)
+                    .map(|backoff| Instant::now() + backoff);
             }
             // notify_one keeps a permit when nobody waits, so no wake-up is lost.
             _ = wake.notified(), if may_start => {}
@@ -528,6 +539,30 @@ mod tests {
         let rest = c.take_batch();
         assert_eq!(rest.len(), 3);
         assert_eq!(rest[0].0, format!("agent:gd/{}", 1000 + MAX_BATCH));
+    }
+
+    #[test]
+    fn a_failed_cdr_goes_back_over_a_later_checkpoint_of_its_call() {
+        let fence = model::Fence { node: 1, epoch: 0 };
+        let checkpoint = model::bench::call_checkpoint("1-1-x", fence, 4, 0);
+        let cdr = Command::RecordCdr {
+            cdr: Box::new(checkpoint.cdr.clone()),
+            fence: Some(fence),
+        };
+        let late = Command::PutCall {
+            checkpoint: Box::new(checkpoint),
+        };
+        let c = cp();
+        c.submit(cdr.clone());
+        let batch = c.take_batch();
+        c.submit(late);
+        c.release(&keys(&batch));
+        c.restore(batch);
+        assert_eq!(
+            c.take_batch(),
+            vec![("call:1-1-x".to_string(), cdr)],
+            "the CDR is written, not the call's older state"
+        );
     }
 
     #[test]
