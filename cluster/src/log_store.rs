@@ -101,35 +101,27 @@ impl Recent {
         self.bytes += size;
         self.entries.push_back((entry, encoded));
         while self.bytes > RECENT_BYTES && self.entries.len() > 1 {
-            if let Some((_, encoded)) = self.entries.pop_front() {
-                self.bytes -= encoded.len();
-            }
+            self.purge(self.entries[0].0.get_log_id().index);
         }
     }
 
     /// Forgets entries from index `from` on.
     fn truncate(&mut self, from: u64) {
-        while self
+        while let Some((_, encoded)) = self
             .entries
-            .back()
-            .is_some_and(|(e, _)| e.get_log_id().index >= from)
+            .pop_back_if(|(e, _)| e.get_log_id().index >= from)
         {
-            if let Some((_, encoded)) = self.entries.pop_back() {
-                self.bytes -= encoded.len();
-            }
+            self.bytes -= encoded.len();
         }
     }
 
     /// Forgets entries up to index `upto`.
     fn purge(&mut self, upto: u64) {
-        while self
+        while let Some((_, encoded)) = self
             .entries
-            .front()
-            .is_some_and(|(e, _)| e.get_log_id().index <= upto)
+            .pop_front_if(|(e, _)| e.get_log_id().index <= upto)
         {
-            if let Some((_, encoded)) = self.entries.pop_front() {
-                self.bytes -= encoded.len();
-            }
+            self.bytes -= encoded.len();
         }
     }
 

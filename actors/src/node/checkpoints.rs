@@ -184,7 +184,7 @@ impl Checkpointer {
 
     /// The batch is committed: wake whoever waits on its keys (unless a newer checkpoint of
     /// the key is pending again: they wait for that one).
-    fn committed(&self, keys: &[String]) {
+    fn committed<'a>(&self, keys: impl IntoIterator<Item = &'a String>) {
         let mut pending = self.pending.lock().expect("checkpoint lock");
         for key in keys {
             if pending.by_key.contains_key(key) {
@@ -361,13 +361,13 @@ fn finish(
     let count = written.keys.len();
     let backoff = match &written.result {
         Ok(outcome) => {
-            let mut committed = written.keys.clone();
+            let mut refused = Vec::new();
             if let Some(error) = &outcome.error {
                 // Independent checkpoints: a refused one (fenced: this node was declared
                 // down) is not retried, and whoever waits on it is not told "committed"
                 // (its receiver is dropped instead).
                 debug!(%error, "a checkpoint in the batch was refused");
-                let refused: Vec<String> = cluster.read(|s| {
+                refused = cluster.read(|s| {
                     written
                         .checkpoints()
                         .filter(|(_, c)| fence_of(c).is_some_and(|f| s.fenced_out(f)))
@@ -385,10 +385,9 @@ fn finish(
                 if !retry.is_empty() {
                     cp.restore(retry);
                 }
-                committed.retain(|k| !refused.contains(k));
             }
             *failures = 0;
-            cp.committed(&committed);
+            cp.committed(written.keys.iter().filter(|k| !refused.contains(*k)));
             cp.degraded
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("callgrid_checkpoints_committed_total").increment(count as u64);
