@@ -107,21 +107,27 @@ impl Recent {
 
     /// Forgets entries from index `from` on.
     fn truncate(&mut self, from: u64) {
-        while let Some((_, encoded)) = self
+        while self
             .entries
-            .pop_back_if(|(e, _)| e.get_log_id().index >= from)
+            .back()
+            .is_some_and(|(e, _)| e.get_log_id().index >= from)
         {
-            self.bytes -= encoded.len();
+            if let Some((_, encoded)) = self.entries.pop_back() {
+                self.bytes -= encoded.len();
+            }
         }
     }
 
     /// Forgets entries up to index `upto`.
     fn purge(&mut self, upto: u64) {
-        while let Some((_, encoded)) = self
+        while self
             .entries
-            .pop_front_if(|(e, _)| e.get_log_id().index <= upto)
+            .front()
+            .is_some_and(|(e, _)| e.get_log_id().index <= upto)
         {
-            self.bytes -= encoded.len();
+            if let Some((_, encoded)) = self.entries.pop_front() {
+                self.bytes -= encoded.len();
+            }
         }
     }
 
