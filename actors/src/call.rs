@@ -12,12 +12,13 @@
 //! whatever order hang-ups and offers arrive in; a late offer for a call that has left the
 //! queue is refused, so the agent goes back to ready.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use model::routing::Route;
 use model::{
     AgentId, CallId, CallPhase, Cdr, Disposition, Entry, ExtensionId, FailoverMark, Flow, FlowNode,
-    HangupBy, IvrStep, NodeId, PromptId, Queue, QueueId, ReplicatedState, TrunkId,
+    HangupBy, IvrStep, NodeId, PromptId, Queue, QueueId, ReplicatedState, TenantId, TrunkId,
 };
 use model::{CallNeeds, Customer, PastCall, RepeatMark, RouteTarget, RoutingRule, Stage};
 use model::{FlowId, QueueRule, RuleAction, RuleStep, WaitAnnounced};
@@ -34,9 +35,9 @@ pub struct CallSetup {
     pub started_at_ms: u64,
     /// The tenant's IVR flows (the access code's entry, and any a queue rule transfers to)
     /// as configured when the call arrived.
-    pub flows: BTreeMap<FlowId, Flow>,
+    pub flows: Flows,
     /// The tenant's queues as configured when the call arrived.
-    pub queues: BTreeMap<QueueId, Queue>,
+    pub queues: Queues,
     /// Who is calling, as far as routing cares (R3.12-R3.16).
     pub profile: CallerProfile,
 }
@@ -101,12 +102,15 @@ pub fn call_needs(
     needs
 }
 
+/// A tenant's IVR flows, shared by the calls that arrived under one configuration.
+pub type Flows = Arc<BTreeMap<FlowId, Flow>>;
+/// A tenant's queues, shared by the calls that arrived under one configuration.
+pub type Queues = Arc<BTreeMap<QueueId, Queue>>;
+
 /// The tenant's flows and queues from the replicated configuration: what a call of `route`
-/// needs to run, at arrival or at a takeover.
-pub fn flows_and_queues(
-    state: &ReplicatedState,
-    route: &Route,
-) -> (BTreeMap<FlowId, Flow>, BTreeMap<QueueId, Queue>) {
+/// needs to run, at arrival or at a takeover. A copy of its own; a node shares one copy
+/// among its calls with `TenantConfigs`.
+pub fn flows_and_queues(state: &ReplicatedState, route: &Route) -> (Flows, Queues) {
     let flows = state
         .flows
         .values()
@@ -119,7 +123,46 @@ pub fn flows_and_queues(
         .filter(|q| q.tenant == route.tenant)
         .map(|q| (q.id.clone(), q.clone()))
         .collect();
-    (flows, queues)
+    (Arc::new(flows), Arc::new(queues))
+}
+
+/// Each tenant's flows and queues at the configuration version last asked for, so that the
+/// calls of a tenant share one copy while its configuration stays the same. Every call used
+/// to copy them: 5 KiB per call for the bench's small tenant, more for a real one
+/// (docs/PERFORMANCE.md, "Memory per call"). A call still keeps the configuration it arrived
+/// under: a change makes a new copy for the calls that come after it.
+#[derive(Debug, Default)]
+pub struct TenantConfigs {
+    by_tenant: Mutex<HashMap<TenantId, (u64, Flows, Queues)>>,
+}
+
+impl TenantConfigs {
+    /// `flows_and_queues`, shared with the other calls of the tenant at the state's
+    /// configuration version (`config_version` changes with every configuration change,
+    /// a restore included).
+    pub fn flows_and_queues(&self, state: &ReplicatedState, route: &Route) -> (Flows, Queues) {
+        let mut by_tenant = self
+            .by_tenant
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((version, flows, queues)) = by_tenant.get(&route.tenant) {
+            if *version == state.config_version {
+                return (Arc::clone(flows), Arc::clone(queues));
+            }
+        }
+        let (flows, queues) = flows_and_queues(state, route);
+        // Tenants removed from the configuration go with the next change of any tenant.
+        by_tenant.retain(|_, (version, _, _)| *version == state.config_version);
+        by_tenant.insert(
+            route.tenant.clone(),
+            (
+                state.config_version,
+                Arc::clone(&flows),
+                Arc::clone(&queues),
+            ),
+        );
+        (flows, queues)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::*;
 use crate::flow::Flow;
@@ -122,7 +123,10 @@ pub struct Outcome {
 }
 
 /// Everything Raft replicates. Maps are keyed by `tenant/id` strings so the state
-/// serialises as plain JSON for snapshots.
+/// serialises as plain JSON for snapshots. Calls and CDRs, the maps that grow with traffic,
+/// hold `Arc`s: a snapshot clones the state to encode it while applying goes on, and a
+/// clone that copied every checkpoint doubled a node's memory per call for the length of
+/// the encode (docs/PERFORMANCE.md, "Memory per call"). The JSON is the same either way.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicatedState {
     pub tenants: BTreeMap<String, Tenant>,
@@ -134,7 +138,7 @@ pub struct ReplicatedState {
     pub prompts: BTreeMap<String, Prompt>,
     pub bindings: BTreeMap<String, Vec<Binding>>,
     pub agent_sessions: BTreeMap<String, AgentSession>,
-    pub cdrs: BTreeMap<String, Cdr>,
+    pub cdrs: BTreeMap<String, Arc<Cdr>>,
     /// R3.12: known callers, by `tenant/number`.
     #[serde(default)]
     pub customers: BTreeMap<String, Customer>,
@@ -147,7 +151,7 @@ pub struct ReplicatedState {
     pub voicemails: BTreeMap<String, Voicemail>,
     /// Live calls' checkpoints, by call id.
     #[serde(default)]
-    pub calls: BTreeMap<String, CallCheckpoint>,
+    pub calls: BTreeMap<String, Arc<CallCheckpoint>>,
     /// Liveness of the nodes that ever sent a heartbeat. Serialised as a list of pairs:
     /// inside an internally tagged `Command` (`Restore`) serde cannot read integer map keys
     /// back from JSON strings.
@@ -234,7 +238,8 @@ impl ReplicatedState {
                 if !self.cdrs.contains_key(cdr.call_id.as_str()) {
                     self.remember_caller(cdr);
                     self.keep_voicemail(cdr);
-                    self.cdrs.insert(cdr.call_id.0.clone(), (**cdr).clone());
+                    self.cdrs
+                        .insert(cdr.call_id.0.clone(), Arc::new((**cdr).clone()));
                 }
                 Ok(())
             }
@@ -246,7 +251,11 @@ impl ReplicatedState {
                 at_ms,
             } => self.handle_voicemail(tenant, id, agent, *at_ms),
             Command::Restore { state, down, at_ms } => {
+                // The restored configuration is new to every reader, even one that saw the
+                // same version number before: readers compare versions to notice a change.
+                let version = self.config_version.max(state.config_version) + 1;
                 *self = (**state).clone();
+                self.config_version = version;
                 for node in down {
                     let n = self.nodes.entry(*node).or_insert(NodeLiveness {
                         epoch: 0,
@@ -877,7 +886,8 @@ impl ReplicatedState {
             .get(id)
             .is_none_or(|old| old.version < checkpoint.version);
         if newer {
-            self.calls.insert(id.to_string(), checkpoint.clone());
+            self.calls
+                .insert(id.to_string(), Arc::new(checkpoint.clone()));
         }
         Ok(())
     }

@@ -436,6 +436,25 @@ fn a_restore_command_round_trips_through_json() {
     restored.apply(&back);
     assert!(restored.is_down(1) && restored.is_down(2));
     assert_eq!(restored.tenants, state.tenants);
+    assert!(restored.config_version > state.config_version);
+}
+
+#[test]
+fn a_restore_is_a_new_config_version_even_at_the_same_number() {
+    let (backup, _) = sample_state();
+    // A cluster whose own history reached the backup's version number with other content.
+    let mut live = ReplicatedState {
+        config_version: backup.config_version,
+        ..ReplicatedState::default()
+    };
+    let before = live.config_version;
+    live.apply(&Command::Restore {
+        state: Box::new(backup.clone()),
+        down: Vec::new(),
+        at_ms: 1,
+    });
+    assert_eq!(live.tenants, backup.tenants);
+    assert_eq!(live.config_version, before + 1);
 }
 
 #[test]

@@ -25,6 +25,8 @@ const SNAPSHOT_DATA: &str = "data";
 const SNAPSHOT_LEGACY: &str = "current";
 
 const COLUMN_FAMILIES: [&str; 3] = [CF_LOGS, CF_META, CF_SNAPSHOT];
+/// The snapshot column family's memtable, in bytes (see `Db::open`).
+const SNAPSHOT_WRITE_BUFFER: usize = 256 * 1024;
 
 /// Whether a write must reach the disk before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,9 +85,19 @@ impl Db {
         options.create_missing_column_families(true);
         // Statistics let tests (and operators) see that appends really sync the WAL.
         options.enable_statistics();
-        let descriptors = COLUMN_FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf_options = Options::default();
+            if *name == CF_SNAPSHOT {
+                // A snapshot is the whole state in one value, megabytes, written now and
+                // then and read only at start-up or to send it to a follower. In a memtable
+                // sized for the log (64 MiB) every snapshot would stay in memory a second
+                // time until a flush, and those before it too; a memtable smaller than one
+                // snapshot is flushed right after each write (docs/PERFORMANCE.md, "Memory
+                // per call").
+                cf_options.set_write_buffer_size(SNAPSHOT_WRITE_BUFFER);
+            }
+            ColumnFamilyDescriptor::new(*name, cf_options)
+        });
         let db = DB::open_cf_descriptors(&options, &path, descriptors).map_err(|source| {
             StorageError::Open {
                 path: path.clone(),
@@ -249,9 +261,11 @@ impl Db {
     pub fn put_snapshot(&self, meta: &[u8], data: &[u8]) -> Result<(), StorageError> {
         let cf = self.cf(CF_SNAPSHOT)?;
         let mut batch = WriteBatch::default();
+        // The small records first: the batch's buffer then grows once, to fit the data,
+        // instead of doubling (a second copy of the snapshot) for a record after it.
+        batch.delete_cf(cf, SNAPSHOT_LEGACY);
         batch.put_cf(cf, SNAPSHOT_META, meta);
         batch.put_cf(cf, SNAPSHOT_DATA, data);
-        batch.delete_cf(cf, SNAPSHOT_LEGACY);
         self.write(batch, "snapshot")
     }
 

@@ -438,7 +438,10 @@ fn a_full_queue_releases_the_call_by_default() {
 fn a_full_queue_plays_the_rules_prompt_before_releasing() {
     let mut s = setup();
     let billing: QueueId = "billing".parse().unwrap();
-    s.queues.get_mut(&billing).unwrap().on_max_queued = Some(RuleAction::Release {
+    Arc::make_mut(&mut s.queues)
+        .get_mut(&billing)
+        .unwrap()
+        .on_max_queued = Some(RuleAction::Release {
         prompt: Some("timeout".parse().unwrap()),
     });
     let mut m = CallMachine::new(s);
@@ -459,10 +462,16 @@ fn a_full_queue_transfers_to_its_overflow_queue_and_never_loops() {
     let mut s = setup();
     let (billing, general): (QueueId, QueueId) =
         ("billing".parse().unwrap(), "general".parse().unwrap());
-    s.queues.get_mut(&billing).unwrap().on_max_queued = Some(RuleAction::TransferQueue {
+    Arc::make_mut(&mut s.queues)
+        .get_mut(&billing)
+        .unwrap()
+        .on_max_queued = Some(RuleAction::TransferQueue {
         queue: general.clone(),
     });
-    s.queues.get_mut(&general).unwrap().on_max_queued = Some(RuleAction::TransferQueue {
+    Arc::make_mut(&mut s.queues)
+        .get_mut(&general)
+        .unwrap()
+        .on_max_queued = Some(RuleAction::TransferQueue {
         queue: billing.clone(),
     });
     let mut m = CallMachine::new(s);
@@ -488,8 +497,10 @@ fn all_agents_busy_applies_its_own_rule() {
     let (billing, general): (QueueId, QueueId) =
         ("billing".parse().unwrap(), "general".parse().unwrap());
     // The max-queued rule would transfer; the all-busy rule (unset) releases.
-    s.queues.get_mut(&billing).unwrap().on_max_queued =
-        Some(RuleAction::TransferQueue { queue: general });
+    Arc::make_mut(&mut s.queues)
+        .get_mut(&billing)
+        .unwrap()
+        .on_max_queued = Some(RuleAction::TransferQueue { queue: general });
     let mut m = CallMachine::new(s);
     to_queue(&mut m, '2');
     drain(&mut m);
@@ -509,7 +520,11 @@ fn all_agents_busy_applies_its_own_rule() {
 /// (a prompt, then queue general) that rules may transfer to.
 fn setup_with(change: impl FnOnce(&mut Queue)) -> CallSetup {
     let mut s = setup();
-    change(s.queues.get_mut(&"billing".parse().unwrap()).unwrap());
+    change(
+        Arc::make_mut(&mut s.queues)
+            .get_mut(&"billing".parse().unwrap())
+            .unwrap(),
+    );
     let mut nodes = BTreeMap::new();
     nodes.insert(
         "intro".to_string(),
@@ -533,7 +548,7 @@ fn setup_with(change: impl FnOnce(&mut Queue)) -> CallSetup {
         start: "intro".into(),
         nodes,
     };
-    s.flows.insert(other.id.clone(), other);
+    Arc::make_mut(&mut s.flows).insert(other.id.clone(), other);
     s
 }
 
@@ -952,7 +967,10 @@ fn the_caller_hears_the_agents_number_before_the_bridge() {
 
 fn with_lost_call_webhook() -> CallSetup {
     let mut s = setup();
-    let flow = s.flows.values_mut().next().expect("the sample flow");
+    let flow = Arc::make_mut(&mut s.flows)
+        .values_mut()
+        .next()
+        .expect("the sample flow");
     if let Some(FlowNode::Queue {
         lost_call_webhook, ..
     }) = flow.nodes.get_mut("to_billing")
@@ -1004,7 +1022,9 @@ fn a_caller_who_asked_for_a_human_and_never_reached_one_is_reported_once() {
     assert!(lost_calls(&drain(&mut m)).is_empty());
     // Put through to an external number that answered (R3.4): a human took it, nothing.
     let mut setup = with_lost_call_webhook();
-    if let Some(q) = setup.queues.get_mut(&"billing".parse::<QueueId>().unwrap()) {
+    if let Some(q) =
+        Arc::make_mut(&mut setup.queues).get_mut(&"billing".parse::<QueueId>().unwrap())
+    {
         q.on_max_wait = Some(RuleAction::TransferNumber {
             number: "95598".into(),
             trunk: "carrier".parse().unwrap(),
@@ -1026,7 +1046,10 @@ fn a_caller_who_asked_for_a_human_and_never_reached_one_is_reported_once() {
 fn interflow_tries_each_target_in_turn_then_the_last_ones_own_rule() {
     let mut s = setup();
     let q = |id: &str| -> QueueId { id.parse().unwrap() };
-    s.queues.get_mut(&q("general")).unwrap().on_all_busy = Some(RuleAction::Interflow {
+    Arc::make_mut(&mut s.queues)
+        .get_mut(&q("general"))
+        .unwrap()
+        .on_all_busy = Some(RuleAction::Interflow {
         queues: vec![q("general"), q("billing"), q("outage")],
     });
     let mut m = CallMachine::new(s);
@@ -1260,7 +1283,9 @@ fn a_repeat_caller_is_held_for_the_agents_who_served_it() {
 
 fn multi_queue_setup() -> CallSetup {
     let mut s = setup();
-    let flow = s.flows.get_mut(&"main".parse().unwrap()).unwrap();
+    let flow = Arc::make_mut(&mut s.flows)
+        .get_mut(&"main".parse().unwrap())
+        .unwrap();
     if let Some(FlowNode::Queue { also, .. }) = flow.nodes.get_mut("to_general") {
         *also = vec!["billing".parse().unwrap(), "outage".parse().unwrap()];
     }
@@ -1816,4 +1841,41 @@ fn a_caller_who_hangs_up_while_the_external_number_rings_abandons_and_cancels_it
     assert_eq!(cdr_of(&out).disposition, Disposition::Abandoned);
     // A late answer is no longer wanted (the actor hangs it up).
     assert!(!m.awaits_answer());
+}
+
+#[test]
+fn calls_of_a_tenant_share_its_configuration_until_it_changes() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let (commands, _) = sample::sample(&mut rng);
+    let mut state = model::ReplicatedState::default();
+    for c in &commands {
+        assert_eq!(state.apply(c).error, None);
+    }
+    let route = model::routing::resolve(&state, "075595598").unwrap();
+    let configs = TenantConfigs::default();
+    let (flows, queues) = configs.flows_and_queues(&state, &route);
+    let (flows_2, queues_2) = configs.flows_and_queues(&state, &route);
+    assert!(Arc::ptr_eq(&flows, &flows_2) && Arc::ptr_eq(&queues, &queues_2));
+    assert_eq!(
+        (&flows, &queues),
+        (
+            &flows_and_queues(&state, &route).0,
+            &flows_and_queues(&state, &route).1
+        )
+    );
+
+    // A configuration change: the next call gets the new queue, the earlier calls keep what
+    // they arrived under.
+    let billing: QueueId = "billing".parse().unwrap();
+    let mut queue = queues[&billing].clone();
+    queue.max_queued = Some(7);
+    let update = model::Command::Update {
+        item: model::ConfigItem::Queue(Box::new(queue)),
+    };
+    assert_eq!(state.apply(&update).error, None);
+    let (flows_3, queues_3) = configs.flows_and_queues(&state, &route);
+    assert!(!Arc::ptr_eq(&queues, &queues_3));
+    assert_eq!(queues_3[&billing].max_queued, Some(7));
+    assert_ne!(queues[&billing].max_queued, Some(7));
+    assert_eq!(flows_3, flows);
 }

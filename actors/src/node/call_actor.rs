@@ -23,9 +23,7 @@ use super::api::{Event, LiveCall};
 use super::mesh::{AgentEnvelope, CallEnvelope, Envelope};
 use super::sip_legs::{AgentLeg, CustomerLeg};
 use super::Runtime;
-use crate::call::{
-    caller_profile, flows_and_queues, AgentNotice, CallInput, CallMachine, CallOutput, CallSetup,
-};
+use crate::call::{caller_profile, AgentNotice, CallInput, CallMachine, CallOutput, CallSetup};
 use crate::queue::QueueInput;
 
 /// What the SIP endpoint hands a call actor.
@@ -514,7 +512,7 @@ async fn take_over(
                 .get(tenant.as_str())
                 .map(|t| t.domain.clone())
                 .unwrap_or_default(),
-            flows_and_queues(s, &checkpoint.route),
+            rt.tenant_configs.flows_and_queues(s, &checkpoint.route),
             caller_profile(s, &checkpoint.route, &checkpoint.cdr.caller),
         )
     });

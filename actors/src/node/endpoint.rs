@@ -397,7 +397,7 @@ impl Endpoint {
             .and_then(|f| f.uri.user.clone())
             .unwrap_or_else(|| "anonymous".into());
         let (flows, queues, profile) = state.read(|s| {
-            let (flows, queues) = crate::call::flows_and_queues(s, &route);
+            let (flows, queues) = self.rt.tenant_configs.flows_and_queues(s, &route);
             (
                 flows,
                 queues,

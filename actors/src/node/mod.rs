@@ -81,6 +81,8 @@ pub struct Runtime {
     queue_answers: Mutex<HashMap<String, Vec<u64>>>,
     agents: Mutex<HashMap<String, ActorRef<AgentMsg>>>,
     calls: Mutex<HashMap<CallId, ActorRef<CallMsg>>>,
+    /// Each tenant's flows and queues, one copy shared by its calls.
+    pub(crate) tenant_configs: crate::call::TenantConfigs,
     /// What the API shows of this node's calls; each call actor keeps its entry current.
     pub(crate) live: Mutex<HashMap<CallId, LiveCall>>,
     events: broadcast::Sender<Event>,
@@ -580,7 +582,7 @@ impl Runtime {
         let (checkpoint, dead_since, stale) = self.cluster.read(|s| {
             let c = s.calls.get(call.as_str())?;
             s.orphaned(c)
-                .map(|(since, stale)| (c.clone(), since, stale))
+                .map(|(since, stale)| (CallCheckpoint::clone(c), since, stale))
         })?;
         if self.orphan_taker(&checkpoint, stale) != Some(self.node_id()) {
             return None;
@@ -670,12 +672,12 @@ impl Runtime {
                 .filter(|c| !model::bench::is_synthetic(c.call_id.as_str()))
                 .filter_map(|c| {
                     if let Some((since, stale)) = s.orphaned(c) {
-                        return Some((c.clone(), since, stale));
+                        return Some((CallCheckpoint::clone(c), since, stale));
                     }
                     // Ours but not running here: this process restarted (a restart, or a DR
                     // takeover's new lineage) and the call is still checkpointed as ours.
                     (include_own && c.fence.node == me && !hosted.contains(&c.call_id))
-                        .then(|| (c.clone(), c.at_ms, false))
+                        .then(|| (CallCheckpoint::clone(c), c.at_ms, false))
                 })
                 .collect();
             let sessions: Vec<(TenantId, AgentId)> = s
@@ -897,6 +899,7 @@ impl Node {
             queue_answers: Mutex::default(),
             agents: Mutex::default(),
             calls: Mutex::default(),
+            tenant_configs: Default::default(),
             live: Mutex::default(),
             events,
             endpoint: std::sync::OnceLock::new(),

@@ -1,6 +1,8 @@
 //! `GET /api/v1/cdrs?tenant=&from=&to=&caller=&agent=&limit=`: CDRs from the replicated state,
 //! filtered, oldest first (newest last); `limit` keeps the newest.
 
+use std::sync::Arc;
+
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
@@ -89,9 +91,9 @@ impl CdrFilter {
 pub async fn list(
     State(state): State<Shared>,
     Query(query): Query<CdrQuery>,
-) -> ApiResult<Json<Vec<Cdr>>> {
+) -> ApiResult<Json<Vec<Arc<Cdr>>>> {
     let filter = CdrFilter::parse(&query)?;
-    let mut cdrs: Vec<Cdr> = state.cluster.read(|s| {
+    let mut cdrs: Vec<Arc<Cdr>> = state.cluster.read(|s| {
         s.cdrs
             .values()
             .filter(|c| filter.matches(c))

@@ -84,7 +84,7 @@ impl SimNode {
         let found = self.replica.read(|s| {
             let c = s.calls.get(call.as_str())?;
             s.orphaned(c)
-                .map(|(since, stale)| (c.clone(), since, stale))
+                .map(|(since, stale)| (CallCheckpoint::clone(c), since, stale))
         });
         let Some((checkpoint, dead_since, stale)) = found else {
             return false;

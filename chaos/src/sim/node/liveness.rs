@@ -245,12 +245,12 @@ impl SimNode {
                 .values()
                 .filter_map(|c| {
                     if let Some((since, stale)) = s.orphaned(c) {
-                        return Some((c.clone(), since, stale));
+                        return Some((CallCheckpoint::clone(c), since, stale));
                     }
                     // Ours but not running here: this process restarted and the call is
                     // still checkpointed as ours.
                     (own && c.fence.node == me && !hosted.contains(&c.call_id))
-                        .then(|| (c.clone(), c.at_ms, false))
+                        .then(|| (CallCheckpoint::clone(c), c.at_ms, false))
                 })
                 .collect();
             let sessions: Vec<(TenantId, AgentId)> = s

@@ -300,7 +300,9 @@ impl World {
 
     pub(super) fn check_end(&mut self) {
         let node = self.slots[&1].node.as_ref().expect("running");
-        let cdrs: Vec<model::Cdr> = node.replica.read(|s| s.cdrs.values().cloned().collect());
+        let cdrs: Vec<model::Cdr> = node
+            .replica
+            .read(|s| s.cdrs.values().map(|c| model::Cdr::clone(c)).collect());
         self.stats.cdrs = cdrs.len();
         let expected: Vec<String> = self
             .callers
