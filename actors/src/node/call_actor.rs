@@ -136,9 +136,11 @@ pub struct CallActor {
 pub struct CallState {
     machine: CallMachine,
     customer: CustomerLeg,
-    agent: Option<AgentLeg>,
+    /// Boxed, like `callback`: most calls wait without one, and a dialog inline is ~1 KiB
+    /// of every call's actor.
+    agent: Option<Box<AgentLeg>>,
     /// R3.11: our INVITE calling the customer back (the customer's leg from then on).
-    callback: Option<AgentLeg>,
+    callback: Option<Box<AgentLeg>>,
     media: CallMediaHandle,
     tenant: model::TenantId,
     domain: String,
@@ -213,7 +215,10 @@ impl Actor for CallActor {
         let rt = &self.runtime;
         let now = rt.now_ms();
         match message {
-            CallMsg::Sip(event) => on_sip(rt, state, now, *event).await,
+            // Boxed: the actor's message loop is sized for its largest future, and holding
+            // this one inline cost every call's actor kilobytes while it only waits
+            // (docs/PERFORMANCE.md, "Memory per call").
+            CallMsg::Sip(event) => Box::pin(on_sip(rt, state, now, *event)).await,
             CallMsg::Media(event) => match event {
                 MediaEvent::Dtmf {
                     leg: LegId::Customer,
@@ -336,7 +341,7 @@ impl Actor for CallActor {
                 }
             }
         }
-        drive(rt, &myself, state).await;
+        Box::pin(drive(rt, &myself, state)).await;
         if !state.lease_check_armed
             && matches!(state.machine.phase(), Some(CallPhase::Offering { .. }))
         {
@@ -568,7 +573,7 @@ async fn take_over(
                 let local =
                     resume_leg_media(rt, &media, LegId::Agent, leg.remote_sdp.as_deref()).await?;
                 leg_state.reinvite(rt, myself.clone(), &local);
-                agent = Some(leg_state);
+                agent = Some(Box::new(leg_state));
             }
         }
         // R3.11: the agent had answered and the customer was being called back: hang the
@@ -692,30 +697,30 @@ fn checkpoint(
     let phase = state.machine.phase()?;
     // Not answered yet: nothing another node could resume.
     // R3.11: a called-back customer is reached through our own INVITE's dialog.
-    let customer = match state.callback.as_ref().and_then(AgentLeg::checkpoint) {
+    let customer = match state.callback.as_deref().and_then(AgentLeg::checkpoint) {
         Some(leg) => leg,
         None => state.customer.checkpoint()?,
     };
     let agent = match phase {
         CallPhase::Talking { .. } | CallPhase::External { answered: true, .. } => {
-            state.agent.as_ref().and_then(AgentLeg::checkpoint)
+            state.agent.as_deref().and_then(AgentLeg::checkpoint)
         }
         // R3.11: the agent answered a virtual call and the caller is being called back: a
         // new owner fails the offer, and hangs up the agent's answered leg with it.
         CallPhase::Offering { callback: true, .. } if state.machine.calling_back() => {
-            state.agent.as_ref().and_then(AgentLeg::checkpoint)
+            state.agent.as_deref().and_then(AgentLeg::checkpoint)
         }
         _ => None,
     };
     let ringing = match phase {
         // R3.11: calling the customer back: our INVITE to it, for a new owner to CANCEL.
         CallPhase::Offering { callback: true, .. } if state.machine.calling_back() => {
-            state.callback.as_ref().and_then(AgentLeg::pending_invite)
+            state.callback.as_deref().and_then(AgentLeg::pending_invite)
         }
         CallPhase::Offering { .. }
         | CallPhase::External {
             answered: false, ..
-        } => state.agent.as_ref().and_then(AgentLeg::pending_invite),
+        } => state.agent.as_deref().and_then(AgentLeg::pending_invite),
         _ => None,
     };
     let key = CheckpointKey {
@@ -1201,7 +1206,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 match dialled {
                     Ok(leg) => {
                         info!(call = %call_id, %number, "calling the customer back");
-                        state.callback = Some(leg);
+                        state.callback = Some(Box::new(leg));
                     }
                     Err(reason) => state
                         .machine
@@ -1218,7 +1223,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                 match dialled {
                     Ok(leg) => {
                         info!(call = %call_id, %number, "transferring to an external number");
-                        state.agent = Some(leg);
+                        state.agent = Some(Box::new(leg));
                     }
                     Err(reason) => state.machine.handle(
                         rt.now_ms(),
@@ -1293,7 +1298,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                     &call_id,
                     &offer,
                 ) {
-                    Some(leg) => state.agent = Some(leg),
+                    Some(leg) => state.agent = Some(Box::new(leg)),
                     None => state.machine.handle(
                         rt.now_ms(),
                         CallInput::AgentFailed {
