@@ -455,6 +455,19 @@ fn a_restore_is_a_new_config_version_even_at_the_same_number() {
     });
     assert_eq!(live.tenants, backup.tenants);
     assert_eq!(live.config_version, before + 1);
+
+    // A cluster that has gone further than the backup (a restore retried after a change
+    // committed in between): the version still moves forward, never back to one it had.
+    let mut ahead = ReplicatedState {
+        config_version: backup.config_version + 10,
+        ..ReplicatedState::default()
+    };
+    ahead.apply(&Command::Restore {
+        state: Box::new(backup.clone()),
+        down: Vec::new(),
+        at_ms: 1,
+    });
+    assert_eq!(ahead.config_version, backup.config_version + 11);
 }
 
 #[test]

@@ -52,6 +52,10 @@ fn main() {
 
 /// The environment variable glibc's malloc reads its arena limit from, at start-up.
 const MALLOC_ARENA_MAX: &str = "MALLOC_ARENA_MAX";
+/// Set with it on the one re-execution, so there is never a second: glibc drops `MALLOC_*`
+/// variables from the environment of a program run in secure mode (file capabilities, such
+/// as `cap_net_bind_service` to bind port 5060), and the node must not loop on exec then.
+const ARENAS_SET: &str = "CALLGRID_MALLOC_ARENAS_SET";
 
 /// Runs the node with glibc's malloc limited to one arena per core (at least two), unless
 /// the operator set `MALLOC_ARENA_MAX`: the process executes itself again, once, with it
@@ -63,19 +67,30 @@ const MALLOC_ARENA_MAX: &str = "MALLOC_ARENA_MAX";
 /// signalling-only calls on 2 cores, the nodes grew 89-100 KiB of RSS per call with glibc's
 /// default and 73-78 KiB with two arenas (docs/PERFORMANCE.md, "Memory per call"). Setting
 /// it needs `mallopt`, which is unsafe code, which the workspace forbids; the variable is
-/// read by glibc itself. Other C libraries ignore it.
+/// read by glibc itself. Other C libraries ignore it. An operator's own setting wins, as
+/// `MALLOC_ARENA_MAX` or as `glibc.malloc.arena_max` in `GLIBC_TUNABLES`.
 fn limit_malloc_arenas() {
     use std::os::unix::process::CommandExt;
-    if !cfg!(target_env = "gnu") || std::env::var_os(MALLOC_ARENA_MAX).is_some() {
+    let tuned = std::env::var_os("GLIBC_TUNABLES")
+        .is_some_and(|t| t.to_string_lossy().contains("glibc.malloc.arena_max"));
+    if !cfg!(target_env = "gnu")
+        || tuned
+        || std::env::var_os(MALLOC_ARENA_MAX).is_some()
+        || std::env::var_os(ARENAS_SET).is_some()
+    {
         return;
     }
     let arenas = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let e = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
+    let mut args = std::env::args_os();
+    // `/proc/self/exe` is this very binary even if its file was replaced since it started.
+    let mut command = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let e = command
+        .args(args)
         .env(MALLOC_ARENA_MAX, arenas.to_string())
+        .env(ARENAS_SET, "1")
         .exec();
     // Only reached if exec failed: run as we are, with glibc's default.
     eprintln!("warning: cannot restart with {MALLOC_ARENA_MAX}={arenas} ({e}); running with glibc's default arenas");

@@ -92,9 +92,12 @@ impl Db {
                 // then and read only at start-up or to send it to a follower. In a memtable
                 // sized for the log (64 MiB) every snapshot would stay in memory a second
                 // time until a flush, and those before it too; a memtable smaller than one
-                // snapshot is flushed right after each write (docs/PERFORMANCE.md, "Memory
-                // per call").
+                // snapshot is full after each write and flushed at the next write to the
+                // database (docs/PERFORMANCE.md, "Memory per call"). Room for a few of them:
+                // two snapshots written before a flush (a build and an install) must not
+                // stall the Raft log's writes, since a stall stops the whole database.
                 cf_options.set_write_buffer_size(SNAPSHOT_WRITE_BUFFER);
+                cf_options.set_max_write_buffer_number(4);
             }
             ColumnFamilyDescriptor::new(*name, cf_options)
         });

@@ -609,6 +609,32 @@ async fn malformed_input_is_answered() -> Result<()> {
     Ok(())
 }
 
+/// Every node runs with glibc's malloc limited in arenas (ops/src/main.rs,
+/// `limit_malloc_arenas`): set once, by the node itself, since this test sets nothing.
+fn arenas_limited(c: &ClusterGuard) -> Result<()> {
+    ensure!(
+        std::env::var_os("MALLOC_ARENA_MAX").is_none(),
+        "run the tests without MALLOC_ARENA_MAX: the nodes would inherit it"
+    );
+    for node in &c.info.nodes {
+        let pid = callgrid_tests::nodes::node_pid(c.dir.path(), node.id)?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))
+            .with_context(|| format!("reading node {}'s environment", node.id))?;
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        ensure!(
+            vars.iter().any(|v| v.starts_with(b"MALLOC_ARENA_MAX=")),
+            "node {} runs without MALLOC_ARENA_MAX",
+            node.id
+        );
+        ensure!(
+            vars.contains(&&b"CALLGRID_MALLOC_ARENAS_SET=1"[..]),
+            "node {} runs without the marker that stops a second re-execution",
+            node.id
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn config_replicates_and_survives_restart() -> Result<()> {
     let _l = CLUSTER_LOCK.lock().await;
@@ -635,7 +661,9 @@ async fn config_replicates_and_survives_restart() -> Result<()> {
         }
     };
     check(&c).await?;
+    arenas_limited(&c)?;
     c.restart()?;
     check(&c).await?;
+    arenas_limited(&c)?;
     Ok(())
 }

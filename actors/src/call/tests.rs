@@ -1878,4 +1878,15 @@ fn calls_of_a_tenant_share_its_configuration_until_it_changes() {
     assert_eq!(queues_3[&billing].max_queued, Some(7));
     assert_ne!(queues[&billing].max_queued, Some(7));
     assert_eq!(flows_3, flows);
+
+    // Another tenant, at the same version: its own configuration, not the first tenant's.
+    let other = model::routing::resolve(&state, "077195598").unwrap();
+    assert_ne!(other.tenant, route.tenant);
+    let (other_flows, other_queues) = configs.flows_and_queues(&state, &other);
+    assert!(!other_queues.is_empty() && !other_flows.is_empty());
+    assert!(other_queues.values().all(|q| q.tenant == other.tenant));
+    assert!(other_flows.values().all(|f| f.tenant == other.tenant));
+    let (_, queues_4) = configs.flows_and_queues(&state, &route);
+    assert!(Arc::ptr_eq(&queues_3, &queues_4), "both tenants are kept");
+    assert!(queues_4.values().all(|q| q.tenant == route.tenant));
 }
