@@ -2,13 +2,19 @@ use super::*;
 use model::sample;
 use rand::SeedableRng;
 
-fn setup() -> CallSetup {
+/// The sample configuration (seed 1), applied.
+fn sample_state() -> model::ReplicatedState {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let (commands, _) = sample::sample(&mut rng);
     let mut state = model::ReplicatedState::default();
     for c in &commands {
         assert_eq!(state.apply(c).error, None);
     }
+    state
+}
+
+fn setup() -> CallSetup {
+    let state = sample_state();
     let route = model::routing::resolve(&state, "075595598").unwrap();
     let tenant = route.tenant.clone();
     let _ = &tenant;
@@ -1845,12 +1851,7 @@ fn a_caller_who_hangs_up_while_the_external_number_rings_abandons_and_cancels_it
 
 #[test]
 fn calls_of_a_tenant_share_its_configuration_until_it_changes() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let (commands, _) = sample::sample(&mut rng);
-    let mut state = model::ReplicatedState::default();
-    for c in &commands {
-        assert_eq!(state.apply(c).error, None);
-    }
+    let mut state = sample_state();
     let route = model::routing::resolve(&state, "075595598").unwrap();
     let configs = TenantConfigs::default();
     let (flows, queues) = configs.flows_and_queues(&state, &route);
