@@ -10,6 +10,7 @@
 //!
 //! Run: `cargo bench -p model --bench checkpoint`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -138,7 +139,7 @@ fn talking_checkpoint(n: usize) -> CallCheckpoint {
 
 fn put_call(n: usize) -> Command {
     Command::PutCall {
-        checkpoint: Box::new(talking_checkpoint(n)),
+        checkpoint: Arc::new(talking_checkpoint(n)),
     }
 }
 

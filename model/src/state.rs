@@ -54,15 +54,18 @@ pub enum Command {
         at_ms: u64,
     },
     /// The call's final record; removes its checkpoint. `fence`: the writing owner.
+    /// The CDR and the checkpoint below are shared (`Arc`): the state keeps the command's
+    /// own copy, so the Raft log's recent entries and the applied events, which hold the
+    /// command too, cost no second copy (docs/PERFORMANCE.md, "Memory per call").
     RecordCdr {
-        cdr: Box<Cdr>,
+        cdr: Arc<Cdr>,
         #[serde(default)]
         fence: Option<Fence>,
     },
     /// A call's checkpoint (newer version wins; refused after the call's CDR or from a fenced
     /// owner).
     PutCall {
-        checkpoint: Box<CallCheckpoint>,
+        checkpoint: Arc<CallCheckpoint>,
     },
     /// Removes call checkpoints without a CDR: the synthetic calls of the Raft bench
     /// (`POST /api/v1/bench/raft`), which were never calls. Unknown ids are ignored.
@@ -238,8 +241,7 @@ impl ReplicatedState {
                 if !self.cdrs.contains_key(cdr.call_id.as_str()) {
                     self.remember_caller(cdr);
                     self.keep_voicemail(cdr);
-                    self.cdrs
-                        .insert(cdr.call_id.0.clone(), Arc::new((**cdr).clone()));
+                    self.cdrs.insert(cdr.call_id.0.clone(), Arc::clone(cdr));
                 }
                 Ok(())
             }
@@ -870,7 +872,7 @@ impl ReplicatedState {
         self.nodes.get(&node).map_or(0, |n| n.epoch)
     }
 
-    fn put_call(&mut self, checkpoint: &CallCheckpoint) -> Result<(), ApplyError> {
+    fn put_call(&mut self, checkpoint: &Arc<CallCheckpoint>) -> Result<(), ApplyError> {
         let id = checkpoint.call_id.as_str();
         if self.fenced_out(checkpoint.fence) {
             return Err(ApplyError::Invalid(format!(
@@ -886,8 +888,7 @@ impl ReplicatedState {
             .get(id)
             .is_none_or(|old| old.version < checkpoint.version);
         if newer {
-            self.calls
-                .insert(id.to_string(), Arc::new(checkpoint.clone()));
+            self.calls.insert(id.to_string(), Arc::clone(checkpoint));
         }
         Ok(())
     }

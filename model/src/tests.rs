@@ -2,6 +2,7 @@ use super::*;
 use crate::routing::{resolve, RouteError};
 use crate::state::key;
 use rand::SeedableRng;
+use std::sync::Arc;
 
 fn sample_state() -> (ReplicatedState, sample::SampleInfo) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -170,11 +171,11 @@ fn agent_sessions_ignore_stale_versions_and_cdrs_are_idempotent() {
         ..sample_cdr()
     };
     state.apply(&Command::RecordCdr {
-        cdr: Box::new(cdr.clone()),
+        cdr: Arc::new(cdr.clone()),
         fence: None,
     });
     state.apply(&Command::RecordCdr {
-        cdr: Box::new(Cdr {
+        cdr: Arc::new(Cdr {
             ended_at_ms: 99,
             ..cdr
         }),
@@ -204,11 +205,11 @@ fn every_sample_command_round_trips_through_json() {
     let fence = Fence { node: 2, epoch: 1 };
     let checkpoint = crate::bench::call_checkpoint("2-1-x", fence, 3, 1_700_000_000_000);
     let cdr = Command::RecordCdr {
-        cdr: Box::new(checkpoint.cdr.clone()),
+        cdr: Arc::new(checkpoint.cdr.clone()),
         fence: Some(fence),
     };
     let put = Command::PutCall {
-        checkpoint: Box::new(checkpoint),
+        checkpoint: Arc::new(checkpoint),
     };
     let batch = Command::Batch {
         commands: commands.iter().cloned().chain([put, cdr]).collect(),
@@ -329,7 +330,7 @@ fn call_checkpoints_version_fence_and_end_with_the_cdr() {
     let cdr = sample_cdr();
     let f1 = Fence { node: 1, epoch: 0 };
     let put = |c: CallCheckpoint| Command::PutCall {
-        checkpoint: Box::new(c),
+        checkpoint: Arc::new(c),
     };
     state.apply(&put(checkpoint("1-9-a", f1, 2, &cdr)));
     state.apply(&put(checkpoint("1-9-a", f1, 1, &cdr)));
@@ -357,7 +358,7 @@ fn call_checkpoints_version_fence_and_end_with_the_cdr() {
     assert_eq!(state.calls["1-9-a"].fence, f2);
     // A fenced CDR is refused; the owner's CDR ends the call and removes its checkpoint.
     let end = |fence| Command::RecordCdr {
-        cdr: Box::new(Cdr {
+        cdr: Arc::new(Cdr {
             call_id: CallId("1-9-a".into()),
             ..cdr.clone()
         }),
@@ -745,7 +746,7 @@ fn customers_routing_rules_and_caller_history_are_replicated_and_checked() {
             cdr.agent_answered_at_ms = Some(5);
         }
         let record = Command::RecordCdr {
-            cdr: Box::new(cdr),
+            cdr: Arc::new(cdr),
             fence: None,
         };
         assert_eq!(state.apply(&record).error, None);
@@ -827,7 +828,7 @@ fn a_cdr_with_a_message_makes_a_voicemail_handled_once() {
         duration_ms: 4_000,
     });
     let record = Command::RecordCdr {
-        cdr: Box::new(cdr),
+        cdr: Arc::new(cdr),
         fence: None,
     };
     assert_eq!(state.apply(&record).error, None);
@@ -921,7 +922,7 @@ fn discard_calls_removes_bench_checkpoints_and_nothing_else() {
     for id in ["bench-1-0", "bench-1-1", "1-9-real"] {
         let checkpoint = crate::bench::call_checkpoint(id, fence, 1, 10_000);
         let outcome = state.apply(&Command::PutCall {
-            checkpoint: Box::new(checkpoint),
+            checkpoint: Arc::new(checkpoint),
         });
         assert!(outcome.error.is_none(), "{outcome:?}");
     }

@@ -748,7 +748,7 @@ fn checkpoint(
         ringing,
     };
     let command = model::Command::PutCall {
-        checkpoint: Box::new(checkpoint),
+        checkpoint: Arc::new(checkpoint),
     };
     state.checkpointed = Some(key);
     if wait {
@@ -1359,7 +1359,7 @@ async fn drive(rt: &Arc<Runtime>, myself: &ActorRef<CallMsg>, state: &mut CallSt
                         metrics::counter!("callgrid_calls_abandoned_total", "tenant" => state.tenant.to_string()).increment(1);
                     }
                     rt.checkpoints.submit(model::Command::RecordCdr {
-                        cdr,
+                        cdr: cdr.into(),
                         fence: Some(rt.fence()),
                     });
                 }

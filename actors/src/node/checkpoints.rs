@@ -84,7 +84,7 @@ fn fence_of(command: &Command) -> Option<model::Fence> {
 fn refence(command: &mut Command, fence: model::Fence) {
     match command {
         Command::PutAgentSession { session } => session.fence = Some(fence),
-        Command::PutCall { checkpoint } => checkpoint.fence = fence,
+        Command::PutCall { checkpoint } => Arc::make_mut(checkpoint).fence = fence,
         Command::RecordCdr { fence: f, .. } => *f = Some(fence),
         _ => {}
     }
@@ -545,11 +545,11 @@ mod tests {
         let fence = model::Fence { node: 1, epoch: 0 };
         let checkpoint = model::bench::call_checkpoint("1-1-x", fence, 4, 0);
         let cdr = Command::RecordCdr {
-            cdr: Box::new(checkpoint.cdr.clone()),
+            cdr: Arc::new(checkpoint.cdr.clone()),
             fence: Some(fence),
         };
         let late = Command::PutCall {
-            checkpoint: Box::new(checkpoint),
+            checkpoint: Arc::new(checkpoint),
         };
         let c = cp();
         c.submit(cdr.clone());

@@ -110,7 +110,7 @@ mod tests {
     fn put_call(n: u64) -> model::Command {
         let id = model::bench::synthetic_id(7, n);
         model::Command::PutCall {
-            checkpoint: Box::new(model::bench::call_checkpoint(
+            checkpoint: Arc::new(model::bench::call_checkpoint(
                 &id,
                 model::Fence { node: 2, epoch: 1 },
                 1,

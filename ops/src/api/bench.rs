@@ -136,7 +136,7 @@ async fn run_raft(state: Shared, checkpoints: u32, concurrency: u32) -> ApiResul
                 let checkpoint = model::bench::call_checkpoint(&id, fence, 1, rt.now_ms());
                 let submitted = Instant::now();
                 let committed = rt.checkpoints.submit_waiting(model::Command::PutCall {
-                    checkpoint: Box::new(checkpoint),
+                    checkpoint: Arc::new(checkpoint),
                 });
                 match tokio::time::timeout(COMMIT_TIMEOUT, committed).await {
                     Ok(Ok(())) => latencies.push(submitted.elapsed().as_secs_f64() * 1e3),

@@ -377,7 +377,13 @@ impl SimNode {
                         ));
                         ctx.events.push((me, Event::Finished { cdr: cdr.clone() }));
                         let fence = Some(self.fence());
-                        self.submit(ctx, Command::RecordCdr { cdr, fence });
+                        self.submit(
+                            ctx,
+                            Command::RecordCdr {
+                                cdr: cdr.into(),
+                                fence,
+                            },
+                        );
                     }
                     finished = true;
                 }
@@ -419,7 +425,7 @@ impl SimNode {
         self.submit(
             ctx,
             Command::PutCall {
-                checkpoint: Box::new(checkpoint),
+                checkpoint: Arc::new(checkpoint),
             },
         );
     }
@@ -658,7 +664,7 @@ fn fence_of(command: &Command) -> Option<Fence> {
 fn set_fence(command: &mut Command, fence: Fence) {
     match command {
         Command::PutAgentSession { session } => session.fence = Some(fence),
-        Command::PutCall { checkpoint } => checkpoint.fence = fence,
+        Command::PutCall { checkpoint } => Arc::make_mut(checkpoint).fence = fence,
         Command::RecordCdr { fence: f, .. } => *f = Some(fence),
         _ => {}
     }
