@@ -34,6 +34,7 @@ pub mod liveness;
 pub mod log_store;
 pub mod network;
 mod node;
+pub mod snapshot_files;
 pub mod state_machine;
 pub mod types;
 

@@ -1,19 +1,20 @@
 //! `StateMachineStore`: openraft's state machine over `model::ReplicatedState`.
 //!
 //! The state lives in memory behind an `Arc<RwLock>` shared with local readers; it is made
-//! durable by snapshots (the `snapshot` column family) plus the Raft log: on open the store
-//! restores the last snapshot and openraft re-applies the committed entries after it.
+//! durable by snapshots plus the Raft log: on open the store restores the last snapshot and
+//! openraft re-applies the committed entries after it.
 //! A snapshot is megabytes of JSON (every call's checkpoint): encoding, decoding and writing
 //! it run on the blocking pool, never on the runtime's workers, which also carry Raft's
 //! heartbeats (a node stalled for a second by a snapshot looks dead, docs/PERFORMANCE.md).
-//! The snapshot's meta is stored apart from its data, so comparing snapshots reads bytes,
-//! not the whole state.
+//! The snapshot's meta is in the database (the `snapshot` column family), its data in a file
+//! (`snapshot_files`), encoded straight to disk and sent to followers in chunks from there.
 //! Applying is pure (`ReplicatedState::apply`), so every replica computes the same state.
 
 // openraft's `StorageError` is large and its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
-use std::io::Cursor;
+use std::io::SeekFrom;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::RaftStateMachine;
@@ -22,7 +23,10 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use storage::Db;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::broadcast;
+
+use crate::snapshot_files::SnapshotFiles;
 
 use crate::types::{
     Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
@@ -53,7 +57,8 @@ struct SnapshotBody {
 }
 
 /// What the `snapshot` column family held before meta and data were split (one JSON
-/// document); still read, so a node upgraded in place restores its last snapshot.
+/// document); still read, so a node upgraded in place restores its last snapshot (and moves
+/// it to a file).
 #[derive(Deserialize)]
 struct LegacySnapshot {
     meta: SnapshotMeta,
@@ -63,15 +68,19 @@ struct LegacySnapshot {
 /// The replicated state machine of one node.
 pub struct StateMachineStore {
     db: Arc<Db>,
+    files: Arc<SnapshotFiles>,
+    /// The part file a snapshot from the leader is being received into.
+    receiving: Option<PathBuf>,
     state: Arc<RwLock<model::ReplicatedState>>,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     applied_tx: broadcast::Sender<Applied>,
     /// Distinguishes snapshots built at the same log id.
     snapshot_counter: u64,
-    /// Held while a snapshot is compared with the stored one and written: openraft builds
-    /// in a task of its own, so a build and an install may write at the same time, and an
-    /// older build must not overwrite a newer installed snapshot.
+    /// Held while a snapshot is compared with the stored one and written, and while the
+    /// current one is opened: openraft builds in a task of its own, so a build and an
+    /// install may write at the same time, an older build must not overwrite a newer
+    /// installed snapshot, and a reader must not open a file being replaced.
     snapshot_write: Arc<std::sync::Mutex<()>>,
 }
 
@@ -86,9 +95,12 @@ fn write_error(e: impl std::error::Error + 'static) -> RaftStorageError {
 impl StateMachineStore {
     /// Opens the state machine, restoring the persisted snapshot if there is one.
     pub fn open(db: Arc<Db>) -> Result<StateMachineStore, RaftStorageError> {
+        let files = Arc::new(SnapshotFiles::open(db.path()).map_err(read_error)?);
         let (applied_tx, _) = broadcast::channel(APPLIED_CHANNEL_CAPACITY);
         let mut store = StateMachineStore {
             db,
+            files,
+            receiving: None,
             state: Arc::default(),
             last_applied: None,
             last_membership: StoredMembership::default(),
@@ -96,7 +108,8 @@ impl StateMachineStore {
             snapshot_counter: 0,
             snapshot_write: Arc::default(),
         };
-        if let Some((_, data)) = store.stored_snapshot()? {
+        if let Some((meta, data)) = stored_snapshot(&store.db, &store.files)? {
+            store.files.remove_except(&meta.snapshot_id);
             store.restore(decode_body(&data)?);
             tracing::info!(last_applied = ?store.last_applied, "restored the state machine from its snapshot");
         }
@@ -111,10 +124,6 @@ impl StateMachineStore {
     /// The sender of applied commands; `subscribe()` on it to follow the state machine.
     pub fn applied_sender(&self) -> broadcast::Sender<Applied> {
         self.applied_tx.clone()
-    }
-
-    fn stored_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, RaftStorageError> {
-        stored_snapshot(&self.db)
     }
 
     /// Replaces the state with a snapshot's data.
@@ -136,20 +145,43 @@ impl StateMachineStore {
     }
 }
 
-/// The stored snapshot's meta and data, if any.
-fn stored_snapshot(db: &Db) -> Result<Option<(SnapshotMeta, Vec<u8>)>, RaftStorageError> {
-    if let Some(meta) = stored_meta(db)? {
-        if let Some(data) = db.get_snapshot_data().map_err(read_error)? {
-            return Ok(Some((meta, data)));
+/// The stored snapshot's meta and data, if any. A snapshot an older version stored in the
+/// database is moved to a file here, once.
+fn stored_snapshot(
+    db: &Db,
+    files: &SnapshotFiles,
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, RaftStorageError> {
+    let legacy = match stored_meta(db)? {
+        Some(meta) => {
+            if let Some(data) = files.read_data(&meta.snapshot_id).map_err(read_error)? {
+                return Ok(Some((meta, data)));
+            }
+            match db.get_snapshot_data().map_err(read_error)? {
+                Some(data) => (meta, data),
+                None => {
+                    return Err(read_error(std::io::Error::other(format!(
+                        "snapshot {} has no data: {} is missing",
+                        meta.snapshot_id,
+                        files.data_path(&meta.snapshot_id).display()
+                    ))))
+                }
+            }
         }
-    }
-    match db.get_legacy_snapshot().map_err(read_error)? {
-        Some(bytes) => {
-            let legacy: LegacySnapshot = serde_json::from_slice(&bytes).map_err(read_error)?;
-            Ok(Some((legacy.meta, legacy.data)))
-        }
-        None => Ok(None),
-    }
+        None => match db.get_legacy_snapshot().map_err(read_error)? {
+            Some(bytes) => {
+                let legacy: LegacySnapshot = serde_json::from_slice(&bytes).map_err(read_error)?;
+                (legacy.meta, legacy.data)
+            }
+            None => return Ok(None),
+        },
+    };
+    let (meta, data) = legacy;
+    let (part, _) = files
+        .write_part(|out| out.write_all(&data))
+        .map_err(write_error)?;
+    persist(db, files, &meta, &part)?;
+    tracing::info!(snapshot_id = %meta.snapshot_id, "moved the stored snapshot to a file");
+    Ok(Some((meta, data)))
 }
 
 /// The stored snapshot's meta alone (a legacy snapshot is decoded whole, once).
@@ -169,9 +201,21 @@ fn decode_body(data: &[u8]) -> Result<SnapshotBody, RaftStorageError> {
     serde_json::from_slice(data).map_err(read_error)
 }
 
-fn persist(db: &Db, meta: &SnapshotMeta, data: &[u8]) -> Result<(), RaftStorageError> {
-    let meta = serde_json::to_vec(meta).map_err(write_error)?;
-    db.put_snapshot(&meta, data).map_err(write_error)
+/// Makes a complete, synced part file the stored snapshot: the file first, then the meta
+/// that names it, then the older snapshots' files go. Called with `snapshot_write` held.
+fn persist(
+    db: &Db,
+    files: &SnapshotFiles,
+    meta: &SnapshotMeta,
+    part: &std::path::Path,
+) -> Result<(), RaftStorageError> {
+    let encoded = serde_json::to_vec(meta).map_err(write_error)?;
+    files
+        .publish(part, &meta.snapshot_id)
+        .map_err(write_error)?;
+    db.put_snapshot_meta(&encoded).map_err(write_error)?;
+    files.remove_except(&meta.snapshot_id);
+    Ok(())
 }
 
 /// Runs CPU-heavy snapshot work on the blocking pool.
@@ -187,6 +231,7 @@ async fn off_runtime<T: Send + 'static>(
 /// may continue while the snapshot is encoded and written.
 pub struct SnapshotBuilder {
     db: Arc<Db>,
+    files: Arc<SnapshotFiles>,
     /// Taken by `build_snapshot` (a builder builds one snapshot).
     body: Option<SnapshotBody>,
     snapshot_id: String,
@@ -206,26 +251,34 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id: self.snapshot_id.clone(),
         };
         let db = self.db.clone();
+        let files = self.files.clone();
         let stored = meta.clone();
         let lock = self.snapshot_write.clone();
-        let data = off_runtime(move || {
-            let data = serde_json::to_vec(&body).map_err(write_error)?;
+        let (file, bytes) = off_runtime(move || {
+            // Encoded straight into the file: the JSON is never whole in memory.
+            let (part, file) = files
+                .write_part(|out| serde_json::to_writer(out, &body).map_err(std::io::Error::from))
+                .map_err(write_error)?;
+            drop(body);
+            let bytes = file.metadata().map_err(write_error)?.len();
             let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
             // A snapshot installed from the leader while this one was being built may be
             // newer; never replace it with an older one (the logs before it may be gone).
             let newer_stored =
                 stored_meta(&db)?.is_some_and(|current| current.last_log_id > stored.last_log_id);
-            if !newer_stored {
-                persist(&db, &stored, &data)?;
+            if newer_stored {
+                // The open file stays readable for the snapshot returned below.
+                files.discard(&part);
+            } else {
+                persist(&db, &files, &stored, &part)?;
             }
-            drop(body);
-            Ok(data)
+            Ok((file, bytes))
         })
         .await?;
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built a snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built a snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -289,6 +342,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         SnapshotBuilder {
             db: self.db.clone(),
+            files: self.files.clone(),
             body: Some(SnapshotBody {
                 last_applied: self.last_applied,
                 membership: self.last_membership.clone(),
@@ -299,23 +353,48 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
+        // openraft receives one snapshot at a time: one it gave up on is not coming back.
+        if let Some(abandoned) = self.receiving.take() {
+            self.files.discard(&abandoned);
+        }
+        let files = self.files.clone();
+        let (path, file) = off_runtime(move || files.new_part().map_err(write_error)).await?;
+        self.receiving = Some(path);
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), RaftStorageError> {
-        let data = snapshot.into_inner();
+        // Read back what openraft wrote into the file, whole: the state is decoded from it.
+        snapshot.flush().await.map_err(write_error)?;
+        snapshot
+            .seek(SeekFrom::Start(0))
+            .await
+            .map_err(read_error)?;
+        let mut data = Vec::new();
+        snapshot.read_to_end(&mut data).await.map_err(read_error)?;
+        drop(snapshot);
+        let received = self.receiving.take();
         let db = self.db.clone();
+        let files = self.files.clone();
         let stored = meta.clone();
         let lock = self.snapshot_write.clone();
         let body = off_runtime(move || {
+            if let Some(received) = received {
+                files.discard(&received);
+            }
             let body = decode_body(&data)?;
+            // Stored from the bytes decoded, so what is kept is exactly what was installed.
+            let (part, _) = files
+                .write_part(|out| out.write_all(&data))
+                .map_err(write_error)?;
+            drop(data);
             let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
-            persist(&db, &stored, &data)?;
+            persist(&db, &files, &stored, &part)?;
             Ok(body)
         })
         .await?;
@@ -336,11 +415,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
         let db = self.db.clone();
-        Ok(off_runtime(move || stored_snapshot(&db))
-            .await?
-            .map(|(meta, data)| Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }))
+        let files = self.files.clone();
+        let lock = self.snapshot_write.clone();
+        let current = off_runtime(move || {
+            let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(meta) = stored_meta(&db)? else {
+                return Ok(None);
+            };
+            match files.open_data(&meta.snapshot_id).map_err(read_error)? {
+                Some(file) => Ok(Some((meta, file))),
+                None => Err(read_error(std::io::Error::other(format!(
+                    "snapshot {} has no data: {} is missing",
+                    meta.snapshot_id,
+                    files.data_path(&meta.snapshot_id).display()
+                )))),
+            }
+        })
+        .await?;
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
     }
 }

@@ -1,7 +1,5 @@
 //! The openraft type configuration: what callgrid replicates and how nodes are described.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
@@ -15,7 +13,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

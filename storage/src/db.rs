@@ -92,14 +92,11 @@ impl Db {
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf_options = Options::default();
             if *name == CF_SNAPSHOT {
-                // A snapshot is the whole state in one value, megabytes, written now and
-                // then and read only at start-up or to send it to a follower. In a memtable
-                // sized for the log (64 MiB) every snapshot would stay in memory a second
-                // time until a flush, and those before it too; a memtable smaller than one
-                // snapshot is full after each write and flushed at the next write to the
-                // database (docs/PERFORMANCE.md, "Memory per call"). Room for a few of them:
-                // two snapshots written before a flush (a build and an install) must not
-                // stall the Raft log's writes, since a stall stops the whole database.
+                // Only a snapshot's meta is written here now (its data is a file), but a
+                // store from an older version holds its whole state here, in one value of
+                // megabytes. A memtable sized for the log would keep that value in memory
+                // until a flush; a small one is flushed at the next write. Room for a few of
+                // them, so that this column family never stalls the Raft log's writes.
                 cf_options.set_write_buffer_size(SNAPSHOT_WRITE_BUFFER);
                 cf_options.set_max_write_buffer_number(4);
             }
@@ -274,8 +271,21 @@ impl Db {
             })
     }
 
-    /// Replaces the stored snapshot, synced: its meta (small, read on its own to compare
-    /// snapshots) and its data (the state, megabytes), as two keys written together.
+    /// Replaces the stored snapshot's meta, synced. Its data lives in a file the caller
+    /// wrote before (`cluster::snapshot_files`); the data an older version kept in this
+    /// column family is removed in the same write.
+    pub fn put_snapshot_meta(&self, meta: &[u8]) -> Result<(), StorageError> {
+        let cf = self.cf(CF_SNAPSHOT)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(cf, SNAPSHOT_LEGACY);
+        batch.delete_cf(cf, SNAPSHOT_DATA);
+        batch.put_cf(cf, SNAPSHOT_META, meta);
+        self.write(batch, "snapshot")
+    }
+
+    /// Stores a snapshot as the previous version did, meta and data (the state, megabytes)
+    /// as two keys written together, synced. Only for tests of an upgrade in place: a
+    /// running node stores its snapshots with `put_snapshot_meta`.
     pub fn put_snapshot(&self, meta: &[u8], data: &[u8]) -> Result<(), StorageError> {
         let cf = self.cf(CF_SNAPSHOT)?;
         let mut batch = WriteBatch::default();
@@ -292,7 +302,7 @@ impl Db {
         self.get_snapshot_key(SNAPSHOT_META)
     }
 
-    /// The stored snapshot's data, if any.
+    /// The snapshot data a previous version stored here, if any.
     pub fn get_snapshot_data(&self) -> Result<Option<Vec<u8>>, StorageError> {
         self.get_snapshot_key(SNAPSHOT_DATA)
     }

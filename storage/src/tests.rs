@@ -94,6 +94,16 @@ fn meta_and_snapshot_survive_reopen() {
 }
 
 #[test]
+fn snapshot_meta_replaces_the_data_an_older_version_stored() {
+    let (_dir, db) = open();
+    db.put_snapshot(b"old meta", b"old data").unwrap();
+    db.put_snapshot_meta(b"new meta").unwrap();
+    assert_eq!(db.get_snapshot_meta().unwrap(), Some(b"new meta".to_vec()));
+    assert_eq!(db.get_snapshot_data().unwrap(), None);
+    assert_eq!(db.get_legacy_snapshot().unwrap(), None);
+}
+
+#[test]
 fn corrupt_meta_is_a_decode_error() {
     let (_dir, db) = open();
     db.put_meta("vote", b"not json").unwrap();
