@@ -42,7 +42,11 @@ impl SnapshotFiles {
     /// interrupted write left.
     pub fn open(db_dir: &Path) -> io::Result<SnapshotFiles> {
         let dir = db_dir.join(SNAPSHOT_DIR);
-        fs::create_dir_all(&dir)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir)?;
+            // The directory's entry must be durable before a meta names a file in it.
+            File::open(db_dir)?.sync_all()?;
+        }
         let files = SnapshotFiles {
             dir,
             next_part: AtomicU64::new(0),
@@ -60,7 +64,8 @@ impl SnapshotFiles {
     }
 
     /// Where the data of snapshot `snapshot_id` is kept. The id comes from the leader, so it
-    /// is used as a file name only if it is a plain one; otherwise its bytes in hex.
+    /// is used as a file name only if it is a plain one (ours and openraft's are:
+    /// `term-index-counter`); otherwise a `~` (which no plain name holds) and a hash of it.
     pub fn data_path(&self, snapshot_id: &str) -> PathBuf {
         let plain = !snapshot_id.is_empty()
             && snapshot_id.len() <= 128
@@ -70,7 +75,7 @@ impl SnapshotFiles {
         let name = if plain {
             snapshot_id.to_string()
         } else {
-            snapshot_id.bytes().map(|b| format!("{b:02x}")).collect()
+            format!("~{:016x}", fnv1a(snapshot_id.as_bytes()))
         };
         self.dir.join(format!("{name}.{DATA_SUFFIX}"))
     }
@@ -145,10 +150,10 @@ impl SnapshotFiles {
         Ok(Some(data))
     }
 
-    /// Removes every snapshot's data but `snapshot_id`'s. Part files are left alone: one may
-    /// be a snapshot being built or received right now.
-    pub fn remove_except(&self, snapshot_id: &str) {
-        let keep = self.data_path(snapshot_id);
+    /// Removes every snapshot's data but `snapshot_id`'s (all of them for `None`). Part
+    /// files are left alone: one may be a snapshot being built or received right now.
+    pub fn remove_except(&self, snapshot_id: Option<&str>) {
+        let keep = snapshot_id.map(|id| self.data_path(id));
         let stale = match self.with_suffix(DATA_SUFFIX) {
             Ok(paths) => paths,
             Err(e) => {
@@ -156,7 +161,7 @@ impl SnapshotFiles {
                 return;
             }
         };
-        for path in stale.into_iter().filter(|p| *p != keep) {
+        for path in stale.into_iter().filter(|p| Some(p) != keep.as_ref()) {
             if let Err(e) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove an old snapshot");
             }
@@ -182,4 +187,13 @@ impl SnapshotFiles {
         }
         Ok(paths)
     }
+}
+
+/// FNV-1a, 64 bits: a file name for an id that cannot be one. Written here because the name
+/// must not change between builds (std's hasher may) and a cryptographic hash would be a
+/// dependency for a file name.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

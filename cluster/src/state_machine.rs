@@ -108,8 +108,12 @@ impl StateMachineStore {
             snapshot_counter: 0,
             snapshot_write: Arc::default(),
         };
-        if let Some((meta, data)) = stored_snapshot(&store.db, &store.files)? {
-            store.files.remove_except(&meta.snapshot_id);
+        let stored = stored_snapshot(&store.db, &store.files)?;
+        // Files no meta names: written before a crash let the meta name them.
+        store
+            .files
+            .remove_except(stored.as_ref().map(|(meta, _)| meta.snapshot_id.as_str()));
+        if let Some((_, data)) = stored {
             store.restore(decode_body(&data)?);
             tracing::info!(last_applied = ?store.last_applied, "restored the state machine from its snapshot");
         }
@@ -202,19 +206,26 @@ fn decode_body(data: &[u8]) -> Result<SnapshotBody, RaftStorageError> {
 }
 
 /// Makes a complete, synced part file the stored snapshot: the file first, then the meta
-/// that names it, then the older snapshots' files go. Called with `snapshot_write` held.
+/// that names it, then the older snapshots' files go. Called with `snapshot_write` held. The
+/// part file is removed if it cannot be published.
 fn persist(
     db: &Db,
     files: &SnapshotFiles,
     meta: &SnapshotMeta,
     part: &std::path::Path,
 ) -> Result<(), RaftStorageError> {
-    let encoded = serde_json::to_vec(meta).map_err(write_error)?;
-    files
-        .publish(part, &meta.snapshot_id)
-        .map_err(write_error)?;
+    let published = serde_json::to_vec(meta)
+        .map_err(std::io::Error::from)
+        .and_then(|encoded| files.publish(part, &meta.snapshot_id).map(|()| encoded));
+    let encoded = match published {
+        Ok(encoded) => encoded,
+        Err(e) => {
+            files.discard(part);
+            return Err(write_error(e));
+        }
+    };
     db.put_snapshot_meta(&encoded).map_err(write_error)?;
-    files.remove_except(&meta.snapshot_id);
+    files.remove_except(Some(&meta.snapshot_id));
     Ok(())
 }
 
@@ -260,12 +271,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .write_part(|out| serde_json::to_writer(out, &body).map_err(std::io::Error::from))
                 .map_err(write_error)?;
             drop(body);
-            let bytes = file.metadata().map_err(write_error)?.len();
             let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
             // A snapshot installed from the leader while this one was being built may be
             // newer; never replace it with an older one (the logs before it may be gone).
-            let newer_stored =
-                stored_meta(&db)?.is_some_and(|current| current.last_log_id > stored.last_log_id);
+            let newer_stored = match stored_meta(&db) {
+                Ok(current) => {
+                    current.is_some_and(|current| current.last_log_id > stored.last_log_id)
+                }
+                Err(e) => {
+                    files.discard(&part);
+                    return Err(e);
+                }
+            };
+            let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
             if newer_stored {
                 // The open file stays readable for the snapshot returned below.
                 files.discard(&part);
@@ -369,8 +387,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), RaftStorageError> {
-        // Read back what openraft wrote into the file, whole: the state is decoded from it.
+        // openraft wrote the snapshot into the part file `begin_receiving_snapshot` made (it
+        // receives one at a time): synced, that file becomes the stored snapshot as it is.
+        // It is read back whole to decode the state.
         snapshot.flush().await.map_err(write_error)?;
+        snapshot.sync_all().await.map_err(write_error)?;
         snapshot
             .seek(SeekFrom::Start(0))
             .await
@@ -384,14 +405,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let stored = meta.clone();
         let lock = self.snapshot_write.clone();
         let body = off_runtime(move || {
-            if let Some(received) = received {
-                files.discard(&received);
-            }
-            let body = decode_body(&data)?;
-            // Stored from the bytes decoded, so what is kept is exactly what was installed.
-            let (part, _) = files
-                .write_part(|out| out.write_all(&data))
-                .map_err(write_error)?;
+            let body = match decode_body(&data) {
+                Ok(body) => body,
+                Err(e) => {
+                    if let Some(received) = &received {
+                        files.discard(received);
+                    }
+                    return Err(e);
+                }
+            };
+            let part = match received {
+                Some(part) => part,
+                // Not received through `begin_receiving_snapshot`: store the bytes read.
+                None => {
+                    files
+                        .write_part(|out| out.write_all(&data))
+                        .map_err(write_error)?
+                        .0
+                }
+            };
             drop(data);
             let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
             persist(&db, &files, &stored, &part)?;

@@ -222,6 +222,23 @@ fn a_snapshot_id_is_a_file_name_only_when_it_is_a_plain_one() {
     let plain = files.data_path("3-5000-2");
     assert_eq!(plain, files.dir().join("3-5000-2.json"));
     let odd = files.data_path("../x");
-    assert_eq!(odd, files.dir().join("2e2e2f78.json"));
     assert_eq!(odd.parent(), Some(files.dir()));
+    let name = odd.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with('~') && name.len() == 22, "{name}");
+    // A long id gets a short name, and two ids never share one by construction.
+    let long = files.data_path(&"9".repeat(300));
+    assert!(long.file_name().unwrap().len() < 64);
+    assert_ne!(files.data_path("2e2e2f78"), odd);
+    assert_ne!(files.data_path("../y"), odd);
+}
+
+#[test]
+fn a_snapshot_file_no_meta_names_is_removed_even_before_the_first_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = dir.path().join(SNAPSHOT_DIR);
+    std::fs::create_dir_all(&snapshots).unwrap();
+    std::fs::write(snapshots.join("1-5-1.json"), b"{}").unwrap();
+    let (_db, store) = open(dir.path());
+    assert_eq!(calls(&store), 0);
+    assert!(listing(dir.path()).is_empty());
 }
