@@ -27,7 +27,6 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
 use crate::snapshot_files::SnapshotFiles;
-
 use crate::types::{
     Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -162,13 +161,7 @@ fn stored_snapshot(
             }
             match db.get_snapshot_data().map_err(read_error)? {
                 Some(data) => (meta, data),
-                None => {
-                    return Err(read_error(std::io::Error::other(format!(
-                        "snapshot {} has no data: {} is missing",
-                        meta.snapshot_id,
-                        files.data_path(&meta.snapshot_id).display()
-                    ))))
-                }
+                None => return Err(missing_data(files, &meta)),
             }
         }
         None => match db.get_legacy_snapshot().map_err(read_error)? {
@@ -186,6 +179,15 @@ fn stored_snapshot(
     persist(db, files, &meta, &part)?;
     tracing::info!(snapshot_id = %meta.snapshot_id, "moved the stored snapshot to a file");
     Ok(Some((meta, data)))
+}
+
+/// The error of a meta whose data file is gone: never read as an empty state.
+fn missing_data(files: &SnapshotFiles, meta: &SnapshotMeta) -> RaftStorageError {
+    read_error(std::io::Error::other(format!(
+        "snapshot {} has no data: {} is missing",
+        meta.snapshot_id,
+        files.data_path(&meta.snapshot_id).display()
+    )))
 }
 
 /// The stored snapshot's meta alone (a legacy snapshot is decoded whole, once).
@@ -456,11 +458,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             match files.open_data(&meta.snapshot_id).map_err(read_error)? {
                 Some(file) => Ok(Some((meta, file))),
-                None => Err(read_error(std::io::Error::other(format!(
-                    "snapshot {} has no data: {} is missing",
-                    meta.snapshot_id,
-                    files.data_path(&meta.snapshot_id).display()
-                )))),
+                None => Err(missing_data(&files, &meta)),
             }
         })
         .await?;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use cluster::snapshot_files::{SnapshotFiles, SNAPSHOT_DIR};
 use cluster::state_machine::StateMachineStore;
+use cluster::types::SnapshotMeta;
 use cluster::TypeConfig;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -30,6 +31,23 @@ fn open(dir: &Path) -> (Arc<storage::Db>, StateMachineStore) {
     let db = Arc::new(storage::Db::open(dir).expect("open rocksdb"));
     let store = StateMachineStore::open(db.clone()).expect("open the state machine");
     (db, store)
+}
+
+/// Builds a snapshot of `calls` calls in a store on `dir`, then closes the store: the
+/// snapshot's meta and data.
+async fn snapshot_in(dir: &Path, calls: u64) -> (SnapshotMeta, Vec<u8>) {
+    let (db, mut store) = open(dir);
+    store.apply((1..=calls).map(put_call)).await.unwrap();
+    let mut built = store
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    built.snapshot.read_to_end(&mut data).await.unwrap();
+    drop((store, db));
+    (built.meta, data)
 }
 
 fn calls(store: &StateMachineStore) -> usize {
@@ -92,16 +110,7 @@ async fn a_built_snapshot_is_one_file_and_restores_after_a_restart() {
 #[tokio::test]
 async fn a_snapshot_received_in_chunks_is_installed_and_kept() {
     let leader_dir = tempfile::tempdir().unwrap();
-    let (_leader_db, mut leader) = open(leader_dir.path());
-    leader.apply((1..=4).map(put_call)).await.unwrap();
-    let mut built = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let mut data = Vec::new();
-    built.snapshot.read_to_end(&mut data).await.unwrap();
+    let (meta, data) = snapshot_in(leader_dir.path(), 4).await;
 
     let dir = tempfile::tempdir().unwrap();
     let (db, mut follower) = open(dir.path());
@@ -113,14 +122,11 @@ async fn a_snapshot_received_in_chunks_is_installed_and_kept() {
         receiving.write_all(chunk).await.unwrap();
     }
     receiving.shutdown().await.unwrap();
-    follower
-        .install_snapshot(&built.meta, receiving)
-        .await
-        .unwrap();
+    follower.install_snapshot(&meta, receiving).await.unwrap();
     assert_eq!(calls(&follower), 4);
     assert_eq!(
         listing(dir.path()),
-        vec![format!("{}.json", built.meta.snapshot_id)],
+        vec![format!("{}.json", meta.snapshot_id)],
         "the abandoned transfer's part file is gone"
     );
     drop((follower, db));
@@ -133,21 +139,12 @@ async fn a_snapshot_received_in_chunks_is_installed_and_kept() {
 async fn a_snapshot_an_older_version_kept_in_the_database_moves_to_a_file() {
     // The data and meta of a snapshot, as the previous version stored them.
     let source = tempfile::tempdir().unwrap();
-    let (_source_db, mut built_by) = open(source.path());
-    built_by.apply((1..=2).map(put_call)).await.unwrap();
-    let mut built = built_by
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let mut data = Vec::new();
-    built.snapshot.read_to_end(&mut data).await.unwrap();
+    let (meta, data) = snapshot_in(source.path(), 2).await;
 
     let dir = tempfile::tempdir().unwrap();
     {
         let db = storage::Db::open(dir.path()).unwrap();
-        db.put_snapshot(&serde_json::to_vec(&built.meta).unwrap(), &data)
+        db.put_snapshot(&serde_json::to_vec(&meta).unwrap(), &data)
             .unwrap();
     }
     let (db, mut store) = open(dir.path());
@@ -158,25 +155,17 @@ async fn a_snapshot_an_older_version_kept_in_the_database_moves_to_a_file() {
         "moved out of the database"
     );
     let current = store.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(current.meta, built.meta);
+    assert_eq!(current.meta, meta);
     assert_eq!(
         listing(dir.path()),
-        vec![format!("{}.json", built.meta.snapshot_id)]
+        vec![format!("{}.json", meta.snapshot_id)]
     );
 }
 
 #[tokio::test]
 async fn what_a_crash_left_is_cleared_when_the_store_opens() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, mut store) = open(dir.path());
-    store.apply((1..=2).map(put_call)).await.unwrap();
-    let built = store
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    drop((store, db));
+    let (meta, _) = snapshot_in(dir.path(), 2).await;
     // A snapshot written but never named by the meta, and one half written.
     let snapshots = dir.path().join(SNAPSHOT_DIR);
     std::fs::write(snapshots.join("1-9-9.json"), b"{}").unwrap();
@@ -186,26 +175,18 @@ async fn what_a_crash_left_is_cleared_when_the_store_opens() {
     assert_eq!(calls(&store), 2);
     assert_eq!(
         listing(dir.path()),
-        vec![format!("{}.json", built.meta.snapshot_id)]
+        vec![format!("{}.json", meta.snapshot_id)]
     );
 }
 
 #[tokio::test]
 async fn meta_without_its_file_is_an_error_not_an_empty_state() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, mut store) = open(dir.path());
-    store.apply((1..=2).map(put_call)).await.unwrap();
-    let built = store
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    drop((store, db));
+    let (meta, _) = snapshot_in(dir.path(), 2).await;
     let path = dir
         .path()
         .join(SNAPSHOT_DIR)
-        .join(format!("{}.json", built.meta.snapshot_id));
+        .join(format!("{}.json", meta.snapshot_id));
     std::fs::remove_file(&path).unwrap();
 
     let db = Arc::new(storage::Db::open(dir.path()).unwrap());
