@@ -27,7 +27,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError,
 };
-use storage::Db;
+use storage::{Db, Durability};
 
 use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
@@ -302,7 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
         self.db
-            .put_meta_json(KEY_VOTE, vote)
+            .put_meta_json(KEY_VOTE, vote, Durability::Synced)
             .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
@@ -310,9 +310,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(KEY_VOTE, ErrorSubject::Vote)
     }
 
+    /// Not synced. openraft calls this inline in its core loop at every advance of the commit
+    /// index, before it applies, so a synced write here held every node's Raft core for an
+    /// fsync per commit, and doubled the fsyncs of a loaded node (docs/PERFORMANCE.md, "Raft:
+    /// one fsync per append"). The committed log id is optional in Raft: openraft re-learns it
+    /// from the leader. A buffered write is durable from the next synced append on (one WAL,
+    /// recovered as a prefix), so a crash can only leave an older committed id than the one
+    /// last written, never one ahead of the log: the node then replays less at start and
+    /// catches up at the leader's next message, as a lagging follower does.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
         self.db
-            .put_meta_json(KEY_COMMITTED, &committed)
+            .put_meta_json(KEY_COMMITTED, &committed, Durability::Buffered)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 

@@ -141,8 +141,17 @@ impl Db {
     }
 
     fn write(&self, batch: WriteBatch, what: &'static str) -> Result<(), StorageError> {
+        self.write_with(batch, what, Durability::Synced)
+    }
+
+    fn write_with(
+        &self,
+        batch: WriteBatch,
+        what: &'static str,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         self.db
-            .write_opt(batch, &write_options(Durability::Synced))
+            .write_opt(batch, &write_options(durability))
             .map_err(|source| StorageError::Write { what, source })
     }
 
@@ -254,11 +263,18 @@ impl Db {
         self.write(batch, "log purge")
     }
 
-    /// Stores a metadata value, synced.
-    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+    /// Stores a metadata value. A `Buffered` one is not synced itself, but it is in the one
+    /// WAL every column family shares, and RocksDB recovers a prefix of that WAL: it survives
+    /// any crash that the next synced write (say, the next log append) survives.
+    pub fn put_meta(
+        &self,
+        key: &str,
+        value: &[u8],
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META)?, key, value);
-        self.write(batch, "raft metadata")
+        self.write_with(batch, "raft metadata", durability)
     }
 
     /// Reads a metadata value.
@@ -322,15 +338,16 @@ impl Db {
             })
     }
 
-    /// JSON helper: stores `value` under a metadata key, synced.
+    /// JSON helper: stores `value` under a metadata key (see `put_meta`).
     pub fn put_meta_json<T: Serialize>(
         &self,
         key: &'static str,
         value: &T,
+        durability: Durability,
     ) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(value)
             .map_err(|source| StorageError::Encode { what: key, source })?;
-        self.put_meta(key, &bytes)
+        self.put_meta(key, &bytes, durability)
     }
 
     /// JSON helper: reads a metadata key.

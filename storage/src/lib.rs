@@ -16,7 +16,9 @@
 //! Invariants:
 //! - Every write is synced (`Durability::Synced`, WAL fsynced) before the method returns, so a
 //!   caller may acknowledge an append or a vote as soon as `Ok` comes back: nothing
-//!   acknowledged is lost in a crash.
+//!   acknowledged is lost in a crash. The one exception is a metadata value its caller asks
+//!   to be `Buffered` (the committed log id): it is durable from the next synced write on,
+//!   since all column families share one WAL and RocksDB recovers a prefix of it.
 //! - A purge deletes logs and records the last purged log id in one atomic batch.
 
 mod db;

@@ -77,7 +77,8 @@ fn meta_and_snapshot_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = Db::open(dir.path()).unwrap();
-        db.put_meta_json("vote", &(3u64, 2u64)).unwrap();
+        db.put_meta_json("vote", &(3u64, 2u64), Durability::Synced)
+            .unwrap();
         db.put_snapshot(b"meta", b"snap").unwrap();
         db.append_logs(entries(1..=2)).unwrap();
     }
@@ -106,7 +107,7 @@ fn snapshot_meta_replaces_the_data_an_older_version_stored() {
 #[test]
 fn corrupt_meta_is_a_decode_error() {
     let (_dir, db) = open();
-    db.put_meta("vote", b"not json").unwrap();
+    db.put_meta("vote", b"not json", Durability::Synced).unwrap();
     let err = db.get_meta_json::<u64>("vote").unwrap_err();
     assert!(
         matches!(err, StorageError::Decode { what: "vote", .. }),
@@ -121,9 +122,9 @@ fn second_open_of_same_directory_fails_cleanly() {
     assert!(matches!(err, StorageError::Open { .. }), "{err}");
 }
 
-/// Durability: the append, purge, meta and snapshot paths all sync the WAL before they return.
-/// `write_options` is the one place write options are made; RocksDB's own `wal.synced` ticker
-/// shows that a write really synced.
+/// Durability: the append, purge, vote and snapshot paths all sync the WAL before they return;
+/// a meta value asked for as buffered does not. `write_options` is the one place write options
+/// are made; RocksDB's own `wal.synced` ticker shows that a write really synced.
 #[test]
 fn appends_and_votes_sync_the_wal() {
     // `WriteOptions` has no getter, so check the observable effect: a synced write bumps the
@@ -136,14 +137,34 @@ fn appends_and_votes_sync_the_wal() {
         after_append > before,
         "append did not sync the WAL ({before} -> {after_append})"
     );
-    db.put_meta_json("vote", &1u64).unwrap();
+    db.put_meta_json("vote", &1u64, Durability::Synced).unwrap();
     let after_vote = db.wal_syncs().unwrap();
     assert!(after_vote > after_append, "vote did not sync the WAL");
     db.delete_logs_from(2).unwrap();
-    assert!(
-        db.wal_syncs().unwrap() > after_vote,
-        "truncate did not sync the WAL"
+    let after_truncate = db.wal_syncs().unwrap();
+    assert!(after_truncate > after_vote, "truncate did not sync the WAL");
+    db.put_meta_json("committed", &2u64, Durability::Buffered)
+        .unwrap();
+    assert_eq!(
+        db.wal_syncs().unwrap(),
+        after_truncate,
+        "a buffered meta value synced the WAL"
     );
-    // Sanity of the constructor itself: the two levels differ.
-    let _ = crate::write_options(Durability::Buffered);
+    assert_eq!(db.get_meta_json::<u64>("committed").unwrap(), Some(2));
+}
+
+/// A buffered meta value written before a synced append is in the WAL ahead of it: it is
+/// found again after a reopen (what `cluster`'s committed log id relies on).
+#[test]
+fn buffered_meta_is_recovered_with_the_synced_writes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.put_meta_json("committed", &7u64, Durability::Buffered)
+            .unwrap();
+        db.append_logs(entries(1..=2)).unwrap();
+    }
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.get_meta_json::<u64>("committed").unwrap(), Some(7));
+    assert_eq!(db.read_logs(Unbounded, Unbounded).unwrap(), entries(1..=2));
 }
