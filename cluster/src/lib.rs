@@ -28,6 +28,7 @@
 //! - A forwarded write is retried only when it was certainly not sent or not accepted; once
 //!   it may have reached the leader, a failure is reported, never silently retried.
 
+mod combiner;
 pub mod config;
 mod error;
 pub mod liveness;

@@ -305,6 +305,7 @@ fn note(l: &Liveness, command: &model::Command) {
                 .insert(*node, Instant::now());
         }
         model::Command::Batch { commands } => commands.iter().for_each(|c| note(l, c)),
+        model::Command::Group { commands } => commands.iter().for_each(|c| note(l, c)),
         _ => {}
     }
 }

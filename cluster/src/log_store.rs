@@ -313,7 +313,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Not synced. openraft calls this inline in its core loop at every advance of the commit
     /// index, before it applies, so a synced write here held every node's Raft core for an
     /// fsync per commit, and doubled the fsyncs of a loaded node (docs/PERFORMANCE.md, "Raft:
-    /// one fsync per append"). The committed log id is optional in Raft: openraft re-learns it
+    /// one fsync per write"). The committed log id is optional in Raft: openraft re-learns it
     /// from the leader. A buffered write is durable from the next synced append on (one WAL,
     /// recovered as a prefix), so a crash can only leave an older committed id than the one
     /// last written, never one ahead of the log: the node then replays less at start and

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::time::{timeout_at, Instant};
 
+use crate::combiner::{is_liveness, Combiner};
 use crate::config::ClusterConfig;
 use crate::log_store::LogStore;
 use crate::network::{
@@ -48,6 +49,8 @@ pub struct ClusterStatus {
 pub struct Cluster {
     node_id: u64,
     raft: Raft,
+    /// The leader's write path: writes that arrive together share a Raft entry.
+    combiner: Arc<Combiner>,
     state: Arc<RwLock<model::ReplicatedState>>,
     applied_tx: broadcast::Sender<Applied>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -83,11 +86,10 @@ impl Lane {
     }
 
     fn of(command: &model::Command) -> Lane {
-        match command {
-            model::Command::Heartbeat { .. }
-            | model::Command::NodeUp { .. }
-            | model::Command::NodeDown { .. } => Lane::Liveness,
-            _ => Lane::Bulk,
+        if is_liveness(command) {
+            Lane::Liveness
+        } else {
+            Lane::Bulk
         }
     }
 }
@@ -133,7 +135,8 @@ impl Cluster {
         let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let server = spawn_server(listener, raft.clone(), node_id);
+        let combiner = Arc::new(Combiner::spawn(raft.clone()));
+        let server = spawn_server(listener, raft.clone(), Arc::clone(&combiner), node_id);
         tracing::info!(node = node_id, fresh, "raft node started");
         if fresh && config.is_initializer() {
             match raft.initialize(config.peers.clone()).await {
@@ -149,6 +152,7 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             node_id,
             raft,
+            combiner,
             state,
             applied_tx,
             server: Mutex::new(Some(server)),
@@ -197,17 +201,16 @@ impl Cluster {
             let metrics = self.raft.metrics().borrow().clone();
             match metrics.current_leader {
                 Some(leader) if leader == self.node_id => {
-                    let written =
-                        timeout_at(deadline, self.raft.client_write(Arc::clone(&command)))
-                            .await
-                            .map_err(|_| ClusterError::Timeout {
-                                doing: "committing a write",
-                                after: WRITE_TIMEOUT,
-                            })?;
+                    let written = timeout_at(deadline, self.combiner.write(Arc::clone(&command)))
+                        .await
+                        .map_err(|_| ClusterError::Timeout {
+                            doing: "committing a write",
+                            after: WRITE_TIMEOUT,
+                        })?;
                     match written {
-                        Ok(response) => {
-                            tracing::debug!(node = self.node_id, index = response.log_id.index, elapsed = ?started.elapsed(), "write committed");
-                            return Ok(response.data);
+                        Ok(outcome) => {
+                            tracing::debug!(node = self.node_id, elapsed = ?started.elapsed(), "write committed");
+                            return Ok(outcome);
                         }
                         // Leadership moved before the entry was accepted: retry at the new leader.
                         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}

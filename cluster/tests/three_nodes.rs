@@ -189,3 +189,79 @@ async fn write_without_quorum_fails_with_no_leader() -> Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+/// Writes that reach the leader together share a Raft entry (`Command::Group`), and each
+/// writer still gets its own command's outcome: of the concurrent creates of one tenant
+/// exactly one succeeds, every distinct tenant is created, through followers and the leader
+/// alike, and every node applies them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let peers = peers()?;
+    let nodes = start_all(root.path(), &peers).await?;
+    let mut applied = nodes[0].subscribe();
+
+    let create = |n: usize| Command::Create {
+        item: ConfigItem::Tenant(Tenant {
+            id: TenantId::new(format!("t{n}")).expect("valid id"),
+            name: format!("Tenant {n}"),
+            domain: format!("t{n}.callgrid.test"),
+            landing_codes: vec![format!("{}", 300 + n)],
+            access_codes: vec![],
+            routing: Vec::new(),
+        }),
+    };
+    const DISTINCT: usize = 24;
+    const DUPLICATES: usize = 6;
+    let mut writes = Vec::new();
+    for n in 0..DISTINCT {
+        writes.push((n, nodes[n % 3].write(create(n))));
+    }
+    for n in 0..DUPLICATES {
+        writes.push((DISTINCT, nodes[n % 3].write(create(DISTINCT))));
+    }
+    let (ns, futures): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+    let outcomes = futures::future::join_all(futures).await;
+
+    let mut created_duplicate = 0;
+    for (n, outcome) in ns.into_iter().zip(outcomes) {
+        let outcome = outcome.with_context(|| format!("write of t{n}"))?;
+        if n < DISTINCT {
+            assert_eq!(outcome.error, None, "t{n}");
+        } else {
+            match outcome.error {
+                None => created_duplicate += 1,
+                Some(model::ApplyError::AlreadyExists(_)) => {}
+                other => bail!("expected AlreadyExists for a duplicate, got {other:?}"),
+            }
+        }
+        assert!(outcome.parts.is_empty(), "a writer sees its own outcome");
+    }
+    assert_eq!(created_duplicate, 1, "exactly one of the duplicates wins");
+
+    // At least one entry carried several writes (30 at once cannot all go alone: at most
+    // two entries are in flight at the leader), and every node holds every tenant.
+    let mut grouped = 0;
+    while let Ok(a) = applied.try_recv() {
+        if let Command::Group { commands } = &*a.command {
+            assert!(commands.len() > 1, "a group of one is sent alone");
+            grouped += 1;
+        }
+    }
+    assert!(grouped > 0, "no write shared an entry");
+    let last = nodes
+        .iter()
+        .filter_map(|n| n.status().last_applied)
+        .max()
+        .context("an applied index")?;
+    for node in &nodes {
+        node.raft()
+            .wait(Some(APPLY))
+            .applied_index_at_least(Some(last), "every write applied")
+            .await
+            .with_context(|| format!("node {} applies up to {last}", node.node_id()))?;
+        assert_eq!(node.read(|s| s.tenants.len()), DISTINCT + 1);
+    }
+    stop_all(nodes).await;
+    Ok(())
+}

@@ -101,6 +101,13 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+    /// The writes of several proposers that reached the leader together, committed as one
+    /// Raft entry (`cluster::combiner`: openraft 0.9 appends and fsyncs each entry on its own,
+    /// inside its core loop). Applied in order, each with its own outcome (`Outcome::parts`),
+    /// exactly as if each had been an entry of its own.
+    Group {
+        commands: Vec<Arc<Command>>,
+    },
 }
 }
 
@@ -123,6 +130,18 @@ pub enum ApplyError {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub error: Option<ApplyError>,
+    /// A `Group`'s outcome of each of its commands, in order; empty for any other command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Outcome>,
+}
+
+impl Outcome {
+    fn failed(error: ApplyError) -> Outcome {
+        Outcome {
+            error: Some(error),
+            parts: Vec::new(),
+        }
+    }
 }
 
 /// Everything Raft replicates. Maps are keyed by `tenant/id` strings so the state
@@ -209,12 +228,10 @@ impl ReplicatedState {
             }
             Command::PutAgentSession { session } => {
                 if session.fence.is_some_and(|f| self.fenced_out(f)) {
-                    return Outcome {
-                        error: Some(ApplyError::Invalid(format!(
-                            "agent {} checkpoint from a fenced owner",
-                            session.agent
-                        ))),
-                    };
+                    return Outcome::failed(ApplyError::Invalid(format!(
+                        "agent {} checkpoint from a fenced owner",
+                        session.agent
+                    )));
                 }
                 let k = key(&session.tenant, session.agent.as_str());
                 let newer = self
@@ -228,12 +245,10 @@ impl ReplicatedState {
             }
             Command::RecordCdr { cdr, fence } => {
                 if fence.is_some_and(|f| self.fenced_out(f)) {
-                    return Outcome {
-                        error: Some(ApplyError::Invalid(format!(
-                            "CDR of {} from a fenced owner",
-                            cdr.call_id
-                        ))),
-                    };
+                    return Outcome::failed(ApplyError::Invalid(format!(
+                        "CDR of {} from a fenced owner",
+                        cdr.call_id
+                    )));
                 }
                 // Idempotent by call id (I2: exactly one CDR per call, even if the proposer
                 // retries after a timeout).
@@ -320,11 +335,21 @@ impl ReplicatedState {
                         first_error = outcome.error;
                     }
                 }
-                return Outcome { error: first_error };
+                return Outcome {
+                    error: first_error,
+                    parts: Vec::new(),
+                };
+            }
+            Command::Group { commands } => {
+                return Outcome {
+                    error: None,
+                    parts: commands.iter().map(|c| self.apply(c)).collect(),
+                };
             }
         };
         Outcome {
             error: result.err(),
+            parts: Vec::new(),
         }
     }
 

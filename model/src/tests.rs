@@ -222,6 +222,39 @@ fn every_sample_command_round_trips_through_json() {
 }
 
 #[test]
+fn a_group_applies_in_order_with_an_outcome_per_command() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (commands, _) = crate::sample::sample(&mut rng);
+    let first = Arc::new(commands[0].clone());
+    let group = Command::Group {
+        commands: vec![Arc::clone(&first), first, Arc::new(commands[1].clone())],
+    };
+    let json = serde_json::to_vec(&group).unwrap();
+    assert_eq!(serde_json::from_slice::<Command>(&json).unwrap(), group);
+
+    let mut state = ReplicatedState::default();
+    let outcome = state.apply(&group);
+    assert_eq!(
+        outcome.error, None,
+        "a group's own outcome carries no error"
+    );
+    let errors: Vec<_> = outcome.parts.iter().map(|p| p.error.clone()).collect();
+    assert!(
+        matches!(
+            errors.as_slice(),
+            [None, Some(ApplyError::AlreadyExists(_)), None]
+        ),
+        "{errors:?}"
+    );
+
+    let mut one_by_one = ReplicatedState::default();
+    for c in &commands[..2] {
+        one_by_one.apply(c);
+    }
+    assert_eq!(state, one_by_one, "the same state as separate entries");
+}
+
+#[test]
 fn passwords_follow_policy() {
     assert!(validate_password("abc").is_err());
     assert!(validate_password("abcdefgh1").is_err());

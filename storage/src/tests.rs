@@ -107,7 +107,8 @@ fn snapshot_meta_replaces_the_data_an_older_version_stored() {
 #[test]
 fn corrupt_meta_is_a_decode_error() {
     let (_dir, db) = open();
-    db.put_meta("vote", b"not json", Durability::Synced).unwrap();
+    db.put_meta("vote", b"not json", Durability::Synced)
+        .unwrap();
     let err = db.get_meta_json::<u64>("vote").unwrap_err();
     assert!(
         matches!(err, StorageError::Decode { what: "vote", .. }),

@@ -1377,6 +1377,11 @@ async fn react(rt: &Arc<Runtime>, command: &model::Command) {
                 Box::pin(react(rt, c)).await;
             }
         }
+        model::Command::Group { commands } => {
+            for c in commands {
+                Box::pin(react(rt, c)).await;
+            }
+        }
         _ => {}
     }
 }
@@ -1397,6 +1402,7 @@ fn publish_command(rt: &Runtime, command: &model::Command) {
             at_ms: cdr.ended_at_ms,
         }),
         model::Command::Batch { commands } => commands.iter().for_each(|c| publish_command(rt, c)),
+        model::Command::Group { commands } => commands.iter().for_each(|c| publish_command(rt, c)),
         _ => {}
     }
 }

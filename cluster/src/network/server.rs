@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use super::frame::{read_frame, write_frame, FrameError};
 use super::message::{Request, Response, WriteRejection};
+use crate::combiner::Combiner;
 use crate::types::Raft;
 
 /// Accepts connections until the returned task is aborted; aborting it also aborts every
@@ -16,6 +17,7 @@ use crate::types::Raft;
 pub fn spawn_server(
     listener: TcpListener,
     raft: Raft,
+    combiner: Arc<Combiner>,
     node_id: u64,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -26,7 +28,12 @@ pub fn spawn_server(
                     Ok((stream, remote)) => {
                         let _ = stream.set_nodelay(true);
                         tracing::trace!(node = node_id, %remote, "raft connection accepted");
-                        connections.spawn(serve_connection(stream, raft.clone(), node_id));
+                        connections.spawn(serve_connection(
+                            stream,
+                            raft.clone(),
+                            Arc::clone(&combiner),
+                            node_id,
+                        ));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: pause rather than spin.
@@ -41,7 +48,12 @@ pub fn spawn_server(
     })
 }
 
-async fn serve_connection(mut stream: TcpStream, raft: Raft, node_id: u64) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    raft: Raft,
+    combiner: Arc<Combiner>,
+    node_id: u64,
+) {
     loop {
         let request: Request = match read_frame(&mut stream).await {
             Ok(request) => request,
@@ -52,7 +64,7 @@ async fn serve_connection(mut stream: TcpStream, raft: Raft, node_id: u64) {
                 return;
             }
         };
-        let response = handle(&raft, request).await;
+        let response = handle(&raft, &combiner, request).await;
         if let Err(e) = write_frame(&mut stream, &response).await {
             tracing::debug!(node = node_id, error = %e, "raft response not delivered");
             return;
@@ -60,25 +72,27 @@ async fn serve_connection(mut stream: TcpStream, raft: Raft, node_id: u64) {
     }
 }
 
-async fn handle(raft: &Raft, request: Request) -> Response {
+async fn handle(raft: &Raft, combiner: &Combiner, request: Request) -> Response {
     match request {
         Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
         Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
         Request::InstallSnapshot(rpc) => {
             Response::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
-        Request::ClientWrite(command) => Response::ClientWrite(local_write(raft, command).await),
+        Request::ClientWrite(command) => {
+            Response::ClientWrite(local_write(combiner, command).await)
+        }
     }
 }
 
 /// Commits a forwarded write if this node is the leader. Never forwards again: the original
 /// node retries with the leader hint, so a stale hint cannot make a forwarding loop.
 async fn local_write(
-    raft: &Raft,
+    combiner: &Combiner,
     command: Arc<model::Command>,
 ) -> Result<model::Outcome, WriteRejection> {
-    match raft.client_write(command).await {
-        Ok(response) => Ok(response.data),
+    match combiner.write(command).await {
+        Ok(outcome) => Ok(outcome),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             Err(WriteRejection::NotLeader {
                 leader_id: forward.leader_id,

@@ -132,6 +132,11 @@ impl SimNode {
                     self.on_applied(ctx, index, c);
                 }
             }
+            Command::Group { commands } => {
+                for c in commands {
+                    self.on_applied(ctx, index, c);
+                }
+            }
             _ => {}
         }
     }
