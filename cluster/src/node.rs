@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::time::{timeout_at, Instant};
 
-use crate::combiner::{is_liveness, Combiner};
+use crate::combiner::{is_liveness, Combiner, WriteError};
 use crate::config::ClusterConfig;
 use crate::log_store::LogStore;
 use crate::network::{
@@ -213,8 +213,16 @@ impl Cluster {
                             return Ok(outcome);
                         }
                         // Leadership moved before the entry was accepted: retry at the new leader.
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
-                        Err(e) => return Err(ClusterError::Raft(e.to_string())),
+                        Err(WriteError::Raft(RaftError::APIError(
+                            ClientWriteError::ForwardToLeader(_),
+                        ))) => {}
+                        Err(WriteError::Unanswered) => {
+                            return Err(ClusterError::Timeout {
+                                doing: "committing a write",
+                                after: WRITE_TIMEOUT,
+                            })
+                        }
+                        Err(WriteError::Raft(e)) => return Err(ClusterError::Raft(e.to_string())),
                     }
                 }
                 Some(leader) => {

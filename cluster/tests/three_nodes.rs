@@ -192,18 +192,25 @@ async fn write_without_quorum_fails_with_no_leader() -> Result<()> {
 
 /// Writes that reach the leader together share a Raft entry (`Command::Group`), and each
 /// writer still gets its own command's outcome: of the concurrent creates of one tenant
-/// exactly one succeeds, every distinct tenant is created, through followers and the leader
-/// alike, and every node applies them all.
+/// exactly one succeeds, every distinct tenant is created, the delete of each missing tenant
+/// is refused naming that very tenant, through followers and the leader alike, and every
+/// node applies them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()> {
     let root = tempfile::tempdir()?;
     let peers = peers()?;
     let nodes = start_all(root.path(), &peers).await?;
-    let mut applied = nodes[0].subscribe();
+    let leader = nodes[0].status().leader.context("a leader")?;
+    let leader = nodes
+        .iter()
+        .find(|n| n.node_id() == leader)
+        .context("the leader's handle")?;
+    let mut applied = leader.subscribe();
 
+    let tenant_id = |n: usize| TenantId::new(format!("t{n}")).expect("valid id");
     let create = |n: usize| Command::Create {
         item: ConfigItem::Tenant(Tenant {
-            id: TenantId::new(format!("t{n}")).expect("valid id"),
+            id: tenant_id(n),
             name: format!("Tenant {n}"),
             domain: format!("t{n}.callgrid.test"),
             landing_codes: vec![format!("{}", 300 + n)],
@@ -213,12 +220,23 @@ async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()>
     };
     const DISTINCT: usize = 24;
     const DUPLICATES: usize = 6;
+    const MISSING: usize = 12;
+    let duplicate = DISTINCT;
+    let missing = |n: usize| 100 + n;
     let mut writes = Vec::new();
     for n in 0..DISTINCT {
         writes.push((n, nodes[n % 3].write(create(n))));
     }
-    for n in 0..DUPLICATES {
-        writes.push((DISTINCT, nodes[n % 3].write(create(DISTINCT))));
+    for i in 0..DUPLICATES {
+        writes.push((duplicate, nodes[i % 3].write(create(duplicate))));
+    }
+    for i in 0..MISSING {
+        let delete = Command::Delete {
+            key: model::ConfigKey::Tenant {
+                id: tenant_id(missing(i)),
+            },
+        };
+        writes.push((missing(i), nodes[i % 3].write(delete)));
     }
     let (ns, futures): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
     let outcomes = futures::future::join_all(futures).await;
@@ -226,21 +244,35 @@ async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()>
     let mut created_duplicate = 0;
     for (n, outcome) in ns.into_iter().zip(outcomes) {
         let outcome = outcome.with_context(|| format!("write of t{n}"))?;
-        if n < DISTINCT {
-            assert_eq!(outcome.error, None, "t{n}");
-        } else {
-            match outcome.error {
-                None => created_duplicate += 1,
-                Some(model::ApplyError::AlreadyExists(_)) => {}
-                other => bail!("expected AlreadyExists for a duplicate, got {other:?}"),
-            }
-        }
         assert!(outcome.parts.is_empty(), "a writer sees its own outcome");
+        match (n, outcome.error) {
+            (n, None) if n < DISTINCT => {}
+            (n, None) if n == duplicate => created_duplicate += 1,
+            (n, Some(model::ApplyError::AlreadyExists(_))) if n == duplicate => {}
+            (n, Some(model::ApplyError::NotFound(what))) if n >= missing(0) => {
+                assert_eq!(
+                    what,
+                    format!("tenant t{n}"),
+                    "each delete hears of its own key"
+                );
+            }
+            (n, other) => bail!("t{n}: unexpected outcome {other:?}"),
+        }
     }
     assert_eq!(created_duplicate, 1, "exactly one of the duplicates wins");
 
-    // At least one entry carried several writes (30 at once cannot all go alone: at most
-    // two entries are in flight at the leader), and every node holds every tenant.
+    // Every node applies every write; then the leader's applied commands show at least one
+    // entry that carried several writes (42 at once cannot all go alone: at most two entries
+    // are in flight at the leader).
+    let last = leader.status().last_applied.context("an applied index")?;
+    for node in &nodes {
+        node.raft()
+            .wait(Some(APPLY))
+            .applied_index_at_least(Some(last), "every write applied")
+            .await
+            .with_context(|| format!("node {} applies up to {last}", node.node_id()))?;
+        assert_eq!(node.read(|s| s.tenants.len()), DISTINCT + 1);
+    }
     let mut grouped = 0;
     while let Ok(a) = applied.try_recv() {
         if let Command::Group { commands } = &*a.command {
@@ -249,6 +281,81 @@ async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()>
         }
     }
     assert!(grouped > 0, "no write shared an entry");
+    stop_all(nodes).await;
+    Ok(())
+}
+
+/// Writes keep going while the leadership moves: a follower calls an election (a new term
+/// deposes the leader whatever its outcome) in the middle of three writers' streams of
+/// creates. Every write comes back committed, the entries the old leader's combiner had in
+/// flight or queued included, and every node ends with every tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_survive_a_leader_change_mid_stream() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let peers = peers()?;
+    let nodes = start_all(root.path(), &peers).await?;
+    let first = nodes[0].status();
+    let leader = first.leader.context("a leader")?;
+    let mut applied = nodes[0].subscribe();
+
+    const WRITERS: usize = 3;
+    const EACH: usize = 40;
+    let streams = (0..WRITERS).map(|w| {
+        let node = Arc::clone(&nodes[w]);
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..EACH {
+                let n = w * 100 + i;
+                let create = Command::Create {
+                    item: ConfigItem::Tenant(Tenant {
+                        id: TenantId::new(format!("t{n}")).expect("valid id"),
+                        name: format!("Tenant {n}"),
+                        domain: format!("t{n}.callgrid.test"),
+                        landing_codes: vec![format!("{}", 1000 + n)],
+                        access_codes: vec![],
+                        routing: Vec::new(),
+                    }),
+                };
+                outcomes.push((n, node.write(create).await));
+            }
+            outcomes
+        })
+    });
+    let streams: Vec<_> = streams.collect();
+
+    // Once a few writes are in, a follower calls an election.
+    let mut seen = 0;
+    while seen < 10 {
+        let a = tokio::time::timeout(APPLY, applied.recv())
+            .await
+            .context("writes are applied")??;
+        if matches!(&*a.command, Command::Create { .. } | Command::Group { .. }) {
+            seen += 1;
+        }
+    }
+    let follower = nodes
+        .iter()
+        .find(|n| n.node_id() != leader)
+        .context("a follower")?;
+    follower.raft().trigger().elect().await?;
+
+    for stream in streams {
+        for (n, outcome) in stream.await? {
+            let outcome = outcome.with_context(|| format!("write of t{n}"))?;
+            match outcome.error {
+                None => {}
+                // A write whose first attempt committed but whose answer was lost in the
+                // change is retried, and the retry finds it: committed once all the same.
+                Some(model::ApplyError::AlreadyExists(_)) => {}
+                other => bail!("t{n}: unexpected outcome {other:?}"),
+            }
+        }
+    }
+    let after = nodes[0].status();
+    assert!(
+        after.term > first.term,
+        "the election made a new term: {after:?}"
+    );
     let last = nodes
         .iter()
         .filter_map(|n| n.status().last_applied)
@@ -260,7 +367,7 @@ async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()>
             .applied_index_at_least(Some(last), "every write applied")
             .await
             .with_context(|| format!("node {} applies up to {last}", node.node_id()))?;
-        assert_eq!(node.read(|s| s.tenants.len()), DISTINCT + 1);
+        assert_eq!(node.read(|s| s.tenants.len()), WRITERS * EACH);
     }
     stop_all(nodes).await;
     Ok(())

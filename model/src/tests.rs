@@ -223,11 +223,40 @@ fn every_sample_command_round_trips_through_json() {
 
 #[test]
 fn a_group_applies_in_order_with_an_outcome_per_command() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let (commands, _) = crate::sample::sample(&mut rng);
-    let first = Arc::new(commands[0].clone());
+    let tenant = |name: &str| Tenant {
+        id: TenantId::new("gz").unwrap(),
+        name: name.into(),
+        domain: "gz.callgrid.test".into(),
+        landing_codes: vec!["851".into()],
+        access_codes: vec![],
+        routing: Vec::new(),
+    };
+    let create = |name: &str| Command::Create {
+        item: ConfigItem::Tenant(tenant(name)),
+    };
+    let update = |name: &str| Command::Update {
+        item: ConfigItem::Tenant(tenant(name)),
+    };
+    let delete = Command::Delete {
+        key: ConfigKey::Tenant {
+            id: TenantId::new("gz").unwrap(),
+        },
+    };
+    // Order matters: an update before the create is refused, one after it applies; a batch
+    // inside the group reports its own first failure.
     let group = Command::Group {
-        commands: vec![Arc::clone(&first), first, Arc::new(commands[1].clone())],
+        commands: [
+            update("early"),
+            create("Guizhou"),
+            update("Guizhou Province"),
+            create("again"),
+            Command::Batch {
+                commands: vec![update("in a batch"), create("in a batch")],
+            },
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect(),
     };
     let json = serde_json::to_vec(&group).unwrap();
     assert_eq!(serde_json::from_slice::<Command>(&json).unwrap(), group);
@@ -242,16 +271,29 @@ fn a_group_applies_in_order_with_an_outcome_per_command() {
     assert!(
         matches!(
             errors.as_slice(),
-            [None, Some(ApplyError::AlreadyExists(_)), None]
+            [
+                Some(ApplyError::NotFound(_)),
+                None,
+                None,
+                Some(ApplyError::AlreadyExists(_)),
+                Some(ApplyError::AlreadyExists(_)),
+            ]
         ),
         "{errors:?}"
     );
+    assert_eq!(state.tenants["gz"].name, "in a batch");
+    let json = serde_json::to_vec(&outcome).unwrap();
+    assert_eq!(serde_json::from_slice::<Outcome>(&json).unwrap(), outcome);
 
+    // The same commands as entries of their own leave the same state.
     let mut one_by_one = ReplicatedState::default();
-    for c in &commands[..2] {
-        one_by_one.apply(c);
+    if let Command::Group { commands } = &group {
+        for c in commands {
+            one_by_one.apply(c);
+        }
     }
-    assert_eq!(state, one_by_one, "the same state as separate entries");
+    assert_eq!(state, one_by_one);
+    assert_eq!(state.apply(&delete).error, None);
 }
 
 #[test]

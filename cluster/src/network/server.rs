@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use super::frame::{read_frame, write_frame, FrameError};
 use super::message::{Request, Response, WriteRejection};
-use crate::combiner::Combiner;
+use crate::combiner::{Combiner, WriteError};
 use crate::types::Raft;
 
 /// Accepts connections until the returned task is aborted; aborting it also aborts every
@@ -93,7 +93,7 @@ async fn local_write(
 ) -> Result<model::Outcome, WriteRejection> {
     match combiner.write(command).await {
         Ok(outcome) => Ok(outcome),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+        Err(WriteError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
             Err(WriteRejection::NotLeader {
                 leader_id: forward.leader_id,
             })
