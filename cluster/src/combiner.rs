@@ -211,11 +211,10 @@ async fn commit(raft: Raft, group: Vec<Write>) {
             for reply in replies {
                 // Applying a group yields one outcome per command; a missing one would be a
                 // bug in `ReplicatedState::apply`, reported as a failure, never as success.
-                let outcome = parts.next().unwrap_or_else(|| model::Outcome {
-                    error: Some(model::ApplyError::Invalid(
+                let outcome = parts.next().unwrap_or_else(|| {
+                    model::Outcome::failed(model::ApplyError::Invalid(
                         "no outcome for this write in its group".into(),
-                    )),
-                    parts: Vec::new(),
+                    ))
                 });
                 let _ = reply.send(Ok(outcome));
             }

@@ -73,6 +73,39 @@ fn tenant() -> Tenant {
     }
 }
 
+/// The create of tenant `t{n}`, whose landing code is `landing`.
+fn create_numbered(n: usize, landing: usize) -> Command {
+    Command::Create {
+        item: ConfigItem::Tenant(Tenant {
+            id: TenantId::new(format!("t{n}")).expect("valid id"),
+            name: format!("Tenant {n}"),
+            domain: format!("t{n}.callgrid.test"),
+            landing_codes: vec![landing.to_string()],
+            access_codes: vec![],
+            routing: Vec::new(),
+        }),
+    }
+}
+
+/// Waits until every node has applied everything any of them has, then checks that each
+/// holds `tenants` tenants.
+async fn all_apply_with(nodes: &[Arc<Cluster>], tenants: usize) -> Result<()> {
+    let last = nodes
+        .iter()
+        .filter_map(|n| n.status().last_applied)
+        .max()
+        .context("an applied index")?;
+    for node in nodes {
+        node.raft()
+            .wait(Some(APPLY))
+            .applied_index_at_least(Some(last), "every write applied")
+            .await
+            .with_context(|| format!("node {} applies up to {last}", node.node_id()))?;
+        assert_eq!(node.read(|s| s.tenants.len()), tenants);
+    }
+    Ok(())
+}
+
 fn has_tenant(node: &Cluster) -> bool {
     node.read(|state| state.tenants.contains_key("gd"))
 }
@@ -207,17 +240,7 @@ async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()>
         .context("the leader's handle")?;
     let mut applied = leader.subscribe();
 
-    let tenant_id = |n: usize| TenantId::new(format!("t{n}")).expect("valid id");
-    let create = |n: usize| Command::Create {
-        item: ConfigItem::Tenant(Tenant {
-            id: tenant_id(n),
-            name: format!("Tenant {n}"),
-            domain: format!("t{n}.callgrid.test"),
-            landing_codes: vec![format!("{}", 300 + n)],
-            access_codes: vec![],
-            routing: Vec::new(),
-        }),
-    };
+    let create = |n: usize| create_numbered(n, 300 + n);
     const DISTINCT: usize = 24;
     const DUPLICATES: usize = 6;
     const MISSING: usize = 12;
@@ -233,7 +256,7 @@ async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()>
     for i in 0..MISSING {
         let delete = Command::Delete {
             key: model::ConfigKey::Tenant {
-                id: tenant_id(missing(i)),
+                id: TenantId::new(format!("t{}", missing(i))).expect("valid id"),
             },
         };
         writes.push((missing(i), nodes[i % 3].write(delete)));
@@ -264,15 +287,7 @@ async fn concurrent_writes_share_entries_with_their_own_outcomes() -> Result<()>
     // Every node applies every write; then the leader's applied commands show at least one
     // entry that carried several writes (42 at once cannot all go alone: at most two entries
     // are in flight at the leader).
-    let last = leader.status().last_applied.context("an applied index")?;
-    for node in &nodes {
-        node.raft()
-            .wait(Some(APPLY))
-            .applied_index_at_least(Some(last), "every write applied")
-            .await
-            .with_context(|| format!("node {} applies up to {last}", node.node_id()))?;
-        assert_eq!(node.read(|s| s.tenants.len()), DISTINCT + 1);
-    }
+    all_apply_with(&nodes, DISTINCT + 1).await?;
     let mut grouped = 0;
     while let Ok(a) = applied.try_recv() {
         if let Command::Group { commands } = &*a.command {
@@ -306,17 +321,7 @@ async fn writes_survive_a_leader_change_mid_stream() -> Result<()> {
             let mut outcomes = Vec::new();
             for i in 0..EACH {
                 let n = w * 100 + i;
-                let create = Command::Create {
-                    item: ConfigItem::Tenant(Tenant {
-                        id: TenantId::new(format!("t{n}")).expect("valid id"),
-                        name: format!("Tenant {n}"),
-                        domain: format!("t{n}.callgrid.test"),
-                        landing_codes: vec![format!("{}", 1000 + n)],
-                        access_codes: vec![],
-                        routing: Vec::new(),
-                    }),
-                };
-                outcomes.push((n, node.write(create).await));
+                outcomes.push((n, node.write(create_numbered(n, 1000 + n)).await));
             }
             outcomes
         })
@@ -356,19 +361,7 @@ async fn writes_survive_a_leader_change_mid_stream() -> Result<()> {
         after.term > first.term,
         "the election made a new term: {after:?}"
     );
-    let last = nodes
-        .iter()
-        .filter_map(|n| n.status().last_applied)
-        .max()
-        .context("an applied index")?;
-    for node in &nodes {
-        node.raft()
-            .wait(Some(APPLY))
-            .applied_index_at_least(Some(last), "every write applied")
-            .await
-            .with_context(|| format!("node {} applies up to {last}", node.node_id()))?;
-        assert_eq!(node.read(|s| s.tenants.len()), WRITERS * EACH);
-    }
+    all_apply_with(&nodes, WRITERS * EACH).await?;
     stop_all(nodes).await;
     Ok(())
 }

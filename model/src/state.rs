@@ -136,7 +136,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn failed(error: ApplyError) -> Outcome {
+    /// The outcome of a command refused with `error`.
+    pub fn failed(error: ApplyError) -> Outcome {
         Outcome {
             error: Some(error),
             parts: Vec::new(),
