@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use callgrid_tests::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn bench(c: &ClusterGuard, scenario: &str, args: &[&str]) -> Result<Value> {
     let out = Command::new(callgrid_bin())
@@ -69,6 +69,64 @@ async fn every_bench_scenario_runs_and_reports() -> Result<()> {
         figure(&raft, "left_behind") == 0.0,
         "every synthetic checkpoint discarded: {raft}"
     );
+    // Open loop: checkpoints on schedule at a set rate, over fewer synthetic calls than
+    // checkpoints (each call checkpointed five times, newer versions of it).
+    let open = bench(
+        &c,
+        "raft",
+        &[
+            "--checkpoints",
+            "1500",
+            "--rate",
+            "1000",
+            "--live-calls",
+            "300",
+        ],
+    )?;
+    ensure!(figure(&open, "committed") == 1500.0, "{open}");
+    ensure!(figure(&open, "failed") == 0.0, "{open}");
+    ensure!(open["parameters"]["rate"] == 1000, "{open}");
+    ensure!(open["parameters"]["live_calls"] == 300, "{open}");
+    ensure!(figure(&open, "offered_per_sec") >= 1000.0, "{open}");
+    ensure!(figure(&open, "most_in_flight") >= 1.0, "{open}");
+    ensure!(
+        open["figures"]["commit_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0,
+        "{open}"
+    );
+    ensure!(
+        figure(&open, "left_behind") == 0.0,
+        "every synthetic call discarded: {open}"
+    );
+    // A bad rate or call count is refused, by the CLI and by the node, and runs nothing.
+    let refused = Command::new(callgrid_bin())
+        .args(["bench", "raft", "--rate", "0", "--dir"])
+        .arg(c.work())
+        .output()?;
+    ensure!(!refused.status.success(), "--rate 0 was accepted");
+    ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("--rate"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    for (field, body) in [
+        (
+            "rate",
+            json!({ "checkpoints": 10, "concurrency": 1, "rate": 0 }),
+        ),
+        (
+            "live_calls",
+            json!({ "checkpoints": 10, "concurrency": 1, "live_calls": 0 }),
+        ),
+    ] {
+        let error = c
+            .api(0)
+            .post_json("/api/v1/bench/raft", &body)
+            .await
+            .err()
+            .with_context(|| format!("{field} 0 was accepted"))?;
+        let error = format!("{error:#}");
+        ensure!(error.contains("422") && error.contains(field), "{error}");
+    }
     // The synthetic calls left no record.
     let cdrs = c.api(0).get_cdrs("").await?;
     ensure!(

@@ -1,7 +1,18 @@
 //! `POST /api/v1/bench/raft`: the Raft scenario of `callgrid bench`, run inside a node so it
 //! measures the path calls use: synthetic call checkpoints (the size of a real one,
 //! `model::bench::call_checkpoint`) go through this node's checkpoint writer, which batches
-//! them into Raft entries; each is timed from submission to commit. Afterwards the synthetic
+//! them into Raft entries; each is timed from submission to commit.
+//!
+//! Two ways to load it:
+//! - **closed loop** (`concurrency` writers, each submitting its next checkpoint once the last
+//!   is committed): the most the node commits. Each writer has one checkpoint in flight, so
+//!   the latency is the writers over the rate (Little's law) whatever the code does.
+//! - **open loop** (`rate` checkpoints/s, submitted on schedule whatever is in flight), as
+//!   calls write theirs: the commit latency at that rate. A checkpoint is timed from its
+//!   scheduled time, not from when the pacer got to it, so a late pacer counts against the
+//!   figure (no coordinated omission).
+//!
+//! Afterwards the synthetic
 //! checkpoints are discarded (`Command::DiscardCalls`), so no call, CDR or statistic is left:
 //! the run and its clean-up go on in their own task even if the client goes away, late
 //! commits are waited for before the discard, and a node that takes calls over skips
@@ -23,6 +34,14 @@ use super::Shared;
 pub const MAX_CHECKPOINTS: u32 = 200_000;
 /// Most writers at once.
 pub const MAX_CONCURRENCY: u32 = 4_096;
+/// Synthetic calls of one node's run by default: its share of the 4,000 concurrent calls a
+/// data center holds (issue 5). Every checkpoint to a new call would grow the state, and the
+/// snapshots with it, far past anything live calls make (100 MB after 90,000 checkpoints).
+pub const DEFAULT_LIVE_CALLS: u32 = 1_334;
+/// Most checkpoints per second asked of one node in open loop. What is in flight is bounded
+/// by the checkpoints of the run (`MAX_CHECKPOINTS`, under the writer's backlog bound) and by
+/// the commit deadline.
+pub const MAX_RATE: u32 = 100_000;
 /// A checkpoint not committed within this is counted failed.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Discards per Raft entry when cleaning up.
@@ -37,8 +56,15 @@ const DISCARD_ATTEMPTS: usize = 5;
 pub struct RaftBench {
     pub checkpoints: u32,
     /// Writers at once, each writing its checkpoints one after another (a call actor waits
-    /// for its checkpoint only at a few points; most are fire-and-forget).
+    /// for its checkpoint only at a few points; most are fire-and-forget). Unused with `rate`.
     pub concurrency: u32,
+    /// Checkpoints per second submitted on schedule (open loop) instead of by writers.
+    #[serde(default)]
+    pub rate: Option<u32>,
+    /// Synthetic calls the checkpoints go to in turn (`DEFAULT_LIVE_CALLS` when absent): the
+    /// replicated state holds this many of them at most, as it holds the live calls.
+    #[serde(default)]
+    pub live_calls: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,6 +82,12 @@ pub struct RaftBenchResult {
     /// Synthetic checkpoints the clean-up could not discard (0 unless Raft lost its quorum).
     #[serde(default)]
     pub left_behind: u64,
+    /// Open loop: the rate asked for, and the most checkpoints waiting for their commit at
+    /// once (Little's law: the rate times the mean latency).
+    #[serde(default)]
+    pub offered_per_sec: Option<f64>,
+    #[serde(default)]
+    pub most_in_flight: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone, Copy, PartialEq)]
@@ -101,28 +133,55 @@ pub async fn raft(
             "concurrency: 1 to {MAX_CONCURRENCY}"
         )));
     }
+    if body.live_calls == Some(0) {
+        return Err(ApiError::invalid("live_calls: at least 1"));
+    }
+    if body.rate.is_some_and(|r| r == 0 || r > MAX_RATE) {
+        return Err(ApiError::invalid(format!("rate: 1 to {MAX_RATE}")));
+    }
     // In its own task: a client that goes away must not stop the clean-up.
-    let run = tokio::spawn(run_raft(state, body.checkpoints, body.concurrency));
+    let run = tokio::spawn(run_raft(state, body));
     run.await
         .map_err(|e| ApiError::invalid(format!("raft bench task: {e}")))?
         .map(Json)
 }
 
-async fn run_raft(state: Shared, checkpoints: u32, concurrency: u32) -> ApiResult<RaftBenchResult> {
-    let body = RaftBench {
-        checkpoints,
-        concurrency,
-    };
-    let rt = Arc::clone(state.node.runtime());
-    let run: u64 = rand::random::<u32>().into();
-    let fence = rt.fence();
-    let total = u64::from(body.checkpoints);
+/// What one run's load gave: each committed checkpoint's latency (ms), how many missed
+/// their deadline, and (open loop) the most in flight at once.
+struct Load {
+    latencies: Vec<f64>,
+    failed: u64,
+    most_in_flight: Option<u64>,
+}
+
+/// The run's synthetic calls: `live` of them, checkpointed in turn, each new checkpoint of
+/// a call a newer version of it, as a live call's are.
+#[derive(Clone)]
+struct Synthetic {
+    rt: Arc<actors::node::Runtime>,
+    run: u64,
+    fence: model::Fence,
+    live: u64,
+}
+
+impl Synthetic {
+    /// Submits the run's `i`th checkpoint; the receiver completes at its commit.
+    fn submit(&self, i: u64) -> tokio::sync::oneshot::Receiver<()> {
+        let id = model::bench::synthetic_id(self.run, i % self.live);
+        let version = i / self.live + 1;
+        let checkpoint = model::bench::call_checkpoint(&id, self.fence, version, self.rt.now_ms());
+        self.rt.checkpoints.submit_waiting(model::Command::PutCall {
+            checkpoint: Arc::new(checkpoint),
+        })
+    }
+}
+
+/// `concurrency` writers, each submitting its next checkpoint once the last is committed.
+async fn closed_loop(calls: Synthetic, total: u64, concurrency: u32) -> ApiResult<Load> {
     let next = Arc::new(AtomicU64::new(0));
-    let applied_before = state.cluster.status().last_applied.unwrap_or(0);
-    let started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..body.concurrency {
-        let rt = Arc::clone(&rt);
+    for _ in 0..concurrency {
+        let calls = calls.clone();
         let next = Arc::clone(&next);
         writers.spawn(async move {
             let mut latencies = Vec::new();
@@ -132,27 +191,95 @@ async fn run_raft(state: Shared, checkpoints: u32, concurrency: u32) -> ApiResul
                 if i >= total {
                     break;
                 }
-                let id = model::bench::synthetic_id(run, i);
-                let checkpoint = model::bench::call_checkpoint(&id, fence, 1, rt.now_ms());
                 let submitted = Instant::now();
-                let committed = rt.checkpoints.submit_waiting(model::Command::PutCall {
-                    checkpoint: Arc::new(checkpoint),
-                });
+                let committed = calls.submit(i);
                 match tokio::time::timeout(COMMIT_TIMEOUT, committed).await {
-                    Ok(Ok(())) => latencies.push(submitted.elapsed().as_secs_f64() * 1e3),
+                    Ok(Ok(())) => latencies.push(ms_since(submitted)),
                     _ => failed += 1,
                 }
             }
             (latencies, failed)
         });
     }
-    let mut latencies = Vec::with_capacity(total as usize);
-    let mut failed = 0;
+    let mut load = Load {
+        latencies: Vec::with_capacity(total as usize),
+        failed: 0,
+        most_in_flight: None,
+    };
     while let Some(done) = writers.join_next().await {
         let (mine, lost) = done.map_err(|e| ApiError::invalid(format!("bench writer: {e}")))?;
-        latencies.extend(mine);
-        failed += lost;
+        load.latencies.extend(mine);
+        load.failed += lost;
     }
+    Ok(load)
+}
+
+/// `rate` checkpoints per second on schedule, however many are waiting for their commit;
+/// each timed from its scheduled time. The pacer wakes every millisecond (tokio's timer
+/// resolution) and submits every checkpoint that has come due, so a checkpoint may wait up
+/// to about a millisecond for it, and that wait is in its latency.
+async fn open_loop(calls: Synthetic, total: u64, rate: u32) -> Load {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let started = Instant::now();
+    let scheduled = |i: u64| started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+    let mut waiting = FuturesUnordered::new();
+    let mut load = Load {
+        latencies: Vec::with_capacity(total as usize),
+        failed: 0,
+        most_in_flight: Some(0),
+    };
+    let mut most = 0u64;
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while sent < total || !waiting.is_empty() {
+        tokio::select! {
+            _ = tick.tick(), if sent < total => {
+                let now = Instant::now();
+                while sent < total && scheduled(sent) <= now {
+                    let due = scheduled(sent);
+                    let committed = calls.submit(sent);
+                    waiting.push(async move {
+                        (tokio::time::timeout(COMMIT_TIMEOUT, committed).await, due)
+                    });
+                    sent += 1;
+                }
+                most = most.max(waiting.len() as u64);
+            }
+            Some((result, due)) = waiting.next() => match result {
+                Ok(Ok(())) => load.latencies.push(ms_since(due)),
+                _ => load.failed += 1,
+            },
+        }
+    }
+    load.most_in_flight = Some(most);
+    load
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+async fn run_raft(state: Shared, body: RaftBench) -> ApiResult<RaftBenchResult> {
+    let rt = Arc::clone(state.node.runtime());
+    let run: u64 = rand::random::<u32>().into();
+    let total = u64::from(body.checkpoints);
+    let calls = Synthetic {
+        fence: rt.fence(),
+        rt: Arc::clone(&rt),
+        run,
+        live: u64::from(body.live_calls.unwrap_or(DEFAULT_LIVE_CALLS)).min(total),
+    };
+    let applied_before = state.cluster.status().last_applied.unwrap_or(0);
+    let started = Instant::now();
+    let Load {
+        mut latencies,
+        failed,
+        most_in_flight,
+    } = match body.rate {
+        Some(rate) => open_loop(calls.clone(), total, rate).await,
+        None => closed_loop(calls.clone(), total, body.concurrency).await?,
+    };
     let seconds = started.elapsed().as_secs_f64();
     let raft_entries = state
         .cluster
@@ -166,7 +293,7 @@ async fn run_raft(state: Shared, checkpoints: u32, concurrency: u32) -> ApiResul
     while rt.checkpoints.backlog() > 0 && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left_behind = discard(&state, run, total).await;
+    let left_behind = discard(&state, run, calls.live).await;
     let committed = latencies.len() as u64;
     Ok(RaftBenchResult {
         node: state.node_id,
@@ -178,13 +305,15 @@ async fn run_raft(state: Shared, checkpoints: u32, concurrency: u32) -> ApiResul
         raft_entries,
         commit_ms: Quantiles::of(&mut latencies),
         left_behind,
+        offered_per_sec: body.rate.map(f64::from),
+        most_in_flight,
     })
 }
 
-/// Removes the run's synthetic checkpoints, each entry tried a few times; how many could
-/// not be removed.
-async fn discard(state: &Shared, run: u64, total: u64) -> u64 {
-    let ids: Vec<model::CallId> = (0..total)
+/// Removes the run's synthetic calls, each entry tried a few times; how many could not be
+/// removed.
+async fn discard(state: &Shared, run: u64, live: u64) -> u64 {
+    let ids: Vec<model::CallId> = (0..live)
         .map(|i| model::CallId(model::bench::synthetic_id(run, i)))
         .collect();
     let mut left = 0;

@@ -277,7 +277,7 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         "/api/v1/bench/raft",
         &[(
             "post",
-            "Raft bench: {checkpoints, concurrency} synthetic call checkpoints through this node's checkpoint writer, timed to commit, then discarded",
+            "Raft bench: {checkpoints, concurrency, rate?, live_calls?} synthetic call checkpoints through this node's checkpoint writer, by writers waiting for their commits or at `rate` per second, timed to commit, then discarded",
         )],
     ),
 ];

@@ -25,14 +25,28 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Every node writes its share of the checkpoints at once, as calls on every node do.
+/// Every node writes its share of the checkpoints at once, as calls on every node do: by
+/// writers that wait for their commits, or at its share of `--rate`.
 pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Report> {
     let api = Api::new(cluster)?;
     let nodes = cluster.nodes.len().max(1);
     let concurrency = args.concurrency.unwrap_or(768).max(nodes);
+    let rate_per_node = args.rate.map(|r| (r as usize).div_ceil(nodes));
+    let live_per_node = (args.live_calls as usize).div_ceil(nodes);
     let mut report = Report::new(
         "raft",
-        json!({ "checkpoints": args.checkpoints, "concurrency": concurrency, "nodes": nodes }),
+        match args.rate {
+            Some(rate) => json!({
+                "checkpoints": args.checkpoints, "rate": rate, "nodes": nodes,
+                "live_calls": args.live_calls,
+                "load": "open loop: each node submits its share of the rate on schedule",
+            }),
+            None => json!({
+                "checkpoints": args.checkpoints, "concurrency": concurrency, "nodes": nodes,
+                "live_calls": args.live_calls,
+                "load": "closed loop: each writer waits for its commit",
+            }),
+        },
     );
     let started = Instant::now();
     let runs = (0..nodes).map(|n| {
@@ -40,6 +54,8 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
         let body = json!({
             "checkpoints": (args.checkpoints as usize / nodes).max(1),
             "concurrency": concurrency / nodes,
+            "rate": rate_per_node,
+            "live_calls": live_per_node,
         });
         async move {
             let (status, answer) = api.post(n, "/api/v1/bench/raft", &body).await?;
@@ -72,6 +88,12 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
         "checkpoints_per_entry",
         committed as f64 / (entries.max(1)) as f64,
     );
+    if rate_per_node.is_some() {
+        let offered: f64 = results.iter().filter_map(|r| r.offered_per_sec).sum();
+        let in_flight: u64 = results.iter().filter_map(|r| r.most_in_flight).sum();
+        report.figure("offered_per_sec", offered);
+        report.figure("most_in_flight", in_flight);
+    }
     report.figure("per_node", &results);
     for r in &results {
         report.rows.push((

@@ -12,7 +12,8 @@
 //! - `concurrent`: hold N established calls; memory per call and CPU per 100 calls per node.
 //! - `signin`: agent sign-ins and state changes per second through the API.
 //! - `events`: agent-state change on one node to its WebSocket event on another.
-//! - `raft`: committed checkpoints per second and commit latency (inside a node).
+//! - `raft`: committed checkpoints per second and commit latency (inside a node), with
+//!   writers that wait for their commits or at a set rate.
 //! - `media`: RTP relayed per second per core, with recording on, and the jitter it adds.
 
 mod api;
@@ -91,6 +92,17 @@ pub struct BenchArgs {
     /// raft: checkpoints to commit.
     #[arg(long, default_value_t = 100_000)]
     pub checkpoints: u32,
+    /// raft: checkpoints per second over the cluster, submitted on schedule whatever is in
+    /// flight (open loop, as calls write theirs): the commit latency at that rate. Without
+    /// it, `--concurrency` writers each wait for their commit (closed loop): the most the
+    /// cluster commits.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// raft: synthetic calls over the cluster that the checkpoints go to in turn, each
+    /// checkpoint a newer version of its call: the replicated state (and its snapshots)
+    /// holds this many, as it holds the live calls.
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub live_calls: u32,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
