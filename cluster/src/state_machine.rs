@@ -240,14 +240,16 @@ async fn off_runtime<T: Send + 'static>(
         .map_err(|e| write_error(std::io::Error::other(e.to_string())))?
 }
 
-/// Runs the building of a snapshot on a thread of its own at idle priority (Linux's
+/// Runs the encoding of a snapshot on a thread of its own at idle priority (Linux's
 /// `SCHED_IDLE`): it gets a core only when the node's workers leave one free. Every node
 /// builds its snapshot at the same applied index, so at normal priority three encoders of
 /// the whole state take the 2 cores from every node's Raft and calls at once: at 1,000
 /// checkpoints/s, over half the commits slower than 10 ms came in those 100 ms
-/// (docs/PERFORMANCE.md, "Raft: the latency at a set rate"). Nothing waits for a snapshot
-/// but the next one and log purging, so it may take longer. Where the policy cannot be
-/// set, the thread runs at normal priority.
+/// (docs/PERFORMANCE.md, "Raft: the latency at a set rate"). Nothing waits for the encoding
+/// but the next snapshot and log purging, so it may take longer; the work must hold no
+/// lock or resource that others wait for. Where the policy cannot be set, the thread runs
+/// at normal priority; if only the nice value cannot be (a niced process may not lower it
+/// back to 0), the policy is set and it is not worth a warning.
 async fn at_idle_priority<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
 ) -> Result<T, RaftStorageError> {
@@ -255,16 +257,7 @@ async fn at_idle_priority<T: Send + 'static>(
     std::thread::Builder::new()
         .name("raft-snapshot".into())
         .spawn(move || {
-            use thread_priority::{
-                set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-                ThreadPriority, ThreadSchedulePolicy,
-            };
-            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-            if let Err(e) =
-                set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
-            {
-                tracing::warn!(error = ?e, "snapshot thread keeps normal priority");
-            }
+            lower_to_idle_priority();
             let _ = done.send(work());
         })
         .map_err(write_error)?;
@@ -272,6 +265,25 @@ async fn at_idle_priority<T: Send + 'static>(
         .await
         .map_err(|_| write_error(std::io::Error::other("the snapshot thread died")))?
 }
+
+/// Puts the calling thread in Linux's `SCHED_IDLE` class (elsewhere: leaves it be).
+#[cfg(target_os = "linux")]
+fn lower_to_idle_priority() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        // The crate sets the policy, then the nice value; only the policy matters here.
+        if thread_schedule_policy().ok() != Some(idle) {
+            tracing::warn!(error = ?e, "snapshot thread keeps normal priority");
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_to_idle_priority() {}
 
 /// Builds a snapshot from the state captured when openraft asked for the builder, so applying
 /// may continue while the snapshot is encoded and written.
@@ -300,12 +312,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let files = self.files.clone();
         let stored = meta.clone();
         let lock = self.snapshot_write.clone();
-        let (file, bytes) = at_idle_priority(move || {
+        // Only the encoding runs at idle priority: it holds nothing anyone else waits for.
+        // Publishing takes the snapshot lock, which applying and installing take too, and
+        // writes the meta to the database the Raft log is appended to; a preempted idle
+        // thread must not hold either.
+        let encoder_files = files.clone();
+        let (part, file) = at_idle_priority(move || {
             // Encoded straight into the file: the JSON is never whole in memory.
-            let (part, file) = files
+            let written = encoder_files
                 .write_part(|out| serde_json::to_writer(out, &body).map_err(std::io::Error::from))
-                .map_err(write_error)?;
+                .map_err(write_error);
             drop(body);
+            written
+        })
+        .await?;
+        let (file, bytes) = off_runtime(move || {
             let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
             // A snapshot installed from the leader while this one was being built may be
             // newer; never replace it with an older one (the logs before it may be gone).
@@ -502,7 +523,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use thread_priority::{
@@ -515,7 +536,6 @@ mod tests {
             .await
             .expect("the work's result");
         assert_eq!(answer, 42);
-        #[cfg(target_os = "linux")]
         assert_eq!(
             policy,
             Some(ThreadSchedulePolicy::Normal(
