@@ -89,6 +89,7 @@ async fn every_bench_scenario_runs_and_reports() -> Result<()> {
     ensure!(open["parameters"]["live_calls"] == 300, "{open}");
     ensure!(figure(&open, "offered_per_sec") >= 1000.0, "{open}");
     ensure!(figure(&open, "most_in_flight") >= 1.0, "{open}");
+    ensure!(figure(&open, "coalesced") >= 0.0, "{open}");
     ensure!(
         open["figures"]["commit_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0,
         "{open}"
@@ -116,6 +117,10 @@ async fn every_bench_scenario_runs_and_reports() -> Result<()> {
         (
             "live_calls",
             json!({ "checkpoints": 10, "concurrency": 1, "live_calls": 0 }),
+        ),
+        (
+            "live_calls",
+            json!({ "checkpoints": 10, "concurrency": 8, "live_calls": 4 }),
         ),
     ] {
         let error = c

@@ -56,6 +56,8 @@ pub struct Checkpointer {
     pending: Mutex<Pending>,
     wake: Arc<Notify>,
     degraded: std::sync::atomic::AtomicBool,
+    /// Checkpoints replaced by a newer one of their key before they were written.
+    coalesced: std::sync::atomic::AtomicU64,
 }
 
 fn key_of(command: &Command) -> Option<String> {
@@ -96,6 +98,7 @@ impl Checkpointer {
             pending: Mutex::default(),
             wake: Arc::new(Notify::new()),
             degraded: Default::default(),
+            coalesced: Default::default(),
         });
         let task = tokio::spawn(run(Arc::downgrade(&me), cluster));
         (me, task)
@@ -124,9 +127,12 @@ impl Checkpointer {
         // A CDR already pending for a call beats any later checkpoint of that call.
         let cdr_pending = matches!(pending.by_key.get(&key), Some(Command::RecordCdr { .. }));
         if cdr_pending && matches!(command, Command::PutCall { .. }) {
+            self.count_coalesced();
             return true;
         }
-        if !pending.by_key.contains_key(&key) {
+        if pending.by_key.contains_key(&key) {
+            self.count_coalesced();
+        } else {
             if pending.by_key.len() >= MAX_PENDING {
                 metrics::counter!("callgrid_checkpoints_dropped_total").increment(1);
                 return false;
@@ -142,6 +148,19 @@ impl Checkpointer {
         metrics::gauge!("callgrid_checkpoint_backlog").set(backlog as f64);
         self.wake.notify_one();
         true
+    }
+
+    fn count_coalesced(&self) {
+        self.coalesced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("callgrid_checkpoints_coalesced_total").increment(1);
+    }
+
+    /// Checkpoints never written because a newer one of their key (or the call's CDR)
+    /// replaced them while they waited, since the node started. Their waiters are answered
+    /// when the newer one commits.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Checkpoints not yet committed.
@@ -445,6 +464,7 @@ mod tests {
             pending: Mutex::default(),
             wake: Arc::new(Notify::new()),
             degraded: Default::default(),
+            coalesced: Default::default(),
         }
     }
 
@@ -464,6 +484,11 @@ mod tests {
             "the newest checkpoint is written"
         );
         assert_eq!(c.backlog(), 0);
+        assert_eq!(
+            c.coalesced(),
+            1,
+            "1001's first checkpoint was never written"
+        );
     }
 
     #[test]
@@ -499,6 +524,7 @@ mod tests {
             "another key goes out beside the batch in flight; 1001's newer one waits"
         );
         assert_eq!(c.backlog(), 1);
+        assert_eq!(c.coalesced(), 0, "a checkpoint in flight is not replaced");
         assert!(c.take_batch().is_empty(), "nothing else may go out yet");
         c.release(&keys(&first));
         c.committed(&keys(&first));

@@ -76,9 +76,12 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
     let p99 = results.iter().map(|r| r.commit_ms.p99).fold(0.0, f64::max);
     let entries = results.iter().map(|r| r.raft_entries).max().unwrap_or(0);
     let left_behind: u64 = results.iter().map(|r| r.left_behind).sum();
+    let coalesced: u64 = results.iter().map(|r| r.coalesced).sum();
     report.figure("committed", committed);
     report.figure("failed", failed);
     report.figure("left_behind", left_behind);
+    // Checkpoints answered by a newer one of their synthetic call, never written themselves.
+    report.figure("coalesced", coalesced);
     report.figure("seconds", longest);
     report.figure("wall_seconds_with_cleanup", seconds);
     report.figure("committed_per_sec", per_sec);
