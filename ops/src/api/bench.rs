@@ -239,7 +239,7 @@ async fn open_loop(calls: Synthetic, total: u64, rate: u32) -> Load {
     let mut load = Load {
         latencies: Vec::with_capacity(total as usize),
         failed: 0,
-        most_in_flight: Some(0),
+        most_in_flight: None,
     };
     let mut most = 0u64;
     let mut sent = 0u64;
