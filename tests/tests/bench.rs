@@ -66,6 +66,10 @@ async fn every_bench_scenario_runs_and_reports() -> Result<()> {
     );
     ensure!(figure(&raft, "checkpoints_per_entry") >= 1.0, "{raft}");
     ensure!(
+        figure(&raft, "node_cpu_ms_per_1000_checkpoints") > 0.0,
+        "the nodes' CPU is measured: {raft}"
+    );
+    ensure!(
         figure(&raft, "left_behind") == 0.0,
         "every synthetic checkpoint discarded: {raft}"
     );
@@ -178,6 +182,13 @@ async fn every_bench_scenario_runs_and_reports() -> Result<()> {
     );
     ensure!(
         steps[0]["ring_latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0,
+        "{caps}"
+    );
+    // What the nodes spent: every call costs CPU and at least part of a Raft entry.
+    let cost = &steps[0]["cost"];
+    ensure!(
+        cost["node_cpu_ms_per_call"].as_f64().unwrap_or(0.0) > 0.0
+            && cost["raft_entries_per_call"].as_f64().unwrap_or(0.0) > 0.0,
         "{caps}"
     );
     ensure!(figure(&caps, "max_sustained_caps") >= 10.0, "{caps}");

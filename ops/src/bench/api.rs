@@ -48,6 +48,13 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
             }),
         },
     );
+    // The nodes' CPU over the run (clean-up included), when their pids are known.
+    let pids = super::calls::node_pids(&args.dir).ok();
+    let cpu = || {
+        pids.as_ref()
+            .and_then(|p| super::calls::cpu_seconds(p).ok())
+    };
+    let cpu_before = cpu();
     let started = Instant::now();
     let runs = (0..nodes).map(|n| {
         let api = api.clone();
@@ -67,6 +74,9 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
     });
     let results: Vec<RaftBenchResult> = futures::future::try_join_all(runs).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_used = cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before).max(0.0));
     let committed: u64 = results.iter().map(|r| r.committed).sum();
     let failed: u64 = results.iter().map(|r| r.failed).sum();
     let longest = results.iter().map(|r| r.seconds).fold(0.0, f64::max);
@@ -91,6 +101,13 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
         "checkpoints_per_entry",
         committed as f64 / (entries.max(1)) as f64,
     );
+    if let Some(cpu) = cpu_used {
+        report.figure("node_cores", cpu / seconds.max(1e-9));
+        report.figure(
+            "node_cpu_ms_per_1000_checkpoints",
+            cpu * 1e6 / committed.max(1) as f64,
+        );
+    }
     if rate_per_node.is_some() {
         let offered: f64 = results.iter().filter_map(|r| r.offered_per_sec).sum();
         let in_flight: u64 = results.iter().filter_map(|r| r.most_in_flight).sum();

@@ -89,6 +89,15 @@ pub fn node_pids(dir: &Path) -> anyhow::Result<BTreeMap<u64, u32>> {
     Ok(serde_json::from_str::<Pids>(&text)?.nodes)
 }
 
+/// CPU seconds (user and system) the processes have used, together.
+pub fn cpu_seconds(pids: &BTreeMap<u64, u32>) -> anyhow::Result<f64> {
+    let mut ticks = 0;
+    for pid in pids.values() {
+        ticks += sample(*pid)?.cpu_ticks;
+    }
+    Ok(ticks as f64 / TICKS_PER_SEC)
+}
+
 fn sample_all(pids: &BTreeMap<u64, u32>) -> anyhow::Result<BTreeMap<u64, ProcSample>> {
     pids.iter()
         .map(|(id, pid)| Ok((*id, sample(*pid)?)))

@@ -9,7 +9,7 @@
 //! its calls fail and the latency p99s stay under 100 ms; the bench stops at the first step
 //! that does not.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::process::Command;
 
+use super::calls;
 use super::report::{unix_ms, Quantiles};
 use super::setup::{self, Api, Phones};
 use super::{BenchArgs, Report, Target};
@@ -58,6 +59,73 @@ pub struct Step {
     /// INVITE sent to its 200, ms (SIPp's rtd).
     pub answer_latency_ms: Quantiles,
     pub held: bool,
+    /// What the nodes spent on the step (`caps` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<StepCost>,
+}
+
+/// What the nodes spent on a step's calls, read before the carriers start and after they
+/// end (so every call's BYE is in): the cost of a call, which sets how far the rate can go
+/// on these cores (docs/PERFORMANCE.md, "Caps: what one call costs").
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepCost {
+    /// Cores the nodes used together, on average over the step.
+    pub node_cores: f64,
+    /// The nodes' CPU (user and system, all nodes together) per call attempted, ms.
+    pub node_cpu_ms_per_call: f64,
+    /// Raft entries committed during the step.
+    pub raft_entries: u64,
+    pub raft_entries_per_call: f64,
+}
+
+/// Reads the nodes' CPU (`/proc`, pids from `cluster up`) and Raft's applied index (`/health`).
+struct Meter<'a> {
+    api: &'a Api,
+    pids: BTreeMap<u64, u32>,
+    nodes: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Reading {
+    at: std::time::Instant,
+    cpu_seconds: f64,
+    applied: u64,
+}
+
+impl Meter<'_> {
+    async fn read(&self) -> anyhow::Result<Reading> {
+        let cpu_seconds = calls::cpu_seconds(&self.pids)?;
+        let mut applied = None;
+        for n in 0..self.nodes {
+            let url = format!("{}/health", self.api.base(n));
+            let Ok(response) = self.api.http.get(&url).send().await else {
+                continue;
+            };
+            let health: serde_json::Value = response.json().await.unwrap_or_default();
+            if let Some(index) = health["last_applied"].as_u64() {
+                applied = applied.max(Some(index));
+            }
+        }
+        Ok(Reading {
+            at: std::time::Instant::now(),
+            cpu_seconds,
+            applied: applied.context("no node answered /health")?,
+        })
+    }
+}
+
+impl StepCost {
+    fn between(before: Reading, after: Reading, calls: u64) -> StepCost {
+        let cpu = (after.cpu_seconds - before.cpu_seconds).max(0.0);
+        let entries = after.applied.saturating_sub(before.applied);
+        let calls = calls.max(1) as f64;
+        StepCost {
+            node_cores: cpu / after.at.duration_since(before.at).as_secs_f64().max(1e-9),
+            node_cpu_ms_per_call: cpu * 1000.0 / calls,
+            raft_entries: entries,
+            raft_entries_per_call: entries as f64 / calls,
+        }
+    }
 }
 
 /// Checks that SIPp is there; the README's set-up installs it (package sip-tester).
@@ -150,13 +218,18 @@ pub async fn caps(
         })
     };
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.sip.clone()).collect();
+    let meter = Meter {
+        api: &api,
+        pids: calls::node_pids(&args.dir)?,
+        nodes: cluster.nodes.len(),
+    };
     let steps = run_steps(
         &work,
         "caps",
         &rates,
         args,
         instances,
-        Some((&nodes, &rings)),
+        Some((&nodes, &rings, &meter)),
     )
     .await;
     collector.abort();
@@ -240,29 +313,54 @@ fn add_rows(report: &mut Report, what: &str, steps: &[Step]) {
                     format!("{:.1}", s.answer_latency_ms.p99),
                 ),
                 ("held".into(), s.held.to_string()),
-            ],
+            ]
+            .into_iter()
+            .chain(s.cost.map(|c| {
+                (
+                    "node ms/call, entries/call".into(),
+                    format!(
+                        "{:.1}, {:.2}",
+                        c.node_cpu_ms_per_call, c.raft_entries_per_call
+                    ),
+                )
+            }))
+            .collect(),
         ));
     }
 }
 
-/// Runs the steps in turn until one does not hold. `cluster`: the nodes' SIP addresses and
-/// the phones' rings; `None` for the SIPp-to-SIPp ceiling.
+/// Runs the steps in turn until one does not hold. `cluster`: the nodes' SIP addresses, the
+/// phones' rings and the nodes' meter; `None` for the SIPp-to-SIPp ceiling.
 async fn run_steps(
     work: &Path,
     what: &str,
     rates: &[u32],
     args: &BenchArgs,
     instances: usize,
-    cluster: Option<(&[String], &Rings)>,
+    cluster: Option<(&[String], &Rings, &Meter<'_>)>,
 ) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     for (i, &rate) in rates.iter().enumerate() {
         let dir = work.join(format!("{what}-{rate}"));
         std::fs::create_dir_all(&dir)?;
-        let step = run_step(&dir, i, rate, args, instances, cluster).await?;
+        let targets = cluster.map(|(nodes, rings, _)| (nodes, rings));
+        let before = match cluster {
+            Some((_, _, meter)) => Some(meter.read().await?),
+            None => None,
+        };
+        let mut step = run_step(&dir, i, rate, args, instances, targets).await?;
+        if let (Some((_, _, meter)), Some(before)) = (cluster, before) {
+            step.cost = Some(StepCost::between(before, meter.read().await?, step.calls));
+        }
         tracing::info!(what, rate, held = step.held, "bench step done");
+        let cost = step.cost.map_or(String::new(), |c| {
+            format!(
+                ", {:.1} ms of node CPU and {:.2} Raft entries per call",
+                c.node_cpu_ms_per_call, c.raft_entries_per_call
+            )
+        });
         eprintln!(
-            "{what} {rate}/s: {}/{} failed, ring p99 {:.1} ms, answer p99 {:.1} ms{}",
+            "{what} {rate}/s: {}/{} failed, ring p99 {:.1} ms, answer p99 {:.1} ms{cost}{}",
             step.failed,
             step.calls,
             step.ring_latency_ms.p99,
@@ -423,6 +521,7 @@ async fn run_step(
         unrung,
         answer_latency_ms: answer,
         held,
+        cost: None,
     })
 }
 
@@ -531,6 +630,26 @@ mod tests {
     }
 
     #[test]
+    fn a_steps_cost_is_what_the_nodes_spent_per_call() {
+        let at = std::time::Instant::now();
+        let before = Reading {
+            at,
+            cpu_seconds: 10.0,
+            applied: 1_000,
+        };
+        let after = Reading {
+            at: at + Duration::from_secs(3),
+            cpu_seconds: 11.5,
+            applied: 1_585,
+        };
+        let cost = StepCost::between(before, after, 150);
+        assert!((cost.node_cores - 0.5).abs() < 1e-9);
+        assert!((cost.node_cpu_ms_per_call - 10.0).abs() < 1e-9);
+        assert_eq!(cost.raft_entries, 585);
+        assert!((cost.raft_entries_per_call - 3.9).abs() < 1e-9);
+    }
+
+    #[test]
     fn steps_and_agents_follow_the_arguments() {
         assert_eq!(default_agents(1000, 1000), 1875);
         assert_eq!(default_agents(10, 100), 20, "at least 20");
@@ -545,6 +664,7 @@ mod tests {
             unrung: 0,
             answer_latency_ms: Quantiles::default(),
             held,
+            cost: None,
         };
         assert_eq!(
             max_sustained(&[step(100, true), step(200, true), step(300, false)]),
