@@ -11,19 +11,13 @@
 //! The combiner keeps at most `MAX_ENTRIES_IN_FLIGHT` entries of its own waiting for their
 //! answer. Writes that arrive meanwhile wait, and go together into the next entry, a
 //! `model::Command::Group`; each writer gets back its own command's outcome (its
-//! `Outcome::parts` slot), as if it had been an entry of its own. A group holds at most
-//! `MAX_GROUP_COMMANDS` commands (a batch counts as its commands), so an entry is never
-//! larger than the largest batch a single writer sends, and a follower takes it in one
-//! AppendEntries as before.
-//!
-//! When does a write go? With no entry in flight, at once: an idle cluster adds no latency.
-//! With one in flight, it waits up to `LINGER` for company before it takes the second slot
-//! alone, and goes at once with whatever came meanwhile if the first entry is answered
-//! sooner. With both in flight, it waits for a slot. Under calls, most writes are a single
-//! checkpoint from one node's writer, and a Raft entry costs about the same CPU whatever it
-//! carries (about 1.3 ms over the three nodes: an fsync and a virtio notification on each,
-//! two AppendEntries, the applies), so entries, not checkpoints, are what a call costs
-//! (docs/PERFORMANCE.md, "Caps: fewer entries per call").
+//! `Outcome::parts` slot), as if it had been an entry of its own. A write that arrives when
+//! a slot is free goes at once, alone: no write ever waits for company. (A write that found
+//! one entry in flight was once made to linger 1 ms for company: 25-37% fewer entries, and
+//! no CPU saved under calls; docs/PERFORMANCE.md, "Caps: fewer entries per call, measured".)
+//! A group holds at most `MAX_GROUP_COMMANDS` commands (a batch counts as its commands), so
+//! an entry is never larger than the largest batch a single writer sends, and a follower
+//! takes it in one AppendEntries as before.
 //!
 //! Writes go straight to openraft, as before the combiner, when this node does not lead
 //! (openraft refuses them at once with `ForwardToLeader`, and the writer retries at the
@@ -32,13 +26,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::RaftServerMetrics;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 
 use crate::node::WRITE_TIMEOUT;
 use crate::types::{NodeInfo, Raft};
@@ -49,11 +41,6 @@ pub const MAX_ENTRIES_IN_FLIGHT: usize = 2;
 /// The most commands one group carries, a batch counting as its commands: the checkpoint
 /// writer's largest batch (`actors::node::checkpoints::MAX_BATCH`).
 pub const MAX_GROUP_COMMANDS: usize = 512;
-/// How long a write that finds one entry in flight waits for company before it takes the
-/// second slot (the timer's resolution is 1 ms, so 1-2 ms in practice). Short beside the
-/// commit itself (3-5 ms at low load on these machines), and at 150 calls/s the writes come
-/// about 1.3 ms apart.
-pub const LINGER: Duration = Duration::from_millis(1);
 
 /// Why a write through the combiner was not committed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -74,9 +61,6 @@ type Reply = oneshot::Sender<Result<model::Outcome, WriteError>>;
 struct Write {
     command: Arc<model::Command>,
     reply: Reply,
-    /// When it was queued: its linger counts from here, so a write that already waited for a
-    /// slot does not wait again.
-    queued: Instant,
 }
 type ServerMetrics = watch::Receiver<RaftServerMetrics<u64, NodeInfo>>;
 
@@ -100,7 +84,7 @@ impl Combiner {
                 async move { write_alone(&raft, command).await }
             }
         };
-        tokio::spawn(run(entry, server.clone(), rx, LINGER));
+        tokio::spawn(run(entry, server.clone(), rx));
         Combiner {
             raft,
             server,
@@ -115,12 +99,7 @@ impl Combiner {
             return write_alone(&self.raft, command).await;
         }
         let (reply, answer) = oneshot::channel();
-        let write = Write {
-            command,
-            reply,
-            queued: Instant::now(),
-        };
-        if self.queue.send(write).is_err() {
+        if self.queue.send(Write { command, reply }).is_err() {
             return Err(WriteError::Unanswered);
         }
         answer.await.unwrap_or(Err(WriteError::Unanswered))
@@ -160,45 +139,26 @@ async fn write_alone(
     }
 }
 
-/// When the group headed by `first` may go with `busy` entries in flight: at once with none,
-/// after its linger with one, and not before a slot frees with both.
-fn due(first: &Write, busy: usize, linger: Duration) -> Option<Instant> {
-    match busy {
-        0 => Some(first.queued),
-        n if n < MAX_ENTRIES_IN_FLIGHT => Some(first.queued + linger),
-        _ => None,
-    }
-}
-
 /// The combining loop. `entry` commits one Raft entry (`write_alone` on the node's Raft; a
 /// stand-in in the tests).
-async fn run<E, F>(
-    entry: E,
-    mut server: ServerMetrics,
-    mut queue: mpsc::UnboundedReceiver<Write>,
-    linger: Duration,
-) where
+async fn run<E, F>(entry: E, mut server: ServerMetrics, mut queue: mpsc::UnboundedReceiver<Write>)
+where
     E: Fn(Arc<model::Command>) -> F + Clone + Send + 'static,
     F: Future<Output = Result<model::Outcome, WriteError>> + Send + 'static,
 {
     let mut in_flight = FuturesUnordered::new();
-    // The first write of the next group: it did not fit in the last group, or it waits for a
-    // slot or for company.
-    let mut next: Option<Write> = None;
+    // The write that did not fit in the last group: the first of the next.
+    let mut carried: Option<Write> = None;
     let mut raft_running = true;
     loop {
-        if let Some(first) = next.take() {
-            if due(&first, in_flight.len(), linger).is_some_and(|at| at <= Instant::now()) {
-                if let Some(group) = take_group(first, &mut queue, &mut next) {
+        if in_flight.len() < MAX_ENTRIES_IN_FLIGHT {
+            if let Some(first) = carried.take() {
+                if let Some(group) = take_group(first, &mut queue, &mut carried) {
                     in_flight.push(commit(entry.clone(), group));
                 }
                 continue;
             }
-            next = Some(first);
         }
-        let wake_at = next
-            .as_ref()
-            .and_then(|first| due(first, in_flight.len(), linger));
         tokio::select! {
             // A finished entry first: its slot lets the writes queued meanwhile go, together.
             biased;
@@ -209,7 +169,7 @@ async fn run<E, F>(
             changed = server.changed(), if raft_running && in_flight.len() >= MAX_ENTRIES_IN_FLIGHT => {
                 raft_running = changed.is_ok();
                 if !leads(&server) {
-                    let queued = next.take().into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok()));
+                    let queued = carried.take().into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok()));
                     for write in queued {
                         let entry = entry.clone();
                         tokio::spawn(async move {
@@ -218,11 +178,11 @@ async fn run<E, F>(
                     }
                 }
             }
-            // The linger is over.
-            () = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {}
-            received = queue.recv(), if next.is_none() && in_flight.len() < MAX_ENTRIES_IN_FLIGHT => {
+            received = queue.recv(), if in_flight.len() < MAX_ENTRIES_IN_FLIGHT => {
                 let Some(first) = received else { break };
-                next = Some(first);
+                if let Some(group) = take_group(first, &mut queue, &mut carried) {
+                    in_flight.push(commit(entry.clone(), group));
+                }
             }
         }
     }
@@ -302,17 +262,17 @@ mod tests {
     type Proposed = (Arc<model::Command>, Reply);
     type Answer = oneshot::Receiver<Result<model::Outcome, WriteError>>;
 
-    const DEADLINE: Duration = Duration::from_secs(10);
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// A combiner whose Raft is the test: every entry it commits comes out of `proposed`, and
     /// stays in flight until the test answers it.
     struct Harness {
         queue: mpsc::UnboundedSender<Write>,
         proposed: mpsc::UnboundedReceiver<Proposed>,
-        _leads: watch::Sender<RaftServerMetrics<u64, NodeInfo>>,
+        leadership: watch::Sender<RaftServerMetrics<u64, NodeInfo>>,
     }
 
-    fn start(linger: Duration) -> Harness {
+    fn start() -> Harness {
         let (queue, rx) = mpsc::unbounded_channel();
         let (propose, proposed) = mpsc::unbounded_channel::<Proposed>();
         let entry = move |command| {
@@ -325,36 +285,42 @@ mod tests {
                 answer.await.unwrap_or(Err(WriteError::Unanswered))
             }
         };
-        let (leads, server) = watch::channel(RaftServerMetrics {
+        let (leadership, server) = watch::channel(RaftServerMetrics {
             id: 1,
             vote: Vote::default(),
             state: ServerState::Leader,
             current_leader: Some(1),
             membership_config: Arc::default(),
         });
-        tokio::spawn(run(entry, server, rx, linger));
+        tokio::spawn(run(entry, server, rx));
         Harness {
             queue,
             proposed,
-            _leads: leads,
+            leadership,
+        }
+    }
+
+    /// Write number `n`: a command naming call `call-n`.
+    fn command(n: u64) -> model::Command {
+        model::Command::DiscardCalls {
+            call_ids: vec![model::CallId(format!("call-{n}"))],
         }
     }
 
     impl Harness {
-        /// Queues write number `n`, as `Combiner::write` does.
-        fn write(&self, n: u64) -> Answer {
+        /// Queues a write, as `Combiner::write` does.
+        fn send(&self, command: model::Command) -> Answer {
             let (reply, answer) = oneshot::channel();
-            let command = Arc::new(model::Command::DiscardCalls {
-                call_ids: vec![model::CallId(format!("call-{n}"))],
-            });
-            let queued = Instant::now();
             let write = Write {
-                command,
+                command: Arc::new(command),
                 reply,
-                queued,
             };
             assert!(self.queue.send(write).is_ok(), "the combiner has stopped");
             answer
+        }
+
+        fn write(&self, n: u64) -> Answer {
+            self.send(command(n))
         }
 
         /// The next entry the combiner commits: the numbers of its writes, and its answer.
@@ -373,8 +339,7 @@ mod tests {
     }
 
     /// Lets the combiner take in what was queued. The tests run on one thread, so the
-    /// combiner runs only while the test yields: a write queued before `settle` has been
-    /// received, and one queued after it has not.
+    /// combiner runs only while the test yields.
     async fn settle() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -386,6 +351,7 @@ mod tests {
             model::Command::Group { commands } => {
                 commands.iter().flat_map(|c| numbers(c)).collect()
             }
+            model::Command::Batch { commands } => commands.iter().flat_map(numbers).collect(),
             model::Command::DiscardCalls { call_ids } => call_ids
                 .iter()
                 .map(|id| id.0["call-".len()..].parse().expect("a test write"))
@@ -394,94 +360,120 @@ mod tests {
         }
     }
 
-    async fn outcome(answer: Answer) -> model::Outcome {
+    async fn answered(answer: Answer) -> Result<model::Outcome, WriteError> {
         tokio::time::timeout(DEADLINE, answer)
             .await
             .expect("no answer within the deadline")
             .expect("the reply was dropped")
-            .expect("the write failed")
+    }
+
+    fn ok() -> model::Outcome {
+        model::Outcome::default()
     }
 
     #[tokio::test]
-    async fn a_write_behind_one_entry_waits_for_company_and_none_waits_on_an_idle_leader() {
-        // A linger far longer than the test: any write that lingered would miss its deadline.
-        let mut h = start(Duration::from_secs(3600));
+    async fn writes_go_at_once_while_a_slot_is_free_and_together_when_none_is() {
+        let mut h = start();
         let first = h.write(1);
+        let (entry, first_reply) = h.next_entry().await;
+        assert_eq!(entry, [1], "nothing in flight: at once, alone");
+        let second = h.write(2);
+        let (entry, second_reply) = h.next_entry().await;
+        assert_eq!(entry, [2], "one in flight: the second slot, at once, alone");
+
+        let queued: Vec<Answer> = (3..=5).map(|n| h.write(n)).collect();
+        settle().await;
+        assert!(h.nothing_proposed(), "both slots taken: the writes wait");
+
+        // A slot frees: the three waiting go together, and each writer gets its own part.
+        first_reply.send(Ok(ok())).unwrap();
+        assert_eq!(answered(first).await.unwrap(), ok());
         let (entry, reply) = h.next_entry().await;
+        assert_eq!(entry, [3, 4, 5]);
+        let refused = model::Outcome::failed(model::ApplyError::NotFound("call-4".into()));
+        let parts = vec![ok(), refused.clone(), ok()];
+        reply
+            .send(Ok(model::Outcome { error: None, parts }))
+            .unwrap();
+        let mut outcomes = Vec::new();
+        for answer in queued {
+            outcomes.push(answered(answer).await.unwrap());
+        }
+        assert_eq!(outcomes, [ok(), refused, ok()]);
+
+        // An entry that fails fails its writer.
+        second_reply.send(Err(WriteError::Unanswered)).unwrap();
+        assert!(matches!(
+            answered(second).await,
+            Err(WriteError::Unanswered)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_group_holds_at_most_max_group_commands_and_the_rest_goes_next() {
+        let batch = |from: u64| model::Command::Batch {
+            commands: (from..from + 300).map(command).collect(),
+        };
+        let mut h = start();
+        let _first = h.write(1);
+        let (_, first_reply) = h.next_entry().await;
+        let _second = h.write(2);
+        let (_, second_reply) = h.next_entry().await;
+        let _a = h.send(batch(1_000));
+        let _b = h.send(batch(2_000));
+        let _c = h.write(3);
+        settle().await;
+
+        first_reply.send(Ok(ok())).unwrap();
+        let (entry, _) = h.next_entry().await;
         assert_eq!(
             entry,
-            [1],
-            "with nothing in flight, a write goes at once, alone"
+            (1_000..1_300).collect::<Vec<_>>(),
+            "600 would not fit in 512"
         );
+        second_reply.send(Ok(ok())).unwrap();
+        let (entry, _) = h.next_entry().await;
+        let expected: Vec<u64> = (2_000..2_300).chain([3]).collect();
+        assert_eq!(entry, expected, "the batch left over heads the next group");
+    }
 
-        let second = h.write(2);
-        settle().await;
-        let third = h.write(3);
-        settle().await;
-        assert!(
-            h.nothing_proposed(),
-            "with one entry in flight, a write waits for company"
-        );
-
-        // The entry in flight is answered: the two waiting go at once, together.
-        reply.send(Ok(model::Outcome::default())).unwrap();
-        assert_eq!(outcome(first).await, model::Outcome::default());
-        let (entry, reply) = h.next_entry().await;
-        assert_eq!(entry, [2, 3]);
-        let refused = model::Outcome::failed(model::ApplyError::NotFound("call-3".into()));
-        reply
-            .send(Ok(model::Outcome {
-                error: None,
-                parts: vec![model::Outcome::default(), refused.clone()],
-            }))
-            .unwrap();
-        assert_eq!(outcome(second).await, model::Outcome::default());
-        assert_eq!(
-            outcome(third).await,
-            refused,
-            "each writer gets its own part"
-        );
-
-        // Idle again: at once.
+    #[tokio::test]
+    async fn writers_that_gave_up_are_left_out_of_the_group() {
+        let mut h = start();
+        let _first = h.write(1);
+        let (_, first_reply) = h.next_entry().await;
+        let _second = h.write(2);
+        let (_, _second_reply) = h.next_entry().await;
+        drop(h.write(3));
         let _fourth = h.write(4);
-        let (entry, _reply) = h.next_entry().await;
+        settle().await;
+        first_reply.send(Ok(ok())).unwrap();
+        let (entry, _) = h.next_entry().await;
         assert_eq!(entry, [4]);
     }
 
     #[tokio::test]
-    async fn a_write_lingers_no_longer_than_the_linger() {
-        let mut h = start(Duration::from_millis(20));
+    async fn when_the_leader_steps_down_the_writes_waiting_go_to_raft_alone() {
+        let mut h = start();
         let _first = h.write(1);
-        let (entry, first_reply) = h.next_entry().await;
-        assert_eq!(entry, [1]);
+        let (_, _first_reply) = h.next_entry().await;
         let _second = h.write(2);
-        settle().await;
+        let (_, _second_reply) = h.next_entry().await;
         let _third = h.write(3);
-        // The first entry is never answered: the two go when their linger ends.
-        let (entry, _group_reply) = h.next_entry().await;
-        assert_eq!(entry, [2, 3]);
-
-        // Both slots taken: a write waits for one, however long.
         let _fourth = h.write(4);
         settle().await;
         assert!(h.nothing_proposed());
-        first_reply.send(Ok(model::Outcome::default())).unwrap();
-        let (entry, _reply) = h.next_entry().await;
-        assert_eq!(entry, [4]);
-    }
 
-    /// The control for the two tests above: without a linger, the same sequence sends the
-    /// second write alone, so `settle` does hand each write to the combiner before the next.
-    #[tokio::test]
-    async fn without_a_linger_the_second_slot_is_taken_at_once() {
-        let mut h = start(Duration::ZERO);
-        let _first = h.write(1);
-        let (entry, _first_reply) = h.next_entry().await;
-        assert_eq!(entry, [1]);
-        let _second = h.write(2);
-        settle().await;
-        let _third = h.write(3);
-        let (entry, _reply) = h.next_entry().await;
-        assert_eq!(entry, [2]);
+        // Another node leads now: the entries in flight may wait for its word, and the writes
+        // queued behind them are handed to openraft at once, each alone, to be refused there.
+        h.leadership.send_modify(|m| {
+            m.current_leader = Some(2);
+            m.state = ServerState::Follower;
+        });
+        let (mut alone, _) = h.next_entry().await;
+        let (other, _) = h.next_entry().await;
+        alone.extend(other);
+        alone.sort_unstable();
+        assert_eq!(alone, [3, 4], "each alone, not grouped");
     }
 }
