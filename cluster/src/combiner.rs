@@ -13,8 +13,9 @@
 //! `model::Command::Group`; each writer gets back its own command's outcome (its
 //! `Outcome::parts` slot), as if it had been an entry of its own. A write that arrives when
 //! a slot is free goes at once, alone: no write ever waits for company. (A write that found
-//! one entry in flight was once made to linger 1 ms for company: 25-37% fewer entries, and
-//! no CPU saved under calls; docs/PERFORMANCE.md, "Caps: fewer entries per call, measured".)
+//! one entry in flight was once made to linger 1 ms for company: a quarter fewer entries
+//! under calls, and no CPU saved; docs/PERFORMANCE.md, "Caps: fewer entries per call,
+//! measured".)
 //! A group holds at most `MAX_GROUP_COMMANDS` commands (a batch counts as its commands), so
 //! an entry is never larger than the largest batch a single writer sends, and a follower
 //! takes it in one AppendEntries as before.
