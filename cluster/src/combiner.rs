@@ -63,6 +63,7 @@ struct Write {
     command: Arc<model::Command>,
     reply: Reply,
 }
+
 type ServerMetrics = watch::Receiver<RaftServerMetrics<u64, NodeInfo>>;
 
 /// The leader's write path: cheap to share (`Arc`), one task behind it.
@@ -224,8 +225,10 @@ where
     E: Fn(Arc<model::Command>) -> F,
     F: Future<Output = Result<model::Outcome, WriteError>>,
 {
-    let (commands, replies): (Vec<_>, Vec<_>) =
-        group.into_iter().map(|w| (w.command, w.reply)).unzip();
+    let (commands, replies): (Vec<_>, Vec<_>) = group
+        .into_iter()
+        .map(|write| (write.command, write.reply))
+        .unzip();
     let command = match commands.as_slice() {
         [command] => Arc::clone(command),
         _ => Arc::new(model::Command::Group { commands }),
@@ -333,6 +336,15 @@ mod tests {
             (numbers(&command), reply)
         }
 
+        /// The entry the combiner has committed already (after `settle`): it did not wait.
+        fn proposed_at_once(&mut self) -> (Vec<u64>, Reply) {
+            let (command, reply) = self
+                .proposed
+                .try_recv()
+                .expect("the write waited instead of going at once");
+            (numbers(&command), reply)
+        }
+
         /// True when the combiner has committed nothing more (after `settle`).
         fn nothing_proposed(&mut self) -> bool {
             self.proposed.try_recv().is_err()
@@ -376,10 +388,12 @@ mod tests {
     async fn writes_go_at_once_while_a_slot_is_free_and_together_when_none_is() {
         let mut h = start();
         let first = h.write(1);
-        let (entry, first_reply) = h.next_entry().await;
+        settle().await;
+        let (entry, first_reply) = h.proposed_at_once();
         assert_eq!(entry, [1], "nothing in flight: at once, alone");
         let second = h.write(2);
-        let (entry, second_reply) = h.next_entry().await;
+        settle().await;
+        let (entry, second_reply) = h.proposed_at_once();
         assert_eq!(entry, [2], "one in flight: the second slot, at once, alone");
 
         let queued: Vec<Answer> = (3..=5).map(|n| h.write(n)).collect();
@@ -426,7 +440,8 @@ mod tests {
         settle().await;
 
         first_reply.send(Ok(ok())).unwrap();
-        let (entry, _) = h.next_entry().await;
+        // Kept unanswered, so its slot stays taken until the test frees the other.
+        let (entry, _first_group_reply) = h.next_entry().await;
         assert_eq!(
             entry,
             (1_000..1_300).collect::<Vec<_>>(),

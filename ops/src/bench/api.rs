@@ -48,8 +48,15 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
             }),
         },
     );
-    // The nodes' CPU over the run (clean-up included), when their pids are known.
-    let pids = super::calls::node_pids(&args.dir).ok();
+    // The nodes' CPU over the run (clean-up included), when their pids are known: a cluster
+    // not started by `cluster up` has none, and the run goes without, as caps steps do.
+    let pids = match super::calls::node_pids(&args.dir) {
+        Ok(pids) => Some(pids),
+        Err(e) => {
+            report.note(format!("no node CPU figures: {e:#}"));
+            None
+        }
+    };
     let cpu = || {
         pids.as_ref()
             .and_then(|p| super::calls::cpu_seconds(p).ok())
@@ -101,6 +108,9 @@ pub async fn raft(cluster: &ClusterInfo, args: &BenchArgs) -> anyhow::Result<Rep
         "checkpoints_per_entry",
         committed as f64 / (entries.max(1)) as f64,
     );
+    if pids.is_some() && cpu_used.is_none() {
+        report.note("no node CPU figures: a node's /proc could not be read");
+    }
     if let Some(cpu) = cpu_used {
         report.figure("node_cores", cpu / seconds.max(1e-9));
         report.figure(

@@ -59,21 +59,25 @@ pub struct Step {
     /// INVITE sent to its 200, ms (SIPp's rtd).
     pub answer_latency_ms: Quantiles,
     pub held: bool,
-    /// What the nodes spent on the step (`caps` only).
+    /// Calls the carriers placed (SIPp's successful and failed calls; `calls` counts those
+    /// it never started too).
+    pub placed: u64,
+    /// What the nodes spent on the step (`caps` only, when the nodes could be read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<StepCost>,
 }
 
 /// What the nodes spent on a step's calls, read before the carriers start and after they
 /// end (so every call's BYE is in): the cost of a call, which sets how far the rate can go
-/// on these cores (docs/PERFORMANCE.md, "Caps: what one call costs").
+/// on these cores (docs/PERFORMANCE.md, "Caps: what one call costs"). The window also holds
+/// what the nodes do anyway (leases, 0.05 cores for an idle cluster).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct StepCost {
-    /// Cores the nodes used together, on average over the step.
+    /// Cores the nodes used together, on average from the step's start to its last BYE.
     pub node_cores: f64,
-    /// The nodes' CPU (user and system, all nodes together) per call attempted, ms.
+    /// The nodes' CPU (user and system, all nodes together) per call placed, ms.
     pub node_cpu_ms_per_call: f64,
-    /// Raft entries committed during the step.
+    /// Raft entries committed in that window, the leases' included.
     pub raft_entries: u64,
     pub raft_entries_per_call: f64,
 }
@@ -95,6 +99,7 @@ struct Reading {
 impl Meter<'_> {
     async fn read(&self) -> anyhow::Result<Reading> {
         let cpu_seconds = calls::cpu_seconds(&self.pids)?;
+        let at = std::time::Instant::now();
         let mut applied = None;
         for n in 0..self.nodes {
             let url = format!("{}/health", self.api.base(n));
@@ -107,10 +112,26 @@ impl Meter<'_> {
             }
         }
         Ok(Reading {
-            at: std::time::Instant::now(),
+            at,
             cpu_seconds,
             applied: applied.context("no node answered /health")?,
         })
+    }
+}
+
+impl Meter<'_> {
+    /// A reading, or None with a warning: a node gone or unreadable costs the step its cost
+    /// figures, never the run.
+    async fn read_or_warn(&self) -> Option<Reading> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.read()
+            .await
+            .inspect_err(
+                |e| tracing::warn!(error = %format!("{e:#}"), "the nodes' cost could not be read"),
+            )
+            .ok()
     }
 }
 
@@ -195,6 +216,15 @@ pub async fn caps(
     }
 
     let api = Api::new(cluster)?;
+    // The nodes' pids, for what each step costs them: a cluster not started by `cluster up`
+    // has none, and its steps go without.
+    let pids = match calls::node_pids(&args.dir) {
+        Ok(pids) => pids,
+        Err(e) => {
+            report.note(format!("no step costs: {e:#}"));
+            BTreeMap::new()
+        }
+    };
     setup::ensure_tenant(&api, agents).await?;
     setup::sign_out_all(&api, agents).await;
     let mut phones =
@@ -220,7 +250,7 @@ pub async fn caps(
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.sip.clone()).collect();
     let meter = Meter {
         api: &api,
-        pids: calls::node_pids(&args.dir)?,
+        pids,
         nodes: cluster.nodes.len(),
     };
     let steps = run_steps(
@@ -344,13 +374,16 @@ async fn run_steps(
         let dir = work.join(format!("{what}-{rate}"));
         std::fs::create_dir_all(&dir)?;
         let targets = cluster.map(|(nodes, rings, _)| (nodes, rings));
-        let before = match cluster {
-            Some((_, _, meter)) => Some(meter.read().await?),
+        let meter = cluster.map(|(_, _, meter)| meter);
+        let before = match meter {
+            Some(meter) => meter.read_or_warn().await,
             None => None,
         };
         let mut step = run_step(&dir, i, rate, args, instances, targets).await?;
-        if let (Some((_, _, meter)), Some(before)) = (cluster, before) {
-            step.cost = Some(StepCost::between(before, meter.read().await?, step.calls));
+        if let (Some(meter), Some(before)) = (meter, before) {
+            if let Some(after) = meter.read_or_warn().await {
+                step.cost = Some(StepCost::between(before, after, step.placed));
+            }
         }
         tracing::info!(what, rate, held = step.held, "bench step done");
         let cost = step.cost.map_or(String::new(), |c| {
@@ -501,7 +534,8 @@ async fn run_step(
     };
     // Calls SIPp never started (it could not keep up) count as failed, and so does a call
     // whose ring was never seen (a step cannot hold on latencies it did not measure).
-    let failed = (failed + total.saturating_sub(succeeded + failed)).max(unrung);
+    let placed = succeeded + failed;
+    let failed = (failed + total.saturating_sub(placed)).max(unrung);
     let failed_ratio = failed as f64 / total.max(1) as f64;
     let measured = !ring_ms.is_empty() && !answer_ms.is_empty();
     let ring = Quantiles::of(&mut ring_ms);
@@ -521,6 +555,7 @@ async fn run_step(
         unrung,
         answer_latency_ms: answer,
         held,
+        placed,
         cost: None,
     })
 }
@@ -664,6 +699,7 @@ mod tests {
             unrung: 0,
             answer_latency_ms: Quantiles::default(),
             held,
+            placed: 0,
             cost: None,
         };
         assert_eq!(
