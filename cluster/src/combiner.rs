@@ -345,6 +345,16 @@ mod tests {
             (numbers(&command), reply)
         }
 
+        /// Writes 1 and 2, each an entry of its own: both slots are taken until the test
+        /// answers them. Their answers.
+        async fn fill_both_slots(&mut self) -> (Reply, Reply) {
+            let _first = self.write(1);
+            let (_, first_reply) = self.next_entry().await;
+            let _second = self.write(2);
+            let (_, second_reply) = self.next_entry().await;
+            (first_reply, second_reply)
+        }
+
         /// True when the combiner has committed nothing more (after `settle`).
         fn nothing_proposed(&mut self) -> bool {
             self.proposed.try_recv().is_err()
@@ -430,10 +440,7 @@ mod tests {
             commands: (from..from + 300).map(command).collect(),
         };
         let mut h = start();
-        let _first = h.write(1);
-        let (_, first_reply) = h.next_entry().await;
-        let _second = h.write(2);
-        let (_, second_reply) = h.next_entry().await;
+        let (first_reply, second_reply) = h.fill_both_slots().await;
         let _a = h.send(batch(1_000));
         let _b = h.send(batch(2_000));
         let _c = h.write(3);
@@ -456,10 +463,7 @@ mod tests {
     #[tokio::test]
     async fn writers_that_gave_up_are_left_out_of_the_group() {
         let mut h = start();
-        let _first = h.write(1);
-        let (_, first_reply) = h.next_entry().await;
-        let _second = h.write(2);
-        let (_, _second_reply) = h.next_entry().await;
+        let (first_reply, _second_reply) = h.fill_both_slots().await;
         drop(h.write(3));
         let _fourth = h.write(4);
         settle().await;
@@ -471,10 +475,7 @@ mod tests {
     #[tokio::test]
     async fn when_the_leader_steps_down_the_writes_waiting_go_to_raft_alone() {
         let mut h = start();
-        let _first = h.write(1);
-        let (_, _first_reply) = h.next_entry().await;
-        let _second = h.write(2);
-        let (_, _second_reply) = h.next_entry().await;
+        let _in_flight = h.fill_both_slots().await;
         let _third = h.write(3);
         let _fourth = h.write(4);
         settle().await;

@@ -108,16 +108,7 @@ fn sample_all(pids: &BTreeMap<u64, u32>) -> anyhow::Result<BTreeMap<u64, ProcSam
 async fn live_calls(api: &Api, cluster: &ClusterInfo) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
     for (i, node) in cluster.nodes.iter().enumerate() {
-        let url = format!("{}/health", api.base(i));
-        let live = match api.http.get(&url).send().await {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v["live_calls"].as_u64())
-                .unwrap_or(0),
-            Err(_) => 0,
-        };
+        let live = api.health(i).await["live_calls"].as_u64().unwrap_or(0);
         out.insert(node.id, live);
     }
     out

@@ -84,6 +84,19 @@ impl Api {
         &self.bases[n % self.bases.len()]
     }
 
+    /// Node `n`'s `/health` (no token needed), or null when it does not answer.
+    pub async fn health(&self, n: usize) -> Value {
+        match self
+            .http
+            .get(format!("{}/health", self.base(n)))
+            .send()
+            .await
+        {
+            Ok(response) => response.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
     /// POST JSON to node `n`; the status and the body (JSON, or null).
     pub async fn post(&self, n: usize, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.base(n));

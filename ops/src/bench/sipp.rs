@@ -102,12 +102,7 @@ impl Meter<'_> {
         let at = std::time::Instant::now();
         let mut applied = None;
         for n in 0..self.nodes {
-            let url = format!("{}/health", self.api.base(n));
-            let Ok(response) = self.api.http.get(&url).send().await else {
-                continue;
-            };
-            let health: serde_json::Value = response.json().await.unwrap_or_default();
-            if let Some(index) = health["last_applied"].as_u64() {
+            if let Some(index) = self.api.health(n).await["last_applied"].as_u64() {
                 applied = applied.max(Some(index));
             }
         }
@@ -117,9 +112,7 @@ impl Meter<'_> {
             applied: applied.context("no node answered /health")?,
         })
     }
-}
 
-impl Meter<'_> {
     /// A reading, or None with a warning: a node gone or unreadable costs the step its cost
     /// figures, never the run.
     async fn read_or_warn(&self) -> Option<Reading> {
