@@ -24,10 +24,16 @@
 //! (openraft refuses them at once with `ForwardToLeader`, and the writer retries at the
 //! leader) and for liveness (leases, node up/down), so a busy leader's queue can never make
 //! a live node look dead.
+//!
+//! Should the combining task ever fail (a panic), the writes it held are told `Unanswered`
+//! (their writers retry) and every later write goes straight to openraft, alone, as before
+//! group commit: slower under load, never stuck. The failure is logged and counted
+//! (`callgrid_combiner_failures_total`).
 
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::RaftServerMetrics;
@@ -56,7 +62,7 @@ pub enum WriteError {
     Unanswered,
 }
 
-type Reply = oneshot::Sender<Result<model::Outcome, WriteError>>;
+type Reply = oneshot::Sender<Written>;
 
 /// A write waiting in the combiner's queue.
 struct Write {
@@ -66,9 +72,14 @@ struct Write {
 
 type ServerMetrics = watch::Receiver<RaftServerMetrics<u64, NodeInfo>>;
 
+type Written = Result<model::Outcome, WriteError>;
+
+/// Commits one command as an entry of its own.
+type Alone = Arc<dyn Fn(Arc<model::Command>) -> BoxFuture<'static, Written> + Send + Sync>;
+
 /// The leader's write path: cheap to share (`Arc`), one task behind it.
 pub struct Combiner {
-    raft: Raft,
+    alone: Alone,
     server: ServerMetrics,
     queue: mpsc::UnboundedSender<Write>,
 }
@@ -77,18 +88,35 @@ impl Combiner {
     /// Starts the combining task for `raft`. It ends when the combiner is dropped, after the
     /// entries in flight are answered.
     pub fn spawn(raft: Raft) -> Combiner {
-        let (queue, rx) = mpsc::unbounded_channel();
         let server = raft.server_metrics();
-        let entry = {
+        let entry = move |command| {
             let raft = raft.clone();
-            move |command| {
-                let raft = raft.clone();
-                async move { write_alone(&raft, command).await }
-            }
+            async move { write_alone(&raft, command).await }
         };
-        tokio::spawn(run(entry, server.clone(), rx));
+        Combiner::start(entry, server)
+    }
+
+    /// Starts the combining task over `entry`, which commits one entry (`write_alone` on the
+    /// node's Raft; a stand-in in the tests), and a watcher that reports its failure.
+    fn start<E, F>(entry: E, server: ServerMetrics) -> Combiner
+    where
+        E: Fn(Arc<model::Command>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Written> + Send + 'static,
+    {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let combining = tokio::spawn(run(entry.clone(), server.clone(), rx));
+        tokio::spawn(async move {
+            if let Err(failure) = combining.await {
+                if failure.is_panic() {
+                    tracing::error!(
+                        "the leader's write combiner failed; writes now go to Raft one entry each"
+                    );
+                    metrics::counter!("callgrid_combiner_failures_total").increment(1);
+                }
+            }
+        });
         Combiner {
-            raft,
+            alone: Arc::new(move |command| entry(command).boxed()),
             server,
             queue,
         }
@@ -96,13 +124,14 @@ impl Combiner {
 
     /// Commits `command` through this node's Raft and returns its outcome once applied; fails
     /// with `ForwardToLeader` when this node does not lead, as openraft's `client_write` does.
-    pub async fn write(&self, command: Arc<model::Command>) -> Result<model::Outcome, WriteError> {
+    pub async fn write(&self, command: Arc<model::Command>) -> Written {
         if is_liveness(&command) || !leads(&self.server) {
-            return write_alone(&self.raft, command).await;
+            return (self.alone)(command).await;
         }
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Write { command, reply }).is_err() {
-            return Err(WriteError::Unanswered);
+        if let Err(mpsc::error::SendError(write)) = self.queue.send(Write { command, reply }) {
+            // The combining task has failed (its watcher said so): alone, as before it.
+            return (self.alone)(write.command).await;
         }
         answer.await.unwrap_or(Err(WriteError::Unanswered))
     }
@@ -131,10 +160,7 @@ fn weight(command: &model::Command) -> usize {
     }
 }
 
-async fn write_alone(
-    raft: &Raft,
-    command: Arc<model::Command>,
-) -> Result<model::Outcome, WriteError> {
+async fn write_alone(raft: &Raft, command: Arc<model::Command>) -> Written {
     match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(command)).await {
         Ok(written) => Ok(written?.data),
         Err(_) => Err(WriteError::Unanswered),
@@ -146,7 +172,7 @@ async fn write_alone(
 async fn run<E, F>(entry: E, mut server: ServerMetrics, mut queue: mpsc::UnboundedReceiver<Write>)
 where
     E: Fn(Arc<model::Command>) -> F + Clone + Send + 'static,
-    F: Future<Output = Result<model::Outcome, WriteError>> + Send + 'static,
+    F: Future<Output = Written> + Send + 'static,
 {
     let mut in_flight = FuturesUnordered::new();
     // The write that did not fit in the last group: the first of the next.
@@ -223,7 +249,7 @@ fn take_group(
 async fn commit<E, F>(entry: E, group: Vec<Write>)
 where
     E: Fn(Arc<model::Command>) -> F,
-    F: Future<Output = Result<model::Outcome, WriteError>>,
+    F: Future<Output = Written>,
 {
     let (commands, replies): (Vec<_>, Vec<_>) = group
         .into_iter()
@@ -264,24 +290,30 @@ mod tests {
 
     /// An entry handed to the stand-in for Raft, answered when the test says.
     type Proposed = (Arc<model::Command>, Reply);
-    type Answer = oneshot::Receiver<Result<model::Outcome, WriteError>>;
+    type Answer = oneshot::Receiver<Written>;
 
     const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// A combiner whose Raft is the test: every entry it commits comes out of `proposed`, and
     /// stays in flight until the test answers it.
     struct Harness {
-        queue: mpsc::UnboundedSender<Write>,
+        combiner: Arc<Combiner>,
         proposed: mpsc::UnboundedReceiver<Proposed>,
         leadership: watch::Sender<RaftServerMetrics<u64, NodeInfo>>,
     }
 
+    /// The write whose entry makes the stand-in for Raft panic.
+    const FAILS: u64 = 666;
+
     fn start() -> Harness {
-        let (queue, rx) = mpsc::unbounded_channel();
         let (propose, proposed) = mpsc::unbounded_channel::<Proposed>();
-        let entry = move |command| {
+        let entry = move |command: Arc<model::Command>| {
             let propose = propose.clone();
             async move {
+                assert!(
+                    !numbers(&command).contains(&FAILS),
+                    "the stand-in for Raft fails"
+                );
                 let (reply, answer) = oneshot::channel();
                 propose
                     .send((command, reply))
@@ -296,9 +328,8 @@ mod tests {
             current_leader: Some(1),
             membership_config: Arc::default(),
         });
-        tokio::spawn(run(entry, server, rx));
         Harness {
-            queue,
+            combiner: Arc::new(Combiner::start(entry, server)),
             proposed,
             leadership,
         }
@@ -319,8 +350,17 @@ mod tests {
                 command: Arc::new(command),
                 reply,
             };
-            assert!(self.queue.send(write).is_ok(), "the combiner has stopped");
+            assert!(
+                self.combiner.queue.send(write).is_ok(),
+                "the combiner has stopped"
+            );
             answer
+        }
+
+        /// Writes `n` through `Combiner::write`, as the node does.
+        fn write_through(&self, n: u64) -> tokio::task::JoinHandle<Written> {
+            let combiner = Arc::clone(&self.combiner);
+            tokio::spawn(async move { combiner.write(Arc::new(command(n))).await })
         }
 
         fn write(&self, n: u64) -> Answer {
@@ -383,7 +423,7 @@ mod tests {
         }
     }
 
-    async fn answered(answer: Answer) -> Result<model::Outcome, WriteError> {
+    async fn answered(answer: Answer) -> Written {
         tokio::time::timeout(DEADLINE, answer)
             .await
             .expect("no answer within the deadline")
@@ -492,5 +532,37 @@ mod tests {
         alone.extend(other);
         alone.sort_unstable();
         assert_eq!(alone, [3, 4], "each alone, not grouped");
+    }
+
+    #[tokio::test]
+    async fn when_the_combining_task_fails_its_writers_are_told_and_later_writes_go_alone() {
+        let mut h = start();
+        let (first_reply, _second_reply) = h.fill_both_slots().await;
+        let doomed = h.write_through(FAILS);
+        let queued = h.write_through(3);
+        settle().await;
+        // A slot frees: the two waiting go together, and the stand-in panics on them.
+        first_reply.send(Ok(ok())).unwrap();
+        for writer in [doomed, queued] {
+            let written = tokio::time::timeout(DEADLINE, writer)
+                .await
+                .expect("no answer within the deadline")
+                .expect("the writer panicked");
+            assert!(matches!(written, Err(WriteError::Unanswered)));
+        }
+
+        // Writes still commit, each an entry of its own, even when they come at once.
+        let later: Vec<_> = (4..=5).map(|n| h.write_through(n)).collect();
+        let mut entries = Vec::new();
+        for _ in 0..2 {
+            let (entry, reply) = h.next_entry().await;
+            reply.send(Ok(ok())).unwrap();
+            entries.push(entry);
+        }
+        entries.sort_unstable();
+        assert_eq!(entries, [[4], [5]]);
+        for writer in later {
+            assert_eq!(writer.await.unwrap().unwrap(), ok());
+        }
     }
 }
