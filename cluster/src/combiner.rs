@@ -25,10 +25,11 @@
 //! leader) and for liveness (leases, node up/down), so a busy leader's queue can never make
 //! a live node look dead.
 //!
-//! Should the combining task ever fail (a panic), the writes it held are told `Unanswered`
-//! (their writers retry) and every later write goes straight to openraft, alone, as before
-//! group commit: slower under load, never stuck. The failure is logged and counted
-//! (`callgrid_combiner_failures_total`).
+//! Should the combining task ever fail (a panic), the writes it held are told `Unanswered`,
+//! as a write not answered in time is (the checkpoint writer keeps those and writes them
+//! again), and every later write goes straight to openraft, alone, as before group commit,
+//! until the node restarts: slower under load, never stuck. The failure is logged and
+//! counted (`FAILURES_TOTAL`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ use crate::types::{NodeInfo, Raft};
 /// Entries of grouped writes waiting for their answer at once. Two: one being replicated
 /// while the next is appended, as the checkpoint writer keeps two batches in flight.
 pub const MAX_ENTRIES_IN_FLIGHT: usize = 2;
+/// Combining tasks that failed (a panic); see the module docs.
+pub const FAILURES_TOTAL: &str = "callgrid_combiner_failures_total";
 /// The most commands one group carries, a batch counting as its commands: the checkpoint
 /// writer's largest batch (`actors::node::checkpoints::MAX_BATCH`).
 pub const MAX_GROUP_COMMANDS: usize = 512;
@@ -104,6 +107,8 @@ impl Combiner {
         F: Future<Output = Written> + Send + 'static,
     {
         let (queue, rx) = mpsc::unbounded_channel();
+        // The series exists from the start, so an alert sees it before any failure.
+        metrics::counter!(FAILURES_TOTAL).increment(0);
         let combining = tokio::spawn(run(entry.clone(), server.clone(), rx));
         tokio::spawn(async move {
             if let Err(failure) = combining.await {
@@ -111,7 +116,7 @@ impl Combiner {
                     tracing::error!(
                         "the leader's write combiner failed; writes now go to Raft one entry each"
                     );
-                    metrics::counter!("callgrid_combiner_failures_total").increment(1);
+                    metrics::counter!(FAILURES_TOTAL).increment(1);
                 }
             }
         });
@@ -130,7 +135,8 @@ impl Combiner {
         }
         let (reply, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError(write)) = self.queue.send(Write { command, reply }) {
-            // The combining task has failed (its watcher said so): alone, as before it.
+            // The combining task has ended: it failed (its watcher logs that), or the runtime
+            // is shutting down. Alone, as before group commit, from now on.
             return (self.alone)(write.command).await;
         }
         answer.await.unwrap_or(Err(WriteError::Unanswered))

@@ -39,6 +39,7 @@ pub mod snapshot_files;
 pub mod state_machine;
 pub mod types;
 
+pub use combiner::FAILURES_TOTAL as COMBINER_FAILURES_TOTAL;
 pub use config::ClusterConfig;
 pub use error::ClusterError;
 pub use liveness::{LeaseConfig, Liveness};

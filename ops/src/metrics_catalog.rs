@@ -40,6 +40,8 @@ pub const REGISTER_AUTH_FAILURES_TOTAL: &str = "callgrid_register_auth_failures_
 pub const MESH_UNDELIVERABLE_TOTAL: &str = "callgrid_mesh_undeliverable_total";
 /// API requests refused for a missing or wrong token.
 pub const API_UNAUTHORIZED_TOTAL: &str = "callgrid_api_unauthorized_total";
+/// The leader's write combiner failed; writes go to Raft one entry each until a restart.
+pub const COMBINER_FAILURES_TOTAL: &str = cluster::COMBINER_FAILURES_TOTAL;
 
 /// The agent states reported (each set every tick, so a state that empties drops to 0).
 const AGENT_STATES: [&str; 7] = [
@@ -91,6 +93,10 @@ pub fn describe() {
     metrics::describe_counter!(
         API_UNAUTHORIZED_TOTAL,
         "API requests refused for a missing or wrong token"
+    );
+    metrics::describe_counter!(
+        COMBINER_FAILURES_TOTAL,
+        "Leader write combiner failures (writes then go to Raft one entry each until restart)"
     );
     metrics::describe_gauge!(RAFT_TERM, "Current Raft term");
     metrics::describe_gauge!(RAFT_LAST_APPLIED, "Last applied Raft log index");
